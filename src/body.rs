@@ -1,0 +1,218 @@
+//! The response body wrapper that commits or clears the binding.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use crate::core::{Core, StoreOp};
+use crate::stats::ClearReason;
+use crate::store::{BindingStore, MokaStore};
+use crate::types::{AuthId, BindingKey};
+
+pin_project! {
+    /// Response body of [`StickySession`](crate::StickySession).
+    ///
+    /// For a successful response with [`ServedBy`](crate::ServedBy) it watches the inner
+    /// body's frames: the binding is committed before the first non-empty data frame is
+    /// handed on; a body that ends or fails before such a frame clears the binding
+    /// (compare-and-delete); after the first data frame it is a plain pass-through.
+    /// Dropping it before the first data frame does nothing to the binding.
+    ///
+    /// [`Body::size_hint`] and [`Body::is_end_stream`] are forwarded exactly, so a
+    /// `Content-Length` response stays one.
+    pub struct ResponseBody<B, St = MokaStore>
+    where
+        B: Body,
+        St: BindingStore,
+    {
+        #[pin]
+        kind: Kind<B>,
+        state: State<B::Data, B::Error, St>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B> {
+        Inner { #[pin] body: B },
+        Message { msg: Option<Bytes> },
+    }
+}
+
+enum State<D, E, St: BindingStore> {
+    /// Nothing to do (no session, not a success, or past the first data frame).
+    Passthrough,
+    /// Success: commit to `served` on the first data frame, clear on a premature end.
+    AwaitFirst(Watch<St>),
+    /// Committing; `frame` is handed on once the commit is done.
+    Committing {
+        core: Arc<Core<St>>,
+        op: StoreOp<St>,
+        frame: Option<Frame<D>>,
+    },
+    /// The inner body ended (after a clear); it is not polled again.
+    Ended,
+    /// Clearing; then the end or the error is handed on.
+    Clearing {
+        core: Arc<Core<St>>,
+        op: StoreOp<St>,
+        then: Option<Result<Frame<D>, E>>,
+    },
+}
+
+pub(crate) struct Watch<St> {
+    pub(crate) core: Arc<Core<St>>,
+    pub(crate) key: BindingKey,
+    pub(crate) served: AuthId,
+}
+
+impl<B: Body, St: BindingStore> ResponseBody<B, St> {
+    pub(crate) fn passthrough(body: B) -> Self {
+        Self {
+            kind: Kind::Inner { body },
+            state: State::Passthrough,
+        }
+    }
+
+    pub(crate) fn watching(body: B, watch: Watch<St>) -> Self {
+        Self {
+            kind: Kind::Inner { body },
+            state: State::AwaitFirst(watch),
+        }
+    }
+
+    pub(crate) fn message(msg: impl Into<Bytes>) -> Self {
+        Self {
+            kind: Kind::Message {
+                msg: Some(msg.into()),
+            },
+            state: State::Passthrough,
+        }
+    }
+}
+
+impl<B, St> Body for ResponseBody<B, St>
+where
+    B: Body,
+    B::Data: From<Bytes>,
+    St: BindingStore,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let mut body = match this.kind.project() {
+            KindProj::Inner { body } => body,
+            KindProj::Message { msg } => {
+                return Poll::Ready(msg.take().map(|m| Ok(Frame::data(m.into()))));
+            }
+        };
+        loop {
+            match this.state {
+                State::Passthrough => return body.poll_frame(cx),
+                State::Committing { core, op, frame } => {
+                    ready!(op.poll(core, cx));
+                    let frame = frame.take();
+                    *this.state = State::Passthrough;
+                    return Poll::Ready(frame.map(Ok));
+                }
+                State::Clearing { core, op, then } => {
+                    ready!(op.poll(core, cx));
+                    let then = then.take();
+                    *this.state = if then.is_some() {
+                        State::Passthrough
+                    } else {
+                        State::Ended
+                    };
+                    return Poll::Ready(then);
+                }
+                State::Ended => return Poll::Ready(None),
+                State::AwaitFirst(watch) => {
+                    let (reason, then) = match ready!(body.as_mut().poll_frame(cx)) {
+                        Some(Ok(frame)) => {
+                            if !frame.data_ref().is_some_and(|d| d.has_remaining()) {
+                                // Trailers and empty data frames are not the first chunk.
+                                return Poll::Ready(Some(Ok(frame)));
+                            }
+                            let op = StoreOp::commit(&watch.core, &watch.key, &watch.served);
+                            *this.state = State::Committing {
+                                core: watch.core.clone(),
+                                op,
+                                frame: Some(frame),
+                            };
+                            continue;
+                        }
+                        None => (ClearReason::EmptyStream, None),
+                        Some(Err(e)) => (ClearReason::StreamError, Some(Err(e))),
+                    };
+                    let op = StoreOp::clear(&watch.core, &watch.key, &watch.served, reason);
+                    *this.state = State::Clearing {
+                        core: watch.core.clone(),
+                        op,
+                        then,
+                    };
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match (&self.kind, &self.state) {
+            (Kind::Message { msg }, _) => msg.is_none(),
+            (_, State::Committing { .. } | State::Clearing { .. }) => false,
+            (_, State::Ended) => true,
+            (Kind::Inner { body }, _) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (&self.kind, &self.state) {
+            (Kind::Message { msg }, _) => {
+                SizeHint::with_exact(msg.as_ref().map_or(0, |m| m.len() as u64))
+            }
+            (Kind::Inner { body }, State::Committing { frame: Some(f), .. }) => {
+                // A frame taken from the inner body but not yet handed on still counts.
+                let held = f.data_ref().map_or(0, |d| d.remaining() as u64);
+                let inner = body.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower().saturating_add(held));
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper.saturating_add(held));
+                }
+                hint
+            }
+            (_, State::Ended) => SizeHint::with_exact(0),
+            (Kind::Inner { body }, _) => body.size_hint(),
+        }
+    }
+}
+
+impl<B, St> std::fmt::Debug for ResponseBody<B, St>
+where
+    B: Body + std::fmt::Debug,
+    St: BindingStore,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            State::Passthrough => "passthrough",
+            State::AwaitFirst(_) => "awaiting first chunk",
+            State::Committing { .. } => "committing",
+            State::Clearing { .. } => "clearing",
+            State::Ended => "ended",
+        };
+        let mut d = f.debug_struct("ResponseBody");
+        match &self.kind {
+            Kind::Inner { body } => d.field("inner", body),
+            Kind::Message { msg } => d.field("message", msg),
+        };
+        d.field("state", &state).finish()
+    }
+}

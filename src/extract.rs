@@ -1,0 +1,385 @@
+//! Reading and validating the session id.
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::request::Parts;
+use http::{HeaderName, HeaderValue};
+
+/// The default session header, `sticky-session-id`.
+///
+/// A namespaced name: a generic `x-session-id` is used by other software for other
+/// meanings (tracing, web frameworks, analytics), and reading it by default would pin
+/// requests on values that were never meant as a routing key. Configure
+/// [`StickySessionLayer::headers`](crate::StickySessionLayer::headers) to accept such
+/// aliases explicitly.
+pub const DEFAULT_SESSION_HEADER: HeaderName = HeaderName::from_static("sticky-session-id");
+
+/// The default maximum length of a session id, in bytes.
+pub const DEFAULT_MAX_SESSION_ID_LEN: usize = 256;
+
+/// Request extension: the validated session id of the request.
+///
+/// A session id is 1 to 256 bytes (configurable) of visible ASCII (`0x21..=0x7E`).
+/// Cloning is cheap (it shares the request header's bytes). Its `Debug` output is
+/// redacted to a short prefix and the length; use [`SessionId::as_str`] deliberately.
+///
+/// ```
+/// use tower_sticky_session::SessionId;
+///
+/// let id = SessionId::new("conv-42").unwrap();
+/// assert_eq!(id.as_str(), "conv-42");
+/// assert!(SessionId::new("has space").is_err());
+/// assert_eq!(format!("{id:?}"), "SessionId(\"conv…\", 7 bytes)");
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SessionId(HeaderValue);
+
+impl SessionId {
+    /// Validates `id` with the default rules (1 to 256 bytes of visible ASCII).
+    pub fn new(id: &str) -> Result<Self, InvalidSessionId> {
+        let value = HeaderValue::from_str(id).map_err(|_| {
+            validate(id.as_bytes(), DEFAULT_MAX_SESSION_ID_LEN)
+                .err()
+                .unwrap_or(InvalidSessionId::Byte)
+        })?;
+        Self::from_header_value(value, DEFAULT_MAX_SESSION_ID_LEN)
+    }
+
+    /// Validates a header value as a session id of at most `max_len` bytes.
+    pub fn from_header_value(value: HeaderValue, max_len: usize) -> Result<Self, InvalidSessionId> {
+        validate(value.as_bytes(), max_len)?;
+        Ok(Self(value))
+    }
+
+    /// The session id. Treat it as sensitive: log [`SessionId::redacted`] instead.
+    pub fn as_str(&self) -> &str {
+        // Validation admits only visible ASCII, so this cannot fail.
+        self.0.to_str().unwrap_or_default()
+    }
+
+    /// A form that is safe to log: a four-byte prefix and the length.
+    pub fn redacted(&self) -> Redacted<'_> {
+        Redacted(self.as_str())
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionId({:?})", self.redacted())
+    }
+}
+
+/// A session id shortened for logs; see [`SessionId::redacted`].
+pub struct Redacted<'a>(&'a str);
+
+const LOG_PREFIX: usize = 4;
+
+impl fmt::Display for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let prefix = &self.0[..self.0.len().min(LOG_PREFIX)];
+        write!(f, "{prefix}…({} bytes)", self.0.len())
+    }
+}
+
+impl fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let prefix = &self.0[..self.0.len().min(LOG_PREFIX)];
+        write!(f, "\"{prefix}…\", {} bytes", self.0.len())
+    }
+}
+
+/// Why a request's session id was not accepted.
+///
+/// The request is then served without stickiness (or, in strict mode, answered with
+/// 400 and this reason's [`Display`](fmt::Display) text).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum InvalidSessionId {
+    /// The value is empty.
+    Empty,
+    /// The value is longer than the configured maximum.
+    TooLong,
+    /// The value holds a byte outside visible ASCII (space, tab, control characters,
+    /// DEL, bytes ≥ 0x80).
+    Byte,
+    /// The header appears several times with different values.
+    Conflicting,
+}
+
+impl InvalidSessionId {
+    /// All reasons, in the order of [`InvalidSessionId::index`].
+    pub const ALL: [InvalidSessionId; 4] =
+        [Self::Empty, Self::TooLong, Self::Byte, Self::Conflicting];
+
+    /// A short machine-readable name (`empty`, `too_long`, `invalid_byte`, `conflicting`),
+    /// used as a metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Empty => "empty",
+            Self::TooLong => "too_long",
+            Self::Byte => "invalid_byte",
+            Self::Conflicting => "conflicting",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Self::Empty => 0,
+            Self::TooLong => 1,
+            Self::Byte => 2,
+            Self::Conflicting => 3,
+        }
+    }
+}
+
+impl fmt::Display for InvalidSessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Empty => "session id is empty",
+            Self::TooLong => "session id is too long",
+            Self::Byte => "session id must be visible ASCII (0x21-0x7E) without spaces",
+            Self::Conflicting => "session header is repeated with different values",
+        })
+    }
+}
+
+impl std::error::Error for InvalidSessionId {}
+
+#[inline]
+pub(crate) fn validate(bytes: &[u8], max_len: usize) -> Result<(), InvalidSessionId> {
+    if bytes.is_empty() {
+        return Err(InvalidSessionId::Empty);
+    }
+    if bytes.len() > max_len {
+        return Err(InvalidSessionId::TooLong);
+    }
+    if !bytes.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return Err(InvalidSessionId::Byte);
+    }
+    Ok(())
+}
+
+/// A user function that finds the raw session id in the request parts.
+pub(crate) type SessionFn = Arc<dyn Fn(&Parts) -> Option<HeaderValue> + Send + Sync>;
+
+/// Where the layer looks for the session id.
+#[derive(Clone)]
+pub(crate) enum Source {
+    /// Header names in priority order: the first one present with a valid value wins.
+    Headers(Arc<[HeaderName]>),
+    /// A user function over the request parts.
+    Fn(SessionFn),
+}
+
+/// What the layer found on a request.
+#[derive(Debug)]
+pub(crate) enum Found {
+    /// No session header at all.
+    None,
+    /// A valid id.
+    Valid(SessionId),
+    /// Something was there, but not a valid id. `header` is the name it was read from;
+    /// `prefix` an escaped short prefix for the log.
+    Invalid {
+        reason: InvalidSessionId,
+        header: Option<HeaderName>,
+        prefix: String,
+    },
+}
+
+fn escaped_prefix(bytes: &[u8]) -> String {
+    bytes[..bytes.len().min(8)].escape_ascii().to_string()
+}
+
+impl Source {
+    pub(crate) fn extract(&self, parts: &Parts, max_len: usize) -> Found {
+        match self {
+            Source::Headers(names) => {
+                let mut first_invalid = None;
+                for name in names.iter() {
+                    let mut values = parts.headers.get_all(name).iter();
+                    let Some(first) = values.next() else {
+                        continue;
+                    };
+                    // Several identical values are one value; differing values are no session.
+                    let conflicting = values.any(|v| v != first);
+                    let result = if conflicting {
+                        Err(InvalidSessionId::Conflicting)
+                    } else {
+                        validate(first.as_bytes(), max_len)
+                    };
+                    match result {
+                        Ok(()) => return Found::Valid(SessionId(first.clone())),
+                        Err(reason) => {
+                            if first_invalid.is_none() {
+                                first_invalid = Some(Found::Invalid {
+                                    reason,
+                                    header: Some(name.clone()),
+                                    prefix: escaped_prefix(first.as_bytes()),
+                                });
+                            }
+                        }
+                    }
+                }
+                first_invalid.unwrap_or(Found::None)
+            }
+            Source::Fn(f) => match f(parts) {
+                None => Found::None,
+                Some(v) => match validate(v.as_bytes(), max_len) {
+                    Ok(()) => Found::Valid(SessionId(v)),
+                    Err(reason) => Found::Invalid {
+                        reason,
+                        header: None,
+                        prefix: escaped_prefix(v.as_bytes()),
+                    },
+                },
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(headers: &[(&str, &[u8])]) -> Parts {
+        let mut req = http::Request::builder().uri("/");
+        for (n, v) in headers {
+            req = req.header(*n, HeaderValue::from_bytes(v).unwrap());
+        }
+        req.body(()).unwrap().into_parts().0
+    }
+
+    fn headers(names: &[&'static str]) -> Source {
+        Source::Headers(names.iter().map(|n| HeaderName::from_static(n)).collect())
+    }
+
+    fn reason(found: Found) -> Option<InvalidSessionId> {
+        match found {
+            Found::Invalid { reason, .. } => Some(reason),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn accepts_visible_ascii_up_to_limit() {
+        let s = headers(&["sid"]);
+        let id = "a".repeat(256);
+        assert!(
+            matches!(s.extract(&parts(&[("sid", id.as_bytes())]), 256), Found::Valid(v) if v.as_str() == id)
+        );
+        assert!(matches!(
+            s.extract(&parts(&[("sid", b"!~")]), 256),
+            Found::Valid(_)
+        ));
+    }
+
+    #[test]
+    fn rejects_257_bytes_as_too_long() {
+        let s = headers(&["sid"]);
+        let id = "a".repeat(257);
+        assert_eq!(
+            reason(s.extract(&parts(&[("sid", id.as_bytes())]), 256)),
+            Some(InvalidSessionId::TooLong)
+        );
+    }
+
+    #[test]
+    fn configurable_max_len() {
+        let s = headers(&["sid"]);
+        assert_eq!(
+            reason(s.extract(&parts(&[("sid", b"abcde")]), 4)),
+            Some(InvalidSessionId::TooLong)
+        );
+        assert!(matches!(
+            s.extract(&parts(&[("sid", b"abcd")]), 4),
+            Found::Valid(_)
+        ));
+    }
+
+    #[test]
+    fn rejects_empty_space_tab_control_del_and_high_bytes() {
+        let s = headers(&["sid"]);
+        assert_eq!(
+            reason(s.extract(&parts(&[("sid", b"")]), 256)),
+            Some(InvalidSessionId::Empty)
+        );
+        for bad in [&b"a b"[..], b"a\tb", b"a\x7fb", b"caf\xc3\xa9", b"\xff\xfe"] {
+            assert_eq!(
+                reason(s.extract(&parts(&[("sid", bad)]), 256)),
+                Some(InvalidSessionId::Byte),
+                "{bad:?}"
+            );
+        }
+        // Control characters other than tab cannot be in a HeaderValue at all; validate directly.
+        assert_eq!(validate(b"a\x01b", 256), Err(InvalidSessionId::Byte));
+        assert_eq!(validate(b"a\nb", 256), Err(InvalidSessionId::Byte));
+    }
+
+    #[test]
+    fn duplicate_identical_values_are_one_value_differing_values_are_invalid() {
+        let s = headers(&["sid"]);
+        assert!(matches!(
+            s.extract(&parts(&[("sid", b"abc"), ("sid", b"abc")]), 256),
+            Found::Valid(_)
+        ));
+        assert_eq!(
+            reason(s.extract(&parts(&[("sid", b"abc"), ("sid", b"abd")]), 256)),
+            Some(InvalidSessionId::Conflicting)
+        );
+    }
+
+    #[test]
+    fn first_present_valid_header_wins_in_configured_order() {
+        let s = headers(&["primary", "alias"]);
+        let p = parts(&[("alias", b"from-alias"), ("primary", b"from-primary")]);
+        assert!(matches!(s.extract(&p, 256), Found::Valid(v) if v.as_str() == "from-primary"));
+        // An invalid primary falls through to a valid alias.
+        let p = parts(&[("alias", b"from-alias"), ("primary", b"bad value")]);
+        assert!(matches!(s.extract(&p, 256), Found::Valid(v) if v.as_str() == "from-alias"));
+        // Only invalid values: the first invalid one is reported.
+        let p = parts(&[("alias", b""), ("primary", b"bad value")]);
+        assert_eq!(reason(s.extract(&p, 256)), Some(InvalidSessionId::Byte));
+        assert!(matches!(s.extract(&parts(&[]), 256), Found::None));
+    }
+
+    #[test]
+    fn generic_header_is_not_read_by_default() {
+        let s = Source::Headers(Arc::from([DEFAULT_SESSION_HEADER]));
+        assert!(matches!(
+            s.extract(&parts(&[("x-session-id", b"abc")]), 256),
+            Found::None
+        ));
+        assert!(matches!(
+            s.extract(&parts(&[("sticky-session-id", b"abc")]), 256),
+            Found::Valid(_)
+        ));
+    }
+
+    #[test]
+    fn log_prefix_is_short_and_escaped() {
+        assert_eq!(escaped_prefix(b"\x01secret-session-token"), "\\x01secret");
+        let id = SessionId::new("abcdefgh-secret").unwrap();
+        let shown = format!("{id:?} {}", id.redacted());
+        assert!(!shown.contains("secret"), "{shown}");
+    }
+
+    #[test]
+    fn session_fn_output_is_validated() {
+        let s = Source::Fn(Arc::new(|p: &Parts| {
+            p.uri
+                .query()
+                .and_then(|q| q.strip_prefix("s="))
+                .and_then(|v| HeaderValue::from_str(v).ok())
+        }));
+        let p = http::Request::get("/x?s=abc")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        assert!(matches!(s.extract(&p, 256), Found::Valid(v) if v.as_str() == "abc"));
+        let p = http::Request::get("/x?s=").body(()).unwrap().into_parts().0;
+        assert_eq!(reason(s.extract(&p, 256)), Some(InvalidSessionId::Empty));
+    }
+}

@@ -1,0 +1,273 @@
+//! [`ResponseFuture`]: the response side, up to the response head.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::{Extensions, Request, Response};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use crate::body::{ResponseBody, Watch};
+use crate::classify::{ClassifyResponse, ResponseClass, StatusClassifier};
+use crate::core::{Core, StoreOp};
+use crate::layer::Shared;
+use crate::stats::{ClearReason, Counters};
+use crate::store::{BindingStore, MokaStore, StoreError};
+use crate::types::{AuthId, BindingKey, PinnedAuth, ServedBy};
+
+/// What the response side needs to know about a request with a valid session id.
+pub(crate) struct Tracking<St, C> {
+    shared: Arc<Shared<St, C>>,
+    key: BindingKey,
+    /// The account the request was pinned to (explicitly or by the store).
+    pinned: Option<AuthId>,
+}
+
+impl<St, C> Tracking<St, C> {
+    pub(crate) fn new(shared: Arc<Shared<St, C>>, key: BindingKey, pinned: Option<AuthId>) -> Self {
+        Self {
+            shared,
+            key,
+            pinned,
+        }
+    }
+}
+
+/// Accounts for a lookup's result and inserts the pin on a hit.
+pub(crate) fn apply_lookup<St>(
+    core: &Core<St>,
+    key: &BindingKey,
+    result: Result<Option<AuthId>, StoreError>,
+    extensions: &mut Extensions,
+) -> Option<AuthId> {
+    let counters = core.counters();
+    match result {
+        Ok(Some(auth)) => {
+            Counters::inc(&counters.hits);
+            tracing::trace!(session = %key.session().redacted(), auth = %auth, "sticky session: hit");
+            extensions.insert(PinnedAuth(auth.clone()));
+            Some(auth)
+        }
+        Ok(None) => {
+            Counters::inc(&counters.misses);
+            None
+        }
+        Err(e) => {
+            Counters::inc(&counters.misses);
+            core.store_error("lookup", &e);
+            None
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`StickySession`](crate::StickySession).
+    ///
+    /// Resolves to the inner service's response (with its body wrapped in
+    /// [`ResponseBody`]) or error. A failure response or an inner error clears the
+    /// binding before the future resolves; a success whose body is known to be empty
+    /// commits before it resolves.
+    pub struct ResponseFuture<S, ReqB, St = MokaStore, C = StatusClassifier>
+    where
+        S: Service<Request<ReqB>>,
+        St: BindingStore,
+    {
+        #[pin]
+        state: State<S, ReqB, St>,
+        tracking: Option<Tracking<St, C>>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, ReqB, St>
+    where
+        S: Service<Request<ReqB>>,
+        St: BindingStore,
+    {
+        Lookup {
+            lookup: St::LookupFuture,
+            svc: Option<S>,
+            req: Option<Request<ReqB>>,
+        },
+        Inner {
+            #[pin]
+            fut: S::Future,
+        },
+        Finishing {
+            core: Arc<Core<St>>,
+            op: StoreOp<St>,
+            result: Option<Result<S::Response, S::Error>>,
+        },
+        Rejected {
+            msg: Option<Bytes>,
+        },
+    }
+}
+
+impl<S, ReqB, St, C> ResponseFuture<S, ReqB, St, C>
+where
+    S: Service<Request<ReqB>>,
+    St: BindingStore,
+{
+    pub(crate) fn untracked(fut: S::Future) -> Self {
+        Self {
+            state: State::Inner { fut },
+            tracking: None,
+        }
+    }
+
+    pub(crate) fn tracked(fut: S::Future, tracking: Tracking<St, C>) -> Self {
+        Self {
+            state: State::Inner { fut },
+            tracking: Some(tracking),
+        }
+    }
+
+    pub(crate) fn lookup(
+        lookup: St::LookupFuture,
+        svc: S,
+        req: Request<ReqB>,
+        tracking: Tracking<St, C>,
+    ) -> Self {
+        Self {
+            state: State::Lookup {
+                lookup,
+                svc: Some(svc),
+                req: Some(req),
+            },
+            tracking: Some(tracking),
+        }
+    }
+
+    pub(crate) fn rejected(msg: String) -> Self {
+        Self {
+            state: State::Rejected {
+                msg: Some(Bytes::from(msg)),
+            },
+            tracking: None,
+        }
+    }
+}
+
+impl<S, ReqB, ResB, St, C> Future for ResponseFuture<S, ReqB, St, C>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: Body,
+    St: BindingStore,
+    C: ClassifyResponse,
+{
+    type Output = Result<Response<ResponseBody<ResB, St>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Lookup { lookup, svc, req } => {
+                    let result = ready!(Pin::new(lookup).poll(cx));
+                    let mut req = req.take().expect("ResponseFuture polled after completion");
+                    let mut svc = svc.take().expect("ResponseFuture polled after completion");
+                    if let Some(t) = this.tracking.as_mut() {
+                        t.pinned =
+                            apply_lookup(&t.shared.core, &t.key, result, req.extensions_mut());
+                    }
+                    let fut = svc.call(req);
+                    this.state.set(State::Inner { fut });
+                }
+                StateProj::Inner { fut } => {
+                    let result = ready!(fut.poll(cx));
+                    let Some(tracking) = this.tracking.take() else {
+                        return Poll::Ready(result.map(|res| res.map(ResponseBody::passthrough)));
+                    };
+                    match judge(tracking, result) {
+                        Judged::Done(out) => return Poll::Ready(out),
+                        Judged::Store(core, op, result) => this.state.set(State::Finishing {
+                            core,
+                            op,
+                            result: Some(result),
+                        }),
+                    }
+                }
+                StateProj::Finishing { core, op, result } => {
+                    ready!(op.poll(core, cx));
+                    let result = result
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    return Poll::Ready(result.map(|res| res.map(ResponseBody::passthrough)));
+                }
+                StateProj::Rejected { msg } => {
+                    let msg = msg.take().expect("ResponseFuture polled after completion");
+                    let mut res = Response::new(ResponseBody::message(msg));
+                    *res.status_mut() = http::StatusCode::BAD_REQUEST;
+                    res.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+                    );
+                    return Poll::Ready(Ok(res));
+                }
+            }
+        }
+    }
+}
+
+enum Judged<St: BindingStore, ResB: Body, E> {
+    Done(Result<Response<ResponseBody<ResB, St>>, E>),
+    Store(Arc<Core<St>>, StoreOp<St>, Result<Response<ResB>, E>),
+}
+
+/// The response head's part of the state machine (DESIGN.md's table).
+fn judge<St, C, ResB, E>(
+    t: Tracking<St, C>,
+    result: Result<Response<ResB>, E>,
+) -> Judged<St, ResB, E>
+where
+    St: BindingStore,
+    C: ClassifyResponse,
+    ResB: Body,
+{
+    let core = &t.shared.core;
+    let res = match result {
+        Ok(res) => res,
+        Err(err) => {
+            // Inner error: the pinned account (if any) did not serve; clear it.
+            return match &t.pinned {
+                Some(pinned) => {
+                    let op = StoreOp::clear(core, &t.key, pinned, ClearReason::InnerError);
+                    Judged::Store(core.clone(), op, Err(err))
+                }
+                None => Judged::Done(Err(err)),
+            };
+        }
+    };
+    let served = res.extensions().get::<ServedBy>().map(|s| &s.0);
+    match t.shared.classifier.classify(res.status(), res.headers()) {
+        ResponseClass::Failure => match served.or(t.pinned.as_ref()) {
+            Some(failed) => {
+                let op = StoreOp::clear(core, &t.key, failed, ClearReason::FailureStatus);
+                Judged::Store(core.clone(), op, Ok(res))
+            }
+            None => Judged::Done(Ok(res.map(ResponseBody::passthrough))),
+        },
+        ResponseClass::Success => match served {
+            Some(served) if res.body().is_end_stream() => {
+                // Nothing will ever be polled from this body: it has proved itself now.
+                let op = StoreOp::commit(core, &t.key, served);
+                Judged::Store(core.clone(), op, Ok(res))
+            }
+            Some(served) => {
+                let watch = Watch {
+                    core: core.clone(),
+                    key: t.key,
+                    served: served.clone(),
+                };
+                Judged::Done(Ok(res.map(|body| ResponseBody::watching(body, watch))))
+            }
+            None => Judged::Done(Ok(res.map(ResponseBody::passthrough))),
+        },
+        ResponseClass::Neutral => Judged::Done(Ok(res.map(ResponseBody::passthrough))),
+    }
+}

@@ -1,0 +1,226 @@
+//! [`StickySessionLayer`]: configuration and the [`Layer`] impl.
+
+use std::sync::Arc;
+
+use http::request::Parts;
+use http::{HeaderName, HeaderValue};
+use tower_layer::Layer;
+
+use crate::classify::{ClassifyResponse, StatusClassifier};
+use crate::core::Core;
+use crate::extract::{DEFAULT_MAX_SESSION_ID_LEN, DEFAULT_SESSION_HEADER, Source};
+use crate::service::StickySession;
+use crate::stats::Stats;
+use crate::store::{BindingStore, MokaStore};
+use crate::types::Scope;
+
+pub(crate) type ScopeFn = Arc<dyn Fn(&Parts) -> Option<Scope> + Send + Sync>;
+
+/// Everything a [`StickySession`] service needs, shared by its clones.
+pub(crate) struct Shared<St, C> {
+    pub(crate) core: Arc<Core<St>>,
+    pub(crate) classifier: C,
+    pub(crate) source: Source,
+    pub(crate) scope: Option<ScopeFn>,
+    pub(crate) max_len: usize,
+    pub(crate) strict: bool,
+}
+
+impl<St, C: Clone> Clone for Shared<St, C> {
+    fn clone(&self) -> Self {
+        Self {
+            core: self.core.clone(),
+            classifier: self.classifier.clone(),
+            source: self.source.clone(),
+            scope: self.scope.clone(),
+            max_len: self.max_len,
+            strict: self.strict,
+        }
+    }
+}
+
+/// Applies sticky session routing to a service; see the [crate docs](crate).
+///
+/// Services made by one layer (and by its clones) share the store and the [`Stats`].
+///
+/// ```
+/// use http::HeaderName;
+/// use tower_sticky_session::{MokaStore, Scope, StickySessionLayer};
+///
+/// let layer = StickySessionLayer::with_store(MokaStore::new())
+///     // Priority order: the first header present with a valid id wins.
+///     .headers([
+///         HeaderName::from_static("sticky-session-id"),
+///         HeaderName::from_static("x-session-id"),
+///     ])
+///     // Bind per provider: the same session talking to two providers is two bindings.
+///     .scope_fn(|parts| parts.headers.get("x-provider").map(Scope::from))
+///     .max_session_id_len(128);
+/// # let _ = layer;
+/// ```
+#[must_use]
+pub struct StickySessionLayer<St = MokaStore, C = StatusClassifier> {
+    shared: Shared<St, C>,
+}
+
+impl<St, C: Clone> Clone for StickySessionLayer<St, C> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl StickySessionLayer {
+    /// A layer with an in-memory [`MokaStore`] (100 000 bindings, 1 hour TTL), the
+    /// [`sticky-session-id`](crate::DEFAULT_SESSION_HEADER) header and the default
+    /// [`StatusClassifier`].
+    pub fn new() -> Self {
+        Self::with_store(MokaStore::new())
+    }
+}
+
+impl Default for StickySessionLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<St: BindingStore> StickySessionLayer<St> {
+    /// A layer that keeps its bindings in `store`.
+    pub fn with_store(store: St) -> Self {
+        let stats = Stats::default();
+        Self {
+            shared: Shared {
+                core: Arc::new(Core::new(store, stats)),
+                classifier: StatusClassifier::new(),
+                source: Source::Headers(Arc::from([DEFAULT_SESSION_HEADER])),
+                scope: None,
+                max_len: DEFAULT_MAX_SESSION_ID_LEN,
+                strict: false,
+            },
+        }
+    }
+}
+
+impl<St: BindingStore, C> StickySessionLayer<St, C> {
+    /// Reads the session id from one header.
+    pub fn header(self, name: HeaderName) -> Self {
+        self.headers([name])
+    }
+
+    /// Reads the session id from the first of these headers that is present with a valid
+    /// value (priority order). Use it to accept aliases, e.g. a client's own header name.
+    ///
+    /// # Panics
+    ///
+    /// If `names` is empty.
+    pub fn headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        let names: Arc<[HeaderName]> = names.into_iter().collect();
+        assert!(
+            !names.is_empty(),
+            "at least one session header name is required"
+        );
+        self.shared.source = Source::Headers(names);
+        self
+    }
+
+    /// Reads the session id with a function over the request parts (a cookie, a query
+    /// parameter, a path segment…). Its result is validated like a header value.
+    ///
+    /// ```
+    /// use http::HeaderValue;
+    /// use tower_sticky_session::StickySessionLayer;
+    ///
+    /// // `?session=...` in the query string.
+    /// let layer = StickySessionLayer::new().session_fn(|parts| {
+    ///     let query = parts.uri.query()?;
+    ///     let value = query.split('&').find_map(|kv| kv.strip_prefix("session="))?;
+    ///     HeaderValue::from_str(value).ok()
+    /// });
+    /// # let _ = layer;
+    /// ```
+    pub fn session_fn<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Parts) -> Option<HeaderValue> + Send + Sync + 'static,
+    {
+        self.shared.source = Source::Fn(Arc::new(f));
+        self
+    }
+
+    /// Partitions bindings by a scope computed from the request parts (provider, model,
+    /// tenant). `None` is the unscoped partition. Default: no scope.
+    pub fn scope_fn<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Parts) -> Option<Scope> + Send + Sync + 'static,
+    {
+        self.shared.scope = Some(Arc::new(f));
+        self
+    }
+
+    /// The longest accepted session id, in bytes (default 256).
+    pub fn max_session_id_len(mut self, max: usize) -> Self {
+        self.shared.max_len = max;
+        self
+    }
+
+    /// Strict mode: answer a request whose session id is present but invalid with
+    /// `400 Bad Request` and a plain-text reason, instead of serving it unsticky.
+    /// Off by default.
+    pub fn reject_invalid(mut self, reject: bool) -> Self {
+        self.shared.strict = reject;
+        self
+    }
+
+    /// Uses another classifier to decide which responses commit, clear or keep.
+    pub fn classifier<C2: ClassifyResponse>(self, classifier: C2) -> StickySessionLayer<St, C2> {
+        let s = self.shared;
+        StickySessionLayer {
+            shared: Shared {
+                core: s.core,
+                classifier,
+                source: s.source,
+                scope: s.scope,
+                max_len: s.max_len,
+                strict: s.strict,
+            },
+        }
+    }
+
+    /// A handle to the counters of this layer and every service it makes.
+    pub fn stats(&self) -> Stats {
+        self.shared.core.stats.clone()
+    }
+
+    /// The layer's store.
+    pub fn store(&self) -> &St {
+        &self.shared.core.store
+    }
+}
+
+impl<S, St, C> Layer<S> for StickySessionLayer<St, C>
+where
+    St: BindingStore,
+    C: ClassifyResponse + Clone,
+{
+    type Service = StickySession<S, St, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        StickySession::from_shared(inner, Arc::new(self.shared.clone()))
+    }
+}
+
+impl<St, C> std::fmt::Debug for StickySessionLayer<St, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let source = match &self.shared.source {
+            Source::Headers(names) => format!("headers {names:?}"),
+            Source::Fn(_) => "function".to_owned(),
+        };
+        f.debug_struct("StickySessionLayer")
+            .field("source", &source)
+            .field("scoped", &self.shared.scope.is_some())
+            .field("max_len", &self.shared.max_len)
+            .field("strict", &self.shared.strict)
+            .finish_non_exhaustive()
+    }
+}

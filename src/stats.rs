@@ -1,0 +1,172 @@
+//! Counters of what the layer decided.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::extract::InvalidSessionId;
+
+/// Why a binding was cleared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ClearReason {
+    /// The response was classified as a failure (default: 429 or 5xx).
+    FailureStatus,
+    /// The inner service returned an error.
+    InnerError,
+    /// A successful response's body ended without a single data frame.
+    EmptyStream,
+    /// A successful response's body failed before its first data frame.
+    StreamError,
+}
+
+impl ClearReason {
+    /// All reasons, in a fixed order.
+    pub const ALL: [ClearReason; 4] = [
+        Self::FailureStatus,
+        Self::InnerError,
+        Self::EmptyStream,
+        Self::StreamError,
+    ];
+
+    /// A short machine-readable name, used as a metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FailureStatus => "failure_status",
+            Self::InnerError => "inner_error",
+            Self::EmptyStream => "empty_stream",
+            Self::StreamError => "stream_error",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Self::FailureStatus => 0,
+            Self::InnerError => 1,
+            Self::EmptyStream => 2,
+            Self::StreamError => 3,
+        }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) requests: AtomicU64,
+    pub(crate) no_session: AtomicU64,
+    pub(crate) invalid: [AtomicU64; 4],
+    pub(crate) rejected: AtomicU64,
+    pub(crate) explicit_pins: AtomicU64,
+    pub(crate) lookups: AtomicU64,
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) commits: AtomicU64,
+    pub(crate) clear_attempts: [AtomicU64; 4],
+    pub(crate) cleared: AtomicU64,
+    pub(crate) store_errors: AtomicU64,
+}
+
+impl Counters {
+    #[inline]
+    pub(crate) fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn invalid(&self, reason: InvalidSessionId) {
+        Self::inc(&self.invalid[reason.index()]);
+    }
+
+    pub(crate) fn clear_attempt(&self, reason: ClearReason) {
+        Self::inc(&self.clear_attempts[reason.index()]);
+    }
+}
+
+/// A cheap, cloneable handle to a layer's counters.
+///
+/// Every layer built from one [`StickySessionLayer`](crate::StickySessionLayer) (and every
+/// service it makes) shares one set of counters. Counting is a relaxed atomic increment.
+///
+/// ```
+/// use tower_sticky_session::StickySessionLayer;
+///
+/// let layer = StickySessionLayer::new();
+/// let stats = layer.stats();
+/// assert_eq!(stats.snapshot().requests, 0);
+/// ```
+#[derive(Clone, Default)]
+pub struct Stats(pub(crate) Arc<Counters>);
+
+impl Stats {
+    /// Reads every counter. Each counter is read atomically, the set is not a single
+    /// atomic snapshot (counters may move while it is taken).
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let c = &*self.0;
+        let get = |a: &AtomicU64| a.load(Relaxed);
+        StatsSnapshot {
+            requests: get(&c.requests),
+            no_session: get(&c.no_session),
+            invalid: InvalidSessionId::ALL.map(|r| (r, get(&c.invalid[r.index()]))),
+            rejected: get(&c.rejected),
+            explicit_pins: get(&c.explicit_pins),
+            lookups: get(&c.lookups),
+            hits: get(&c.hits),
+            misses: get(&c.misses),
+            commits: get(&c.commits),
+            clear_attempts: ClearReason::ALL.map(|r| (r, get(&c.clear_attempts[r.index()]))),
+            cleared: get(&c.cleared),
+            store_errors: get(&c.store_errors),
+        }
+    }
+}
+
+impl std::fmt::Debug for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.snapshot().fmt(f)
+    }
+}
+
+/// A copy of the counters at one moment; plain data, easy to export.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StatsSnapshot {
+    /// Requests seen by the layer.
+    pub requests: u64,
+    /// Requests without any session id.
+    pub no_session: u64,
+    /// Requests whose session id was invalid, by reason.
+    pub invalid: [(InvalidSessionId, u64); 4],
+    /// Requests answered with 400 by strict mode (a subset of `invalid`).
+    pub rejected: u64,
+    /// Requests that arrived with an explicit [`PinnedAuth`](crate::PinnedAuth), which won
+    /// over the store.
+    pub explicit_pins: u64,
+    /// Store lookups.
+    pub lookups: u64,
+    /// Lookups that found a binding.
+    pub hits: u64,
+    /// Lookups that found none (or failed: see `store_errors`).
+    pub misses: u64,
+    /// Bindings committed (created or renewed).
+    pub commits: u64,
+    /// Compare-and-delete attempts, by reason.
+    pub clear_attempts: [(ClearReason, u64); 4],
+    /// Compare-and-delete attempts that removed a binding.
+    pub cleared: u64,
+    /// Store operations that failed (the request was served unsticky).
+    pub store_errors: u64,
+}
+
+impl StatsSnapshot {
+    /// Invalid session ids of every reason.
+    pub fn invalid_total(&self) -> u64 {
+        self.invalid.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Invalid session ids of one reason.
+    pub fn invalid(&self, reason: InvalidSessionId) -> u64 {
+        self.invalid[reason.index()].1
+    }
+
+    /// Clear attempts of one reason.
+    pub fn clear_attempts(&self, reason: ClearReason) -> u64 {
+        self.clear_attempts[reason.index()].1
+    }
+}

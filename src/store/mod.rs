@@ -1,0 +1,121 @@
+//! Where bindings live.
+//!
+//! A [`BindingStore`] maps a [`BindingKey`] (scope, session) to the [`AuthId`] that last
+//! served it well. The embedded default is [`MokaStore`]; a networked store (Redis) sits
+//! behind the same trait.
+//!
+//! # The interface
+//!
+//! Every operation returns a future named by an associated type, so an in-memory store
+//! answers with [`std::future::Ready`] — no allocation, no box, resolved on the first
+//! poll — while a networked store returns whatever future its client gives it. The layer
+//! polls each future in place (they are required to be [`Unpin`]; a networked store
+//! boxes its future, which costs one allocation next to a network round trip).
+//!
+//! Stores must make [`BindingStore::clear_if`] atomic per key with respect to
+//! [`BindingStore::commit`]: a compare-and-delete that runs concurrently with a commit of
+//! another account must never remove the new binding.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+
+use crate::types::{AuthId, BindingKey};
+
+mod moka;
+
+pub use self::moka::{BindingInfo, DEFAULT_MAX_BINDINGS, DEFAULT_TTL, MokaStore, MokaStoreBuilder};
+
+/// A binding store: `(scope, session) → account`, with expiry and a capacity bound.
+pub trait BindingStore: Send + Sync + 'static {
+    /// Future of [`BindingStore::lookup`].
+    type LookupFuture: Future<Output = Result<Option<AuthId>, StoreError>> + Send + Unpin + 'static;
+    /// Future of [`BindingStore::commit`].
+    type CommitFuture: Future<Output = Result<(), StoreError>> + Send + Unpin + 'static;
+    /// Future of [`BindingStore::clear_if`].
+    type ClearFuture: Future<Output = Result<bool, StoreError>> + Send + Unpin + 'static;
+
+    /// The account `key` is bound to, if the binding is live.
+    fn lookup(&self, key: &BindingKey) -> Self::LookupFuture;
+
+    /// Binds `key` to `auth`, replacing any binding and renewing its time to live.
+    fn commit(&self, key: &BindingKey, auth: &AuthId) -> Self::CommitFuture;
+
+    /// Removes the binding of `key` only if it points at `expected`, atomically.
+    /// Resolves to whether a binding was removed.
+    fn clear_if(&self, key: &BindingKey, expected: &AuthId) -> Self::ClearFuture;
+}
+
+/// A store operation failed.
+///
+/// The layer fails open: a failed lookup is a miss, a failed commit or clear is logged
+/// and counted, and the request is served either way.
+#[derive(Debug)]
+pub struct StoreError {
+    kind: StoreErrorKind,
+    source: Option<Box<dyn StdError + Send + Sync>>,
+}
+
+/// What kind of failure a [`StoreError`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// The operation did not finish within the store's time limit.
+    Timeout,
+    /// The store is unreachable, or skipped while a circuit breaker is open.
+    Unavailable,
+    /// Any other failure.
+    Other,
+}
+
+impl StoreError {
+    /// A new error of `kind`, optionally caused by `source`.
+    pub fn new(kind: StoreErrorKind, source: Option<Box<dyn StdError + Send + Sync>>) -> Self {
+        Self { kind, source }
+    }
+
+    /// The error's kind.
+    pub fn kind(&self) -> StoreErrorKind {
+        self.kind
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.kind {
+            StoreErrorKind::Timeout => "binding store timed out",
+            StoreErrorKind::Unavailable => "binding store unavailable",
+            StoreErrorKind::Other => "binding store error",
+        };
+        match &self.source {
+            Some(source) => write!(f, "{what}: {source}"),
+            None => f.write_str(what),
+        }
+    }
+}
+
+impl StdError for StoreError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
+    }
+}
+
+impl<St: BindingStore> BindingStore for std::sync::Arc<St> {
+    type LookupFuture = St::LookupFuture;
+    type CommitFuture = St::CommitFuture;
+    type ClearFuture = St::ClearFuture;
+
+    fn lookup(&self, key: &BindingKey) -> Self::LookupFuture {
+        (**self).lookup(key)
+    }
+
+    fn commit(&self, key: &BindingKey, auth: &AuthId) -> Self::CommitFuture {
+        (**self).commit(key, auth)
+    }
+
+    fn clear_if(&self, key: &BindingKey, expected: &AuthId) -> Self::ClearFuture {
+        (**self).clear_if(key, expected)
+    }
+}
