@@ -195,6 +195,18 @@ where
     }
 }
 
+/// An empty pass-through body (tower-http's `TimeoutLayer` builds its timeout response
+/// with `Default`).
+impl<B, St> Default for ResponseBody<B, St>
+where
+    B: Body + Default,
+    St: BindingStore,
+{
+    fn default() -> Self {
+        Self::passthrough(B::default())
+    }
+}
+
 impl<B, St> std::fmt::Debug for ResponseBody<B, St>
 where
     B: Body + std::fmt::Debug,

@@ -21,5 +21,7 @@ pub use crate::future::ResponseFuture;
 pub use crate::layer::StickySessionLayer;
 pub use crate::service::StickySession;
 pub use crate::stats::{ClearReason, Stats, StatsSnapshot};
+#[cfg(feature = "redis")]
+pub use crate::store::RedisStore;
 pub use crate::store::{BindingStore, MokaStore, StoreError};
 pub use crate::types::{AuthId, BindingKey, PinnedAuth, Scope, ServedBy};

@@ -23,8 +23,17 @@ use std::future::Future;
 use crate::types::{AuthId, BindingKey};
 
 mod moka;
+#[cfg(feature = "redis")]
+mod redis;
 
 pub use self::moka::{BindingInfo, DEFAULT_MAX_BINDINGS, DEFAULT_TTL, MokaStore, MokaStoreBuilder};
+#[cfg(feature = "redis")]
+pub use self::redis::{
+    DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD, DEFAULT_FAULT_LOG_INTERVAL,
+    DEFAULT_REDIS_ADMIN_TIMEOUT, DEFAULT_REDIS_CONNECT_TIMEOUT, DEFAULT_REDIS_PREFIX,
+    DEFAULT_REDIS_TIMEOUT, RedisBinding, RedisStore, RedisStoreBuilder, RedisStoreFuture,
+    RedisStoreStats,
+};
 
 /// A binding store: `(scope, session) → account`, with expiry and a capacity bound.
 pub trait BindingStore: Send + Sync + 'static {

@@ -1,0 +1,957 @@
+//! A binding store shared by several proxy replicas, in Redis (or Valkey).
+//!
+//! See [`RedisStore`].
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{Client, Cmd, RedisError};
+use sha2::{Digest, Sha256};
+use tokio::runtime::Handle;
+
+use super::{BindingStore, DEFAULT_TTL, MokaStore, StoreError, StoreErrorKind};
+use crate::types::{AuthId, BindingKey};
+
+/// Default key prefix of a [`RedisStore`]. Keys are `{prefix}v1:{32 hex digits}`.
+pub const DEFAULT_REDIS_PREFIX: &str = "tss:";
+/// Default time limit of each Redis call made for a request: 50 ms.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
+/// Default time limit of a connection attempt and of a breaker probe: 1 second.
+pub const DEFAULT_REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default time limit of each Redis round trip made by an operator function
+/// ([`RedisStore::get`], [`RedisStore::remove`], [`RedisStore::remove_account`]): 2 seconds.
+pub const DEFAULT_REDIS_ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default number of consecutive failed Redis calls that opens the circuit breaker.
+pub const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
+/// Default time the open breaker skips Redis before it probes it again: 1 second.
+pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
+/// Default minimum interval between two fault warnings in the log: 10 seconds.
+pub const DEFAULT_FAULT_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Version of the key layout, part of every key: a change of hashing or encoding gets a
+/// new version, so replicas of two versions never misread each other's bindings.
+const KEY_VERSION: &str = "v1:";
+/// Bytes of the SHA-256 digest kept in a key (128 bits, as hex: 32 characters).
+const DIGEST_BYTES: usize = 16;
+
+/// Compare-and-delete, atomic inside Redis: `DEL` only if the key still holds `ARGV[1]`.
+///
+/// Sent with `EVAL` rather than `EVALSHA`: the script is under 100 bytes, a clear happens
+/// only after a failure, and `EVAL` is one round trip even right after a Redis restart has
+/// emptied the script cache (where `EVALSHA` costs a `NOSCRIPT` reply and a second trip
+/// inside the same 50 ms budget). Redis caches the compiled script either way.
+const CLEAR_IF_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+
+/// The binding store for several proxy replicas: bindings live in Redis (or Valkey), so
+/// a session keeps its account whichever replica the load balancer sends it to.
+///
+/// # What is stored
+///
+/// One string key per binding: `{prefix}v1:{hex}`, where `hex` is the first 128 bits of
+/// the SHA-256 digest of the [`BindingKey`]'s unambiguous [encoding](BindingKey::encode)
+/// (scope and session id). The value is the [`AuthId`]'s name; the key expires after the
+/// store's TTL (`SET key auth PX ttl`, renewed by every commit). No raw session id or
+/// scope ever reaches Redis, and every replica computes the same key for the same session.
+///
+/// - **commit**: `SET key auth PX ttl`.
+/// - **clear_if**: a Lua script that deletes the key only if it still holds the failed
+///   account, atomically inside Redis, so a late failure on one replica never removes a
+///   binding another replica has just committed.
+///
+/// # Failing open
+///
+/// Stickiness is an optimisation; Redis must never fail or stall a request:
+///
+/// - Every call made for a request runs under a short time limit
+///   ([`timeout`](RedisStoreBuilder::timeout), default 50 ms). A timeout or a connection
+///   error is a [`StoreError`]: the layer serves the request without stickiness.
+/// - The connection never waits on a reconnect back-off: the client makes a single
+///   connection attempt per reconnect, and a refused connection fails at once.
+/// - After [`breaker_threshold`](RedisStoreBuilder::breaker_threshold) consecutive
+///   failures (default 5) a circuit breaker opens: requests skip Redis entirely (an
+///   immediate [`StoreErrorKind::Unavailable`], no network). Every
+///   [`breaker_cooldown`](RedisStoreBuilder::breaker_cooldown) (default 1 s) a background
+///   task probes Redis with `PING`; when it answers the breaker closes and sharing
+///   resumes. No request ever waits for a probe.
+/// - [`build`](RedisStoreBuilder::build) succeeds while Redis is down: the connection is
+///   made in the background.
+/// - Faults are counted ([`RedisStore::stats`]) and logged at `warn` at most once per
+///   [`fault_log_interval`](RedisStoreBuilder::fault_log_interval) (default 10 s) with
+///   the number of faults since the last warning; breaker transitions are logged once
+///   each. Logs name Redis by `host:port` only, never by its URL (it may hold a password).
+///
+/// # Near cache
+///
+/// [`near_cache`](RedisStoreBuilder::near_cache) puts a small in-process [`MokaStore`]
+/// in front of Redis: a lookup it answers costs no round trip. Entries are filled from
+/// Redis lookups only and never renewed locally, so a replica's view lags Redis by at
+/// most the near cache's TTL (keep it short: a second or a few). A commit that changes a
+/// session's account drops the local entry; a clear runs in Redis first, then in the
+/// local tier, and stops in-flight lookups from re-filling it with the old account.
+///
+/// # Runtime
+///
+/// The store needs a Tokio runtime: build it inside one, and poll its futures inside one
+/// (the layer's futures are, in a hyper or axum server).
+///
+/// Cloning is cheap; clones share the connection, the breaker and the counters.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tower_sticky_session::StickySessionLayer;
+/// use tower_sticky_session::store::RedisStore;
+///
+/// # async fn run() -> Result<(), tower_sticky_session::StoreError> {
+/// let store = RedisStore::builder("redis://127.0.0.1:6379/0")
+///     .prefix("my-proxy:")
+///     .timeout(Duration::from_millis(30))
+///     .ttl(Duration::from_secs(1800))
+///     .near_cache(Duration::from_secs(2), 10_000)
+///     .build()?; // fails only on an invalid URL; Redis may be down
+/// let layer = StickySessionLayer::with_store(store.clone());
+/// // Later, e.g. from a metrics endpoint:
+/// let faults = store.stats();
+/// println!("redis timeouts: {}, breaker open: {}", faults.timeouts, faults.breaker_open);
+/// # let _ = layer;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: ConnectionManager,
+    runtime: Handle,
+    /// `{prefix}v1:`.
+    key_prefix: Box<str>,
+    ttl_ms: u64,
+    timeout: Duration,
+    probe_timeout: Duration,
+    admin_timeout: Duration,
+    breaker: Breaker,
+    faults: Faults,
+    near: Option<Near>,
+    /// `host:port/db` (or a socket path): how logs name Redis. Never the URL.
+    addr: Box<str>,
+    epoch: Instant,
+}
+
+struct Near {
+    cache: MokaStore,
+    /// Bumped by every clear (and by a commit that changes the local entry): a lookup
+    /// whose Redis reply arrives after a bump does not fill the local tier.
+    generation: AtomicU64,
+}
+
+/// Builds a [`RedisStore`]; made by [`RedisStore::builder`].
+#[must_use]
+#[derive(Clone)]
+pub struct RedisStoreBuilder {
+    url: String,
+    prefix: String,
+    ttl: Duration,
+    timeout: Duration,
+    connect_timeout: Duration,
+    admin_timeout: Duration,
+    breaker_threshold: u32,
+    breaker_cooldown: Duration,
+    log_interval: Duration,
+    near: Option<(Duration, u64)>,
+}
+
+impl fmt::Debug for RedisStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL may hold a password: not shown.
+        f.debug_struct("RedisStoreBuilder")
+            .field("prefix", &self.prefix)
+            .field("ttl", &self.ttl)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("admin_timeout", &self.admin_timeout)
+            .field("breaker_threshold", &self.breaker_threshold)
+            .field("breaker_cooldown", &self.breaker_cooldown)
+            .field("fault_log_interval", &self.log_interval)
+            .field("near_cache", &self.near)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStoreBuilder {
+    /// The key prefix (default `"tss:"`). Replicas that share bindings must use the same
+    /// prefix (and the same Redis database); different prefixes keep several proxies
+    /// apart in one Redis.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// How long a binding lives after its last commit (default 1 hour). Stored with each
+    /// key (`PX`), so the replica that commits last decides.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Time limit of each Redis call made for a request (default 50 ms). A request waits
+    /// at most this long for its lookup, and a response at most this long for its commit
+    /// or clear, before it goes on without stickiness.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Time limit of one connection attempt, and of the background `PING` that checks
+    /// whether Redis is back while the breaker is open (default 1 s). No request waits
+    /// for either.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Time limit of each Redis round trip made by the operator functions
+    /// ([`RedisStore::get`], [`RedisStore::remove`], [`RedisStore::remove_account`]);
+    /// default 2 s.
+    pub fn admin_timeout(mut self, timeout: Duration) -> Self {
+        self.admin_timeout = timeout;
+        self
+    }
+
+    /// Consecutive failed calls that open the circuit breaker (default 5; at least 1).
+    pub fn breaker_threshold(mut self, failures: u32) -> Self {
+        self.breaker_threshold = failures.max(1);
+        self
+    }
+
+    /// How long the open breaker skips Redis before the next background probe
+    /// (default 1 s).
+    pub fn breaker_cooldown(mut self, cooldown: Duration) -> Self {
+        self.breaker_cooldown = cooldown;
+        self
+    }
+
+    /// Minimum interval between two fault warnings in the log (default 10 s). Faults in
+    /// between are logged at `debug` and counted in the next warning.
+    pub fn fault_log_interval(mut self, interval: Duration) -> Self {
+        self.log_interval = interval;
+        self
+    }
+
+    /// Puts an in-process cache of at most `max_bindings` entries in front of Redis;
+    /// each entry is kept `ttl` after it was read from Redis (a second or a few). See
+    /// "Near cache" on [`RedisStore`].
+    pub fn near_cache(mut self, ttl: Duration, max_bindings: u64) -> Self {
+        self.near = Some((ttl, max_bindings));
+        self
+    }
+
+    /// Builds the store.
+    ///
+    /// Does not connect: the connection is made in the background, so this succeeds
+    /// while Redis is down (requests are then served without stickiness until it
+    /// answers).
+    ///
+    /// # Errors
+    ///
+    /// If the URL is invalid (the error does not repeat the URL), or if it is called
+    /// outside a Tokio runtime.
+    pub fn build(self) -> Result<RedisStore, StoreError> {
+        let runtime = Handle::try_current().map_err(|_| {
+            config_error("RedisStore::build must be called inside a Tokio runtime".into())
+        })?;
+        let client = Client::open(self.url.as_str())
+            .map_err(|e| config_error(format!("invalid Redis URL: {e}")))?;
+        let info = client.get_connection_info();
+        let addr = format!("{}/{}", info.addr(), info.redis_settings().db()).into_boxed_str();
+        let config = ConnectionManagerConfig::new()
+            // One attempt per reconnect: callers never wait on a back-off schedule, and
+            // the breaker decides when to try again.
+            .set_number_of_retries(0)
+            .set_connection_timeout(Some(self.connect_timeout))
+            // A backstop; every call has its own, shorter limit.
+            .set_response_timeout(Some(self.admin_timeout.max(self.connect_timeout)));
+        let conn = {
+            let _guard = runtime.enter();
+            ConnectionManager::new_lazy_with_config(client, config)
+                .map_err(|e| config_error(format!("invalid Redis client settings: {e}")))?
+        };
+        let near = self.near.map(|(ttl, max)| Near {
+            cache: MokaStore::builder().ttl(ttl).max_bindings(max).build(),
+            generation: AtomicU64::new(0),
+        });
+        let ttl_ms = u64::try_from(self.ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let inner = Arc::new(Inner {
+            conn,
+            runtime,
+            key_prefix: format!("{}{KEY_VERSION}", self.prefix).into_boxed_str(),
+            ttl_ms,
+            timeout: self.timeout,
+            probe_timeout: self.connect_timeout,
+            admin_timeout: self.admin_timeout,
+            breaker: Breaker {
+                threshold: self.breaker_threshold,
+                cooldown_ms: duration_ms(self.breaker_cooldown),
+                failures: AtomicU32::new(0),
+                open_until: AtomicU64::new(0),
+                probing: AtomicBool::new(false),
+            },
+            faults: Faults {
+                interval_ms: duration_ms(self.log_interval),
+                ..Faults::default()
+            },
+            near,
+            addr,
+            epoch: Instant::now(),
+        });
+        // Connect now, in the background, so the first request finds a ready connection.
+        // If Redis does not answer, open the breaker: requests skip it from the start and
+        // the probe picks it up when it comes.
+        let warm = inner.clone();
+        inner.runtime.spawn(async move {
+            match warm.ping(warm.probe_timeout).await {
+                Ok(()) => tracing::debug!(redis = %warm.addr, "sticky session store: connected to Redis"),
+                Err(e) => {
+                    warm.faults.record(&e);
+                    warm.breaker.trip(warm.now_ms());
+                    inc(&warm.faults.breaker_opens);
+                    tracing::warn!(
+                        redis = %warm.addr,
+                        error = %e,
+                        "sticky session store: Redis unreachable at start-up; serving without stickiness until it answers"
+                    );
+                }
+            }
+        });
+        Ok(RedisStore { inner })
+    }
+}
+
+fn config_error(msg: String) -> StoreError {
+    StoreError::new(StoreErrorKind::Other, Some(msg.into()))
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A binding as Redis holds it, for an operator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisBinding {
+    /// The account the session is bound to.
+    pub auth: AuthId,
+    /// Time left before the binding expires, unless a commit renews it. `None` if the
+    /// key has no expiry (only if something other than this crate wrote it).
+    pub expires_in: Option<Duration>,
+}
+
+/// Counters of a [`RedisStore`]'s faults; see [`RedisStore::stats`].
+///
+/// The layer's own [`Stats`](crate::Stats) count every store error it sees
+/// (`store_errors`); these say what the errors were.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisStoreStats {
+    /// Redis calls made (requests' lookups, commits and clears, probes, operator calls).
+    pub calls: u64,
+    /// Calls that hit their time limit.
+    pub timeouts: u64,
+    /// Calls that failed otherwise (connection refused or dropped, a Redis error).
+    pub errors: u64,
+    /// Operations that skipped Redis because the breaker was open.
+    pub breaker_skips: u64,
+    /// Times the breaker opened.
+    pub breaker_opens: u64,
+    /// Whether the breaker is open now.
+    pub breaker_open: bool,
+    /// Lookups answered by the near cache without a round trip.
+    pub near_hits: u64,
+}
+
+impl RedisStore {
+    /// A builder for a store on the Redis at `url`, e.g. `redis://127.0.0.1:6379/0`,
+    /// `redis://:password@host:6379/0` or `redis+unix:///run/redis.sock`. Valkey
+    /// works the same.
+    pub fn builder(url: &str) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            url: url.to_owned(),
+            prefix: DEFAULT_REDIS_PREFIX.to_owned(),
+            ttl: DEFAULT_TTL,
+            timeout: DEFAULT_REDIS_TIMEOUT,
+            connect_timeout: DEFAULT_REDIS_CONNECT_TIMEOUT,
+            admin_timeout: DEFAULT_REDIS_ADMIN_TIMEOUT,
+            breaker_threshold: DEFAULT_BREAKER_THRESHOLD,
+            breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
+            log_interval: DEFAULT_FAULT_LOG_INTERVAL,
+            near: None,
+        }
+    }
+
+    /// The Redis key of `key`'s binding: `{prefix}v1:` and 32 hex digits of the SHA-256
+    /// digest of [`BindingKey::encode`]. The same on every replica with the same prefix.
+    pub fn redis_key(&self, key: &BindingKey) -> String {
+        self.inner.redis_key(key)
+    }
+
+    /// The fault counters.
+    pub fn stats(&self) -> RedisStoreStats {
+        let f = &self.inner.faults;
+        RedisStoreStats {
+            calls: f.calls.load(Relaxed),
+            timeouts: f.timeouts.load(Relaxed),
+            errors: f.errors.load(Relaxed),
+            breaker_skips: f.breaker_skips.load(Relaxed),
+            breaker_opens: f.breaker_opens.load(Relaxed),
+            breaker_open: self.inner.breaker.open_until.load(Relaxed) != 0,
+            near_hits: f.near_hits.load(Relaxed),
+        }
+    }
+
+    /// The live binding of `key` in Redis, with the time it has left. Bypasses the near
+    /// cache and the breaker; each round trip is limited by
+    /// [`admin_timeout`](RedisStoreBuilder::admin_timeout).
+    pub async fn get(&self, key: &BindingKey) -> Result<Option<RedisBinding>, StoreError> {
+        let inner = &self.inner;
+        let k = inner.redis_key(key);
+        let mut pipe = ::redis::pipe();
+        pipe.atomic().cmd("GET").arg(&k).cmd("PTTL").arg(&k);
+        let mut conn = inner.conn.clone();
+        let (auth, pttl): (Option<String>, i64) = inner
+            .call(inner.admin_timeout, pipe.query_async(&mut conn))
+            .await?;
+        Ok(auth.map(|auth| RedisBinding {
+            auth: AuthId::from(auth),
+            expires_in: u64::try_from(pttl).ok().map(Duration::from_millis),
+        }))
+    }
+
+    /// Removes the binding of `key`, whatever it points at (`GETDEL`, Redis ≥ 6.2 or
+    /// Valkey), and its near-cache entry. Returns the account it pointed at.
+    pub async fn remove(&self, key: &BindingKey) -> Result<Option<AuthId>, StoreError> {
+        let inner = &self.inner;
+        let k = inner.redis_key(key);
+        let mut cmd = Cmd::new();
+        cmd.arg("GETDEL").arg(&k);
+        let mut conn = inner.conn.clone();
+        inner.bump_near();
+        let result: Option<String> = inner
+            .call(inner.admin_timeout, cmd.query_async(&mut conn))
+            .await?;
+        if let Some(near) = &inner.near {
+            near.cache.remove(key);
+            near.generation.fetch_add(1, Relaxed);
+        }
+        Ok(result.map(AuthId::from))
+    }
+
+    /// Removes every binding under this store's prefix that points at `auth` (e.g. a
+    /// revoked account), each by the atomic compare-and-delete, so a binding
+    /// re-committed meanwhile to another account stays. Returns how many were removed.
+    ///
+    /// Walks the keys with `SCAN` (never `KEYS`), in batches, without blocking Redis;
+    /// each round trip is limited by [`admin_timeout`](RedisStoreBuilder::admin_timeout).
+    /// Also drops this replica's near-cache entries of `auth` (other replicas' near
+    /// caches expire on their own).
+    pub async fn remove_account(&self, auth: &AuthId) -> Result<usize, StoreError> {
+        let inner = &self.inner;
+        let pattern = format!("{}*", glob_escape(&inner.key_prefix));
+        let mut conn = inner.conn.clone();
+        let mut cursor: u64 = 0;
+        let mut removed = 0usize;
+        inner.bump_near();
+        loop {
+            let mut scan = Cmd::new();
+            scan.arg("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000);
+            let (next, keys): (u64, Vec<String>) = inner
+                .call(inner.admin_timeout, scan.query_async(&mut conn))
+                .await?;
+            if !keys.is_empty() {
+                let mut pipe = ::redis::pipe();
+                for k in &keys {
+                    pipe.cmd("EVAL")
+                        .arg(CLEAR_IF_SCRIPT)
+                        .arg(1)
+                        .arg(k)
+                        .arg(auth.as_str());
+                }
+                let results: Vec<i64> = inner
+                    .call(inner.admin_timeout, pipe.query_async(&mut conn))
+                    .await?;
+                removed += results.iter().filter(|&&n| n > 0).count();
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        if let Some(near) = &inner.near {
+            near.cache.remove_account(auth);
+            near.generation.fetch_add(1, Relaxed);
+        }
+        Ok(removed)
+    }
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("redis", &self.inner.addr)
+            .field("key_prefix", &self.inner.key_prefix)
+            .field("timeout", &self.inner.timeout)
+            .field("near_cache", &self.inner.near.is_some())
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl BindingStore for RedisStore {
+    type LookupFuture = RedisStoreFuture<Option<AuthId>>;
+    type CommitFuture = RedisStoreFuture<()>;
+    type ClearFuture = RedisStoreFuture<bool>;
+
+    fn lookup(&self, key: &BindingKey) -> Self::LookupFuture {
+        let inner = &self.inner;
+        let mut generation = 0;
+        if let Some(near) = &inner.near {
+            if let Some(hit) = near.cache.get(key) {
+                inc(&inner.faults.near_hits);
+                return RedisStoreFuture::ready(Ok(Some(hit.auth)));
+            }
+            generation = near.generation.load(Relaxed);
+        }
+        if let Err(e) = inner.admit() {
+            return RedisStoreFuture::ready(Err(e));
+        }
+        let mut cmd = Cmd::new();
+        cmd.arg("GET").arg(inner.redis_key(key));
+        let near_key = inner.near.as_ref().map(|_| key.clone());
+        let inner = inner.clone();
+        RedisStoreFuture::pending(async move {
+            let mut conn = inner.conn.clone();
+            let found: Option<String> = inner.request(cmd.query_async(&mut conn)).await?;
+            let auth = found.map(AuthId::from);
+            if let (Some(near), Some(key), Some(auth)) = (&inner.near, near_key, &auth) {
+                // Fill the local tier unless a clear ran meanwhile (its reply might be
+                // older than the clear).
+                if near.generation.load(Relaxed) == generation {
+                    let _ = near.cache.commit(&key, auth);
+                }
+            }
+            Ok(auth)
+        })
+    }
+
+    fn commit(&self, key: &BindingKey, auth: &AuthId) -> Self::CommitFuture {
+        let inner = &self.inner;
+        if let Some(near) = &inner.near {
+            // The local tier is a read cache: never renewed here (so it cannot drift from
+            // Redis for longer than its TTL), but never left contradicting this commit.
+            if let Some(local) = near.cache.get(key) {
+                if local.auth != *auth {
+                    near.generation.fetch_add(1, Relaxed);
+                    let _ = near.cache.clear_if(key, &local.auth);
+                }
+            }
+        }
+        if let Err(e) = inner.admit() {
+            return RedisStoreFuture::ready(Err(e));
+        }
+        let mut cmd = Cmd::new();
+        cmd.arg("SET")
+            .arg(inner.redis_key(key))
+            .arg(auth.as_str())
+            .arg("PX")
+            .arg(inner.ttl_ms);
+        let inner = inner.clone();
+        RedisStoreFuture::pending(async move {
+            let mut conn = inner.conn.clone();
+            inner.request(cmd.query_async::<()>(&mut conn)).await
+        })
+    }
+
+    fn clear_if(&self, key: &BindingKey, expected: &AuthId) -> Self::ClearFuture {
+        let inner = &self.inner;
+        inner.bump_near();
+        let near_key = inner.near.as_ref().map(|_| (key.clone(), expected.clone()));
+        let admitted = inner.admit();
+        let mut cmd = Cmd::new();
+        cmd.arg("EVAL")
+            .arg(CLEAR_IF_SCRIPT)
+            .arg(1)
+            .arg(inner.redis_key(key))
+            .arg(expected.as_str());
+        if let Err(e) = admitted {
+            // Redis is skipped: the local tier must still forget the failed account.
+            if let Some((key, expected)) = near_key {
+                inner.clear_near(&key, &expected);
+            }
+            return RedisStoreFuture::ready(Err(e));
+        }
+        let inner = inner.clone();
+        RedisStoreFuture::pending(async move {
+            let mut conn = inner.conn.clone();
+            // Redis first, then the local tier: a lookup in between still finds the old
+            // account locally (as before the failure), never re-reads it from Redis.
+            let result = inner
+                .request(cmd.query_async::<i64>(&mut conn))
+                .await
+                .map(|n| n > 0);
+            if let Some((key, expected)) = near_key {
+                inner.clear_near(&key, &expected);
+            }
+            result
+        })
+    }
+}
+
+impl Inner {
+    fn redis_key(&self, key: &BindingKey) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let digest = Sha256::digest(key.encode());
+        let mut out = String::with_capacity(self.key_prefix.len() + 2 * DIGEST_BYTES);
+        out.push_str(&self.key_prefix);
+        for b in &digest[..DIGEST_BYTES] {
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+        out
+    }
+
+    fn now_ms(&self) -> u64 {
+        duration_ms(self.epoch.elapsed())
+    }
+
+    fn bump_near(&self) {
+        if let Some(near) = &self.near {
+            near.generation.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn clear_near(&self, key: &BindingKey, expected: &AuthId) {
+        if let Some(near) = &self.near {
+            let _ = near.cache.clear_if(key, expected);
+            near.generation.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Whether a request may call Redis now. While the breaker is open: no, and the first
+    /// caller after the cooldown starts a background probe.
+    fn admit(self: &Arc<Self>) -> Result<(), StoreError> {
+        let until = self.breaker.open_until.load(Relaxed);
+        if until == 0 {
+            return Ok(());
+        }
+        inc(&self.faults.breaker_skips);
+        if self.now_ms() >= until
+            && self
+                .breaker
+                .probing
+                .compare_exchange(false, true, Relaxed, Relaxed)
+                .is_ok()
+        {
+            let this = self.clone();
+            self.runtime.spawn(async move { this.probe().await });
+        }
+        Err(StoreError::new(
+            StoreErrorKind::Unavailable,
+            Some("Redis skipped: circuit breaker open".into()),
+        ))
+    }
+
+    async fn probe(&self) {
+        let result = self.ping(self.probe_timeout).await;
+        match result {
+            Ok(()) => {
+                self.breaker.failures.store(0, Relaxed);
+                self.breaker.open_until.store(0, Relaxed);
+                tracing::info!(redis = %self.addr, "sticky session store: Redis answers again; circuit breaker closed");
+            }
+            Err(e) => {
+                self.faults.record(&e);
+                self.breaker.trip(self.now_ms());
+                self.faults.log(&self.addr, "probe", &e, self.now_ms());
+            }
+        }
+        self.breaker.probing.store(false, Relaxed);
+    }
+
+    /// `PING`, tried twice within `limit`: a first attempt on a dropped connection fails
+    /// at once and starts a reconnect, which the second attempt waits for.
+    async fn ping(&self, limit: Duration) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let attempt = async move {
+            let mut cmd = Cmd::new();
+            cmd.arg("PING");
+            match cmd.query_async::<String>(&mut conn).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.is_io_error() || e.is_connection_dropped() => {
+                    cmd.query_async::<String>(&mut conn).await.map(drop)
+                }
+                Err(e) => Err(e),
+            }
+        };
+        self.call(limit, attempt).await
+    }
+
+    /// A call made for a request: limited by `timeout`, and its outcome feeds the breaker.
+    async fn request<T>(
+        &self,
+        fut: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, StoreError> {
+        let result = self.call(self.timeout, fut).await;
+        match &result {
+            Ok(_) => self.breaker.failures.store(0, Relaxed),
+            Err(e) => {
+                let now = self.now_ms();
+                if self.breaker.fail(now) {
+                    inc(&self.faults.breaker_opens);
+                    tracing::warn!(
+                        redis = %self.addr,
+                        error = %e,
+                        failures = self.breaker.threshold,
+                        cooldown_ms = self.breaker.cooldown_ms,
+                        "sticky session store: circuit breaker open; skipping Redis until it answers again"
+                    );
+                } else {
+                    self.faults.log(&self.addr, "request", e, now);
+                }
+            }
+        }
+        result
+    }
+
+    /// Any call: limited by `limit`, counted.
+    async fn call<T>(
+        &self,
+        limit: Duration,
+        fut: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, StoreError> {
+        inc(&self.faults.calls);
+        let result = match tokio::time::timeout(limit, fut).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => {
+                let kind = if e.is_timeout() {
+                    StoreErrorKind::Timeout
+                } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
+                {
+                    StoreErrorKind::Unavailable
+                } else {
+                    StoreErrorKind::Other
+                };
+                StoreError::new(kind, Some(Box::new(e)))
+            }
+            Err(elapsed) => StoreError::new(StoreErrorKind::Timeout, Some(Box::new(elapsed))),
+        };
+        self.faults.record(&result);
+        Err(result)
+    }
+}
+
+/// Escapes glob metacharacters for `SCAN … MATCH`.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+struct Breaker {
+    threshold: u32,
+    cooldown_ms: u64,
+    failures: AtomicU32,
+    /// Store-epoch millisecond until which Redis is skipped; 0: closed.
+    open_until: AtomicU64,
+    /// A background probe is running.
+    probing: AtomicBool,
+}
+
+impl Breaker {
+    /// Counts a failure; returns whether this one opened the breaker.
+    fn fail(&self, now: u64) -> bool {
+        let n = self.failures.fetch_add(1, Relaxed).saturating_add(1);
+        n >= self.threshold
+            && self
+                .open_until
+                .compare_exchange(0, self.reopen_at(now), Relaxed, Relaxed)
+                .is_ok()
+    }
+
+    /// Opens (or keeps open) the breaker for another cooldown.
+    fn trip(&self, now: u64) {
+        self.open_until.store(self.reopen_at(now), Relaxed);
+    }
+
+    fn reopen_at(&self, now: u64) -> u64 {
+        now.saturating_add(self.cooldown_ms).max(1)
+    }
+}
+
+#[derive(Default)]
+struct Faults {
+    calls: AtomicU64,
+    timeouts: AtomicU64,
+    errors: AtomicU64,
+    breaker_skips: AtomicU64,
+    breaker_opens: AtomicU64,
+    near_hits: AtomicU64,
+    interval_ms: u64,
+    /// Store-epoch millisecond of the last warning, plus one (0: never warned).
+    last_warn: AtomicU64,
+    /// Faults logged at debug since the last warning.
+    suppressed: AtomicU64,
+}
+
+#[inline]
+fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Relaxed);
+}
+
+impl Faults {
+    fn record(&self, e: &StoreError) {
+        match e.kind() {
+            StoreErrorKind::Timeout => inc(&self.timeouts),
+            _ => inc(&self.errors),
+        }
+    }
+
+    /// Warns at most once per interval; the rest go to debug and are counted.
+    fn log(&self, addr: &str, op: &'static str, e: &StoreError, now: u64) {
+        let last = self.last_warn.load(Relaxed);
+        let due = last == 0 || now.saturating_sub(last - 1) >= self.interval_ms;
+        if due
+            && self
+                .last_warn
+                .compare_exchange(last, now + 1, Relaxed, Relaxed)
+                .is_ok()
+        {
+            let suppressed = self.suppressed.swap(0, Relaxed);
+            tracing::warn!(
+                redis = %addr,
+                op,
+                error = %e,
+                suppressed,
+                "sticky session store: Redis call failed; serving without stickiness"
+            );
+        } else {
+            inc(&self.suppressed);
+            tracing::debug!(redis = %addr, op, error = %e, "sticky session store: Redis call failed");
+        }
+    }
+}
+
+/// The future of every [`RedisStore`] operation.
+///
+/// Resolved at once, without a network call or an allocation, when the near cache
+/// answers a lookup or the breaker is open; otherwise one boxed future per Redis round
+/// trip.
+#[must_use = "futures do nothing unless polled"]
+pub struct RedisStoreFuture<T> {
+    state: FutureState<T>,
+}
+
+type BoxedCall<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
+
+enum FutureState<T> {
+    Ready(Option<Result<T, StoreError>>),
+    Pending(BoxedCall<T>),
+}
+
+impl<T> RedisStoreFuture<T> {
+    fn ready(result: Result<T, StoreError>) -> Self {
+        Self {
+            state: FutureState::Ready(Some(result)),
+        }
+    }
+
+    fn pending(fut: impl Future<Output = Result<T, StoreError>> + Send + 'static) -> Self {
+        Self {
+            state: FutureState::Pending(Box::pin(fut)),
+        }
+    }
+}
+
+// Never pinned structurally: the ready value is moved out, the pending future is boxed.
+impl<T> Unpin for RedisStoreFuture<T> {}
+
+impl<T> Future for RedisStoreFuture<T> {
+    type Output = Result<T, StoreError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.get_mut().state {
+            FutureState::Ready(result) => Poll::Ready(
+                result
+                    .take()
+                    .expect("RedisStoreFuture polled after completion"),
+            ),
+            FutureState::Pending(fut) => fut.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<T> fmt::Debug for RedisStoreFuture<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            FutureState::Ready(Some(_)) => "ready",
+            FutureState::Ready(None) => "done",
+            FutureState::Pending(_) => "pending",
+        };
+        f.debug_struct("RedisStoreFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::extract::SessionId;
+    use crate::types::Scope;
+
+    fn key(scope: Option<&'static str>, session: &'static str) -> BindingKey {
+        let id = SessionId::new(session).expect("valid session id");
+        BindingKey::new(scope.map(Scope::from_static), id)
+    }
+
+    #[test]
+    fn glob_escape_escapes_metacharacters() {
+        assert_eq!(glob_escape("a*b?c[d]e\\f:"), "a\\*b\\?c\\[d\\]e\\\\f:");
+    }
+
+    #[tokio::test]
+    async fn redis_key_is_prefixed_stable_and_scoped() {
+        let store = RedisStore::builder("redis://127.0.0.1:1/")
+            .prefix("p:")
+            .build()
+            .expect("build");
+        let k = store.redis_key(&key(None, "session-1"));
+        assert!(k.starts_with("p:v1:"), "{k}");
+        assert_eq!(k.len(), "p:v1:".len() + 32);
+        assert!(!k.contains("session-1"));
+        // Stable: SHA-256 of the fixed encoding, not a per-process random hash.
+        let again = RedisStore::builder("redis://127.0.0.1:1/")
+            .prefix("p:")
+            .build()
+            .expect("build");
+        assert_eq!(k, again.redis_key(&key(None, "session-1")));
+        assert_ne!(k, store.redis_key(&key(Some("openai"), "session-1")));
+        assert_ne!(k, store.redis_key(&key(None, "session-2")));
+    }
+}
