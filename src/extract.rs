@@ -108,7 +108,7 @@ pub enum InvalidSessionId {
 }
 
 impl InvalidSessionId {
-    /// All reasons, in the order of [`InvalidSessionId::index`].
+    /// All reasons, in a fixed order.
     pub const ALL: [InvalidSessionId; 4] =
         [Self::Empty, Self::TooLong, Self::Byte, Self::Conflicting];
 

@@ -1,4 +1,184 @@
-//! Sticky session routing for multi-account API proxies.
+//! Sticky session routing for multi-account API proxies, as a [tower] middleware.
+//!
+//! An API gateway that holds several upstream *accounts* for one provider and spreads
+//! requests over them breaks whatever the provider keeps per account — prompt caches,
+//! conversation state, `previous_response_id` chains. [`StickySessionLayer`] keeps every
+//! request of one client session on the account that last served it well, and lets the
+//! session move the moment that account fails.
+//!
+//! # How it fits
+//!
+//! ```text
+//! client ──▶ [ StickySessionLayer ] ──▶ inner service (your account picker / forwarder)
+//!               │  request:  SessionId, BindingKey, PinnedAuth   (request extensions)
+//!               │  response: ServedBy                              (response extension, set by inner)
+//!               └─ ResponseBody<B> wraps the body: commits or clears the binding
+//! ```
+//!
+//! 1. The layer reads the session id (an ordered list of header names, or your function
+//!    over the request parts), validates it and inserts [`SessionId`] and [`BindingKey`]
+//!    into the request extensions.
+//! 2. Unless the request already carries an explicit [`PinnedAuth`], it looks the
+//!    `(scope, session)` binding up in the store and, on a hit, inserts `PinnedAuth`.
+//! 3. Your inner service uses the pinned account if it can serve the request (otherwise it
+//!    picks normally — a stale pin must never fail a request) and reports the account that
+//!    served as the response extension [`ServedBy`].
+//! 4. The layer commits or clears the binding from what the response does:
+//!
+//! | what happens | binding for (scope, session) |
+//! |---|---|
+//! | response classified as failure (default: 429 and 5xx) | compare-and-delete: removed only if it still points at the failed account (`ServedBy`, else the pinned one) |
+//! | inner service returns `Err` | compare-and-delete of the pinned account |
+//! | success, body yields its first non-empty data frame | committed to `ServedBy` (renewing its TTL) *before* the frame is handed on |
+//! | success, body ends without a data frame | compare-and-delete, nothing committed |
+//! | success, body errors before the first data frame | compare-and-delete, nothing committed |
+//! | body errors after the first data frame | binding kept |
+//! | body dropped before the first data frame (client left) | nothing |
+//! | success with a body known to be empty (204, 304, HEAD, `Content-Length: 0`) | committed at once |
+//! | other responses (e.g. 400, 404) | nothing: an existing binding is kept, none is created |
+//!
+//! Trailers and empty data frames never count as the first chunk. Clears triggered by the
+//! response head finish before the response is handed on, so a client that retries
+//! after a 429 is not pinned to the failed account again.
+//!
+//! # Example
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use http::{Request, Response};
+//! use http_body_util::Full;
+//! use bytes::Bytes;
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//! use tower_sticky_session::{AuthId, PinnedAuth, ServedBy, StickySessionLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // The account picker: honours the pin, reports who served.
+//! let picker = tower::service_fn(|req: Request<()>| async move {
+//!     let account = match req.extensions().get::<PinnedAuth>() {
+//!         Some(PinnedAuth(pinned)) => pinned.clone(), // a real picker checks it can serve
+//!         None => AuthId::from("account-b"),          // round-robin, least loaded, ...
+//!     };
+//!     let mut res = Response::new(Full::new(Bytes::from("data: hello\n\n")));
+//!     res.extensions_mut().insert(ServedBy(account));
+//!     Ok::<_, Infallible>(res)
+//! });
+//!
+//! let layer = StickySessionLayer::new();
+//! let store = layer.store().clone();
+//! let mut svc = ServiceBuilder::new().layer(layer).service(picker);
+//!
+//! let req = || Request::builder().header("sticky-session-id", "conv-1").body(()).unwrap();
+//! let res = svc.ready().await.unwrap().call(req()).await.unwrap();
+//! // Reading the first chunk commits the binding.
+//! let body = http_body_util::BodyExt::collect(res.into_body()).await.unwrap();
+//! assert_eq!(body.to_bytes(), "data: hello\n\n");
+//!
+//! // The next request of the session is pinned to account-b.
+//! let res = svc.ready().await.unwrap().call(req()).await.unwrap();
+//! assert_eq!(res.extensions().get::<ServedBy>().unwrap().0.as_str(), "account-b");
+//! # let _ = store;
+//! # }
+//! ```
+//!
+//! # Session ids
+//!
+//! A session id is 1 to 256 bytes (see [`StickySessionLayer::max_session_id_len`]) of
+//! visible ASCII, `0x21..=0x7E`. Anything else — empty, too long, spaces, tabs, control
+//! characters, DEL, bytes ≥ 0x80, or the header repeated with *different* values (identical
+//! repeats count as one) — is not a session: the request is served without stickiness, a
+//! `debug` event records the reason and an escaped 8-byte prefix of the value, and
+//! [`StatsSnapshot::invalid`] counts it. With
+//! [`reject_invalid(true)`](StickySessionLayer::reject_invalid) such requests get
+//! `400 Bad Request` with a plain-text reason instead. A request without any session
+//! header is never rejected.
+//!
+//! The default header is [`sticky-session-id`](DEFAULT_SESSION_HEADER), not the generic
+//! `x-session-id`, which other software uses for other things. Accept aliases explicitly
+//! with [`StickySessionLayer::headers`]: the first header *present with a valid value* wins,
+//! in the order given. Logs only ever show [`SessionId::redacted`] (a 4-byte prefix and the
+//! length).
+//!
+//! # Scopes
+//!
+//! Bindings are keyed by `(scope, session)`. The scope is a function of the request parts
+//! ([`StickySessionLayer::scope_fn`]): provider, model family, tenant — anything that
+//! decides which accounts *can* serve a request. Without a scope, a session that talks to
+//! two providers would pin requests for one provider to the other's account.
+//!
+//! # Store, capacity and expiry
+//!
+//! The default store, [`MokaStore`], holds at most 100 000 bindings for one hour after
+//! their last commit (both configurable); there is no sweeper thread and no global lock.
+//! Keys are a keyed 128-bit hash of `(scope, session)`, so a binding costs the same
+//! whatever the session id's length, and session ids are not kept in memory.
+//!
+//! When the store is full, moka's TinyLFU policy admits a new binding only if its key has
+//! been seen more often than the binding it would evict. Sessions in active use are looked
+//! up on every request, so a flood of one-off session ids cannot push them out; a new
+//! session competes with the flood's one-off ids and is admitted within its first few
+//! requests (measured: with 1 000 bindings full of flood entries, 65–77 % of new sessions
+//! bind on their first commit and all of them by their third). If you would rather admit
+//! every new binding at once and accept that a flood evicts idle-but-live sessions, build
+//! the store with [`MokaStoreBuilder::lru`](store::MokaStoreBuilder::lru).
+//!
+//! Stores are pluggable ([`BindingStore`]). A store's operations return futures named by
+//! associated types: the in-memory store answers with `std::future::Ready` (no allocation,
+//! resolved in the same poll), and the layer calls the inner service directly when the
+//! lookup is already resolved; a networked store's lookup is awaited inside
+//! [`ResponseFuture`] before the inner service is called. Store failures are never the
+//! client's problem: a failed lookup is a miss, a failed commit or clear is logged (at
+//! most one `warn` a second) and counted in [`StatsSnapshot::store_errors`].
+//!
+//! # Layer ordering
+//!
+//! Put [`StickySessionLayer`] *inside* (closer to the account picker than) the tower-http
+//! layers that change or end bodies:
+//!
+//! ```
+//! use std::time::Duration;
+//! use http::StatusCode;
+//! use tower::ServiceBuilder;
+//! use tower_http::{compression::CompressionLayer, timeout::TimeoutLayer, trace::TraceLayer};
+//! use tower_sticky_session::StickySessionLayer;
+//!
+//! # let picker = tower::service_fn(|_: http::Request<()>| async {
+//! #     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::new())))
+//! # });
+//! let svc = ServiceBuilder::new()              // runs top to bottom on the request
+//!     .layer(TraceLayer::new_for_http())       // sees everything, including our 400s
+//!     .layer(TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, Duration::from_secs(60)))
+//!     .layer(CompressionLayer::new())          // compresses what the sticky body passes on
+//!     .layer(StickySessionLayer::new())        // sees the upstream's own frames and status
+//!     .service(picker);
+//! # let _ = svc;
+//! ```
+//!
+//! - **Trace** outside: its span covers the whole request, and our `debug`/`trace` events
+//!   land inside it.
+//! - **Timeout** outside: a request that times out drops our future or body — "dropped
+//!   before the first data frame" — which leaves the binding alone, as it should (the
+//!   account did not fail; the client's patience ran out). If you want a timeout to count
+//!   as the account's failure, put the timeout *inside* the sticky layer so the inner
+//!   service returns an error or a 5xx to it.
+//! - **Compression** outside: the sticky body then judges the upstream's real frames, and
+//!   the commit happens before the first compressed byte can leave.
+//! - With `axum::Router::layer`, layers run bottom to top: call `.layer(StickySessionLayer)`
+//!   *before* (below) the tower-http layers, or pass one `ServiceBuilder` as above.
+//!
+//! # Tower behaviour
+//!
+//! `poll_ready` is delegated; the error type is the inner service's; no future or body is
+//! boxed. With a networked store whose lookup does not resolve at once, the service that
+//! was polled ready moves into the response future and a clone takes its place (tower's
+//! "be careful when cloning inner services"), so `S: Clone` is required. [`ResponseBody`]
+//! forwards `size_hint` and `is_end_stream` exactly, so `Content-Length` responses stay
+//! `Content-Length`. Strict-mode rejections need the body's data type to be constructible
+//! from [`bytes::Bytes`] (`B::Data: From<Bytes>`, true of hyper, axum and http-body-util
+//! bodies).
+//!
+//! [tower]: https://docs.rs/tower
+
 #![doc(html_root_url = "https://docs.rs/tower-sticky-session/0.1.0")]
 
 mod body;
@@ -21,7 +201,5 @@ pub use crate::future::ResponseFuture;
 pub use crate::layer::StickySessionLayer;
 pub use crate::service::StickySession;
 pub use crate::stats::{ClearReason, Stats, StatsSnapshot};
-#[cfg(feature = "redis")]
-pub use crate::store::RedisStore;
 pub use crate::store::{BindingStore, MokaStore, StoreError};
 pub use crate::types::{AuthId, BindingKey, PinnedAuth, Scope, ServedBy};
