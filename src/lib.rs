@@ -202,4 +202,11 @@ pub use crate::layer::StickySessionLayer;
 pub use crate::service::StickySession;
 pub use crate::stats::{ClearReason, Stats, StatsSnapshot};
 pub use crate::store::{BindingStore, MokaStore, StoreError};
+#[cfg(feature = "redis")]
+pub use crate::store::RedisStore;
 pub use crate::types::{AuthId, BindingKey, PinnedAuth, Scope, ServedBy};
+
+/// Compiles the README's examples.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
