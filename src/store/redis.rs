@@ -320,9 +320,7 @@ impl RedisStoreBuilder {
             match warm.ping(warm.probe_timeout).await {
                 Ok(()) => tracing::debug!(redis = %warm.addr, "sticky session store: connected to Redis"),
                 Err(e) => {
-                    warm.faults.record(&e);
-                    warm.breaker.trip(warm.now_ms());
-                    inc(&warm.faults.breaker_opens);
+                    warm.open_breaker();
                     tracing::warn!(
                         redis = %warm.addr,
                         error = %e,
@@ -548,7 +546,8 @@ impl BindingStore for RedisStore {
                 // Fill the local tier unless a clear ran meanwhile (its reply might be
                 // older than the clear).
                 if near.generation.load(Relaxed) == generation {
-                    let _ = near.cache.commit(&key, auth);
+                    // `MokaStore` works synchronously and answers `Ready`.
+                    let _ = near.cache.commit(&key, auth).into_inner();
                 }
             }
             Ok(auth)
@@ -560,11 +559,11 @@ impl BindingStore for RedisStore {
         if let Some(near) = &inner.near {
             // The local tier is a read cache: never renewed here (so it cannot drift from
             // Redis for longer than its TTL), but never left contradicting this commit.
-            if let Some(local) = near.cache.get(key) {
-                if local.auth != *auth {
-                    near.generation.fetch_add(1, Relaxed);
-                    let _ = near.cache.clear_if(key, &local.auth);
-                }
+            if let Some(local) = near.cache.get(key)
+                && local.auth != *auth
+            {
+                near.generation.fetch_add(1, Relaxed);
+                let _ = near.cache.clear_if(key, &local.auth).into_inner();
             }
         }
         if let Err(e) = inner.admit() {
@@ -643,50 +642,73 @@ impl Inner {
 
     fn clear_near(&self, key: &BindingKey, expected: &AuthId) {
         if let Some(near) = &self.near {
-            let _ = near.cache.clear_if(key, expected);
+            let _ = near.cache.clear_if(key, expected).into_inner();
             near.generation.fetch_add(1, Relaxed);
         }
     }
 
-    /// Whether a request may call Redis now. While the breaker is open: no, and the first
-    /// caller after the cooldown starts a background probe.
-    fn admit(self: &Arc<Self>) -> Result<(), StoreError> {
-        let until = self.breaker.open_until.load(Relaxed);
-        if until == 0 {
+    /// Whether a request may call Redis now: not while the breaker is open.
+    fn admit(&self) -> Result<(), StoreError> {
+        if self.breaker.open_until.load(Relaxed) == 0 {
             return Ok(());
         }
         inc(&self.faults.breaker_skips);
-        if self.now_ms() >= until
-            && self
-                .breaker
-                .probing
-                .compare_exchange(false, true, Relaxed, Relaxed)
-                .is_ok()
-        {
-            let this = self.clone();
-            self.runtime.spawn(async move { this.probe().await });
-        }
         Err(StoreError::new(
             StoreErrorKind::Unavailable,
             Some("Redis skipped: circuit breaker open".into()),
         ))
     }
 
-    async fn probe(&self) {
-        let result = self.ping(self.probe_timeout).await;
-        match result {
+    /// Opens the breaker (if it is not open) and starts the background task that probes
+    /// Redis every cooldown until it answers, then closes the breaker. Returns whether
+    /// this call opened it.
+    fn open_breaker(self: &Arc<Self>) -> bool {
+        let opened = self
+            .breaker
+            .open_until
+            .compare_exchange(0, self.breaker.reopen_at(self.now_ms()), Relaxed, Relaxed)
+            .is_ok();
+        if opened {
+            inc(&self.faults.breaker_opens);
+        }
+        if self
+            .breaker
+            .probing
+            .compare_exchange(false, true, Relaxed, Relaxed)
+            .is_ok()
+        {
+            // Weak: a store dropped while Redis is down does not live on in its prober.
+            let weak = Arc::downgrade(self);
+            let cooldown = Duration::from_millis(self.breaker.cooldown_ms);
+            self.runtime.spawn(async move {
+                loop {
+                    tokio::time::sleep(cooldown).await;
+                    let Some(this) = weak.upgrade() else { return };
+                    if this.probe().await {
+                        this.breaker.probing.store(false, Relaxed);
+                        return;
+                    }
+                }
+            });
+        }
+        opened
+    }
+
+    /// One `PING`; closes the breaker if Redis answers. Returns whether it did.
+    async fn probe(&self) -> bool {
+        match self.ping(self.probe_timeout).await {
             Ok(()) => {
                 self.breaker.failures.store(0, Relaxed);
                 self.breaker.open_until.store(0, Relaxed);
                 tracing::info!(redis = %self.addr, "sticky session store: Redis answers again; circuit breaker closed");
+                true
             }
             Err(e) => {
-                self.faults.record(&e);
                 self.breaker.trip(self.now_ms());
                 self.faults.log(&self.addr, "probe", &e, self.now_ms());
+                false
             }
         }
-        self.breaker.probing.store(false, Relaxed);
     }
 
     /// `PING`, tried twice within `limit`: a first attempt on a dropped connection fails
@@ -709,7 +731,7 @@ impl Inner {
 
     /// A call made for a request: limited by `timeout`, and its outcome feeds the breaker.
     async fn request<T>(
-        &self,
+        self: &Arc<Self>,
         fut: impl Future<Output = Result<T, RedisError>>,
     ) -> Result<T, StoreError> {
         let result = self.call(self.timeout, fut).await;
@@ -717,8 +739,7 @@ impl Inner {
             Ok(_) => self.breaker.failures.store(0, Relaxed),
             Err(e) => {
                 let now = self.now_ms();
-                if self.breaker.fail(now) {
-                    inc(&self.faults.breaker_opens);
+                if self.breaker.fail() && self.open_breaker() {
                     tracing::warn!(
                         redis = %self.addr,
                         error = %e,
@@ -784,14 +805,10 @@ struct Breaker {
 }
 
 impl Breaker {
-    /// Counts a failure; returns whether this one opened the breaker.
-    fn fail(&self, now: u64) -> bool {
+    /// Counts a failure; returns whether the breaker should open.
+    fn fail(&self) -> bool {
         let n = self.failures.fetch_add(1, Relaxed).saturating_add(1);
         n >= self.threshold
-            && self
-                .open_until
-                .compare_exchange(0, self.reopen_at(now), Relaxed, Relaxed)
-                .is_ok()
     }
 
     /// Opens (or keeps open) the breaker for another cooldown.
