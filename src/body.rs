@@ -65,6 +65,7 @@ enum State<D, E, St: BindingStore> {
 }
 
 pub(crate) struct Watch<St> {
+    pub(crate) span: tracing::Span,
     pub(crate) core: Arc<Core<St>>,
     pub(crate) key: BindingKey,
     pub(crate) served: AuthId,
@@ -142,7 +143,12 @@ where
                                 // Trailers and empty data frames are not the first chunk.
                                 return Poll::Ready(Some(Ok(frame)));
                             }
-                            let op = StoreOp::commit(&watch.core, &watch.key, &watch.served);
+                            let op = StoreOp::commit(
+                                &watch.core,
+                                &watch.key,
+                                &watch.served,
+                                &watch.span,
+                            );
                             *this.state = State::Committing {
                                 core: watch.core.clone(),
                                 op,
@@ -153,7 +159,8 @@ where
                         None => (ClearReason::EmptyStream, None),
                         Some(Err(e)) => (ClearReason::StreamError, Some(Err(e))),
                     };
-                    let op = StoreOp::clear(&watch.core, &watch.key, &watch.served, reason);
+                    let op =
+                        StoreOp::clear(&watch.core, &watch.key, &watch.served, reason, &watch.span);
                     *this.state = State::Clearing {
                         core: watch.core.clone(),
                         op,

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use tracing::Span;
+
 use crate::stats::{ClearReason, Counters, Stats};
 use crate::store::{BindingStore, StoreError};
 use crate::types::{AuthId, BindingKey};
@@ -59,8 +61,10 @@ pub(crate) enum StoreOp<St: BindingStore> {
 }
 
 impl<St: BindingStore> StoreOp<St> {
-    pub(crate) fn commit(core: &Core<St>, key: &BindingKey, auth: &AuthId) -> Self {
-        tracing::debug!(session = %key.session().redacted(), auth = %auth, "sticky session: commit");
+    pub(crate) fn commit(core: &Core<St>, key: &BindingKey, auth: &AuthId, span: &Span) -> Self {
+        span.record("outcome", "committed");
+        span.record("auth", tracing::field::display(auth));
+        tracing::debug!(parent: span, session = %key.session().redacted(), auth = %auth, "sticky session: commit");
         StoreOp::Commit(core.store.commit(key, auth))
     }
 
@@ -69,9 +73,13 @@ impl<St: BindingStore> StoreOp<St> {
         key: &BindingKey,
         auth: &AuthId,
         reason: ClearReason,
+        span: &Span,
     ) -> Self {
         core.counters().clear_attempt(reason);
+        span.record("outcome", "cleared");
+        span.record("auth", tracing::field::display(auth));
         tracing::debug!(
+            parent: span,
             session = %key.session().redacted(),
             auth = %auth,
             reason = reason.as_str(),

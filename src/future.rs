@@ -10,17 +10,19 @@ use http::{Extensions, Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
+use tracing::Span;
 
 use crate::body::{ResponseBody, Watch};
 use crate::classify::{ClassifyResponse, ResponseClass, StatusClassifier};
 use crate::core::{Core, StoreOp};
 use crate::layer::Shared;
-use crate::stats::{ClearReason, Counters};
+use crate::stats::{ClearReason, Counters, DECISION_HEADER, Decision};
 use crate::store::{BindingStore, MokaStore, StoreError};
 use crate::types::{AuthId, BindingKey, PinnedAuth, ServedBy};
 
 /// What the response side needs to know about a request with a valid session id.
 pub(crate) struct Tracking<St, C> {
+    span: Span,
     shared: Arc<Shared<St, C>>,
     key: BindingKey,
     /// The account the request was pinned to (explicitly or by the store).
@@ -28,8 +30,14 @@ pub(crate) struct Tracking<St, C> {
 }
 
 impl<St, C> Tracking<St, C> {
-    pub(crate) fn new(shared: Arc<Shared<St, C>>, key: BindingKey, pinned: Option<AuthId>) -> Self {
+    pub(crate) fn new(
+        span: Span,
+        shared: Arc<Shared<St, C>>,
+        key: BindingKey,
+        pinned: Option<AuthId>,
+    ) -> Self {
         Self {
+            span,
             shared,
             key,
             pinned,
@@ -40,28 +48,30 @@ impl<St, C> Tracking<St, C> {
 /// Accounts for a lookup's result and inserts the pin on a hit.
 pub(crate) fn apply_lookup<St>(
     core: &Core<St>,
-    key: &BindingKey,
+    span: &Span,
     result: Result<Option<AuthId>, StoreError>,
     extensions: &mut Extensions,
-) -> Option<AuthId> {
+) -> (Decision, Option<AuthId>) {
     let counters = core.counters();
-    match result {
+    let (decision, pinned) = match result {
         Ok(Some(auth)) => {
             Counters::inc(&counters.hits);
-            tracing::trace!(session = %key.session().redacted(), auth = %auth, "sticky session: hit");
+            span.record("auth", tracing::field::display(&auth));
             extensions.insert(PinnedAuth(auth.clone()));
-            Some(auth)
+            (Decision::Hit, Some(auth))
         }
         Ok(None) => {
             Counters::inc(&counters.misses);
-            None
+            (Decision::Miss, None)
         }
         Err(e) => {
             Counters::inc(&counters.misses);
             core.store_error("lookup", &e);
-            None
+            (Decision::Miss, None)
         }
-    }
+    };
+    span.record("decision", decision.as_str());
+    (decision, pinned)
 }
 
 pin_project! {
@@ -79,6 +89,9 @@ pin_project! {
         #[pin]
         state: State<S, ReqB, St>,
         tracking: Option<Tracking<St, C>>,
+        span: Span,
+        decision: Decision,
+        report: bool,
     }
 }
 
@@ -114,17 +127,28 @@ where
     S: Service<Request<ReqB>>,
     St: BindingStore,
 {
-    pub(crate) fn untracked(fut: S::Future) -> Self {
+    pub(crate) fn untracked(fut: S::Future, span: Span, decision: Decision, report: bool) -> Self {
         Self {
             state: State::Inner { fut },
             tracking: None,
+            span,
+            decision,
+            report,
         }
     }
 
-    pub(crate) fn tracked(fut: S::Future, tracking: Tracking<St, C>) -> Self {
+    pub(crate) fn tracked(
+        fut: S::Future,
+        tracking: Tracking<St, C>,
+        decision: Decision,
+        report: bool,
+    ) -> Self {
         Self {
             state: State::Inner { fut },
+            span: tracking.span.clone(),
             tracking: Some(tracking),
+            decision,
+            report,
         }
     }
 
@@ -133,6 +157,7 @@ where
         svc: S,
         req: Request<ReqB>,
         tracking: Tracking<St, C>,
+        report: bool,
     ) -> Self {
         Self {
             state: State::Lookup {
@@ -140,16 +165,22 @@ where
                 svc: Some(svc),
                 req: Some(req),
             },
+            span: tracking.span.clone(),
             tracking: Some(tracking),
+            decision: Decision::Miss,
+            report,
         }
     }
 
-    pub(crate) fn rejected(msg: String) -> Self {
+    pub(crate) fn rejected(msg: String, span: Span, report: bool) -> Self {
         Self {
             state: State::Rejected {
                 msg: Some(Bytes::from(msg)),
             },
             tracking: None,
+            span,
+            decision: Decision::Invalid,
+            report,
         }
     }
 }
@@ -164,28 +195,54 @@ where
     type Output = Result<Response<ResponseBody<ResB, St>>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
+        let _entered = this.span.enter();
+        let mut out = ready!(poll_state(this.state, this.tracking, this.decision, cx));
+        if let (true, Ok(res)) = (*this.report, &mut out) {
+            res.headers_mut()
+                .insert(DECISION_HEADER, this.decision.header_value());
+        }
+        Poll::Ready(out)
+    }
+}
+
+#[allow(clippy::type_complexity)]
+fn poll_state<S, ReqB, ResB, St, C>(
+    mut state: Pin<&mut State<S, ReqB, St>>,
+    tracking: &mut Option<Tracking<St, C>>,
+    decision: &mut Decision,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Response<ResponseBody<ResB, St>>, S::Error>>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: Body,
+    St: BindingStore,
+    C: ClassifyResponse,
+{
+    {
         loop {
-            match this.state.as_mut().project() {
+            match state.as_mut().project() {
                 StateProj::Lookup { lookup, svc, req } => {
                     let result = ready!(Pin::new(lookup).poll(cx));
                     let mut req = req.take().expect("ResponseFuture polled after completion");
                     let mut svc = svc.take().expect("ResponseFuture polled after completion");
-                    if let Some(t) = this.tracking.as_mut() {
-                        t.pinned =
-                            apply_lookup(&t.shared.core, &t.key, result, req.extensions_mut());
+                    if let Some(t) = tracking.as_mut() {
+                        let (d, pinned) =
+                            apply_lookup(&t.shared.core, &t.span, result, req.extensions_mut());
+                        *decision = d;
+                        t.pinned = pinned;
                     }
                     let fut = svc.call(req);
-                    this.state.set(State::Inner { fut });
+                    state.set(State::Inner { fut });
                 }
                 StateProj::Inner { fut } => {
                     let result = ready!(fut.poll(cx));
-                    let Some(tracking) = this.tracking.take() else {
+                    let Some(tracking) = tracking.take() else {
                         return Poll::Ready(result.map(|res| res.map(ResponseBody::passthrough)));
                     };
                     match judge(tracking, result) {
                         Judged::Done(out) => return Poll::Ready(out),
-                        Judged::Store(core, op, result) => this.state.set(State::Finishing {
+                        Judged::Store(core, op, result) => state.set(State::Finishing {
                             core,
                             op,
                             result: Some(result),
@@ -236,10 +293,13 @@ where
             // Inner error: the pinned account (if any) did not serve; clear it.
             return match &t.pinned {
                 Some(pinned) => {
-                    let op = StoreOp::clear(core, &t.key, pinned, ClearReason::InnerError);
+                    let op = StoreOp::clear(core, &t.key, pinned, ClearReason::InnerError, &t.span);
                     Judged::Store(core.clone(), op, Err(err))
                 }
-                None => Judged::Done(Err(err)),
+                None => {
+                    t.span.record("outcome", "kept");
+                    Judged::Done(Err(err))
+                }
             };
         }
     };
@@ -247,27 +307,38 @@ where
     match t.shared.classifier.classify(res.status(), res.headers()) {
         ResponseClass::Failure => match served.or(t.pinned.as_ref()) {
             Some(failed) => {
-                let op = StoreOp::clear(core, &t.key, failed, ClearReason::FailureStatus);
+                let op = StoreOp::clear(core, &t.key, failed, ClearReason::FailureStatus, &t.span);
                 Judged::Store(core.clone(), op, Ok(res))
             }
-            None => Judged::Done(Ok(res.map(ResponseBody::passthrough))),
+            None => {
+                t.span.record("outcome", "kept");
+                Judged::Done(Ok(res.map(ResponseBody::passthrough)))
+            }
         },
         ResponseClass::Success => match served {
             Some(served) if res.body().is_end_stream() => {
                 // Nothing will ever be polled from this body: it has proved itself now.
-                let op = StoreOp::commit(core, &t.key, served);
+                let op = StoreOp::commit(core, &t.key, served, &t.span);
                 Judged::Store(core.clone(), op, Ok(res))
             }
             Some(served) => {
+                t.span.record("outcome", "awaiting_first_chunk");
                 let watch = Watch {
+                    span: t.span.clone(),
                     core: core.clone(),
                     key: t.key,
                     served: served.clone(),
                 };
                 Judged::Done(Ok(res.map(|body| ResponseBody::watching(body, watch))))
             }
-            None => Judged::Done(Ok(res.map(ResponseBody::passthrough))),
+            None => {
+                t.span.record("outcome", "kept");
+                Judged::Done(Ok(res.map(ResponseBody::passthrough)))
+            }
         },
-        ResponseClass::Neutral => Judged::Done(Ok(res.map(ResponseBody::passthrough))),
+        ResponseClass::Neutral => {
+            t.span.record("outcome", "kept");
+            Judged::Done(Ok(res.map(ResponseBody::passthrough)))
+        }
     }
 }

@@ -24,6 +24,7 @@ pub(crate) struct Shared<St, C> {
     pub(crate) scope: Option<ScopeFn>,
     pub(crate) max_len: usize,
     pub(crate) strict: bool,
+    pub(crate) report_decision: bool,
 }
 
 impl<St, C: Clone> Clone for Shared<St, C> {
@@ -35,6 +36,7 @@ impl<St, C: Clone> Clone for Shared<St, C> {
             scope: self.scope.clone(),
             max_len: self.max_len,
             strict: self.strict,
+            report_decision: self.report_decision,
         }
     }
 }
@@ -98,6 +100,7 @@ impl<St: BindingStore> StickySessionLayer<St> {
                 scope: None,
                 max_len: DEFAULT_MAX_SESSION_ID_LEN,
                 strict: false,
+                report_decision: false,
             },
         }
     }
@@ -172,6 +175,15 @@ impl<St: BindingStore, C> StickySessionLayer<St, C> {
         self
     }
 
+    /// Adds the response header [`sticky-session`](crate::DECISION_HEADER) with the
+    /// layer's [`Decision`](crate::Decision) for the request (`hit`, `miss`, `pinned`,
+    /// `invalid`, `none`), for clients and operators debugging routing. Off by default:
+    /// it tells clients whether their session id is known.
+    pub fn report_decision(mut self, on: bool) -> Self {
+        self.shared.report_decision = on;
+        self
+    }
+
     /// Uses another classifier to decide which responses commit, clear or keep.
     pub fn classifier<C2: ClassifyResponse>(self, classifier: C2) -> StickySessionLayer<St, C2> {
         let s = self.shared;
@@ -183,6 +195,7 @@ impl<St: BindingStore, C> StickySessionLayer<St, C> {
                 scope: s.scope,
                 max_len: s.max_len,
                 strict: s.strict,
+                report_decision: s.report_decision,
             },
         }
     }

@@ -200,10 +200,10 @@ pub use crate::extract::{
 pub use crate::future::ResponseFuture;
 pub use crate::layer::StickySessionLayer;
 pub use crate::service::StickySession;
-pub use crate::stats::{ClearReason, Stats, StatsSnapshot};
-pub use crate::store::{BindingStore, MokaStore, StoreError};
+pub use crate::stats::{ClearReason, DECISION_HEADER, Decision, Stats, StatsSnapshot};
 #[cfg(feature = "redis")]
 pub use crate::store::RedisStore;
+pub use crate::store::{BindingStore, MokaStore, StoreError};
 pub use crate::types::{AuthId, BindingKey, PinnedAuth, Scope, ServedBy};
 
 /// Compiles the README's examples.

@@ -8,13 +8,14 @@ use std::task::{Context, Poll, Waker};
 use http::{Request, Response};
 use http_body::Body;
 use tower_service::Service;
+use tracing::field::Empty;
 
 use crate::body::ResponseBody;
 use crate::classify::{ClassifyResponse, StatusClassifier};
 use crate::extract::Found;
-use crate::future::{ResponseFuture, Tracking};
+use crate::future::{ResponseFuture, Tracking, apply_lookup};
 use crate::layer::{Shared, StickySessionLayer};
-use crate::stats::Counters;
+use crate::stats::{Counters, Decision};
 use crate::store::{BindingStore, MokaStore};
 use crate::types::{BindingKey, PinnedAuth};
 
@@ -95,15 +96,27 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let shared = &*self.shared;
         let counters = shared.core.counters();
+        let report = shared.report_decision;
         Counters::inc(&counters.requests);
+        // One span per request; `session` is redacted, `decision`/`outcome` filled in as
+        // they are known. A disabled span costs a level check.
+        let span = tracing::debug_span!(
+            "sticky_session",
+            session = Empty,
+            decision = Empty,
+            auth = Empty,
+            outcome = Empty,
+        );
         let (mut parts, body) = req.into_parts();
 
         let session = match shared.source.extract(&parts, shared.max_len) {
             Found::Valid(id) => id,
             Found::None => {
                 Counters::inc(&counters.no_session);
+                span.record("decision", Decision::NoSession.as_str());
                 let req = Request::from_parts(parts, body);
-                return ResponseFuture::untracked(self.inner.call(req));
+                let fut = self.inner.call(req);
+                return ResponseFuture::untracked(fut, span, Decision::NoSession, report);
             }
             Found::Invalid {
                 reason,
@@ -111,8 +124,10 @@ where
                 prefix,
             } => {
                 counters.invalid(reason);
+                span.record("decision", Decision::Invalid.as_str());
                 let header = header.as_ref().map_or("(session function)", |h| h.as_str());
                 tracing::debug!(
+                    parent: &span,
                     header,
                     reason = reason.as_str(),
                     value_prefix = %prefix,
@@ -120,12 +135,15 @@ where
                 );
                 if shared.strict {
                     Counters::inc(&counters.rejected);
-                    return ResponseFuture::rejected(reject(header, reason, shared.max_len));
+                    let msg = reject(header, reason, shared.max_len);
+                    return ResponseFuture::rejected(msg, span, report);
                 }
                 let req = Request::from_parts(parts, body);
-                return ResponseFuture::untracked(self.inner.call(req));
+                let fut = self.inner.call(req);
+                return ResponseFuture::untracked(fut, span, Decision::Invalid, report);
             }
         };
+        span.record("session", tracing::field::display(session.redacted()));
 
         let scope = shared.scope.as_ref().and_then(|f| f(&parts));
         let key = BindingKey::new(scope, session.clone());
@@ -134,9 +152,13 @@ where
 
         if let Some(PinnedAuth(explicit)) = parts.extensions.get::<PinnedAuth>() {
             Counters::inc(&counters.explicit_pins);
-            let tracking = Tracking::new(self.shared.clone(), key, Some(explicit.clone()));
+            span.record("decision", Decision::Pinned.as_str());
+            span.record("auth", tracing::field::display(explicit));
+            let pinned = Some(explicit.clone());
+            let tracking = Tracking::new(span, self.shared.clone(), key, pinned);
             let req = Request::from_parts(parts, body);
-            return ResponseFuture::tracked(self.inner.call(req), tracking);
+            let fut = self.inner.call(req);
+            return ResponseFuture::tracked(fut, tracking, Decision::Pinned, report);
         }
 
         Counters::inc(&counters.lookups);
@@ -146,11 +168,12 @@ where
         let mut noop = Context::from_waker(Waker::noop());
         match Pin::new(&mut lookup).poll(&mut noop) {
             Poll::Ready(result) => {
-                let pinned =
-                    crate::future::apply_lookup(&shared.core, &key, result, &mut parts.extensions);
-                let tracking = Tracking::new(self.shared.clone(), key, pinned);
+                let (decision, pinned) =
+                    apply_lookup(&shared.core, &span, result, &mut parts.extensions);
+                let tracking = Tracking::new(span, self.shared.clone(), key, pinned);
                 let req = Request::from_parts(parts, body);
-                ResponseFuture::tracked(self.inner.call(req), tracking)
+                let fut = self.inner.call(req);
+                ResponseFuture::tracked(fut, tracking, decision, report)
             }
             Poll::Pending => {
                 // A networked store: the inner service is called once the lookup is done.
@@ -158,8 +181,9 @@ where
                 // (see tower's "Be careful when cloning inner services").
                 let clone = self.inner.clone();
                 let svc = std::mem::replace(&mut self.inner, clone);
-                let tracking = Tracking::new(self.shared.clone(), key, None);
-                ResponseFuture::lookup(lookup, svc, Request::from_parts(parts, body), tracking)
+                let tracking = Tracking::new(span, self.shared.clone(), key, None);
+                let req = Request::from_parts(parts, body);
+                ResponseFuture::lookup(lookup, svc, req, tracking, report)
             }
         }
     }

@@ -170,3 +170,48 @@ impl StatsSnapshot {
         self.clear_attempts[reason.index()].1
     }
 }
+
+/// What the layer decided for a request, reported in its tracing span and, when
+/// [`StickySessionLayer::report_decision`](crate::StickySessionLayer::report_decision) is
+/// on, in the [`DECISION_HEADER`] response header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Decision {
+    /// No session id: served without stickiness.
+    NoSession,
+    /// Invalid session id: served without stickiness (or rejected in strict mode).
+    Invalid,
+    /// The request arrived with an explicit [`PinnedAuth`](crate::PinnedAuth).
+    Pinned,
+    /// The store held a binding: the request was pinned to it.
+    Hit,
+    /// No binding (or the store failed): the inner service picks freely.
+    Miss,
+}
+
+impl Decision {
+    /// The header value and span field: `none`, `invalid`, `pinned`, `hit`, `miss`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoSession => "none",
+            Self::Invalid => "invalid",
+            Self::Pinned => "pinned",
+            Self::Hit => "hit",
+            Self::Miss => "miss",
+        }
+    }
+
+    pub(crate) fn header_value(self) -> http::HeaderValue {
+        http::HeaderValue::from_static(self.as_str())
+    }
+}
+
+impl std::fmt::Display for Decision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The response header that reports the layer's [`Decision`] when enabled:
+/// `sticky-session: hit`.
+pub const DECISION_HEADER: http::HeaderName = http::HeaderName::from_static("sticky-session");

@@ -21,10 +21,11 @@ use tower_sticky_session::*;
 
 type TestBody = BoxBody<Bytes, io::Error>;
 type Frames = mpsc::Sender<Result<Frame<Bytes>, io::Error>>;
+type Scripted = Arc<Mutex<Option<Result<Response<TestBody>, io::Error>>>>;
 
 #[derive(Clone, Default)]
 struct Script {
-    next: Arc<Mutex<Option<Result<Response<TestBody>, io::Error>>>>,
+    next: Scripted,
     seen_pin: Arc<Mutex<Vec<Option<AuthId>>>>,
 }
 
@@ -679,7 +680,10 @@ async fn invalid_session_header_is_served_unsticky_and_counted() {
         assert_eq!(res.status(), 200, "{reason:?}");
         assert_eq!(h.last_pin(), None);
         res.into_body().collect().await.unwrap();
-        assert_eq!(h.stats.snapshot().invalid(*reason) > 0, true);
+        assert!(
+            h.stats.snapshot().invalid(*reason) > 0,
+            "{reason:?} not counted"
+        );
     }
     assert_eq!(h.stats.snapshot().invalid_total(), cases.len() as u64);
     // Nothing was committed under any of those, and the real binding is untouched.

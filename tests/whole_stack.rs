@@ -21,6 +21,8 @@ use tower::ServiceBuilder;
 use tower_sticky_session::*;
 
 type Body = BoxBody<Bytes, std::io::Error>;
+type FrameTx = mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>;
+type Streams = mpsc::UnboundedReceiver<(AuthId, FrameTx)>;
 
 /// A tiny account picker: honours `PinnedAuth` when the account exists, otherwise
 /// round-robins; streams a body whose frames the test releases through a channel.
@@ -29,15 +31,15 @@ struct Picker {
     accounts: Arc<[AuthId]>,
     next: Arc<AtomicUsize>,
     /// Per request: the sender of its body frames, handed to the test.
-    streams: mpsc::UnboundedSender<(AuthId, mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>)>,
+    streams: mpsc::UnboundedSender<(AuthId, FrameTx)>,
 }
 
 impl Picker {
     fn pick(&self, req: &Request<hyper::body::Incoming>) -> AuthId {
-        if let Some(PinnedAuth(p)) = req.extensions().get::<PinnedAuth>() {
-            if self.accounts.contains(p) {
-                return p.clone();
-            }
+        if let Some(PinnedAuth(p)) = req.extensions().get::<PinnedAuth>()
+            && self.accounts.contains(p)
+        {
+            return p.clone();
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.accounts.len();
         self.accounts[i].clone()
@@ -68,10 +70,7 @@ impl tower::Service<Request<hyper::body::Incoming>> for Picker {
     }
 }
 
-fn picker() -> (
-    Picker,
-    mpsc::UnboundedReceiver<(AuthId, mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>)>,
-) {
+fn picker() -> (Picker, Streams) {
     let (tx, rx) = mpsc::unbounded_channel();
     let p = Picker {
         accounts: Arc::from(["a", "b", "c"].map(AuthId::from)),

@@ -22,11 +22,13 @@ use std::future::Future;
 
 use crate::types::{AuthId, BindingKey};
 
+mod inspect;
 mod moka;
 #[cfg(feature = "redis")]
 mod redis;
 
-pub use self::moka::{BindingInfo, DEFAULT_MAX_BINDINGS, DEFAULT_TTL, MokaStore, MokaStoreBuilder};
+pub use self::inspect::{BindingInfo, InspectStore};
+pub use self::moka::{DEFAULT_MAX_BINDINGS, DEFAULT_TTL, MokaStore, MokaStoreBuilder};
 #[cfg(feature = "redis")]
 pub use self::redis::{
     DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD, DEFAULT_FAULT_LOG_INTERVAL,

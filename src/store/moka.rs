@@ -8,7 +8,7 @@ use moka::ops::compute::{CompResult, Op};
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 
-use super::{BindingStore, StoreError};
+use super::{BindingInfo, BindingStore, StoreError};
 use crate::types::{AuthId, BindingKey};
 
 /// Default capacity of a [`MokaStore`], in bindings.
@@ -50,6 +50,7 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 #[derive(Clone)]
 pub struct MokaStore {
     cache: Cache<u128, Binding, U128Hasher>,
+    ttl: Duration,
     k0: RandomState,
     k1: RandomState,
 }
@@ -106,19 +107,11 @@ impl MokaStoreBuilder {
             .build_with_hasher(U128Hasher);
         MokaStore {
             cache,
+            ttl: self.ttl,
             k0: RandomState::new(),
             k1: RandomState::new(),
         }
     }
-}
-
-/// A binding as the store reports it to an operator.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BindingInfo {
-    /// The account the session is bound to.
-    pub auth: AuthId,
-    /// Time since the binding was last committed.
-    pub age: Duration,
 }
 
 impl MokaStore {
@@ -147,9 +140,9 @@ impl MokaStore {
 
     /// The live binding of `key`, with its age.
     pub fn get(&self, key: &BindingKey) -> Option<BindingInfo> {
-        self.cache.get(&self.digest(key)).map(|b| BindingInfo {
-            auth: b.auth,
-            age: b.committed.elapsed(),
+        self.cache.get(&self.digest(key)).map(|b| {
+            let age = b.committed.elapsed();
+            BindingInfo::new(b.auth, Some(age), Some(self.ttl.saturating_sub(age)))
         })
     }
 
