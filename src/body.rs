@@ -7,6 +7,7 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use sync_wrapper::SyncWrapper;
 
 use crate::core::{Core, StoreOp};
 use crate::stats::ClearReason;
@@ -43,6 +44,9 @@ pin_project! {
     }
 }
 
+// Store futures need only be `Send` (a networked client's futures rarely are `Sync`);
+// `SyncWrapper` keeps the body `Sync` whenever the inner body is, since the futures are
+// only ever touched through `&mut`.
 enum State<D, E, St: BindingStore> {
     /// Nothing to do (no session, not a success, or past the first data frame).
     Passthrough,
@@ -51,7 +55,7 @@ enum State<D, E, St: BindingStore> {
     /// Committing; `frame` is handed on once the commit is done.
     Committing {
         core: Arc<Core<St>>,
-        op: StoreOp<St>,
+        op: SyncWrapper<StoreOp<St>>,
         frame: Option<Frame<D>>,
     },
     /// The inner body ended (after a clear); it is not polled again.
@@ -59,7 +63,7 @@ enum State<D, E, St: BindingStore> {
     /// Clearing; then the end or the error is handed on.
     Clearing {
         core: Arc<Core<St>>,
-        op: StoreOp<St>,
+        op: SyncWrapper<StoreOp<St>>,
         then: Option<Result<Frame<D>, E>>,
     },
 }
@@ -120,13 +124,13 @@ where
             match this.state {
                 State::Passthrough => return body.poll_frame(cx),
                 State::Committing { core, op, frame } => {
-                    ready!(op.poll(core, cx));
+                    ready!(op.get_mut().poll(core, cx));
                     let frame = frame.take();
                     *this.state = State::Passthrough;
                     return Poll::Ready(frame.map(Ok));
                 }
                 State::Clearing { core, op, then } => {
-                    ready!(op.poll(core, cx));
+                    ready!(op.get_mut().poll(core, cx));
                     let then = then.take();
                     *this.state = if then.is_some() {
                         State::Passthrough
@@ -151,7 +155,7 @@ where
                             );
                             *this.state = State::Committing {
                                 core: watch.core.clone(),
-                                op,
+                                op: SyncWrapper::new(op),
                                 frame: Some(frame),
                             };
                             continue;
@@ -163,7 +167,7 @@ where
                         StoreOp::clear(&watch.core, &watch.key, &watch.served, reason, &watch.span);
                     *this.state = State::Clearing {
                         core: watch.core.clone(),
-                        op,
+                        op: SyncWrapper::new(op),
                         then,
                     };
                 }

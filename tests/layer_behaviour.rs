@@ -802,4 +802,8 @@ fn service_future_and_body_are_send_and_sync() {
     assert_send_sync::<StickySession<Script>>();
     assert_send::<<StickySession<Script> as Service<Request<()>>>::Future>();
     assert_send_sync::<ResponseBody<Full<Bytes>>>();
+    // A networked store's futures are Send but not Sync; the body stays Sync anyway
+    // (http-body-util's BoxBody and others require it).
+    #[cfg(feature = "redis")]
+    assert_send_sync::<ResponseBody<Full<Bytes>, tower_sticky_session::store::RedisStore>>();
 }
