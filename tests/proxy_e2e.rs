@@ -62,8 +62,12 @@ enum Mode {
     NoContent,
     /// 200, three chunks; each waits for one permit of the semaphore (slow first chunk).
     Gated(Arc<Semaphore>),
-    /// 200, the body describes the request the account received (also recorded).
+    /// 200, the body describes the request the account received (also recorded), sent
+    /// with a `Content-Length`.
     Echo,
+    /// 200 head, then no data until the reader of the body goes away; then a message on
+    /// the channel.
+    HoldUntilAbandoned(mpsc::UnboundedSender<()>),
     /// Reads the request, then closes the connection without answering.
     CloseBeforeHeaders,
     /// 200 chunked head, then closes the connection before any chunk.
@@ -239,12 +243,21 @@ async fn respond(
                 .insert("x-hop-back", "secret-hop".parse().unwrap());
             res.headers_mut()
                 .insert("connection", "x-hop-back".parse().unwrap());
-            let _ = tx.try_send(data(format!(
+            let echo = format!(
                 "{} {} {}",
                 record.method,
                 record.uri,
                 String::from_utf8_lossy(&record.body)
-            )));
+            );
+            res.headers_mut()
+                .insert("content-length", echo.len().into());
+            let _ = tx.try_send(data(echo));
+        }
+        Mode::HoldUntilAbandoned(abandoned) => {
+            tokio::spawn(async move {
+                tx.closed().await;
+                let _ = abandoned.send(());
+            });
         }
         Mode::CloseBeforeHeaders | Mode::CloseBeforeFirst | Mode::CloseMidStream => {
             unreachable!("served raw")
@@ -560,19 +573,23 @@ async fn forwards_method_path_query_headers_and_body_but_not_hop_by_hop_headers(
         .header("proxy-authorization", "Basic cHJveHk=")
         .body(Full::from("{\"prompt\":\"hi\"}"))
         .unwrap();
+    let expected = "POST /base/v1/chat?stream=true&n=2 {\"prompt\":\"hi\"}";
     let res = proxy.send(req).await;
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(served_by(&res), "a");
     assert_eq!(res.headers()["x-account"], "a");
     assert!(res.headers().get("x-hop-back").is_none());
+    // A length-delimited upstream response stays length-delimited.
+    assert_eq!(
+        res.headers()["content-length"],
+        expected.len().to_string().as_str()
+    );
+    assert!(res.headers().get("transfer-encoding").is_none());
     let body = within("body", res.into_body().collect())
         .await
         .unwrap()
         .to_bytes();
-    assert_eq!(
-        body,
-        "POST /base/v1/chat?stream=true&n=2 {\"prompt\":\"hi\"}"
-    );
+    assert_eq!(body, expected);
 
     let seen = a.seen();
     assert_eq!(seen.len(), 1);
@@ -726,6 +743,33 @@ async fn empty_stream_unbinds_and_binds_nothing() {
     let (_, _, body) = proxy.get_all(Some("conv-2")).await;
     assert!(body.is_empty());
     assert_eq!(proxy.bound("conv-2"), None);
+}
+
+#[tokio::test]
+async fn client_leaving_before_the_first_chunk_neither_binds_nor_unbinds() {
+    let (abandoned_tx, mut abandoned) = mpsc::unbounded_channel();
+    let a = Account::start("a", Mode::Stream).await;
+    let proxy = Proxy::start(vec![a.upstream()]).await;
+    assert_eq!(proxy.get_all(Some("conv-1")).await.0, "a");
+
+    a.set(Mode::HoldUntilAbandoned(abandoned_tx));
+    for session in ["conv-1", "conv-2"] {
+        // A client of its own, so that dropping the response closes its connection.
+        let client: Client<HttpConnector, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build_http();
+        let req = proxy.request(Some(session)).body(Full::default()).unwrap();
+        let res = within("head", client.request(req)).await.unwrap();
+        assert_eq!(served_by(&res), "a");
+        drop(res);
+        drop(client);
+        // The account learns that its reader went away only after the proxy dropped
+        // the response body: the sticky layer has made its decision by then.
+        within("upstream abandoned", abandoned.recv())
+            .await
+            .unwrap();
+    }
+    assert_eq!(proxy.bound("conv-1").as_deref(), Some("a"), "unbound");
+    assert_eq!(proxy.bound("conv-2"), None, "bound without a single chunk");
 }
 
 #[tokio::test]
