@@ -311,12 +311,13 @@ where
     B::Error: Into<BoxError>,
 {
     let (mut parts, body) = req.into_parts();
+    // For the log (cheap clones: the URI shares its bytes). Only the path is logged, not
+    // the query, which may carry keys; the session id only redacted.
     let method = parts.method.clone();
-    // Only the path: query strings may carry keys.
-    let path = parts.uri.path().to_owned();
+    let uri = parts.uri.clone();
+    let path = uri.path();
     let session = parts.extensions.remove::<SessionId>();
-    let session = session.as_ref().map(|s| s.redacted().to_string());
-    let session = session.as_deref().unwrap_or("-");
+    let session = LogSession(session.as_ref());
 
     let target = match up.target(&parts.uri) {
         Ok(uri) => uri,
@@ -338,7 +339,7 @@ where
         Ok(res) => {
             let (mut parts, body) = res.into_parts();
             tracing::info!(
-                %method, path, session, upstream = %up.name, pick = how.as_str(),
+                %method, path, %session, upstream = %up.name, pick = how.as_str(),
                 status = parts.status.as_u16(), "proxied"
             );
             strip_hop_by_hop(&mut parts.headers);
@@ -356,7 +357,7 @@ where
         }
         Err(e) => {
             tracing::warn!(
-                %method, path, session, upstream = %up.name, pick = how.as_str(),
+                %method, path, %session, upstream = %up.name, pick = how.as_str(),
                 error = %ErrorChain(&e), "upstream failed before its response headers"
             );
             bad_gateway(&up, "the upstream failed before sending a response")
@@ -384,15 +385,17 @@ fn bad_gateway(up: &Upstream, why: &str) -> Response<ProxyBody> {
 /// Removes the hop-by-hop headers of RFC 9110 §7.6.1, including those the `Connection`
 /// header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
     for name in [
         header::CONNECTION,
@@ -406,6 +409,19 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         header::UPGRADE,
     ] {
         headers.remove(name);
+    }
+}
+
+/// A request's session id for the log: redacted, or `-` without one.
+#[derive(Clone, Copy)]
+struct LogSession<'a>(Option<&'a SessionId>);
+
+impl fmt::Display for LogSession<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(id) => fmt::Display::fmt(&id.redacted(), f),
+            None => f.write_str("-"),
+        }
     }
 }
 
