@@ -378,7 +378,8 @@ pub struct RedisStoreStats {
 impl RedisStore {
     /// A builder for a store on the Redis at `url`, e.g. `redis://127.0.0.1:6379/0`,
     /// `redis://:password@host:6379/0` or `redis+unix:///run/redis.sock`. Valkey
-    /// works the same.
+    /// works the same. TLS (`rediss://`) is not compiled in: such a URL fails
+    /// [`build`](RedisStoreBuilder::build).
     pub fn builder(url: &str) -> RedisStoreBuilder {
         RedisStoreBuilder {
             url: url.to_owned(),
