@@ -32,6 +32,7 @@
 //! - Ctrl-C or SIGTERM: stop accepting, let open requests finish (up to 30 s; a second
 //!   Ctrl-C exits at once). Logs: `RUST_LOG` (default `info`).
 
+mod admin;
 mod app;
 mod demo;
 
@@ -44,7 +45,8 @@ use http::HeaderName;
 use tokio::net::TcpListener;
 #[cfg(feature = "redis")]
 use tower_sticky_session::store::RedisStore;
-use tower_sticky_session::{BindingStore, MokaStore};
+use tower_sticky_session::MokaStore;
+use tower_sticky_session::store::InspectStore;
 use tracing_subscriber::EnvFilter;
 
 use crate::app::{ProxyConfig, Upstream};
@@ -94,6 +96,12 @@ struct Cli {
     /// Keep bindings in Redis (shared by several proxy replicas).
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
+
+    /// Serve metrics and binding control on this address (off the proxied path space):
+    /// GET /metrics, GET|DELETE /bindings?session=S[&scope=X], GET /bindings/count,
+    /// DELETE /accounts/NAME/bindings. Off unless given; keep it on a private address.
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    admin: Option<SocketAddr>,
 }
 
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
@@ -120,6 +128,7 @@ fn parse_header_name(s: &str) -> Result<HeaderName, String> {
 /// What `run` needs besides the store.
 struct Settings {
     listen: SocketAddr,
+    admin: Option<SocketAddr>,
     proxy: ProxyConfig,
     /// Whether the accounts are the demo's.
     demo: bool,
@@ -157,6 +166,7 @@ async fn main() -> ExitCode {
     };
     let settings = Settings {
         listen: cli.listen,
+        admin: cli.admin,
         proxy: ProxyConfig {
             upstreams,
             session_headers: cli.session_headers,
@@ -191,7 +201,8 @@ async fn main() -> ExitCode {
 }
 
 /// Builds the proxy over `store`, prints the banner, serves until Ctrl-C/SIGTERM.
-async fn run<St: BindingStore>(settings: Settings, store: St, store_name: &str) -> ExitCode {
+async fn run<St: InspectStore + Clone>(settings: Settings, store: St, store_name: &str) -> ExitCode {
+    let admin_store = store.clone();
     let app = match app::build(&settings.proxy, store) {
         Ok(app) => app,
         Err(e) => {
@@ -207,7 +218,29 @@ async fn run<St: BindingStore>(settings: Settings, store: St, store_name: &str) 
         }
     };
     let addr = listener.local_addr().unwrap_or(settings.listen);
+    let admin_addr = match settings.admin {
+        None => None,
+        Some(at) => match TcpListener::bind(at).await {
+            Ok(l) => {
+                let local = l.local_addr().unwrap_or(at);
+                let router = admin::router(admin_store, app.stats.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(l, router).await {
+                        tracing::error!(error = %e, "admin listener failed");
+                    }
+                });
+                Some(local)
+            }
+            Err(e) => {
+                eprintln!("error: cannot listen on {at} (--admin): {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     print_banner(&settings, store_name, addr);
+    if let Some(a) = admin_addr {
+        println!("Admin: http://{a}/metrics  http://{a}/bindings?session=ID  (see examples/proxy/admin.rs)");
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let stop = async {

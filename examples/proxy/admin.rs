@@ -1,0 +1,213 @@
+//! The admin listener (`--admin ADDR`): metrics and control of bindings, off the proxied
+//! path space.
+//!
+//! | method and path | answer |
+//! |---|---|
+//! | `GET /metrics` | the layer's counters and the binding count, OpenMetrics/Prometheus text |
+//! | `GET /bindings?session=S[&scope=X]` | `{"auth": .., "age_ms": .., "expires_in_ms": ..}`, 404 if unbound |
+//! | `DELETE /bindings?session=S[&scope=X]` | removes that binding: `{"removed": "acct" or null}` |
+//! | `DELETE /accounts/{name}/bindings` | removes every binding to the account: `{"removed": n}` |
+//! | `GET /bindings/count` | `{"count": n}` (`null` where the store cannot count cheaply) |
+//!
+//! The scope is the value the proxy reads from `--scope-header`; leave it out when the
+//! proxy runs without one. Session ids in queries are URL-encoded by the client.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use tower_sticky_session::store::InspectStore;
+use tower_sticky_session::{AuthId, BindingKey, Scope, SessionId, Stats, StatsSnapshot};
+
+struct Admin<St> {
+    store: St,
+    stats: Stats,
+}
+
+impl<St: Clone> Clone for Admin<St> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            stats: self.stats.clone(),
+        }
+    }
+}
+
+/// The admin routes over the proxy's store and counters.
+pub(crate) fn router<St: InspectStore + Clone>(store: St, stats: Stats) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", get(metrics::<St>))
+        .route("/bindings", get(inspect::<St>).delete(remove::<St>))
+        .route("/bindings/count", get(count::<St>))
+        .route("/accounts/{name}/bindings", delete(remove_account::<St>))
+        .with_state(Admin { store, stats })
+}
+
+fn store_error(e: impl fmt::Display) -> Response {
+    let body = Json(json!({ "error": e.to_string() }));
+    (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+}
+
+/// The binding key named by `?session=..&scope=..`.
+fn key_of(q: &HashMap<String, String>) -> Result<BindingKey, Response> {
+    let Some(session) = q.get("session") else {
+        let body = Json(json!({ "error": "missing query parameter: session" }));
+        return Err((StatusCode::BAD_REQUEST, body).into_response());
+    };
+    let session = SessionId::new(session).map_err(|e| {
+        let body = Json(json!({ "error": format!("invalid session: {e}") }));
+        (StatusCode::BAD_REQUEST, body).into_response()
+    })?;
+    let scope = q.get("scope").map(|s| Scope::from(s.clone()));
+    Ok(BindingKey::new(scope, session))
+}
+
+async fn inspect<St: InspectStore>(
+    State(admin): State<Admin<St>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let key = match key_of(&q) {
+        Ok(k) => k,
+        Err(res) => return res,
+    };
+    match admin.store.inspect(&key).await {
+        Ok(Some(b)) => Json(json!({
+            "auth": b.auth.as_str(),
+            "age_ms": b.age.map(|d| d.as_millis() as u64),
+            "expires_in_ms": b.expires_in.map(|d| d.as_millis() as u64),
+        }))
+        .into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, Json(json!({ "auth": null }))).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn remove<St: InspectStore>(
+    State(admin): State<Admin<St>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let key = match key_of(&q) {
+        Ok(k) => k,
+        Err(res) => return res,
+    };
+    match admin.store.remove(&key).await {
+        Ok(removed) => {
+            tracing::info!(session = %key.session().redacted(), removed = ?removed, "admin: binding removed");
+            Json(json!({ "removed": removed.as_ref().map(AuthId::as_str) })).into_response()
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+async fn remove_account<St: InspectStore>(
+    State(admin): State<Admin<St>>,
+    Path(name): Path<String>,
+) -> Response {
+    let auth = AuthId::from(name);
+    match admin.store.remove_account(&auth).await {
+        Ok(n) => {
+            tracing::info!(account = %auth, removed = n, "admin: account's bindings removed");
+            Json(json!({ "removed": n })).into_response()
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+async fn count<St: InspectStore>(State(admin): State<Admin<St>>) -> Response {
+    match admin.store.count().await {
+        Ok(n) => Json(json!({ "count": n })).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn metrics<St: InspectStore>(State(admin): State<Admin<St>>) -> Response {
+    // A store that cannot count (or fails to) just leaves the gauge out.
+    let entries = admin.store.count().await.ok().flatten();
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(StatsCollector {
+        snap: admin.stats.snapshot(),
+        entries,
+    }));
+    let mut text = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &registry) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+    }
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(header::CONTENT_TYPE, content_type)], text).into_response()
+}
+
+/// Exports one [`StatsSnapshot`] as `sticky_session_*` metrics.
+#[derive(Debug)]
+struct StatsCollector {
+    snap: StatsSnapshot,
+    entries: Option<u64>,
+}
+
+impl StatsCollector {
+    fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> fmt::Result {
+        let c = ConstCounter::new(v);
+        let m = enc.encode_descriptor(name, help, None, c.metric_type())?;
+        c.encode(m)
+    }
+}
+
+impl Collector for StatsCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let s = &self.snap;
+        let plain = [
+            ("sticky_session_requests", "Requests seen by the sticky session layer.", s.requests),
+            ("sticky_session_no_session", "Requests without a session id.", s.no_session),
+            ("sticky_session_rejected", "Requests answered 400 for an invalid session id (strict mode).", s.rejected),
+            ("sticky_session_explicit_pins", "Requests that arrived with an explicit pin.", s.explicit_pins),
+            ("sticky_session_lookups", "Binding store lookups.", s.lookups),
+            ("sticky_session_hits", "Lookups that found a binding.", s.hits),
+            ("sticky_session_misses", "Lookups that found none (or failed).", s.misses),
+            ("sticky_session_commits", "Bindings committed or renewed.", s.commits),
+            ("sticky_session_cleared", "Compare-and-delete attempts that removed a binding.", s.cleared),
+            ("sticky_session_store_errors", "Binding store operations that failed (served unsticky).", s.store_errors),
+        ];
+        for (name, help, v) in plain {
+            Self::counter(&mut enc, name, help, v)?;
+        }
+
+        let m = enc.encode_descriptor(
+            "sticky_session_invalid",
+            "Requests with an invalid session id, by reason.",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        );
+        let mut m = m?;
+        for (reason, v) in s.invalid {
+            let labels = [("reason", reason.as_str())];
+            ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+        }
+
+        let mut m = enc.encode_descriptor(
+            "sticky_session_clear_attempts",
+            "Compare-and-delete attempts, by reason.",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (reason, v) in s.clear_attempts {
+            let labels = [("reason", reason.as_str())];
+            ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+        }
+
+        if let Some(n) = self.entries {
+            let g = ConstGauge::new(n as i64);
+            let m = enc.encode_descriptor("sticky_session_bindings", "Live bindings in the store.", None, g.metric_type())?;
+            g.encode(m)?;
+        }
+        Ok(())
+    }
+}
