@@ -33,7 +33,8 @@ async fn admin_endpoints_inspect_count_remove_and_export_metrics() {
     // Drive one real request through the layer so the counters move.
     let inner = tower::service_fn(|_req: Request<()>| async {
         let mut res = http::Response::new(http_body_util::Full::new(Bytes::from_static(b"x")));
-        res.extensions_mut().insert(ServedBy(AuthId::from("acct-1")));
+        res.extensions_mut()
+            .insert(ServedBy(AuthId::from("acct-1")));
         Ok::<_, std::convert::Infallible>(res)
     });
     let mut svc = tower::Layer::layer(&layer, inner);
@@ -73,10 +74,22 @@ async fn admin_endpoints_inspect_count_remove_and_export_metrics() {
 
     let (status, metrics) = call(addr, Method::GET, "/metrics").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(metrics.contains("sticky_session_requests_total 1"), "{metrics}");
-    assert!(metrics.contains("sticky_session_commits_total 1"), "{metrics}");
-    assert!(metrics.contains("sticky_session_misses_total 1"), "{metrics}");
-    assert!(metrics.contains(r#"sticky_session_invalid_total{reason="too_long"} 0"#), "{metrics}");
+    assert!(
+        metrics.contains("sticky_session_requests_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sticky_session_commits_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sticky_session_misses_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"sticky_session_invalid_total{reason="too_long"} 0"#),
+        "{metrics}"
+    );
     assert!(metrics.contains("sticky_session_bindings 3"), "{metrics}");
     assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
 

@@ -165,16 +165,56 @@ impl Collector for StatsCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
         let s = &self.snap;
         let plain = [
-            ("sticky_session_requests", "Requests seen by the sticky session layer.", s.requests),
-            ("sticky_session_no_session", "Requests without a session id.", s.no_session),
-            ("sticky_session_rejected", "Requests answered 400 for an invalid session id (strict mode).", s.rejected),
-            ("sticky_session_explicit_pins", "Requests that arrived with an explicit pin.", s.explicit_pins),
-            ("sticky_session_lookups", "Binding store lookups.", s.lookups),
-            ("sticky_session_hits", "Lookups that found a binding.", s.hits),
-            ("sticky_session_misses", "Lookups that found none (or failed).", s.misses),
-            ("sticky_session_commits", "Bindings committed or renewed.", s.commits),
-            ("sticky_session_cleared", "Compare-and-delete attempts that removed a binding.", s.cleared),
-            ("sticky_session_store_errors", "Binding store operations that failed (served unsticky).", s.store_errors),
+            (
+                "sticky_session_requests",
+                "Requests seen by the sticky session layer.",
+                s.requests,
+            ),
+            (
+                "sticky_session_no_session",
+                "Requests without a session id.",
+                s.no_session,
+            ),
+            (
+                "sticky_session_rejected",
+                "Requests answered 400 for an invalid session id (strict mode).",
+                s.rejected,
+            ),
+            (
+                "sticky_session_explicit_pins",
+                "Requests that arrived with an explicit pin.",
+                s.explicit_pins,
+            ),
+            (
+                "sticky_session_lookups",
+                "Binding store lookups.",
+                s.lookups,
+            ),
+            (
+                "sticky_session_hits",
+                "Lookups that found a binding.",
+                s.hits,
+            ),
+            (
+                "sticky_session_misses",
+                "Lookups that found none (or failed).",
+                s.misses,
+            ),
+            (
+                "sticky_session_commits",
+                "Bindings committed or renewed.",
+                s.commits,
+            ),
+            (
+                "sticky_session_cleared",
+                "Compare-and-delete attempts that removed a binding.",
+                s.cleared,
+            ),
+            (
+                "sticky_session_store_errors",
+                "Binding store operations that failed (served unsticky).",
+                s.store_errors,
+            ),
         ];
         for (name, help, v) in plain {
             Self::counter(&mut enc, name, help, v)?;
@@ -205,7 +245,12 @@ impl Collector for StatsCollector {
 
         if let Some(n) = self.entries {
             let g = ConstGauge::new(n as i64);
-            let m = enc.encode_descriptor("sticky_session_bindings", "Live bindings in the store.", None, g.metric_type())?;
+            let m = enc.encode_descriptor(
+                "sticky_session_bindings",
+                "Live bindings in the store.",
+                None,
+                g.metric_type(),
+            )?;
             g.encode(m)?;
         }
         Ok(())

@@ -27,8 +27,13 @@
 //!   body delivered a first chunk; a 429/5xx, an empty body, a failure before the first
 //!   chunk, or an unreachable account (answered 502) unbinds it.
 //! - `--scope-header NAME` keeps separate bindings per value of that header (e.g. a model).
-//! - `--redis URL` (shared bindings across replicas) is parsed; this build has no Redis
-//!   store yet and exits with an error.
+//! - `--redis URL` keeps the bindings in Redis, shared by every replica that names the same
+//!   server (e.g. `redis://127.0.0.1:6379`). Redis down or slow: requests are served
+//!   without stickiness, never failed; sharing resumes when it is back. `--max-sessions`
+//!   applies to the in-memory store only (Redis bounds memory with its own `maxmemory`).
+//! - `--admin ADDR` serves metrics and binding control on a second listener (see
+//!   `admin.rs`): `GET /metrics`, `GET|DELETE /bindings?session=S[&scope=X]`,
+//!   `GET /bindings/count`, `DELETE /accounts/NAME/bindings`.
 //! - Ctrl-C or SIGTERM: stop accepting, let open requests finish (up to 30 s; a second
 //!   Ctrl-C exits at once). Logs: `RUST_LOG` (default `info`).
 
@@ -43,10 +48,10 @@ use std::time::Duration;
 use clap::Parser;
 use http::HeaderName;
 use tokio::net::TcpListener;
-#[cfg(feature = "redis")]
-use tower_sticky_session::store::RedisStore;
 use tower_sticky_session::MokaStore;
 use tower_sticky_session::store::InspectStore;
+#[cfg(feature = "redis")]
+use tower_sticky_session::store::RedisStore;
 use tracing_subscriber::EnvFilter;
 
 use crate::app::{ProxyConfig, Upstream};
@@ -201,7 +206,11 @@ async fn main() -> ExitCode {
 }
 
 /// Builds the proxy over `store`, prints the banner, serves until Ctrl-C/SIGTERM.
-async fn run<St: InspectStore + Clone>(settings: Settings, store: St, store_name: &str) -> ExitCode {
+async fn run<St: InspectStore + Clone>(
+    settings: Settings,
+    store: St,
+    store_name: &str,
+) -> ExitCode {
     let admin_store = store.clone();
     let app = match app::build(&settings.proxy, store) {
         Ok(app) => app,
@@ -239,7 +248,9 @@ async fn run<St: InspectStore + Clone>(settings: Settings, store: St, store_name
     };
     print_banner(&settings, store_name, addr);
     if let Some(a) = admin_addr {
-        println!("Admin: http://{a}/metrics  http://{a}/bindings?session=ID  (see examples/proxy/admin.rs)");
+        println!(
+            "Admin: http://{a}/metrics  http://{a}/bindings?session=ID  (see examples/proxy/admin.rs)"
+        );
     }
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
