@@ -910,3 +910,39 @@ async fn outage_faults_are_counted_but_warned_rarely_and_never_with_the_password
         "{log}"
     );
 }
+
+/// Redis answers but refuses the connection's handshake (here: a wrong password; in
+/// production also e.g. `LOADING` while a restarted Redis reads its dataset). The
+/// client does not reconnect after such a non-I/O failure on its own; the store must
+/// still recover once Redis accepts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_recovers_after_redis_refused_its_handshake() {
+    let server = RedisServer::start();
+    server.command(&["CONFIG", "SET", "requirepass", "old-pw"]);
+    let store = RedisStore::builder(&format!("redis://:new-pw@127.0.0.1:{}/", server.port()))
+        .breaker_threshold(2)
+        .breaker_cooldown(Duration::from_millis(100))
+        .build()
+        .expect("start-up succeeds while Redis refuses us");
+    let k = key("refused");
+    for _ in 0..10 {
+        let started = Instant::now();
+        assert!(store.commit(&k, &AuthId::from("acct-1")).await.is_err());
+        assert!(started.elapsed() < HANG_GUARD, "{:?}", started.elapsed());
+    }
+    eventually(Duration::from_secs(5), "breaker opens", || async {
+        store.stats().breaker_open.then_some(())
+    })
+    .await;
+
+    // The operator rotates the password on the Redis side.
+    server.command_with_auth("old-pw", &["CONFIG", "SET", "requirepass", "new-pw"]);
+    eventually(Duration::from_secs(10), "store recovers", || async {
+        store.commit(&k, &AuthId::from("acct-1")).await.ok()
+    })
+    .await;
+    assert_eq!(
+        store.lookup(&k).await.unwrap(),
+        Some(AuthId::from("acct-1"))
+    );
+}

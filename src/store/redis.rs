@@ -5,8 +5,8 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -128,7 +128,11 @@ pub struct RedisStore {
 }
 
 struct Inner {
-    conn: ConnectionManager,
+    /// Replaced by a fresh one after each failed probe: see [`Inner::fresh_connection`].
+    /// Held only to clone it (never across an `.await`).
+    conn: RwLock<ConnectionManager>,
+    client: Client,
+    manager_config: ConnectionManagerConfig,
     runtime: Handle,
     /// `{prefix}v1:`.
     key_prefix: Box<str>,
@@ -279,7 +283,7 @@ impl RedisStoreBuilder {
             .set_response_timeout(Some(self.admin_timeout.max(self.connect_timeout)));
         let conn = {
             let _guard = runtime.enter();
-            ConnectionManager::new_lazy_with_config(client, config)
+            ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
                 .map_err(|e| config_error(format!("invalid Redis client settings: {e}")))?
         };
         let near = self.near.map(|(ttl, max)| Near {
@@ -290,7 +294,9 @@ impl RedisStoreBuilder {
             .unwrap_or(u64::MAX)
             .max(1);
         let inner = Arc::new(Inner {
-            conn,
+            conn: RwLock::new(conn),
+            client,
+            manager_config: config,
             runtime,
             key_prefix: format!("{}{KEY_VERSION}", self.prefix).into_boxed_str(),
             ttl_ms,
@@ -423,7 +429,7 @@ impl RedisStore {
         let k = inner.redis_key(key);
         let mut pipe = ::redis::pipe();
         pipe.atomic().cmd("GET").arg(&k).cmd("PTTL").arg(&k);
-        let mut conn = inner.conn.clone();
+        let mut conn = inner.conn();
         let (auth, pttl): (Option<String>, i64) = inner
             .call(inner.admin_timeout, pipe.query_async(&mut conn))
             .await?;
@@ -440,7 +446,7 @@ impl RedisStore {
         let k = inner.redis_key(key);
         let mut cmd = Cmd::new();
         cmd.arg("GETDEL").arg(&k);
-        let mut conn = inner.conn.clone();
+        let mut conn = inner.conn();
         inner.bump_near();
         let result: Option<String> = inner
             .call(inner.admin_timeout, cmd.query_async(&mut conn))
@@ -463,7 +469,7 @@ impl RedisStore {
     pub async fn remove_account(&self, auth: &AuthId) -> Result<usize, StoreError> {
         let inner = &self.inner;
         let pattern = format!("{}*", glob_escape(&inner.key_prefix));
-        let mut conn = inner.conn.clone();
+        let mut conn = inner.conn();
         let mut cursor: u64 = 0;
         let mut removed = 0usize;
         inner.bump_near();
@@ -540,7 +546,7 @@ impl BindingStore for RedisStore {
         let near_key = inner.near.as_ref().map(|_| key.clone());
         let inner = inner.clone();
         RedisStoreFuture::pending(async move {
-            let mut conn = inner.conn.clone();
+            let mut conn = inner.conn();
             let found: Option<String> = inner.request(cmd.query_async(&mut conn)).await?;
             let auth = found.map(AuthId::from);
             if let (Some(near), Some(key), Some(auth)) = (&inner.near, near_key, &auth) {
@@ -578,7 +584,7 @@ impl BindingStore for RedisStore {
             .arg(inner.ttl_ms);
         let inner = inner.clone();
         RedisStoreFuture::pending(async move {
-            let mut conn = inner.conn.clone();
+            let mut conn = inner.conn();
             inner.request(cmd.query_async::<()>(&mut conn)).await
         })
     }
@@ -603,7 +609,7 @@ impl BindingStore for RedisStore {
         }
         let inner = inner.clone();
         RedisStoreFuture::pending(async move {
-            let mut conn = inner.conn.clone();
+            let mut conn = inner.conn();
             // Redis first, then the local tier: a lookup in between still finds the old
             // account locally (as before the failure), never re-reads it from Redis.
             let result = inner
@@ -645,6 +651,30 @@ impl Inner {
         if let Some(near) = &self.near {
             let _ = near.cache.clear_if(key, expected).into_inner();
             near.generation.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the connection manager with a new, lazy one. The client reconnects on
+    /// its own only after an I/O error: a connection whose handshake Redis refused
+    /// (`WRONGPASS`, `LOADING`…) would stay failed forever, and a half-open TCP
+    /// connection (peer gone without a reset) would time out forever. Done after each
+    /// failed probe, while the breaker keeps requests away, so it never races them.
+    fn fresh_connection(&self) {
+        match ConnectionManager::new_lazy_with_config(
+            self.client.clone(),
+            self.manager_config.clone(),
+        ) {
+            Ok(conn) => *self.conn.write().unwrap_or_else(PoisonError::into_inner) = conn,
+            Err(e) => {
+                tracing::debug!(redis = %self.addr, error = %e, "sticky session store: cannot renew the Redis connection")
+            }
         }
     }
 
@@ -707,6 +737,7 @@ impl Inner {
             Err(e) => {
                 self.breaker.trip(self.now_ms());
                 self.faults.log(&self.addr, "probe", &e, self.now_ms());
+                self.fresh_connection();
                 false
             }
         }
@@ -715,7 +746,7 @@ impl Inner {
     /// `PING`, tried twice within `limit`: a first attempt on a dropped connection fails
     /// at once and starts a reconnect, which the second attempt waits for.
     async fn ping(&self, limit: Duration) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let attempt = async move {
             let mut cmd = Cmd::new();
             cmd.arg("PING");

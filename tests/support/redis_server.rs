@@ -92,6 +92,20 @@ impl RedisServer {
         read_reply(&mut stream)
     }
 
+    /// Like [`command`](Self::command), on a connection that first authenticates with
+    /// `password` (for a server with `requirepass`).
+    pub(crate) fn command_with_auth(&self, password: &str, args: &[&str]) -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to redis");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        stream.write_all(&resp(&["AUTH", password])).expect("write");
+        let auth = read_reply(&mut stream);
+        assert_eq!(auth, "+OK\n", "AUTH failed");
+        stream.write_all(&resp(args)).expect("write");
+        read_reply(&mut stream)
+    }
+
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args([
