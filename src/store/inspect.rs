@@ -45,7 +45,9 @@ impl BindingInfo {
 ///
 /// let info = store.inspect(&key).await.unwrap().unwrap();
 /// assert_eq!(info.auth.as_str(), "acct-2");
-/// assert_eq!(store.remove_account(&AuthId::from("acct-2")).await.unwrap(), 1);
+/// // (MokaStore also has a synchronous inherent `remove_account`.)
+/// let removed = InspectStore::remove_account(&store, &AuthId::from("acct-2")).await;
+/// assert_eq!(removed.unwrap(), 1);
 /// assert!(store.inspect(&key).await.unwrap().is_none());
 /// # }
 /// ```
