@@ -78,7 +78,9 @@ const CLEAR_IF_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then ret
 ///   immediate [`StoreErrorKind::Unavailable`], no network). Every
 ///   [`breaker_cooldown`](RedisStoreBuilder::breaker_cooldown) (default 1 s) a background
 ///   task probes Redis with `PING`; when it answers the breaker closes and sharing
-///   resumes. No request ever waits for a probe.
+///   resumes. No request ever waits for a probe. A failed probe also replaces the
+///   connection, so a refused handshake (a rotated password, `LOADING` after a restart)
+///   or a half-open TCP connection cannot keep the store away from a Redis that is back.
 /// - [`build`](RedisStoreBuilder::build) succeeds while Redis is down: the connection is
 ///   made in the background.
 /// - Faults are counted ([`RedisStore::stats`]) and logged at `warn` at most once per
