@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::Span;
 
 use crate::stats::{ClearReason, Counters, Stats};
-use crate::store::{BindingStore, StoreError};
+use crate::store::{BindingStore, StoreError, StoreErrorKind};
 use crate::types::{AuthId, BindingKey};
 
 /// The store and the counters, shared by every service and response body of a layer.
@@ -37,6 +37,13 @@ impl<St> Core<St> {
 
     pub(crate) fn store_error(&self, op: &'static str, err: &StoreError) {
         Counters::inc(&self.counters().store_errors);
+        // A store that reports itself unavailable (e.g. Redis behind an open circuit
+        // breaker) already logs its own outage, rarely; repeating it here per request
+        // would flood the log.
+        if err.kind() == StoreErrorKind::Unavailable {
+            tracing::debug!(op, error = %err, "sticky session store unavailable");
+            return;
+        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());

@@ -203,7 +203,7 @@ pub use crate::service::StickySession;
 pub use crate::stats::{ClearReason, DECISION_HEADER, Decision, Stats, StatsSnapshot};
 #[cfg(feature = "redis")]
 pub use crate::store::RedisStore;
-pub use crate::store::{BindingStore, MokaStore, StoreError};
+pub use crate::store::{BindingStore, MokaStore, StoreError, StoreErrorKind};
 pub use crate::types::{AuthId, BindingKey, PinnedAuth, Scope, ServedBy};
 
 /// Compiles the README's examples.
