@@ -58,18 +58,18 @@ fn store_error(e: impl fmt::Display) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
 }
 
-/// The binding key named by `?session=..&scope=..`.
-fn key_of(q: &HashMap<String, String>) -> Result<BindingKey, Response> {
-    let Some(session) = q.get("session") else {
-        let body = Json(json!({ "error": "missing query parameter: session" }));
-        return Err((StatusCode::BAD_REQUEST, body).into_response());
-    };
-    let session = SessionId::new(session).map_err(|e| {
-        let body = Json(json!({ "error": format!("invalid session: {e}") }));
-        (StatusCode::BAD_REQUEST, body).into_response()
-    })?;
+/// The binding key named by `?session=..&scope=..`, or why the query names none.
+fn key_of(q: &HashMap<String, String>) -> Result<BindingKey, String> {
+    let session = q
+        .get("session")
+        .ok_or_else(|| "missing query parameter: session".to_owned())?;
+    let session = SessionId::new(session).map_err(|e| format!("invalid session: {e}"))?;
     let scope = q.get("scope").map(|s| Scope::from(s.clone()));
     Ok(BindingKey::new(scope, session))
+}
+
+fn bad_request(why: String) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({ "error": why }))).into_response()
 }
 
 async fn inspect<St: InspectStore>(
@@ -78,7 +78,7 @@ async fn inspect<St: InspectStore>(
 ) -> Response {
     let key = match key_of(&q) {
         Ok(k) => k,
-        Err(res) => return res,
+        Err(why) => return bad_request(why),
     };
     match admin.store.inspect(&key).await {
         Ok(Some(b)) => Json(json!({
@@ -98,7 +98,7 @@ async fn remove<St: InspectStore>(
 ) -> Response {
     let key = match key_of(&q) {
         Ok(k) => k,
-        Err(res) => return res,
+        Err(why) => return bad_request(why),
     };
     match admin.store.remove(&key).await {
         Ok(removed) => {
