@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# End-to-end cost of the sticky-session layer: a hyper 1 server on 127.0.0.1 streaming a
+# small body (examples/bench_server.rs), with and without the layer, driven by wrk over
+# 10 000 session ids in `sticky-session-id` on keep-alive connections.
+#
+#   benches/e2e.sh                         # 5 rounds x 2 servers x 10 s, about 2 minutes
+#   ROUNDS=3 DURATION=5 CONNS=16 benches/e2e.sh
+#
+# Both servers run at once on separate loopback ports, pinned to CPU 0 with one Tokio
+# worker each; wrk runs with one thread pinned to CPU 1 (set SERVER_CPU / WRK_CPU, or
+# NO_PIN=1 to not pin). Runs alternate bare/layer, reversing the order every round
+# (ABBA), same duration each, after one warm-up run per server (which also creates the
+# 10 000 bindings). Prints each run, then: throughput ratio layer/bare (from the summed
+# requests), the median p99 of each side and the difference, and the server CPU time per
+# request (from /proc/PID/stat) of each side.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-3}
+CONNS=${CONNS:-16}
+SESSIONS=${SESSIONS:-10000}
+SERVER_CPU=${SERVER_CPU:-0}
+WRK_CPU=${WRK_CPU:-1}
+
+if ! command -v wrk >/dev/null 2>&1; then
+    echo "installing wrk (Debian package)" >&2
+    apt-get install -y wrk >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; }
+fi
+
+cargo build --release --example bench_server >&2
+SERVER=target/release/examples/bench_server
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+pin() { # pin CPU command...
+    local cpu=$1; shift
+    if [[ -n "${NO_PIN:-}" ]]; then "$@"; else taskset -c "$cpu" "$@"; fi
+}
+
+start_server() { # name flag
+    local name=$1 flag=$2
+    if [[ -n "${NO_PIN:-}" ]]; then
+        "$SERVER" "$flag" --listen 127.0.0.1:0 --threads 1 >"$work/$name.out" 2>&1 &
+    else
+        taskset -c "$SERVER_CPU" "$SERVER" "$flag" --listen 127.0.0.1:0 --threads 1 >"$work/$name.out" 2>&1 &
+    fi
+    pids+=($!)
+    eval "${name}_pid=$!"
+    for _ in $(seq 100); do
+        grep -q '^listening on' "$work/$name.out" 2>/dev/null && break
+        sleep 0.05
+    done
+    eval "${name}_addr=$(sed -n 's/^listening on //p' "$work/$name.out")"
+}
+
+start_server bare --bare
+start_server layer --layer
+echo "bare server pid $bare_pid on $bare_addr; layer server pid $layer_pid on $layer_addr" >&2
+
+# Requests are formatted once in init() and handed out round-robin: the per-request Lua
+# work is a table index, the same for both servers.
+cat >"$work/sessions.lua" <<'EOF'
+local reqs = {}
+local n = 0
+local i = 0
+function init(args)
+  n = tonumber(args[1]) or 10000
+  for k = 1, n do
+    -- 36 bytes, UUID-shaped
+    local id = string.format("%08x-%04x-4%03x-8%03x-%012x", k * 2654435761 % 4294967296, k % 65536, k % 4096, (k * 7) % 4096, k * 40503)
+    reqs[k] = wrk.format("GET", "/v1/responses", { ["sticky-session-id"] = id })
+  end
+end
+function request()
+  i = i % n + 1
+  return reqs[i]
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "RESULT requests=%d duration_us=%d errors=%d non2xx=%d p50_us=%.1f p99_us=%.1f p999_us=%.1f mean_us=%.1f\n",
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9), latency.mean))
+end
+EOF
+
+cpu_ticks() { # pid -> utime+stime in clock ticks
+    awk '{print $14 + $15}' "/proc/$1/stat"
+}
+
+run() { # name duration -> one result line
+    local name=$1 dur=$2 pid addr t0 t1 out
+    pid=$(eval echo "\$${name}_pid")
+    addr=$(eval echo "\$${name}_addr")
+    t0=$(cpu_ticks "$pid")
+    out=$(pin "$WRK_CPU" wrk -t1 -c"$CONNS" -d"${dur}s" --latency -s "$work/sessions.lua" \
+        "http://$addr/" -- "$SESSIONS" | grep '^RESULT')
+    t1=$(cpu_ticks "$pid")
+    echo "$name ${out#RESULT } server_ticks=$((t1 - t0))"
+}
+
+hz=$(getconf CLK_TCK)
+echo "# warm-up ${WARMUP}s each (creates the bindings)" >&2
+run bare "$WARMUP" >&2
+run layer "$WARMUP" >&2
+
+results="$work/results"
+: >"$results"
+for r in $(seq "$ROUNDS"); do
+    if (( r % 2 )); then order="bare layer"; else order="layer bare"; fi
+    for name in $order; do
+        line=$(run "$name" "$DURATION")
+        echo "round $r $line"
+        echo "$line" >>"$results"
+    done
+done
+
+for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+wait 2>/dev/null || true
+pids=()
+echo "# layer server counters: $(grep '^stats' "$work/layer.out" || echo 'n/a')"
+
+awk -v hz="$hz" -v conns="$CONNS" -v sessions="$SESSIONS" '
+function kv(s, k,   i, p) { for (i = 2; i <= NF; i++) { split($i, p, "="); if (p[1] == k) return p[2] } }
+function median(a, n,   i, j, t) {
+    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+    return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}
+{
+    m = $1; n[m]++
+    req[m] += kv($0, "requests"); dur[m] += kv($0, "duration_us"); err[m] += kv($0, "errors") + kv($0, "non2xx")
+    ticks[m] += kv($0, "server_ticks")
+    p99[m, n[m]] = kv($0, "p99_us"); p50[m, n[m]] = kv($0, "p50_us")
+}
+END {
+    for (m in n) {
+        for (i = 1; i <= n[m]; i++) { a[i] = p99[m, i]; b[i] = p50[m, i] }
+        mp99[m] = median(a, n[m]); mp50[m] = median(b, n[m])
+        rps[m] = req[m] / (dur[m] / 1e6)
+        cpu[m] = ticks[m] / hz * 1e6 / req[m]
+        util[m] = ticks[m] / hz / (dur[m] / 1e6) * 100
+    }
+    printf "\n%-6s %12s %10s %10s %14s %10s %7s\n", "", "req/s", "p50 us", "p99 us", "server CPU us/req", "server CPU", "errors"
+    for (m in n) printf "%-6s %12.0f %10.1f %10.1f %14.2f %9.0f%% %7d\n", m, rps[m], mp50[m], mp99[m], cpu[m], util[m], err[m]
+    printf "\nconnections=%d sessions=%d runs per side=%d\n", conns, sessions, n["bare"]
+    printf "throughput ratio layer/bare: %.4f  (target >= 0.97)\n", rps["layer"] / rps["bare"]
+    printf "p99 added by the layer:      %+.1f us  (median of runs; target <= 50 us)\n", mp99["layer"] - mp99["bare"]
+    printf "p50 added by the layer:      %+.1f us\n", mp50["layer"] - mp50["bare"]
+    printf "server CPU per request added: %+.2f us  (%.1f%%)\n", cpu["layer"] - cpu["bare"], (cpu["layer"] / cpu["bare"] - 1) * 100
+}' "$results"

@@ -1,0 +1,206 @@
+//! The server side of the end-to-end benchmark (`benches/e2e.sh`): a hyper 1 HTTP/1.1
+//! server on loopback whose trivial inner service streams a small body in two frames and
+//! sets `ServedBy`, with or without [`StickySessionLayer`] in front of it.
+//!
+//! ```text
+//! cargo run --release --example bench_server -- [--layer | --bare] [--listen 127.0.0.1:0] [--threads 1]
+//! ```
+//!
+//! It prints `listening on ADDR` once bound (`--listen 127.0.0.1:0`, the default, picks a
+//! free port) and, on `SIGINT` or `SIGTERM`, the layer's counters (`hits`, `misses`, `commits`, ...) on
+//! one line, then exits. The inner service honours `PinnedAuth` and otherwise picks one of
+//! four accounts round-robin; the accounts are built once, as the crate docs recommend.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tower::{Layer, Service};
+use tower_sticky_session::{AuthId, PinnedAuth, ServedBy, StickySessionLayer};
+
+/// A body of two data frames, length unknown to hyper (sent chunked, like a stream).
+struct TwoFrames {
+    frames: [Option<Bytes>; 2],
+}
+
+impl Body for TwoFrames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let next = self.frames.iter_mut().find_map(Option::take);
+        Poll::Ready(next.map(|b| Ok(Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.iter().all(Option::is_none)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+/// The account picker: honours the pin, else round-robin; reports who served.
+#[derive(Clone)]
+struct Picker {
+    accounts: Arc<[AuthId]>,
+    next: Arc<AtomicUsize>,
+}
+
+impl Service<Request<Incoming>> for Picker {
+    type Response = Response<TwoFrames>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response<TwoFrames>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let account = match req.extensions().get::<PinnedAuth>() {
+            Some(PinnedAuth(a)) => a.clone(),
+            None => {
+                let i = self.next.fetch_add(1, Ordering::Relaxed) % self.accounts.len();
+                self.accounts[i].clone()
+            }
+        };
+        let body = TwoFrames {
+            frames: [
+                Some(Bytes::from_static(b"data: {\"delta\":\"hello\"}\n\n")),
+                Some(Bytes::from_static(b"data: [DONE]\n\n")),
+            ],
+        };
+        let mut res = Response::new(body);
+        res.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/event-stream"),
+        );
+        res.extensions_mut().insert(ServedBy(account));
+        std::future::ready(Ok(res))
+    }
+}
+
+struct Args {
+    layer: bool,
+    listen: SocketAddr,
+    threads: usize,
+}
+
+fn args() -> Args {
+    let mut out = Args {
+        layer: true,
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        threads: 1,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--layer" => out.layer = true,
+            "--bare" => out.layer = false,
+            "--listen" => {
+                let v = it.next().expect("--listen ADDR");
+                out.listen = v.parse().expect("--listen takes IP:PORT");
+                assert!(out.listen.ip().is_loopback(), "loopback addresses only");
+            }
+            "--threads" => {
+                out.threads = it.next().and_then(|v| v.parse().ok()).expect("--threads N");
+            }
+            other => panic!(
+                "unknown argument {other:?}; usage: [--layer|--bare] [--listen IP:PORT] [--threads N]"
+            ),
+        }
+    }
+    out
+}
+
+async fn serve<S, B>(listener: TcpListener, svc: S)
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = TowerToHyperService::new(svc.clone());
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// `SIGINT` or `SIGTERM`.
+async fn stopped() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn main() {
+    let args = args();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async move {
+        let listener = TcpListener::bind(args.listen).await.expect("bind");
+        println!(
+            "listening on {}",
+            listener.local_addr().expect("local addr")
+        );
+        let accounts: Arc<[AuthId]> = (0..4).map(|i| AuthId::from(format!("acct-{i}"))).collect();
+        let picker = Picker {
+            accounts,
+            next: Arc::new(AtomicUsize::new(0)),
+        };
+        if args.layer {
+            let layer = StickySessionLayer::new();
+            let stats = layer.stats();
+            let svc = layer.layer(picker);
+            tokio::select! {
+                () = serve(listener, svc) => {}
+                () = stopped() => {}
+            }
+            let s = stats.snapshot();
+            println!(
+                "stats requests={} hits={} misses={} commits={} no_session={} store_errors={}",
+                s.requests, s.hits, s.misses, s.commits, s.no_session, s.store_errors
+            );
+        } else {
+            tokio::select! {
+                () = serve(listener, picker) => {}
+                () = stopped() => {}
+            }
+            println!("stats bare");
+        }
+    });
+    // Don't wait for connection tasks still parked on keep-alive sockets.
+    std::process::exit(0);
+}
