@@ -202,8 +202,11 @@ impl Service<Request<hyper::body::Incoming>> for Forwarder {
         let pinned = req.extensions().get::<PinnedAuth>().map(|p| p.0.clone());
         let (account, addr) = self.pick(pinned.as_ref());
         let http = self.http.clone();
+        let method = req.method().clone();
         Box::pin(async move {
-            let up = Request::get(format!("http://{addr}/v1/responses"))
+            let up = Request::builder()
+                .method(method)
+                .uri(format!("http://{addr}/v1/responses"))
                 .body(Empty::new())
                 .unwrap();
             let res = http.request(up).await.map_err(io::Error::other)?;
@@ -393,6 +396,32 @@ async fn upstream_content_length_zero_success_commits_at_once() {
     // A body known to be empty has proved all it will: bound before the head arrives.
     assert_eq!(env.bound(), Some(served));
     guard("body", res.into_body().collect()).await.unwrap();
+}
+
+#[tokio::test]
+async fn head_request_success_commits_at_once() {
+    let env = Env::start().await;
+    // A HEAD response announces a length but carries no body: hyper's client body for it
+    // is known empty.
+    env.upstream.script(vec![Step::Write(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 42\r\nconnection: close\r\n\r\n".to_vec(),
+    )]);
+    let req = Request::head(format!("http://{}/v1/responses", env.proxy))
+        .header("sticky-session-id", SESSION)
+        .body(Empty::new())
+        .unwrap();
+    let res = guard("head", env.client.request(req)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let served = served_by(&res);
+    assert_eq!(env.bound(), Some(served));
+    assert!(
+        guard("body", res.into_body().collect())
+            .await
+            .unwrap()
+            .to_bytes()
+            .is_empty()
+    );
+    assert_eq!(env.stats.snapshot().commits, 1);
 }
 
 #[tokio::test]

@@ -294,6 +294,56 @@ fn flood_of_unique_ids_stays_bounded_and_keeps_hot_sessions() {
 }
 
 #[test]
+fn parallel_flood_from_several_threads_stays_within_capacity() {
+    // Four threads flood through clones of one service (one shared store) while a
+    // fifth checks the bound; the sequential test above measures retention, which
+    // depends on the relative speed of the threads here.
+    const CAPACITY: u64 = 1_000;
+    const THREADS: u64 = 4;
+    const PER_THREAD: u64 = 10_000;
+    let f = Flood::new(CAPACITY, false);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let monitor = {
+        let (store, done) = (f.store.clone(), done.clone());
+        std::thread::spawn(move || {
+            let (mut checks, mut max) = (0u64, 0u64);
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                store.run_pending_tasks();
+                let n = store.entry_count();
+                assert!(n <= CAPACITY, "{n} bindings, capacity {CAPACITY}");
+                max = max.max(n);
+                checks += 1;
+                std::thread::yield_now();
+            }
+            (checks, max)
+        })
+    };
+    let workers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let mut f = Flood {
+                svc: f.svc.clone(),
+                store: f.store.clone(),
+                stats: f.stats.clone(),
+            };
+            std::thread::spawn(move || {
+                for i in 0..PER_THREAD {
+                    f.request(&flood_id(t * PER_THREAD + i));
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::Release);
+    let (checks, max) = monitor.join().unwrap();
+    assert!(f.entries() <= CAPACITY);
+    assert_eq!(f.stats.snapshot().requests, THREADS * PER_THREAD);
+    assert!(checks > 0 && max > 0, "checks {checks}, max {max}");
+    println!("parallel flood: {THREADS} threads, {checks} checks, max entries {max}");
+}
+
+#[test]
 #[ignore = "on demand (scripts/soak.sh): 1 000 000 ids, release mode"]
 fn flood_of_a_million_ids_keeps_memory_flat_and_hot_sessions_bound() {
     let p = Params {
