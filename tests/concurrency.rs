@@ -157,7 +157,7 @@ async fn random_request(svc: &mut Svc, rng: &mut Rng, deliveries: &Deliveries) {
     };
     match outcome {
         6 => {
-            // Empty data and trailers first (never a first chunk), then data.
+            // An empty data frame first (never a first chunk), then data.
             send(Ok(Frame::data(Bytes::new()))).await;
             body.frame().await.unwrap().unwrap();
             tokio::task::yield_now().await;
