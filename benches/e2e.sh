@@ -5,6 +5,7 @@
 #
 #   benches/e2e.sh                         # 5 rounds x 2 servers x 10 s, about 2 minutes
 #   ROUNDS=3 DURATION=5 CONNS=16 benches/e2e.sh
+#   SERVERS="bare layer naive" benches/e2e.sh   # also the layer over the naive store
 #
 # Both servers run at once on separate loopback ports, pinned to CPU 0 with one Tokio
 # worker each; wrk runs with one thread pinned to CPU 1 (set SERVER_CPU / WRK_CPU, or
@@ -21,6 +22,7 @@ DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-3}
 CONNS=${CONNS:-16}
 SESSIONS=${SESSIONS:-10000}
+SERVERS=${SERVERS:-bare layer}
 SERVER_CPU=${SERVER_CPU:-0}
 WRK_CPU=${WRK_CPU:-1}
 
@@ -62,9 +64,10 @@ start_server() { # name flag
     eval "${name}_addr=$(sed -n 's/^listening on //p' "$work/$name.out")"
 }
 
-start_server bare --bare
-start_server layer --layer
-echo "bare server pid $bare_pid on $bare_addr; layer server pid $layer_pid on $layer_addr" >&2
+for name in $SERVERS; do
+    start_server "$name" "--$name"
+    echo "$name server: pid $(eval echo "\$${name}_pid") on $(eval echo "\$${name}_addr")" >&2
+done
 
 # Requests are formatted once in init() and handed out round-robin: the per-request Lua
 # work is a table index, the same for both servers.
@@ -110,13 +113,13 @@ run() { # name duration -> one result line
 
 hz=$(getconf CLK_TCK)
 echo "# warm-up ${WARMUP}s each (creates the bindings)" >&2
-run bare "$WARMUP" >&2
-run layer "$WARMUP" >&2
+for name in $SERVERS; do run "$name" "$WARMUP" >&2; done
+reversed=$(echo "$SERVERS" | tr ' ' '\n' | tac | tr '\n' ' ')
 
 results="$work/results"
 : >"$results"
 for r in $(seq "$ROUNDS"); do
-    if (( r % 2 )); then order="bare layer"; else order="layer bare"; fi
+    if (( r % 2 )); then order=$SERVERS; else order=$reversed; fi
     for name in $order; do
         line=$(run "$name" "$DURATION")
         echo "round $r $line"
@@ -127,7 +130,9 @@ done
 for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
 wait 2>/dev/null || true
 pids=()
-echo "# layer server counters: $(grep '^stats' "$work/layer.out" || echo 'n/a')"
+for name in $SERVERS; do
+    echo "# $name server counters: $(grep '^stats' "$work/$name.out" || echo 'n/a')"
+done
 
 awk -v hz="$hz" -v conns="$CONNS" -v sessions="$SESSIONS" '
 function kv(s, k,   i, p) { for (i = 2; i <= NF; i++) { split($i, p, "="); if (p[1] == k) return p[2] } }
@@ -151,9 +156,13 @@ END {
     }
     printf "\n%-6s %12s %10s %10s %14s %10s %7s\n", "", "req/s", "p50 us", "p99 us", "server CPU us/req", "server CPU", "errors"
     for (m in n) printf "%-6s %12.0f %10.1f %10.1f %14.2f %9.0f%% %7d\n", m, rps[m], mp50[m], mp99[m], cpu[m], util[m], err[m]
-    printf "\nconnections=%d sessions=%d runs per side=%d\n", conns, sessions, n["bare"]
-    printf "throughput ratio layer/bare: %.4f  (target >= 0.97)\n", rps["layer"] / rps["bare"]
-    printf "p99 added by the layer:      %+.1f us  (median of runs; target <= 50 us)\n", mp99["layer"] - mp99["bare"]
-    printf "p50 added by the layer:      %+.1f us\n", mp50["layer"] - mp50["bare"]
-    printf "server CPU per request added: %+.2f us  (%.1f%%)\n", cpu["layer"] - cpu["bare"], (cpu["layer"] / cpu["bare"] - 1) * 100
+    printf "\nconnections=%d sessions=%d runs per server=%d\n", conns, sessions, n["bare"]
+    for (m in n) {
+        if (m == "bare") continue
+        printf "\n%s vs bare:\n", m
+        printf "  throughput ratio:          %.4f  (target >= 0.97)\n", rps[m] / rps["bare"]
+        printf "  p99 added:                 %+.1f us  (median of runs; target <= 50 us)\n", mp99[m] - mp99["bare"]
+        printf "  p50 added:                 %+.1f us\n", mp50[m] - mp50["bare"]
+        printf "  server CPU per request:    %+.2f us  (%+.1f%%)\n", cpu[m] - cpu["bare"], (cpu[m] / cpu["bare"] - 1) * 100
+    }
 }' "$results"

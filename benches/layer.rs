@@ -28,6 +28,8 @@
 //! - `store/{moka,naive}/*`: the store operations alone.
 //! - `contended/*`: two threads calling clones of one service at once, each on its own
 //!   core; the time is per request per thread (wall time / requests of one thread).
+//!   `contended/parts/arc_clone_drop_{shared,own}`: one `AuthId` clone and drop per
+//!   iteration on both threads, of one shared `AuthId` or of one each.
 //! - `parts/*`: pieces of the request path on their own, to explain the totals: the
 //!   keyed hash of a 36-byte key, three request-extension inserts (`SessionId`,
 //!   `BindingKey`, `PinnedAuth`) next to none, a disabled `debug_span!` with its
@@ -389,6 +391,45 @@ fn contended(c: &mut Criterion) {
     g.bench_function("bare/2_threads", |bch| {
         bch.iter_custom(|iters| two_threads(iters, &bare, &ids))
     });
+    // What one reference-count round trip costs when both cores hit the same counter
+    // (one account's `AuthId`, the layer's shared state) or each its own.
+    for (case, shared) in [
+        ("arc_clone_drop_shared", true),
+        ("arc_clone_drop_own", false),
+    ] {
+        g.bench_function(format!("parts/{case}"), |bch| {
+            bch.iter_custom(|iters| {
+                let common = AuthId::from("acct-a");
+                let barrier = Barrier::new(2);
+                std::thread::scope(|s| {
+                    let handles: Vec<_> = (0..2)
+                        .map(|_| {
+                            // Own ids are large enough not to share a cache line.
+                            let id = if shared {
+                                common.clone()
+                            } else {
+                                AuthId::from("a".repeat(256))
+                            };
+                            let barrier = &barrier;
+                            s.spawn(move || {
+                                barrier.wait();
+                                let start = Instant::now();
+                                for _ in 0..iters {
+                                    black_box(black_box(&id).clone());
+                                }
+                                start.elapsed()
+                            })
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| h.join().expect("bench thread"))
+                        .max()
+                        .unwrap_or_default()
+                })
+            })
+        });
+    }
     g.finish();
     contended_cases(c, "layer", MokaStore::new);
     contended_cases(c, "naive", || NaiveStore::new(TTL));

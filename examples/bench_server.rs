@@ -3,8 +3,12 @@
 //! sets `ServedBy`, with or without [`StickySessionLayer`] in front of it.
 //!
 //! ```text
-//! cargo run --release --example bench_server -- [--layer | --bare] [--listen 127.0.0.1:0] [--threads 1]
+//! cargo run --release --example bench_server -- [--layer | --bare | --naive] [--listen 127.0.0.1:0] [--threads 1]
 //! ```
+//!
+//! `--layer` (the default) puts `StickySessionLayer::new()` (the default `MokaStore`) in
+//! front of the inner service, `--naive` the same layer over the benchmarks' naive
+//! `RwLock<HashMap>` store, `--bare` nothing.
 //!
 //! It prints `listening on ADDR` once bound (`--listen 127.0.0.1:0`, the default, picks a
 //! free port) and, on `SIGINT` or `SIGTERM`, the layer's counters (`hits`, `misses`, `commits`, ...) on
@@ -17,6 +21,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -26,7 +31,12 @@ use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::{Layer, Service};
+use tower_sticky_session::store::BindingStore;
 use tower_sticky_session::{AuthId, PinnedAuth, ServedBy, StickySessionLayer};
+
+#[allow(dead_code)]
+#[path = "../benches/support/naive_store.rs"]
+mod naive_store;
 
 /// A body of two data frames, length unknown to hyper (sent chunked, like a stream).
 struct TwoFrames {
@@ -94,23 +104,31 @@ impl Service<Request<Incoming>> for Picker {
     }
 }
 
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Bare,
+    Layer,
+    Naive,
+}
+
 struct Args {
-    layer: bool,
+    mode: Mode,
     listen: SocketAddr,
     threads: usize,
 }
 
 fn args() -> Args {
     let mut out = Args {
-        layer: true,
+        mode: Mode::Layer,
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         threads: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--layer" => out.layer = true,
-            "--bare" => out.layer = false,
+            "--layer" => out.mode = Mode::Layer,
+            "--bare" => out.mode = Mode::Bare,
+            "--naive" => out.mode = Mode::Naive,
             "--listen" => {
                 let v = it.next().expect("--listen ADDR");
                 out.listen = v.parse().expect("--listen takes IP:PORT");
@@ -120,7 +138,7 @@ fn args() -> Args {
                 out.threads = it.next().and_then(|v| v.parse().ok()).expect("--threads N");
             }
             other => panic!(
-                "unknown argument {other:?}; usage: [--layer|--bare] [--listen IP:PORT] [--threads N]"
+                "unknown argument {other:?}; usage: [--layer|--bare|--naive] [--listen IP:PORT] [--threads N]"
             ),
         }
     }
@@ -152,6 +170,25 @@ where
     }
 }
 
+/// Serves `picker` behind `layer` until stopped, then prints the layer's counters.
+async fn with_layer<St: BindingStore>(
+    listener: TcpListener,
+    layer: StickySessionLayer<St>,
+    picker: Picker,
+) {
+    let stats = layer.stats();
+    let svc = layer.layer(picker);
+    tokio::select! {
+        () = serve(listener, svc) => {}
+        () = stopped() => {}
+    }
+    let s = stats.snapshot();
+    println!(
+        "stats requests={} hits={} misses={} commits={} no_session={} store_errors={}",
+        s.requests, s.hits, s.misses, s.commits, s.no_session, s.store_errors
+    );
+}
+
 /// `SIGINT` or `SIGTERM`.
 async fn stopped() {
     use tokio::signal::unix::{SignalKind, signal};
@@ -180,25 +217,19 @@ fn main() {
             accounts,
             next: Arc::new(AtomicUsize::new(0)),
         };
-        if args.layer {
-            let layer = StickySessionLayer::new();
-            let stats = layer.stats();
-            let svc = layer.layer(picker);
-            tokio::select! {
-                () = serve(listener, svc) => {}
-                () = stopped() => {}
+        match args.mode {
+            Mode::Layer => with_layer(listener, StickySessionLayer::new(), picker).await,
+            Mode::Naive => {
+                let store = naive_store::NaiveStore::new(Duration::from_secs(3600));
+                with_layer(listener, StickySessionLayer::with_store(store), picker).await;
             }
-            let s = stats.snapshot();
-            println!(
-                "stats requests={} hits={} misses={} commits={} no_session={} store_errors={}",
-                s.requests, s.hits, s.misses, s.commits, s.no_session, s.store_errors
-            );
-        } else {
-            tokio::select! {
-                () = serve(listener, picker) => {}
-                () = stopped() => {}
+            Mode::Bare => {
+                tokio::select! {
+                    () = serve(listener, picker) => {}
+                    () = stopped() => {}
+                }
+                println!("stats bare");
             }
-            println!("stats bare");
         }
     });
     // Don't wait for connection tasks still parked on keep-alive sockets.
