@@ -142,11 +142,18 @@ where
                 State::Ended => return Poll::Ready(None),
                 State::AwaitFirst(watch) => {
                     let (reason, then) = match ready!(body.as_mut().poll_frame(cx)) {
-                        Some(Ok(frame)) => {
-                            if !frame.data_ref().is_some_and(|d| d.has_remaining()) {
-                                // Trailers and empty data frames are not the first chunk.
+                        Some(Ok(frame)) if !frame.data_ref().is_some_and(|d| d.has_remaining()) => {
+                            // Trailers and empty data frames are not the first chunk. But
+                            // trailers end the stream, and so does an empty frame after
+                            // which the body reports its end: a server may never poll
+                            // again after either, so the stream is judged empty now.
+                            if frame.is_trailers() || body.is_end_stream() {
+                                (ClearReason::EmptyStream, Some(Ok(frame)))
+                            } else {
                                 return Poll::Ready(Some(Ok(frame)));
                             }
+                        }
+                        Some(Ok(frame)) => {
                             let op = StoreOp::commit(
                                 &watch.core,
                                 &watch.key,

@@ -642,8 +642,6 @@ impl http_body::Body for EmptyFrameThenEnd {
 /// server never polls a body again after a trailers frame, nor after an empty data frame
 /// once `is_end_stream()` is true, so the layer must act on that frame itself.
 #[tokio::test]
-#[ignore = "bug: src/body.rs AwaitFirst hands on a trailers frame, or an empty data frame \
-            after which is_end_stream() is true, without clearing; hyper then drops the body"]
 async fn stream_ending_in_trailers_or_an_empty_last_frame_clears_the_binding() {
     // 1. An upstream that answers 200 with no data, only a trailer field (reporting its
     //    failure in trailers).

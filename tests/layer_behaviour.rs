@@ -215,6 +215,24 @@ async fn empty_data_frames_and_trailers_do_not_commit() {
     );
 }
 
+// Trailers end a stream: a server may never poll the body again after them, so a stream
+// of nothing but trailers is judged empty when they arrive.
+#[tokio::test]
+async fn trailers_without_data_clear_before_they_are_handed_on() {
+    let mut h = harness();
+    h.bind("s1", "a");
+    let (tx, body) = streaming();
+    let res = h.call(req("s1"), Ok(respond(200, Some("a"), body))).await.unwrap();
+    let mut body = res.into_body();
+    tx.send(Ok(Frame::trailers(HeaderMap::new()))).await.unwrap();
+    let frame = body.frame().await.unwrap().unwrap();
+    assert!(frame.is_trailers());
+    assert_eq!(h.bound("s1"), None);
+    drop(tx);
+    assert!(body.frame().await.is_none());
+    assert_eq!(h.stats.snapshot().clear_attempts(ClearReason::EmptyStream), 1);
+}
+
 // Row: success, body ends with no data frame → compare-and-delete, nothing committed.
 #[tokio::test]
 async fn empty_stream_clears_binding() {
