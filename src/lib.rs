@@ -108,19 +108,24 @@
 //!
 //! # Store, capacity and expiry
 //!
-//! The default store, [`MokaStore`], holds at most 100 000 bindings for one hour after
-//! their last commit (both configurable); there is no sweeper thread and no global lock.
-//! Keys are a keyed 128-bit hash of `(scope, session)`, so a binding costs the same
-//! whatever the session id's length, and session ids are not kept in memory.
+//! The default store, [`MokaStore`], holds at most 100 000 bindings (configurable) for
+//! one hour (configurable) after the last successful response; there is no sweeper
+//! thread and no global lock. To keep the hit path a read, a commit that finds the
+//! binding already on the same account rewrites it only once it is older than a
+//! sixteenth of the TTL, so a binding expires between 15/16 of the TTL and the TTL after
+//! the session's last success. Keys are a keyed 64-bit hash of `(scope, session)`: a
+//! binding costs the same whatever the session id's length, and session ids are not kept
+//! in memory (the collision odds and their benign effect are on [`MokaStore`]).
 //!
 //! When the store is full, moka's TinyLFU policy admits a new binding only if its key has
 //! been seen more often than the binding it would evict. Sessions in active use are looked
-//! up on every request, so a flood of one-off session ids cannot push them out; a new
-//! session competes with the flood's one-off ids and is admitted within its first few
-//! requests (measured: with 1 000 bindings full of flood entries, 65–77 % of new sessions
-//! bind on their first commit and all of them by their third). If you would rather admit
-//! every new binding at once and accept that a flood evicts idle-but-live sessions, build
-//! the store with [`MokaStoreBuilder::lru`](store::MokaStoreBuilder::lru).
+//! up on every request, so a flood of one-off session ids cannot push them out (measured:
+//! hot sessions that make a request at least every `capacity / 2` flood requests all keep
+//! their binding); a new session competes with the flood's one-off ids and is admitted
+//! within its first few requests (measured: 65–100 % on its first commit depending on the
+//! flood's shape, all by the third). `RELIABILITY.md` has the figures. If you would rather
+//! admit every new binding at once and accept that a flood evicts idle-but-live sessions,
+//! build the store with [`MokaStoreBuilder::lru`](store::MokaStoreBuilder::lru).
 //!
 //! Stores are pluggable ([`BindingStore`]). A store's operations return futures named by
 //! associated types: the in-memory store answers with `std::future::Ready` (no allocation,
