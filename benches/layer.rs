@@ -20,12 +20,15 @@
 //!   steady state every insert goes through admission and eviction).
 //! - `request/layer/hit`: bound to `acct-a`, served by `acct-a` (lookup hit + commit of
 //!   the same account, which renews the TTL).
+//! - `request/layer/hit_10k_sessions`: the same, cycling over 10 000 bound sessions (the
+//!   store no longer fits in the L1/L2 caches); baseline `bare/header_10k_sessions`.
 //! - `request/layer/hit_rebind`: bound, then served alternately by `acct-a` and `acct-b`,
 //!   so every commit changes the account.
 //! - `request/layer/failure_clear`: bound to `acct-a`, answered 429 by `acct-a`: the
 //!   compare-and-delete removes the binding (re-made, untimed, before each request).
 //! - `request/naive/*`: the same through the layer over the naive `RwLock<HashMap>` store.
-//! - `store/{moka,naive}/*`: the store operations alone.
+//! - `store/{moka,moka_lru,naive}/*`: the store operations alone (`moka_lru`: the
+//!   store built with `.lru()` instead of TinyLFU).
 //! - `contended/*`: two threads calling clones of one service at once, each on its own
 //!   core; the time is per request per thread (wall time / requests of one thread).
 //!   `contended/parts/arc_clone_drop_{shared,own}`: one `AuthId` clone and drop per
@@ -223,6 +226,20 @@ fn request_cases<St: BindingStore>(c: &mut Criterion, prefix: &str, make: impl F
         bch.iter(|| drive(&mut svc, request(Some(&session))))
     });
 
+    // The same over 10 000 bound sessions in turn: the store's memory no longer sits in
+    // the L1/L2 caches, as in a server with many sessions.
+    let many: Vec<HeaderValue> = (0..10_000).map(|i| fresh_id(1 << 52 | i)).collect();
+    for id in &many {
+        now(layer.store().commit(&key_of(id), &a)).expect("commit");
+    }
+    let mut next = 0;
+    g.bench_function(format!("{prefix}/hit_10k_sessions"), |bch| {
+        bch.iter(|| {
+            next = (next + 1) % many.len();
+            drive(&mut svc, request(Some(&many[next])))
+        })
+    });
+
     let mut svc = layer.layer(Trivial::new(
         200,
         Served::Alternate(a.clone(), b.clone(), false),
@@ -261,6 +278,14 @@ fn bare_cases(c: &mut Criterion) {
     });
     g.bench_function("bare/no_header", |bch| {
         bch.iter(|| drive(&mut svc, request(None)))
+    });
+    let many: Vec<HeaderValue> = (0..10_000).map(|i| fresh_id(1 << 52 | i)).collect();
+    let mut next = 0;
+    g.bench_function("bare/header_10k_sessions", |bch| {
+        bch.iter(|| {
+            next = (next + 1) % many.len();
+            drive(&mut svc, request(Some(&many[next])))
+        })
     });
     let n = AtomicU64::new(1);
     g.bench_function("bare/fresh_id", |bch| {
@@ -329,6 +354,7 @@ fn store_cases<St: BindingStore>(c: &mut Criterion, name: &str, store: St) {
 
 fn store_ops(c: &mut Criterion) {
     store_cases(c, "moka", MokaStore::new());
+    store_cases(c, "moka_lru", MokaStore::builder().lru().build());
     store_cases(c, "naive", NaiveStore::new(TTL));
 }
 
