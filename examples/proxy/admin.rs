@@ -43,8 +43,58 @@ impl<St: Clone> Clone for Admin<St> {
     }
 }
 
+/// Counters a store keeps about itself, exported next to the layer's.
+pub(crate) trait StoreMetrics {
+    /// `(name, help, value)` of each counter (`_total` is appended to the name).
+    fn store_counters(&self) -> Vec<(&'static str, &'static str, u64)>;
+}
+
+impl StoreMetrics for tower_sticky_session::MokaStore {
+    fn store_counters(&self) -> Vec<(&'static str, &'static str, u64)> {
+        Vec::new()
+    }
+}
+
+#[cfg(feature = "redis")]
+impl StoreMetrics for tower_sticky_session::store::RedisStore {
+    fn store_counters(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let s = self.stats();
+        vec![
+            ("sticky_session_redis_calls", "Redis calls made.", s.calls),
+            (
+                "sticky_session_redis_timeouts",
+                "Redis calls that hit their time limit.",
+                s.timeouts,
+            ),
+            (
+                "sticky_session_redis_errors",
+                "Redis calls that failed otherwise.",
+                s.errors,
+            ),
+            (
+                "sticky_session_redis_breaker_skips",
+                "Operations that skipped Redis while the breaker was open.",
+                s.breaker_skips,
+            ),
+            (
+                "sticky_session_redis_breaker_opens",
+                "Times the Redis circuit breaker opened.",
+                s.breaker_opens,
+            ),
+            (
+                "sticky_session_redis_near_hits",
+                "Lookups answered by the near cache.",
+                s.near_hits,
+            ),
+        ]
+    }
+}
+
 /// The admin routes over the proxy's store and counters.
-pub(crate) fn router<St: InspectStore + Clone>(store: St, stats: Stats) -> axum::Router {
+pub(crate) fn router<St: InspectStore + StoreMetrics + Clone>(
+    store: St,
+    stats: Stats,
+) -> axum::Router {
     axum::Router::new()
         .route("/metrics", get(metrics::<St>))
         .route("/bindings", get(inspect::<St>).delete(remove::<St>))
@@ -130,13 +180,14 @@ async fn count<St: InspectStore>(State(admin): State<Admin<St>>) -> Response {
     }
 }
 
-async fn metrics<St: InspectStore>(State(admin): State<Admin<St>>) -> Response {
+async fn metrics<St: InspectStore + StoreMetrics>(State(admin): State<Admin<St>>) -> Response {
     // A store that cannot count (or fails to) just leaves the gauge out.
     let entries = admin.store.count().await.ok().flatten();
     let mut registry = Registry::default();
     registry.register_collector(Box::new(StatsCollector {
         snap: admin.stats.snapshot(),
         entries,
+        store: admin.store.store_counters(),
     }));
     let mut text = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &registry) {
@@ -151,6 +202,7 @@ async fn metrics<St: InspectStore>(State(admin): State<Admin<St>>) -> Response {
 struct StatsCollector {
     snap: StatsSnapshot,
     entries: Option<u64>,
+    store: Vec<(&'static str, &'static str, u64)>,
 }
 
 impl StatsCollector {
@@ -216,7 +268,7 @@ impl Collector for StatsCollector {
                 s.store_errors,
             ),
         ];
-        for (name, help, v) in plain {
+        for (name, help, v) in plain.into_iter().chain(self.store.iter().copied()) {
             Self::counter(&mut enc, name, help, v)?;
         }
 

@@ -206,7 +206,7 @@ async fn main() -> ExitCode {
 }
 
 /// Builds the proxy over `store`, prints the banner, serves until Ctrl-C/SIGTERM.
-async fn run<St: InspectStore + Clone>(
+async fn run<St: InspectStore + admin::StoreMetrics + Clone>(
     settings: Settings,
     store: St,
     store_name: &str,
