@@ -5,7 +5,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -696,10 +696,13 @@ impl Inner {
     /// Redis every cooldown until it answers, then closes the breaker. Returns whether
     /// this call opened it.
     fn open_breaker(self: &Arc<Self>) -> bool {
+        // SeqCst here and in the prober: opening (`open_until`, then `probing`) and the
+        // prober's exit (`probing`, then `open_until`) must not miss each other, or the
+        // breaker could stay open with no prober left to close it.
         let opened = self
             .breaker
             .open_until
-            .compare_exchange(0, self.breaker.reopen_at(self.now_ms()), Relaxed, Relaxed)
+            .compare_exchange(0, self.breaker.reopen_at(self.now_ms()), SeqCst, SeqCst)
             .is_ok();
         if opened {
             inc(&self.faults.breaker_opens);
@@ -707,7 +710,7 @@ impl Inner {
         if self
             .breaker
             .probing
-            .compare_exchange(false, true, Relaxed, Relaxed)
+            .compare_exchange(false, true, SeqCst, SeqCst)
             .is_ok()
         {
             // Weak: a store dropped while Redis is down does not live on in its prober.
@@ -718,8 +721,19 @@ impl Inner {
                     tokio::time::sleep(cooldown).await;
                     let Some(this) = weak.upgrade() else { return };
                     if this.probe().await {
-                        this.breaker.probing.store(false, Relaxed);
-                        return;
+                        this.breaker.probing.store(false, SeqCst);
+                        // Requests may have reopened the breaker after the probe closed
+                        // it, while `probing` was still set (so they started no prober):
+                        // keep probing then, unless another prober has taken over.
+                        if this.breaker.open_until.load(SeqCst) == 0
+                            || this
+                                .breaker
+                                .probing
+                                .compare_exchange(false, true, SeqCst, SeqCst)
+                                .is_err()
+                        {
+                            return;
+                        }
                     }
                 }
             });
@@ -732,7 +746,7 @@ impl Inner {
         match self.ping(self.probe_timeout).await {
             Ok(()) => {
                 self.breaker.failures.store(0, Relaxed);
-                self.breaker.open_until.store(0, Relaxed);
+                self.breaker.open_until.store(0, SeqCst);
                 tracing::info!(redis = %self.addr, "sticky session store: Redis answers again; circuit breaker closed");
                 true
             }

@@ -1,0 +1,101 @@
+//! Regression test: the Redis store's circuit breaker must not stay open for good when
+//! requests reopen it in the instant between a successful probe closing it and the
+//! prober standing down.
+//!
+//! Redis answers `PING` (so probes succeed) but refuses `GET` (as after an ACL change, or
+//! on a read-only replica): requests keep reopening the breaker. A log writer that stalls
+//! on the "breaker closed" line widens that instant so the race is hit every run. Once
+//! Redis is healthy, the breaker must close again.
+#![cfg(feature = "redis")]
+
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
+use std::io::Write;
+use std::time::Duration;
+
+use redis_server::RedisServer;
+use tower_sticky_session::store::RedisStore;
+use tower_sticky_session::{BindingKey, BindingStore, SessionId};
+
+/// Stalls (without blocking the runtime) on the "breaker closed" log line.
+struct StallOnClose;
+
+impl Write for StallOnClose {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if String::from_utf8_lossy(buf).contains("breaker closed") {
+            tokio::task::block_in_place(|| std::thread::sleep(Duration::from_millis(800)));
+        }
+        std::io::stderr().write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn breaker_reopened_while_the_prober_stands_down_still_closes_when_redis_recovers() {
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(|| StallOnClose)
+        .init();
+    let server = RedisServer::start();
+    let store = RedisStore::builder(&server.url())
+        .breaker_threshold(2)
+        .breaker_cooldown(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let k = BindingKey::new(None, SessionId::new("s1").unwrap());
+    for _ in 0..100 {
+        if store.lookup(&k).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(store.lookup(&k).await.is_ok(), "store never connected");
+
+    // GET is refused, PING still answers: the breaker opens.
+    server.command(&["ACL", "SETUSER", "default", "-get"]);
+    for _ in 0..3 {
+        let _ = store.lookup(&k).await;
+    }
+    assert!(store.stats().breaker_open, "breaker did not open");
+    // The probe (PING) closes it; the prober is now stalled in its log line.
+    for _ in 0..400 {
+        if !store.stats().breaker_open {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        !store.stats().breaker_open,
+        "probe did not close the breaker"
+    );
+    // Requests fail again and reopen it while the prober has not stood down yet.
+    let (st, kk) = (store.clone(), k.clone());
+    tokio::spawn(async move {
+        for _ in 0..3 {
+            let _ = st.lookup(&kk).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert!(store.stats().breaker_open, "breaker did not reopen");
+
+    // Redis is fully healthy again: within a bounded time the breaker must close.
+    server.command(&["ACL", "SETUSER", "default", "+get"]);
+    let mut closed = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if !store.stats().breaker_open {
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "breaker still open 5 s after Redis recovered: {:?}",
+        store.stats()
+    );
+    assert!(store.lookup(&k).await.is_ok());
+}
