@@ -44,9 +44,10 @@ pin_project! {
     }
 }
 
-// Store futures need only be `Send` (a networked client's futures rarely are `Sync`);
-// `SyncWrapper` keeps the body `Sync` whenever the inner body is, since the futures are
-// only ever touched through `&mut`.
+// Store futures need only be `Send` (a networked client's futures rarely are `Sync`), and
+// body errors are often `Send` but not `Sync` (`Box<dyn Error + Send>`). Both are only
+// ever touched through `&mut`, so `SyncWrapper` keeps the body `Sync` whenever the inner
+// body and its data type are.
 enum State<D, E, St: BindingStore> {
     /// Nothing to do (no session, not a success, or past the first data frame).
     Passthrough,
@@ -64,7 +65,7 @@ enum State<D, E, St: BindingStore> {
     Clearing {
         core: Arc<Core<St>>,
         op: SyncWrapper<StoreOp<St>>,
-        then: Option<Result<Frame<D>, E>>,
+        then: SyncWrapper<Option<Result<Frame<D>, E>>>,
     },
 }
 
@@ -131,7 +132,7 @@ where
                 }
                 State::Clearing { core, op, then } => {
                     ready!(op.get_mut().poll(core, cx));
-                    let then = then.take();
+                    let then = then.get_mut().take();
                     *this.state = if then.is_some() {
                         State::Passthrough
                     } else {
@@ -175,7 +176,7 @@ where
                     *this.state = State::Clearing {
                         core: watch.core.clone(),
                         op: SyncWrapper::new(op),
-                        then,
+                        then: SyncWrapper::new(then),
                     };
                 }
             }

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use tracing::Span;
 
@@ -16,9 +16,11 @@ use crate::types::{AuthId, BindingKey};
 pub(crate) struct Core<St> {
     pub(crate) store: St,
     pub(crate) stats: Stats,
-    /// Unix second of the last store-error warning: at most one warning a second, the
-    /// rest go to debug (a Redis outage must not flood the log).
+    /// Second (since `epoch`, plus one) of the last store-error warning: at most one
+    /// warning a second, the rest go to debug (a store outage must not flood the log).
+    /// Monotonic: a wall-clock step cannot silence warnings.
     last_warn: AtomicU64,
+    epoch: Instant,
 }
 
 impl<St> Core<St> {
@@ -27,6 +29,7 @@ impl<St> Core<St> {
             store,
             stats,
             last_warn: AtomicU64::new(0),
+            epoch: Instant::now(),
         }
     }
 
@@ -44,9 +47,7 @@ impl<St> Core<St> {
             tracing::debug!(op, error = %err, "sticky session store unavailable");
             return;
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = self.epoch.elapsed().as_secs() + 1;
         let last = self.last_warn.load(Relaxed);
         if now > last
             && self

@@ -180,16 +180,27 @@ pub(crate) enum Found {
     /// A valid id.
     Valid(SessionId),
     /// Something was there, but not a valid id. `header` is the name it was read from;
-    /// `prefix` an escaped short prefix for the log.
+    /// `value` is kept (a cheap clone) only so a log line can show a short escaped
+    /// prefix of it, formatted only if that log line is enabled.
     Invalid {
         reason: InvalidSessionId,
         header: Option<HeaderName>,
-        prefix: String,
+        value: HeaderValue,
     },
 }
 
+/// At most 8 bytes of an invalid value, escaped: what a log line may show of it.
+pub(crate) struct EscapedPrefix<'a>(pub(crate) &'a [u8]);
+
+impl fmt::Display for EscapedPrefix<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0[..self.0.len().min(8)].escape_ascii())
+    }
+}
+
+#[cfg(test)]
 fn escaped_prefix(bytes: &[u8]) -> String {
-    bytes[..bytes.len().min(8)].escape_ascii().to_string()
+    EscapedPrefix(bytes).to_string()
 }
 
 impl Source {
@@ -216,7 +227,7 @@ impl Source {
                                 first_invalid = Some(Found::Invalid {
                                     reason,
                                     header: Some(name.clone()),
-                                    prefix: escaped_prefix(first.as_bytes()),
+                                    value: first.clone(),
                                 });
                             }
                         }
@@ -231,7 +242,7 @@ impl Source {
                     Err(reason) => Found::Invalid {
                         reason,
                         header: None,
-                        prefix: escaped_prefix(v.as_bytes()),
+                        value: v,
                     },
                 },
             },

@@ -96,8 +96,9 @@
 //! The default header is [`sticky-session-id`](DEFAULT_SESSION_HEADER), not the generic
 //! `x-session-id`, which other software uses for other things. Accept aliases explicitly
 //! with [`StickySessionLayer::headers`]: the first header *present with a valid value* wins,
-//! in the order given. Logs only ever show [`SessionId::redacted`] (a 4-byte prefix and the
-//! length).
+//! in the order given. Logs never hold a whole session id: a valid one appears as
+//! [`SessionId::redacted`] (a 4-byte prefix and the length), an invalid value as an
+//! escaped prefix of at most 8 bytes.
 //!
 //! # Scopes
 //!

@@ -12,7 +12,7 @@ use tracing::field::Empty;
 
 use crate::body::ResponseBody;
 use crate::classify::{ClassifyResponse, StatusClassifier};
-use crate::extract::Found;
+use crate::extract::{EscapedPrefix, Found};
 use crate::future::{ResponseFuture, Tracking, apply_lookup};
 use crate::layer::{Shared, StickySessionLayer};
 use crate::stats::{Counters, Decision};
@@ -121,7 +121,7 @@ where
             Found::Invalid {
                 reason,
                 header,
-                prefix,
+                value,
             } => {
                 counters.invalid(reason);
                 span.record("decision", Decision::Invalid.as_str());
@@ -130,7 +130,7 @@ where
                     parent: &span,
                     header,
                     reason = reason.as_str(),
-                    value_prefix = %prefix,
+                    value_prefix = %EscapedPrefix(value.as_bytes()),
                     "sticky session: invalid session id; request is not sticky"
                 );
                 if shared.strict {

@@ -162,7 +162,7 @@ impl fmt::Debug for Scope {
 ///
 /// Inserted next to [`SessionId`] whenever the request carries a valid session id. Stores
 /// receive it by reference and derive their own fixed-size key from it (the in-memory
-/// store a keyed 128-bit hash, the Redis store a cryptographic digest), so raw session ids
+/// store a keyed 64-bit hash, the Redis store a cryptographic digest), so raw session ids
 /// are never kept.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct BindingKey {

@@ -222,15 +222,23 @@ async fn trailers_without_data_clear_before_they_are_handed_on() {
     let mut h = harness();
     h.bind("s1", "a");
     let (tx, body) = streaming();
-    let res = h.call(req("s1"), Ok(respond(200, Some("a"), body))).await.unwrap();
+    let res = h
+        .call(req("s1"), Ok(respond(200, Some("a"), body)))
+        .await
+        .unwrap();
     let mut body = res.into_body();
-    tx.send(Ok(Frame::trailers(HeaderMap::new()))).await.unwrap();
+    tx.send(Ok(Frame::trailers(HeaderMap::new())))
+        .await
+        .unwrap();
     let frame = body.frame().await.unwrap().unwrap();
     assert!(frame.is_trailers());
     assert_eq!(h.bound("s1"), None);
     drop(tx);
     assert!(body.frame().await.is_none());
-    assert_eq!(h.stats.snapshot().clear_attempts(ClearReason::EmptyStream), 1);
+    assert_eq!(
+        h.stats.snapshot().clear_attempts(ClearReason::EmptyStream),
+        1
+    );
 }
 
 // Row: success, body ends with no data frame → compare-and-delete, nothing committed.
@@ -824,4 +832,8 @@ fn service_future_and_body_are_send_and_sync() {
     // (http-body-util's BoxBody and others require it).
     #[cfg(feature = "redis")]
     assert_send_sync::<ResponseBody<Full<Bytes>, tower_sticky_session::store::RedisStore>>();
+    // A body whose error is Send but not Sync.
+    type SendOnlyError =
+        http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send>>;
+    assert_send_sync::<ResponseBody<SendOnlyError>>();
 }

@@ -13,8 +13,9 @@ use crate::types::{AuthId, BindingKey};
 
 /// Default capacity of a [`MokaStore`], in bindings.
 pub const DEFAULT_MAX_BINDINGS: u64 = 100_000;
-/// Default time to live of a binding: one hour, renewed by commits (at most once every
-/// sixteenth of it, see [`MokaStore`]).
+/// Default time to live of a binding: one hour, renewed by commits ([`MokaStore`] renews
+/// a same-account binding at most once every sixteenth of it; the Redis store on every
+/// commit).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 
 /// A commit of the account a binding already points at rewrites it (renewing its TTL)
@@ -26,7 +27,7 @@ const RENEW_DIVISOR: u32 = 16;
 /// - **Bounded.** At most `max_bindings` entries (default 100 000). When full, moka's
 ///   TinyLFU policy decides which binding to drop: sessions in active use are looked up
 ///   on every request, so a flood of one-off session ids cannot push them out, while a
-///   new session that keeps making requests gets in (see the crate docs, "Capacity").
+///   new session that keeps making requests gets in (see the crate docs, "Store, capacity and expiry").
 /// - **Expiring.** A binding lives `ttl` (default 1 hour) after it was last written;
 ///   successful responses renew it. Expiry is lazy: no sweeper thread, no task, no walk
 ///   over the whole map under a lock. Each binding carries its write time and reads as
