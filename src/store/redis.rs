@@ -88,6 +88,17 @@ const CLEAR_IF_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then ret
 ///   the number of faults since the last warning; breaker transitions are logged once
 ///   each. Logs name Redis by `host:port` only, never by its URL (it may hold a password).
 ///
+/// # Capacity
+///
+/// Redis, not this store, bounds the memory: each binding is one key (roughly 100 bytes
+/// with Redis's per-key overhead)
+/// living for the TTL, so a flood of one-off session ids becomes a flood of keys. Give
+/// the Redis that holds bindings a `maxmemory` and an evicting policy — `volatile-lfu`
+/// (every binding has an expiry; LFU keeps sessions in use, as the in-memory store's
+/// TinyLFU does) or `allkeys-lfu` on a Redis of its own. Under the default
+/// `noeviction`, a full Redis refuses every commit with an `OOM` error: requests are
+/// still served (fail open, counted as store errors) but new sessions no longer bind.
+///
 /// # Near cache
 ///
 /// [`near_cache`](RedisStoreBuilder::near_cache) puts a small in-process [`MokaStore`]
@@ -96,6 +107,9 @@ const CLEAR_IF_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then ret
 /// most the near cache's TTL (keep it short: a second or a few). A commit that changes a
 /// session's account drops the local entry; a clear runs in Redis first, then in the
 /// local tier, and stops in-flight lookups from re-filling it with the old account.
+/// (That guard is a generation check, not a lock: a clear that lands exactly between a
+/// lookup's check and its fill can leave the old account in the local tier, for at most
+/// the near cache's TTL — a request pinned to it is then answered as any stale pin is.)
 ///
 /// # Runtime
 ///
