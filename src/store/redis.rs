@@ -91,8 +91,8 @@ const CLEAR_IF_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then ret
 /// # Capacity
 ///
 /// Redis, not this store, bounds the memory: each binding is one key (roughly 100 bytes
-/// with Redis's per-key overhead)
-/// living for the TTL, so a flood of one-off session ids becomes a flood of keys. Give
+/// with Redis's per-key overhead) living for the TTL, so a flood of one-off session ids
+/// becomes a flood of keys. Give
 /// the Redis that holds bindings a `maxmemory` and an evicting policy — `volatile-lfu`
 /// (every binding has an expiry; LFU keeps sessions in use, as the in-memory store's
 /// TinyLFU does) or `allkeys-lfu` on a Redis of its own. Under the default
