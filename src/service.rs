@@ -97,7 +97,6 @@ where
         let shared = &*self.shared;
         let counters = shared.core.counters();
         let report = shared.report_decision;
-        Counters::inc(&counters.requests);
         // One span per request; `session` is redacted, `decision`/`outcome` filled in as
         // they are known. A disabled span costs a level check.
         let span = tracing::debug_span!(
@@ -161,7 +160,6 @@ where
             return ResponseFuture::tracked(fut, tracking, Decision::Pinned, report);
         }
 
-        Counters::inc(&counters.lookups);
         let mut lookup = shared.core.store.lookup(&key);
         // In-memory stores answer at once: poll once without a real waker and, when the
         // answer is there, call the inner service now (no clone of it is needed).

@@ -48,14 +48,14 @@ impl ClearReason {
     }
 }
 
+/// Each request increments as few shared counters as it can (they are shared by every
+/// core): `requests` and `lookups` are sums of others, computed when read.
 #[derive(Default)]
 pub(crate) struct Counters {
-    pub(crate) requests: AtomicU64,
     pub(crate) no_session: AtomicU64,
     pub(crate) invalid: [AtomicU64; 4],
     pub(crate) rejected: AtomicU64,
     pub(crate) explicit_pins: AtomicU64,
-    pub(crate) lookups: AtomicU64,
     pub(crate) hits: AtomicU64,
     pub(crate) misses: AtomicU64,
     pub(crate) commits: AtomicU64,
@@ -100,15 +100,23 @@ impl Stats {
     pub fn snapshot(&self) -> StatsSnapshot {
         let c = &*self.0;
         let get = |a: &AtomicU64| a.load(Relaxed);
+        let no_session = get(&c.no_session);
+        let invalid = InvalidSessionId::ALL.map(|r| (r, get(&c.invalid[r.index()])));
+        let explicit_pins = get(&c.explicit_pins);
+        let hits = get(&c.hits);
+        let misses = get(&c.misses);
+        let lookups = hits + misses;
+        let invalid_total: u64 = invalid.iter().map(|(_, n)| n).sum();
         StatsSnapshot {
-            requests: get(&c.requests),
-            no_session: get(&c.no_session),
-            invalid: InvalidSessionId::ALL.map(|r| (r, get(&c.invalid[r.index()]))),
+            // Every request is exactly one of these.
+            requests: no_session + invalid_total + explicit_pins + lookups,
+            no_session,
+            invalid,
             rejected: get(&c.rejected),
-            explicit_pins: get(&c.explicit_pins),
-            lookups: get(&c.lookups),
-            hits: get(&c.hits),
-            misses: get(&c.misses),
+            explicit_pins,
+            lookups,
+            hits,
+            misses,
             commits: get(&c.commits),
             clear_attempts: ClearReason::ALL.map(|r| (r, get(&c.clear_attempts[r.index()]))),
             cleared: get(&c.cleared),

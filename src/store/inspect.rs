@@ -71,7 +71,9 @@ pub trait InspectStore: BindingStore {
         auth: &AuthId,
     ) -> impl Future<Output = Result<usize, StoreError>> + Send;
 
-    /// The number of live bindings, if the store can count them cheaply.
+    /// The number of bindings held, if the store can count them cheaply. It may include
+    /// bindings that have expired but whose memory is not reclaimed yet ([`MokaStore`]
+    /// reclaims an expired binding once it has not been read for a TTL).
     fn count(&self) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
 }
 

@@ -49,7 +49,9 @@ pub trait BindingStore: Send + Sync + 'static {
     /// The account `key` is bound to, if the binding is live.
     fn lookup(&self, key: &BindingKey) -> Self::LookupFuture;
 
-    /// Binds `key` to `auth`, replacing any binding and renewing its time to live.
+    /// Binds `key` to `auth`, replacing any binding and renewing its time to live. A store
+    /// may treat a commit of the account the binding already holds as a renewal it can
+    /// defer for a bounded fraction of the TTL ([`MokaStore`] does, for at most 1/16 of it).
     fn commit(&self, key: &BindingKey, auth: &AuthId) -> Self::CommitFuture;
 
     /// Removes the binding of `key` only if it points at `expected`, atomically.
