@@ -72,7 +72,7 @@ pub trait InspectStore: BindingStore {
     ) -> impl Future<Output = Result<usize, StoreError>> + Send;
 
     /// The number of bindings held, if the store can count them cheaply. It may include
-    /// bindings that have expired but whose memory is not reclaimed yet ([`MokaStore`]
+    /// bindings that have expired but whose memory is not reclaimed yet ([`MokaStore`](super::MokaStore)
     /// reclaims an expired binding once it has not been read for a TTL).
     fn count(&self) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
 }
