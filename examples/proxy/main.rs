@@ -145,6 +145,8 @@ async fn main() -> ExitCode {
     // Logs go to stderr; stdout has only the banner.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: logs redirected to a file or a pipe stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     #[cfg(not(feature = "redis"))]
