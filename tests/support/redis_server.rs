@@ -1,8 +1,10 @@
 //! A real `redis-server` for tests and benchmarks: started on a free loopback port with
 //! no persistence, stopped (killed) on drop.
 //!
-//! `redis-server` must be on `PATH` (Debian: `apt-get install redis-server`; `.ci/run`
-//! installs it). If it is missing, starting panics with a clear message: the Redis tests
+//! `redis-server` must be on `PATH`. When it is missing and the tests run as root on a
+//! machine with `apt-get` (a fresh development or CI machine here), the first server
+//! started installs Debian's `redis-server` package, so `cargo test --all-features` works
+//! on a fresh machine; otherwise starting panics with a clear message: the Redis tests
 //! fail rather than skip.
 
 #![allow(dead_code)]
@@ -107,6 +109,7 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
+        ensure_installed();
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -236,4 +239,40 @@ fn read_value(r: &mut impl std::io::BufRead, out: &mut String) {
         }
         other => panic!("unexpected RESP reply tag {other:?}"),
     }
+}
+
+/// Installs Debian's `redis-server` package once per test binary if the binary is missing
+/// and we may (root, `apt-get` present). Cargo runs test binaries one at a time, so a
+/// process-wide `Once` is enough to keep installs from overlapping.
+fn ensure_installed() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let found = |cmd: &str| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {cmd}")])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if found("redis-server") || !found("apt-get") {
+            return;
+        }
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+        if !root {
+            return;
+        }
+        eprintln!("redis-server not found: installing Debian's redis-server package");
+        let status = Command::new("sh")
+            .args([
+                "-c",
+                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null",
+            ])
+            .status();
+        if !status.as_ref().is_ok_and(|s| s.success()) {
+            eprintln!("installing redis-server failed: {status:?}");
+        }
+    });
 }
