@@ -1,70 +1,42 @@
 //! The opt-in decision header (`sticky-session: hit|miss|pinned|invalid|none`).
 
-use std::convert::Infallible;
-
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use http::Request;
+use http_body_util::BodyExt;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_sticky_session::*;
 
-/// A picker that serves from the pin, or "acct-a", and answers 503 on `/fail`.
-fn picker()
--> impl Service<Request<()>, Response = Response<Full<Bytes>>, Error = Infallible, Future = impl Send>
-+ Clone {
-    tower::service_fn(|req: Request<()>| async move {
-        let auth = req
-            .extensions()
-            .get::<PinnedAuth>()
-            .map(|p| p.0.clone())
-            .unwrap_or_else(|| AuthId::from("acct-a"));
-        let mut res = Response::new(Full::new(Bytes::from_static(b"data")));
-        if req.uri().path() == "/fail" {
-            *res.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-        }
-        res.extensions_mut().insert(ServedBy(auth));
-        Ok::<_, Infallible>(res)
-    })
-}
-
-fn req(path: &str, session: &[u8]) -> Request<()> {
-    let mut r = Request::builder().uri(path).body(()).unwrap();
-    if !session.is_empty() {
-        r.headers_mut().insert(
-            "sticky-session-id",
-            http::HeaderValue::from_bytes(session).unwrap(),
-        );
-    }
-    r
-}
+mod common;
+use common::{pin_or_default_picker, session_request};
 
 #[tokio::test]
 async fn decision_header_is_off_by_default_and_reports_when_enabled() {
     let mut plain = ServiceBuilder::new()
         .layer(StickySessionLayer::new())
-        .service(picker());
+        .service(pin_or_default_picker());
     let res = plain
         .ready()
         .await
         .unwrap()
-        .call(req("/", b"s1"))
+        .call(session_request("/", b"s1"))
         .await
         .unwrap();
     assert!(res.headers().get(DECISION_HEADER).is_none());
 
     let layer = StickySessionLayer::new().report_decision(true);
-    let mut svc = ServiceBuilder::new().layer(layer).service(picker());
+    let mut svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(pin_or_default_picker());
     let mut decide = async |r: Request<()>| {
         let res = svc.ready().await.unwrap().call(r).await.unwrap();
         let d = res.headers()[DECISION_HEADER].to_str().unwrap().to_owned();
         res.into_body().collect().await.unwrap();
         d
     };
-    assert_eq!(decide(req("/", b"")).await, "none");
-    assert_eq!(decide(req("/", b"has space")).await, "invalid");
-    assert_eq!(decide(req("/", b"s1")).await, "miss");
-    assert_eq!(decide(req("/", b"s1")).await, "hit");
-    let mut pinned = req("/", b"s1");
+    assert_eq!(decide(session_request("/", b"")).await, "none");
+    assert_eq!(decide(session_request("/", b"has space")).await, "invalid");
+    assert_eq!(decide(session_request("/", b"s1")).await, "miss");
+    assert_eq!(decide(session_request("/", b"s1")).await, "hit");
+    let mut pinned = session_request("/", b"s1");
     pinned
         .extensions_mut()
         .insert(PinnedAuth(AuthId::from("acct-z")));
@@ -73,12 +45,14 @@ async fn decision_header_is_off_by_default_and_reports_when_enabled() {
     let strict = StickySessionLayer::new()
         .report_decision(true)
         .reject_invalid(true);
-    let mut svc = ServiceBuilder::new().layer(strict).service(picker());
+    let mut svc = ServiceBuilder::new()
+        .layer(strict)
+        .service(pin_or_default_picker());
     let res = svc
         .ready()
         .await
         .unwrap()
-        .call(req("/", b"has space"))
+        .call(session_request("/", b"has space"))
         .await
         .unwrap();
     assert_eq!(res.status(), 400);

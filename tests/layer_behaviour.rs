@@ -12,15 +12,13 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::{Body, Frame};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full, StreamBody};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use http_body_util::{BodyExt, Empty, Full};
 use tower::{Service, ServiceExt};
 use tower_sticky_session::*;
 
-type TestBody = BoxBody<Bytes, io::Error>;
-type Frames = mpsc::Sender<Result<Frame<Bytes>, io::Error>>;
+mod common;
+use common::{TestBody, empty, full, streaming};
+
 type Scripted = Arc<Mutex<Option<Result<Response<TestBody>, io::Error>>>>;
 
 #[derive(Clone, Default)]
@@ -71,18 +69,8 @@ fn harness_with(layer: StickySessionLayer) -> Harness {
     }
 }
 
-fn streaming() -> (Frames, TestBody) {
-    let (tx, rx) = mpsc::channel(8);
-    (tx, StreamBody::new(ReceiverStream::new(rx)).boxed())
-}
-
 fn respond(status: u16, served: Option<&str>, body: TestBody) -> Response<TestBody> {
-    let mut res = Response::new(body);
-    *res.status_mut() = StatusCode::from_u16(status).unwrap();
-    if let Some(a) = served {
-        res.extensions_mut().insert(ServedBy(AuthId::from(a)));
-    }
-    res
+    common::respond(status, served.map(AuthId::from).as_ref(), body)
 }
 
 fn key(session: &str) -> BindingKey {
@@ -137,9 +125,7 @@ impl Harness {
 
     /// Serves one successful streamed request to completion on `auth`.
     async fn serve_ok(&mut self, session: &str, auth: &str) {
-        let body = Full::new(Bytes::from_static(b"ok"))
-            .map_err(|e| match e {})
-            .boxed();
+        let body = full(b"ok");
         let res = self
             .call(req(session), Ok(respond(200, Some(auth), body)))
             .await
@@ -361,7 +347,7 @@ async fn known_empty_success_commits_at_once() {
     let mut h = harness();
     for (i, status) in [204u16, 304, 200].into_iter().enumerate() {
         let session = format!("s{i}");
-        let empty = Empty::<Bytes>::new().map_err(|e| match e {}).boxed();
+        let empty = empty();
         let res = h
             .call(req(&session), Ok(respond(status, Some("a"), empty)))
             .await
@@ -378,9 +364,7 @@ async fn failure_status_clears_binding_of_served_account() {
     for status in [429u16, 500, 502, 503] {
         let mut h = harness();
         h.bind("s1", "a");
-        let body = Full::new(Bytes::from_static(b"busy"))
-            .map_err(|e| match e {})
-            .boxed();
+        let body = full(b"busy");
         let res = h
             .call(req("s1"), Ok(respond(status, Some("a"), body)))
             .await
@@ -396,7 +380,7 @@ async fn failure_status_clears_binding_of_served_account() {
 async fn failure_of_another_account_keeps_binding() {
     let mut h = harness();
     h.bind("s1", "a");
-    let body = Empty::<Bytes>::new().map_err(|e| match e {}).boxed();
+    let body = empty();
     h.call(req("s1"), Ok(respond(503, Some("b"), body)))
         .await
         .unwrap();
@@ -407,7 +391,7 @@ async fn failure_of_another_account_keeps_binding() {
 async fn failure_without_served_by_clears_pinned_account() {
     let mut h = harness();
     h.bind("s1", "a");
-    let body = Empty::<Bytes>::new().map_err(|e| match e {}).boxed();
+    let body = empty();
     h.call(req("s1"), Ok(respond(502, None, body)))
         .await
         .unwrap();
@@ -437,18 +421,14 @@ async fn neutral_status_keeps_existing_and_creates_none() {
     let mut h = harness();
     h.bind("s1", "a");
     for status in [400u16, 401, 404] {
-        let body = Full::new(Bytes::from_static(b"no"))
-            .map_err(|e| match e {})
-            .boxed();
+        let body = full(b"no");
         let res = h
             .call(req("s1"), Ok(respond(status, Some("a"), body)))
             .await
             .unwrap();
         res.into_body().collect().await.unwrap();
         assert_eq!(h.bound("s1").as_deref(), Some("a"));
-        let body = Full::new(Bytes::from_static(b"no"))
-            .map_err(|e| match e {})
-            .boxed();
+        let body = full(b"no");
         let res = h
             .call(req("s2"), Ok(respond(status, Some("b"), body)))
             .await
@@ -461,9 +441,7 @@ async fn neutral_status_keeps_existing_and_creates_none() {
 #[tokio::test]
 async fn success_without_served_by_commits_nothing() {
     let mut h = harness();
-    let body = Full::new(Bytes::from_static(b"ok"))
-        .map_err(|e| match e {})
-        .boxed();
+    let body = full(b"ok");
     let res = h
         .call(req("s1"), Ok(respond(200, None, body)))
         .await
@@ -485,7 +463,7 @@ async fn custom_classifier_401_clears_429_keeps() {
     let k = key("s1");
     store.commit(&k, &AuthId::from("a")).await.unwrap();
     for (status, kept) in [(429u16, true), (401, false)] {
-        let body = Empty::<Bytes>::new().map_err(|e| match e {}).boxed();
+        let body = empty();
         *script.next.lock().unwrap() = Some(Ok(respond(status, Some("a"), body)));
         svc.ready().await.unwrap().call(req("s1")).await.unwrap();
         assert_eq!(store.get(&k).is_some(), kept, "status {status}");
@@ -519,7 +497,7 @@ async fn late_failure_of_old_request_keeps_newer_binding() {
     assert!(old.frame().await.unwrap().is_err());
     assert_eq!(h.bound("s1").as_deref(), Some("b"));
     // And an old request's late 503 from a: same.
-    let body = Empty::<Bytes>::new().map_err(|e| match e {}).boxed();
+    let body = empty();
     *h.script.next.lock().unwrap() = Some(Ok(respond(503, Some("a"), body)));
     let mut req_a = req("s1");
     req_a.extensions_mut().insert(PinnedAuth(AuthId::from("a")));
@@ -583,9 +561,7 @@ async fn explicit_pin_wins_over_store() {
     let mut r = req("s1");
     r.extensions_mut()
         .insert(PinnedAuth(AuthId::from("admin-choice")));
-    let body = Full::new(Bytes::from_static(b"ok"))
-        .map_err(|e| match e {})
-        .boxed();
+    let body = full(b"ok");
     let res = h
         .call(r, Ok(respond(200, Some("admin-choice"), body)))
         .await
@@ -609,11 +585,7 @@ async fn same_session_under_two_scopes_is_two_bindings() {
             .insert("x-provider", provider.parse().unwrap());
         r
     };
-    let ok = || {
-        Full::new(Bytes::from_static(b"ok"))
-            .map_err(|e| match e {})
-            .boxed()
-    };
+    let ok = || full(b"ok");
     let res = h
         .call(scoped("openai"), Ok(respond(200, Some("openai-1"), ok())))
         .await
@@ -699,9 +671,7 @@ async fn invalid_session_header_is_served_unsticky_and_counted() {
                 http::HeaderValue::from_bytes(v).unwrap(),
             );
         }
-        let body = Full::new(Bytes::from_static(b"ok"))
-            .map_err(|e| match e {})
-            .boxed();
+        let body = full(b"ok");
         let res = h.call(r, Ok(respond(200, Some("b"), body))).await.unwrap();
         assert_eq!(res.status(), 200, "{reason:?}");
         assert_eq!(h.last_pin(), None);
@@ -738,7 +708,7 @@ async fn strict_mode_answers_400_with_reason() {
     );
     assert_eq!(h.stats.snapshot().rejected, 1);
     // A request without any header is still fine in strict mode.
-    let body = Empty::<Bytes>::new().map_err(|e| match e {}).boxed();
+    let body = empty();
     let res = h
         .call(Request::new(()), Ok(respond(200, Some("a"), body)))
         .await
@@ -749,9 +719,7 @@ async fn strict_mode_answers_400_with_reason() {
 #[tokio::test]
 async fn no_session_header_passes_through_untouched() {
     let mut h = harness();
-    let body = Full::new(Bytes::from_static(b"ok"))
-        .map_err(|e| match e {})
-        .boxed();
+    let body = full(b"ok");
     let res = h
         .call(Request::new(()), Ok(respond(200, Some("a"), body)))
         .await
@@ -794,9 +762,7 @@ async fn poll_ready_is_delegated() {
 #[tokio::test]
 async fn size_hint_and_end_of_stream_are_forwarded_exactly() {
     let mut h = harness();
-    let body = Full::new(Bytes::from_static(b"12345"))
-        .map_err(|e| match e {})
-        .boxed();
+    let body = full(b"12345");
     let res = h
         .call(req("s1"), Ok(respond(200, Some("a"), body)))
         .await
@@ -809,9 +775,7 @@ async fn size_hint_and_end_of_stream_are_forwarded_exactly() {
     assert_eq!(body.size_hint().exact(), Some(0));
 
     // Untracked responses too.
-    let body = Full::new(Bytes::from_static(b"123"))
-        .map_err(|e| match e {})
-        .boxed();
+    let body = full(b"123");
     let res = h
         .call(Request::new(()), Ok(respond(200, None, body)))
         .await

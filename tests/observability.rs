@@ -5,15 +5,15 @@
 //! when another test registers the same callsites concurrently without one (tracing
 //! caches callsite interest globally).
 
-use std::convert::Infallible;
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_sticky_session::*;
+
+mod common;
+use common::{pin_or_default_picker, session_request};
 
 #[derive(Clone, Default)]
 struct Buf(Arc<Mutex<Vec<u8>>>);
@@ -26,36 +26,6 @@ impl io::Write for Buf {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
-}
-
-/// A picker that serves from the pin, or "acct-a", and answers 503 on `/fail`.
-fn picker()
--> impl Service<Request<()>, Response = Response<Full<Bytes>>, Error = Infallible, Future = impl Send>
-+ Clone {
-    tower::service_fn(|req: Request<()>| async move {
-        let auth = req
-            .extensions()
-            .get::<PinnedAuth>()
-            .map(|p| p.0.clone())
-            .unwrap_or_else(|| AuthId::from("acct-a"));
-        let mut res = Response::new(Full::new(Bytes::from_static(b"data")));
-        if req.uri().path() == "/fail" {
-            *res.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-        }
-        res.extensions_mut().insert(ServedBy(auth));
-        Ok::<_, Infallible>(res)
-    })
-}
-
-fn req(path: &str, session: &[u8]) -> Request<()> {
-    let mut r = Request::builder().uri(path).body(()).unwrap();
-    if !session.is_empty() {
-        r.headers_mut().insert(
-            "sticky-session-id",
-            http::HeaderValue::from_bytes(session).unwrap(),
-        );
-    }
-    r
 }
 
 #[test]
@@ -76,7 +46,7 @@ fn spans_report_decision_and_outcome_without_whole_session_ids() {
         rt.block_on(async {
             let mut svc = ServiceBuilder::new()
                 .layer(StickySessionLayer::new())
-                .service(picker());
+                .service(pin_or_default_picker());
             for (path, session) in [
                 ("/", SECRET.as_bytes()),       // miss, committed
                 ("/", SECRET.as_bytes()),       // hit, committed
@@ -87,7 +57,7 @@ fn spans_report_decision_and_outcome_without_whole_session_ids() {
                     .ready()
                     .await
                     .unwrap()
-                    .call(req(path, session))
+                    .call(session_request(path, session))
                     .await
                     .unwrap();
                 res.into_body().collect().await.unwrap();

@@ -10,13 +10,16 @@
 
 #[path = "support/redis_server.rs"]
 mod redis_server;
+#[path = "support/redis_store_util.rs"]
+mod redis_store_util;
 
 use std::io::Write;
 use std::time::Duration;
 
 use redis_server::RedisServer;
+use redis_store_util::{key, wait_connected};
+use tower_sticky_session::BindingStore;
 use tower_sticky_session::store::RedisStore;
-use tower_sticky_session::{BindingKey, BindingStore, SessionId};
 
 /// Stalls (without blocking the runtime) on the "breaker closed" log line.
 struct StallOnClose;
@@ -45,14 +48,8 @@ async fn breaker_reopened_while_the_prober_stands_down_still_closes_when_redis_r
         .breaker_cooldown(Duration::from_millis(100))
         .build()
         .unwrap();
-    let k = BindingKey::new(None, SessionId::new("s1").unwrap());
-    for _ in 0..100 {
-        if store.lookup(&k).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(store.lookup(&k).await.is_ok(), "store never connected");
+    let k = key("s1");
+    wait_connected(&store).await;
 
     // GET is refused, PING still answers: the breaker opens.
     server.command(&["ACL", "SETUSER", "default", "-get"]);

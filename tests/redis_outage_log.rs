@@ -8,43 +8,16 @@
 
 #[path = "support/redis_server.rs"]
 mod redis_server;
+#[path = "support/redis_store_util.rs"]
+mod redis_store_util;
 
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redis_server::RedisServer;
+use redis_store_util::{key, wait_connected};
 use tower_sticky_session::store::RedisStore;
-use tower_sticky_session::{AuthId, BindingKey, BindingStore, SessionId};
-
-fn key(session: &str) -> BindingKey {
-    BindingKey::new(None, SessionId::new(session).expect("valid session id"))
-}
-
-/// Polls `f` until it returns `Some`, for at most `limit`.
-async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits until the store reaches Redis (its background connection is up).
-async fn wait_connected(store: &RedisStore) {
-    let probe = key("connectivity-probe");
-    eventually(Duration::from_secs(10), "store reaches redis", || async {
-        store.lookup(&probe).await.ok()
-    })
-    .await;
-}
+use tower_sticky_session::{AuthId, BindingStore};
 
 // ---------------------------------------------------------------------------------------
 // Logging during an outage

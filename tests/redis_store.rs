@@ -6,10 +6,11 @@
 
 #[path = "support/redis_server.rs"]
 mod redis_server;
+#[path = "support/redis_store_util.rs"]
+mod redis_store_util;
 
 use std::collections::HashSet;
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,13 +32,10 @@ use tower_sticky_session::{
 };
 
 use redis_server::RedisServer;
+use redis_store_util::{eventually, key, wait_connected};
 
 /// A hang guard, not a performance threshold: generous for a noisy 2-core machine.
 const HANG_GUARD: Duration = Duration::from_secs(1);
-
-fn key(session: &str) -> BindingKey {
-    BindingKey::new(None, SessionId::new(session).expect("valid session id"))
-}
 
 fn scoped(scope: &'static str, session: &str) -> BindingKey {
     BindingKey::new(
@@ -48,31 +46,6 @@ fn scoped(scope: &'static str, session: &str) -> BindingKey {
 
 fn builder(server: &RedisServer) -> RedisStoreBuilder {
     RedisStore::builder(&server.url())
-}
-
-/// Polls `f` until it returns `Some`, for at most `limit`.
-async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits until the store reaches Redis (its background connection is up).
-async fn wait_connected(store: &RedisStore) {
-    let probe = key("connectivity-probe");
-    eventually(Duration::from_secs(10), "store reaches redis", || async {
-        store.lookup(&probe).await.ok()
-    })
-    .await;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@
 //! Each test binary uses a subset of these helpers.
 #![allow(dead_code)]
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -214,4 +215,34 @@ pub(crate) fn client() -> Client {
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .pool_max_idle_per_host(0)
         .build_http()
+}
+
+/// A picker that serves from the pin (a `Full` body), or "acct-a", and answers 503 on `/fail`.
+pub(crate) fn pin_or_default_picker()
+-> impl Service<Request<()>, Response = Response<Full<Bytes>>, Error = Infallible, Future = impl Send>
++ Clone {
+    tower::service_fn(|req: Request<()>| async move {
+        let auth = req
+            .extensions()
+            .get::<PinnedAuth>()
+            .map(|p| p.0.clone())
+            .unwrap_or_else(|| AuthId::from("acct-a"));
+        let mut res = Response::new(Full::new(Bytes::from_static(b"data")));
+        if req.uri().path() == "/fail" {
+            *res.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        }
+        res.extensions_mut().insert(ServedBy(auth));
+        Ok::<_, Infallible>(res)
+    })
+}
+
+pub(crate) fn session_request(path: &str, session: &[u8]) -> Request<()> {
+    let mut r = Request::builder().uri(path).body(()).unwrap();
+    if !session.is_empty() {
+        r.headers_mut().insert(
+            "sticky-session-id",
+            http::HeaderValue::from_bytes(session).unwrap(),
+        );
+    }
+    r
 }
