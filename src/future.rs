@@ -22,7 +22,6 @@ use crate::types::{AuthId, BindingKey, PinnedAuth, ServedBy};
 
 /// What the response side needs to know about a request with a valid session id.
 pub(crate) struct Tracking<St, C> {
-    span: Span,
     shared: Arc<Shared<St, C>>,
     key: BindingKey,
     /// The account the request was pinned to (explicitly or by the store).
@@ -30,14 +29,8 @@ pub(crate) struct Tracking<St, C> {
 }
 
 impl<St, C> Tracking<St, C> {
-    pub(crate) fn new(
-        span: Span,
-        shared: Arc<Shared<St, C>>,
-        key: BindingKey,
-        pinned: Option<AuthId>,
-    ) -> Self {
+    pub(crate) fn new(shared: Arc<Shared<St, C>>, key: BindingKey, pinned: Option<AuthId>) -> Self {
         Self {
-            span,
             shared,
             key,
             pinned,
@@ -140,12 +133,13 @@ where
     pub(crate) fn tracked(
         fut: S::Future,
         tracking: Tracking<St, C>,
+        span: Span,
         decision: Decision,
         report: bool,
     ) -> Self {
         Self {
             state: State::Inner { fut },
-            span: tracking.span.clone(),
+            span,
             tracking: Some(tracking),
             decision,
             report,
@@ -157,6 +151,7 @@ where
         svc: S,
         req: Request<ReqB>,
         tracking: Tracking<St, C>,
+        span: Span,
         report: bool,
     ) -> Self {
         Self {
@@ -165,7 +160,7 @@ where
                 svc: Some(svc),
                 req: Some(req),
             },
-            span: tracking.span.clone(),
+            span,
             tracking: Some(tracking),
             decision: Decision::Miss,
             report,
@@ -197,7 +192,13 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let _entered = this.span.enter();
-        let mut out = ready!(poll_state(this.state, this.tracking, this.decision, cx));
+        let mut out = ready!(poll_state(
+            this.state,
+            this.tracking,
+            this.span,
+            this.decision,
+            cx
+        ));
         if let (true, Ok(res)) = (*this.report, &mut out) {
             res.headers_mut()
                 .insert(DECISION_HEADER, this.decision.header_value());
@@ -210,6 +211,7 @@ where
 fn poll_state<S, ReqB, ResB, St, C>(
     mut state: Pin<&mut State<S, ReqB, St>>,
     tracking: &mut Option<Tracking<St, C>>,
+    span: &Span,
     decision: &mut Decision,
     cx: &mut Context<'_>,
 ) -> Poll<Result<Response<ResponseBody<ResB, St>>, S::Error>>
@@ -219,53 +221,51 @@ where
     St: BindingStore,
     C: ClassifyResponse,
 {
-    {
-        loop {
-            match state.as_mut().project() {
-                StateProj::Lookup { lookup, svc, req } => {
-                    let result = ready!(Pin::new(lookup).poll(cx));
-                    let mut req = req.take().expect("ResponseFuture polled after completion");
-                    let mut svc = svc.take().expect("ResponseFuture polled after completion");
-                    if let Some(t) = tracking.as_mut() {
-                        let (d, pinned) =
-                            apply_lookup(&t.shared.core, &t.span, result, req.extensions_mut());
-                        *decision = d;
-                        t.pinned = pinned;
-                    }
-                    let fut = svc.call(req);
-                    state.set(State::Inner { fut });
+    loop {
+        match state.as_mut().project() {
+            StateProj::Lookup { lookup, svc, req } => {
+                let result = ready!(Pin::new(lookup).poll(cx));
+                let mut req = req.take().expect("ResponseFuture polled after completion");
+                let mut svc = svc.take().expect("ResponseFuture polled after completion");
+                if let Some(t) = tracking.as_mut() {
+                    let (d, pinned) =
+                        apply_lookup(&t.shared.core, span, result, req.extensions_mut());
+                    *decision = d;
+                    t.pinned = pinned;
                 }
-                StateProj::Inner { fut } => {
-                    let result = ready!(fut.poll(cx));
-                    let Some(tracking) = tracking.take() else {
-                        return Poll::Ready(result.map(|res| res.map(ResponseBody::passthrough)));
-                    };
-                    match judge(tracking, result) {
-                        Judged::Done(out) => return Poll::Ready(out),
-                        Judged::Store(core, op, result) => state.set(State::Finishing {
-                            core,
-                            op,
-                            result: Some(result),
-                        }),
-                    }
-                }
-                StateProj::Finishing { core, op, result } => {
-                    ready!(op.poll(core, cx));
-                    let result = result
-                        .take()
-                        .expect("ResponseFuture polled after completion");
+                let fut = svc.call(req);
+                state.set(State::Inner { fut });
+            }
+            StateProj::Inner { fut } => {
+                let result = ready!(fut.poll(cx));
+                let Some(tracking) = tracking.take() else {
                     return Poll::Ready(result.map(|res| res.map(ResponseBody::passthrough)));
+                };
+                match judge(tracking, span, result) {
+                    Judged::Done(out) => return Poll::Ready(out),
+                    Judged::Store(core, op, result) => state.set(State::Finishing {
+                        core,
+                        op,
+                        result: Some(result),
+                    }),
                 }
-                StateProj::Rejected { msg } => {
-                    let msg = msg.take().expect("ResponseFuture polled after completion");
-                    let mut res = Response::new(ResponseBody::message(msg));
-                    *res.status_mut() = http::StatusCode::BAD_REQUEST;
-                    res.headers_mut().insert(
-                        http::header::CONTENT_TYPE,
-                        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-                    );
-                    return Poll::Ready(Ok(res));
-                }
+            }
+            StateProj::Finishing { core, op, result } => {
+                ready!(op.poll(core, cx));
+                let result = result
+                    .take()
+                    .expect("ResponseFuture polled after completion");
+                return Poll::Ready(result.map(|res| res.map(ResponseBody::passthrough)));
+            }
+            StateProj::Rejected { msg } => {
+                let msg = msg.take().expect("ResponseFuture polled after completion");
+                let mut res = Response::new(ResponseBody::message(msg));
+                *res.status_mut() = http::StatusCode::BAD_REQUEST;
+                res.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                return Poll::Ready(Ok(res));
             }
         }
     }
@@ -279,6 +279,7 @@ enum Judged<St: BindingStore, ResB: Body, E> {
 /// The response head's part of the state machine (DESIGN.md's table).
 fn judge<St, C, ResB, E>(
     t: Tracking<St, C>,
+    span: &Span,
     result: Result<Response<ResB>, E>,
 ) -> Judged<St, ResB, E>
 where
@@ -293,11 +294,11 @@ where
             // Inner error: the pinned account (if any) did not serve; clear it.
             return match &t.pinned {
                 Some(pinned) => {
-                    let op = StoreOp::clear(core, &t.key, pinned, ClearReason::InnerError, &t.span);
+                    let op = StoreOp::clear(core, &t.key, pinned, ClearReason::InnerError, span);
                     Judged::Store(core.clone(), op, Err(err))
                 }
                 None => {
-                    t.span.record("outcome", "kept");
+                    span.record("outcome", "kept");
                     Judged::Done(Err(err))
                 }
             };
@@ -307,24 +308,24 @@ where
     match t.shared.classifier.classify(res.status(), res.headers()) {
         ResponseClass::Failure => match served.or(t.pinned.as_ref()) {
             Some(failed) => {
-                let op = StoreOp::clear(core, &t.key, failed, ClearReason::FailureStatus, &t.span);
+                let op = StoreOp::clear(core, &t.key, failed, ClearReason::FailureStatus, span);
                 Judged::Store(core.clone(), op, Ok(res))
             }
             None => {
-                t.span.record("outcome", "kept");
+                span.record("outcome", "kept");
                 Judged::Done(Ok(res.map(ResponseBody::passthrough)))
             }
         },
         ResponseClass::Success => match served {
             Some(served) if res.body().is_end_stream() => {
                 // Nothing will ever be polled from this body: it has proved itself now.
-                let op = StoreOp::commit(core, &t.key, served, &t.span);
+                let op = StoreOp::commit(core, &t.key, served, span);
                 Judged::Store(core.clone(), op, Ok(res))
             }
             Some(served) => {
-                t.span.record("outcome", "awaiting_first_chunk");
+                span.record("outcome", "awaiting_first_chunk");
                 let watch = Watch {
-                    span: t.span.clone(),
+                    span: span.clone(),
                     core: core.clone(),
                     key: t.key,
                     served: served.clone(),
@@ -332,12 +333,12 @@ where
                 Judged::Done(Ok(res.map(|body| ResponseBody::watching(body, watch))))
             }
             None => {
-                t.span.record("outcome", "kept");
+                span.record("outcome", "kept");
                 Judged::Done(Ok(res.map(ResponseBody::passthrough)))
             }
         },
         ResponseClass::Neutral => {
-            t.span.record("outcome", "kept");
+            span.record("outcome", "kept");
             Judged::Done(Ok(res.map(ResponseBody::passthrough)))
         }
     }

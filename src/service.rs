@@ -154,10 +154,10 @@ where
             span.record("decision", Decision::Pinned.as_str());
             span.record("auth", tracing::field::display(explicit));
             let pinned = Some(explicit.clone());
-            let tracking = Tracking::new(span, self.shared.clone(), key, pinned);
+            let tracking = Tracking::new(self.shared.clone(), key, pinned);
             let req = Request::from_parts(parts, body);
             let fut = self.inner.call(req);
-            return ResponseFuture::tracked(fut, tracking, Decision::Pinned, report);
+            return ResponseFuture::tracked(fut, tracking, span, Decision::Pinned, report);
         }
 
         let mut lookup = shared.core.store.lookup(&key);
@@ -168,10 +168,10 @@ where
             Poll::Ready(result) => {
                 let (decision, pinned) =
                     apply_lookup(&shared.core, &span, result, &mut parts.extensions);
-                let tracking = Tracking::new(span, self.shared.clone(), key, pinned);
+                let tracking = Tracking::new(self.shared.clone(), key, pinned);
                 let req = Request::from_parts(parts, body);
                 let fut = self.inner.call(req);
-                ResponseFuture::tracked(fut, tracking, decision, report)
+                ResponseFuture::tracked(fut, tracking, span, decision, report)
             }
             Poll::Pending => {
                 // A networked store: the inner service is called once the lookup is done.
@@ -179,9 +179,9 @@ where
                 // (see tower's "Be careful when cloning inner services").
                 let clone = self.inner.clone();
                 let svc = std::mem::replace(&mut self.inner, clone);
-                let tracking = Tracking::new(span, self.shared.clone(), key, None);
+                let tracking = Tracking::new(self.shared.clone(), key, None);
                 let req = Request::from_parts(parts, body);
-                ResponseFuture::lookup(lookup, svc, req, tracking, report)
+                ResponseFuture::lookup(lookup, svc, req, tracking, span, report)
             }
         }
     }
