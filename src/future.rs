@@ -26,14 +26,22 @@ pub(crate) struct Tracking<St, C> {
     key: BindingKey,
     /// The account the request was pinned to (explicitly or by the store).
     pinned: Option<AuthId>,
+    /// A `HEAD` request: its response never carries a body, whatever the body type says.
+    is_head: bool,
 }
 
 impl<St, C> Tracking<St, C> {
-    pub(crate) fn new(shared: Arc<Shared<St, C>>, key: BindingKey, pinned: Option<AuthId>) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared<St, C>>,
+        key: BindingKey,
+        pinned: Option<AuthId>,
+        is_head: bool,
+    ) -> Self {
         Self {
             shared,
             key,
             pinned,
+            is_head,
         }
     }
 }
@@ -72,8 +80,10 @@ pin_project! {
     ///
     /// Resolves to the inner service's response (with its body wrapped in
     /// [`ResponseBody`]) or error. A failure response or an inner error clears the
-    /// binding before the future resolves; a success whose body is known to be empty
-    /// commits before it resolves.
+    /// binding before the future resolves; a success known to carry no body (a response
+    /// to `HEAD`, 204, 304, `Content-Length: 0`, or a body whose `is_end_stream()` is
+    /// already true) commits before it resolves, whatever the body type: servers never
+    /// poll such bodies.
     pub struct ResponseFuture<S, ReqB, St = MokaStore, C = StatusClassifier>
     where
         S: Service<Request<ReqB>>,
@@ -317,8 +327,9 @@ where
             }
         },
         ResponseClass::Success => match served {
-            Some(served) if res.body().is_end_stream() => {
-                // Nothing will ever be polled from this body: it has proved itself now.
+            Some(served) if t.is_head || known_empty(&res) => {
+                // No data frame will ever come (and a server may never poll this body):
+                // the account has proved itself now.
                 let op = StoreOp::commit(core, &t.key, served, span);
                 Judged::Store(core.clone(), op, Ok(res))
             }
@@ -342,4 +353,18 @@ where
             Judged::Done(Ok(res.map(ResponseBody::passthrough)))
         }
     }
+}
+
+/// Whether a success's body is known to carry no data, whatever its type says: a
+/// response to `HEAD` is checked by the caller; here 204, 304, `Content-Length: 0` and a
+/// body that reports its end already. Servers (hyper) never poll such bodies.
+fn known_empty<B: Body>(res: &Response<B>) -> bool {
+    matches!(
+        res.status(),
+        http::StatusCode::NO_CONTENT | http::StatusCode::NOT_MODIFIED
+    ) || res
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .is_some_and(|v| v.to_str().is_ok_and(|v| v.trim().parse::<u64>() == Ok(0)))
+        || res.body().is_end_stream()
 }

@@ -34,7 +34,7 @@
 //! | success, body errors before the first data frame | compare-and-delete, nothing committed |
 //! | body errors after the first data frame | binding kept |
 //! | body dropped before the first data frame (client left) | nothing |
-//! | success with a body known to be empty (204, 304, HEAD, `Content-Length: 0`) | committed at once |
+//! | success known to carry no body: the request was `HEAD`, the status is 204 or 304, `Content-Length: 0`, or the body's `is_end_stream()` — whatever the body type, and even if the server never polls the body | committed at once, before the response is handed on |
 //! | other responses (e.g. 400, 404) | nothing: an existing binding is kept, none is created |
 //!
 //! Trailers and empty data frames never count as the first chunk. Clears triggered by the

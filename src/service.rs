@@ -107,6 +107,7 @@ where
             outcome = Empty,
         );
         let (mut parts, body) = req.into_parts();
+        let is_head = parts.method == http::Method::HEAD;
 
         let session = match shared.source.extract(&parts, shared.max_len) {
             Found::Valid(id) => id,
@@ -154,7 +155,7 @@ where
             span.record("decision", Decision::Pinned.as_str());
             span.record("auth", tracing::field::display(explicit));
             let pinned = Some(explicit.clone());
-            let tracking = Tracking::new(self.shared.clone(), key, pinned);
+            let tracking = Tracking::new(self.shared.clone(), key, pinned, is_head);
             let req = Request::from_parts(parts, body);
             let fut = self.inner.call(req);
             return ResponseFuture::tracked(fut, tracking, span, Decision::Pinned, report);
@@ -168,7 +169,7 @@ where
             Poll::Ready(result) => {
                 let (decision, pinned) =
                     apply_lookup(&shared.core, &span, result, &mut parts.extensions);
-                let tracking = Tracking::new(self.shared.clone(), key, pinned);
+                let tracking = Tracking::new(self.shared.clone(), key, pinned, is_head);
                 let req = Request::from_parts(parts, body);
                 let fut = self.inner.call(req);
                 ResponseFuture::tracked(fut, tracking, span, decision, report)
@@ -179,7 +180,7 @@ where
                 // (see tower's "Be careful when cloning inner services").
                 let clone = self.inner.clone();
                 let svc = std::mem::replace(&mut self.inner, clone);
-                let tracking = Tracking::new(self.shared.clone(), key, None);
+                let tracking = Tracking::new(self.shared.clone(), key, None, is_head);
                 let req = Request::from_parts(parts, body);
                 ResponseFuture::lookup(lookup, svc, req, tracking, span, report)
             }

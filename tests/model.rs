@@ -56,7 +56,7 @@ enum Served {
     Absent,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum BodyKind {
     /// Channel-fed: frames come from `Op::Frame`.
     Streaming,
@@ -363,11 +363,13 @@ impl Harness {
                 ResponseClass::Neutral => Watch::Passthrough,
                 ResponseClass::Success => match (served_idx, body) {
                     (None, _) => Watch::Passthrough,
-                    (Some(s), BodyKind::KnownEmpty) => {
+                    // Known to carry no body (the status says so, or the body type):
+                    // committed at once, whatever the body type.
+                    (Some(s), _) if body == BodyKind::KnownEmpty || matches!(status, 204 | 304) => {
                         self.model.commit(k, s);
                         Watch::Passthrough
                     }
-                    (Some(served), BodyKind::Streaming) => Watch::AwaitFirst { k, served },
+                    (Some(served), _) => Watch::AwaitFirst { k, served },
                 },
             },
         };
