@@ -46,27 +46,34 @@ impl<St, C> Tracking<St, C> {
     }
 }
 
-/// Accounts for a lookup's result and inserts the pin on a hit.
+/// Accounts for a lookup's result and inserts the pin on a hit. `deferred`: the lookup
+/// did not resolve in `call` (it was counted there as started).
 pub(crate) fn apply_lookup<St>(
     core: &Core<St>,
     span: &Span,
     result: Result<Option<AuthId>, StoreError>,
     extensions: &mut Extensions,
+    deferred: bool,
 ) -> (Decision, Option<AuthId>) {
     let counters = core.counters();
+    let (hits, misses) = if deferred {
+        (&counters.deferred_hits, &counters.deferred_misses)
+    } else {
+        (&counters.hits, &counters.misses)
+    };
     let (decision, pinned) = match result {
         Ok(Some(auth)) => {
-            Counters::inc(&counters.hits);
+            Counters::inc(hits);
             span.record("auth", tracing::field::display(&auth));
             extensions.insert(PinnedAuth(auth.clone()));
             (Decision::Hit, Some(auth))
         }
         Ok(None) => {
-            Counters::inc(&counters.misses);
+            Counters::inc(misses);
             (Decision::Miss, None)
         }
         Err(e) => {
-            Counters::inc(&counters.misses);
+            Counters::inc(misses);
             core.store_error("lookup", &e);
             (Decision::Miss, None)
         }
@@ -239,7 +246,7 @@ where
                 let mut svc = svc.take().expect("ResponseFuture polled after completion");
                 if let Some(t) = tracking.as_mut() {
                     let (d, pinned) =
-                        apply_lookup(&t.shared.core, span, result, req.extensions_mut());
+                        apply_lookup(&t.shared.core, span, result, req.extensions_mut(), true);
                     *decision = d;
                     t.pinned = pinned;
                 }

@@ -168,7 +168,7 @@ where
         match Pin::new(&mut lookup).poll(&mut noop) {
             Poll::Ready(result) => {
                 let (decision, pinned) =
-                    apply_lookup(&shared.core, &span, result, &mut parts.extensions);
+                    apply_lookup(&shared.core, &span, result, &mut parts.extensions, false);
                 let tracking = Tracking::new(self.shared.clone(), key, pinned, is_head);
                 let req = Request::from_parts(parts, body);
                 let fut = self.inner.call(req);
@@ -176,6 +176,8 @@ where
             }
             Poll::Pending => {
                 // A networked store: the inner service is called once the lookup is done.
+                // The request is counted now: its future may be dropped before then.
+                Counters::inc(&counters.deferred_lookups);
                 // Take the service that was polled ready and leave a clone in its place
                 // (see tower's "Be careful when cloning inner services").
                 let clone = self.inner.clone();

@@ -50,6 +50,13 @@ impl ClearReason {
 
 /// Each request increments as few shared counters as it can (they are shared by every
 /// core): `requests` and `lookups` are sums of others, computed when read.
+///
+/// Every request is counted in `call`: under exactly one of `no_session`, `invalid`,
+/// `explicit_pins`, `hits`/`misses` (a lookup that resolved in `call`, the in-memory
+/// case) or `deferred_lookups` (a lookup still pending in `call`, a networked store).
+/// A deferred lookup's result is counted later under `deferred_hits`/`deferred_misses`;
+/// its future may be dropped before that, so the difference is the lookups never
+/// resolved. The hot path stays one increment.
 #[derive(Default)]
 pub(crate) struct Counters {
     pub(crate) no_session: AtomicU64,
@@ -58,6 +65,9 @@ pub(crate) struct Counters {
     pub(crate) explicit_pins: AtomicU64,
     pub(crate) hits: AtomicU64,
     pub(crate) misses: AtomicU64,
+    pub(crate) deferred_lookups: AtomicU64,
+    pub(crate) deferred_hits: AtomicU64,
+    pub(crate) deferred_misses: AtomicU64,
     pub(crate) commits: AtomicU64,
     pub(crate) clear_attempts: [AtomicU64; 4],
     pub(crate) cleared: AtomicU64,
@@ -103,12 +113,18 @@ impl Stats {
         let no_session = get(&c.no_session);
         let invalid = InvalidSessionId::ALL.map(|r| (r, get(&c.invalid[r.index()])));
         let explicit_pins = get(&c.explicit_pins);
-        let hits = get(&c.hits);
-        let misses = get(&c.misses);
-        let lookups = hits + misses;
+        // Results before starts: a deferred lookup's start is counted before its result,
+        // so reading in this order never sees more results than starts.
+        let deferred_hits = get(&c.deferred_hits);
+        let deferred_misses = get(&c.deferred_misses);
+        let deferred = get(&c.deferred_lookups);
+        let hits = get(&c.hits) + deferred_hits;
+        let misses = get(&c.misses) + deferred_misses;
+        let unresolved = deferred.saturating_sub(deferred_hits + deferred_misses);
+        let lookups = hits + misses + unresolved;
         let invalid_total: u64 = invalid.iter().map(|(_, n)| n).sum();
         StatsSnapshot {
-            // Every request is exactly one of these.
+            // Every request is exactly one of these, counted when the layer's `call` ran.
             requests: no_session + invalid_total + explicit_pins + lookups,
             no_session,
             invalid,
@@ -117,6 +133,7 @@ impl Stats {
             lookups,
             hits,
             misses,
+            unresolved,
             commits: get(&c.commits),
             clear_attempts: ClearReason::ALL.map(|r| (r, get(&c.clear_attempts[r.index()]))),
             cleared: get(&c.cleared),
@@ -132,10 +149,17 @@ impl std::fmt::Debug for Stats {
 }
 
 /// A copy of the counters at one moment; plain data, easy to export.
+///
+/// Each request is counted when the layer's `call` runs, even if its response future is
+/// dropped right after (a client gone, an outer timeout), under exactly one of
+/// `no_session`, `invalid`, `explicit_pins` and `lookups`:
+///
+/// - `requests == no_session + invalid_total() + explicit_pins + lookups`
+/// - `lookups == hits + misses + unresolved`
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StatsSnapshot {
-    /// Requests seen by the layer.
+    /// Requests seen by the layer, counted when its `call` ran.
     pub requests: u64,
     /// Requests without any session id.
     pub no_session: u64,
@@ -146,12 +170,16 @@ pub struct StatsSnapshot {
     /// Requests that arrived with an explicit [`PinnedAuth`](crate::PinnedAuth), which won
     /// over the store.
     pub explicit_pins: u64,
-    /// Store lookups.
+    /// Store lookups started (`hits + misses + unresolved`).
     pub lookups: u64,
     /// Lookups that found a binding.
     pub hits: u64,
     /// Lookups that found none (or failed: see `store_errors`).
     pub misses: u64,
+    /// Lookups without a result (yet): still in flight, or abandoned because the response
+    /// future was dropped before the store answered. Only a store whose lookup does not
+    /// resolve at once (a networked one) has any; their requests had no decision.
+    pub unresolved: u64,
     /// Bindings committed (created or renewed).
     pub commits: u64,
     /// Compare-and-delete attempts, by reason.
