@@ -48,6 +48,10 @@ const DIGEST_BYTES: usize = 16;
 /// inside the same 50 ms budget). Redis caches the compiled script either way.
 const CLEAR_IF_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 
+/// Renewal that Redis allows when full (`PEXPIRE` is not refused under `noeviction`,
+/// `SET` is): extends the key's TTL to `ARGV[2]` ms only if it holds `ARGV[1]`.
+const RENEW_IF_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+
 /// The binding store for several proxy replicas: bindings live in Redis (or Valkey), so
 /// a session keeps its account whichever replica the load balancer sends it to.
 ///
@@ -73,8 +77,15 @@ const CLEAR_IF_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then ret
 ///   error is a [`StoreError`]: the layer serves the request without stickiness.
 /// - The connection never waits on a reconnect back-off: the client makes a single
 ///   connection attempt per reconnect, and a refused connection fails at once.
+/// - An error *reply* (`OOM` from a full Redis under `noeviction`, `READONLY` from a
+///   replica, `NOPERM`, a script error) fails that one operation only: Redis is up and
+///   answering, so it is counted under its own reason
+///   ([`server_errors`](RedisStoreStats::server_errors),
+///   [`oom_errors`](RedisStoreStats::oom_errors),
+///   [`readonly_errors`](RedisStoreStats::readonly_errors)) and never trips the breaker;
+///   lookups, and so existing bindings, keep working.
 /// - After [`breaker_threshold`](RedisStoreBuilder::breaker_threshold) consecutive
-///   failures (default 5) a circuit breaker opens: requests skip Redis entirely (an
+///   connection failures or timeouts (default 5) a circuit breaker opens: requests skip Redis entirely (an
 ///   immediate [`StoreErrorKind::Unavailable`], no network). Every
 ///   [`breaker_cooldown`](RedisStoreBuilder::breaker_cooldown) (default 1 s) a background
 ///   task probes Redis with `PING`; when it answers the breaker closes and sharing
@@ -96,8 +107,13 @@ const CLEAR_IF_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then ret
 /// the Redis that holds bindings a `maxmemory` and an evicting policy — `volatile-lfu`
 /// (every binding has an expiry; LFU keeps sessions in use, as the in-memory store's
 /// TinyLFU does) or `allkeys-lfu` on a Redis of its own. Under the default
-/// `noeviction`, a full Redis refuses every commit with an `OOM` error: requests are
-/// still served (fail open, counted as store errors) but new sessions no longer bind.
+/// `noeviction`, a full Redis refuses writes with an `OOM` reply. Then requests are
+/// still served, existing bindings are still read and honoured, and a commit that
+/// renews a binding to the same account extends its TTL with `PEXPIRE` (which a full
+/// Redis allows; counted in [`oom_renewals`](RedisStoreStats::oom_renewals)); only new
+/// sessions and moves to another account do not bind (counted in
+/// [`oom_errors`](RedisStoreStats::oom_errors)). The breaker stays closed: a full Redis
+/// is a working Redis.
 ///
 /// # Near cache
 ///
@@ -385,8 +401,26 @@ pub struct RedisStoreStats {
     pub calls: u64,
     /// Calls that hit their time limit.
     pub timeouts: u64,
-    /// Calls that failed otherwise (connection refused or dropped, a Redis error).
+    /// Calls that failed for want of a usable connection: refused, dropped, a handshake
+    /// Redis refused, a node still loading its data. With [`timeouts`](Self::timeouts)
+    /// these are what the circuit breaker counts. (Error replies are
+    /// [`server_errors`](Self::server_errors), not counted here.)
     pub errors: u64,
+    /// Calls Redis answered with an error reply: the connection works, that operation
+    /// alone failed. Never counted toward the breaker. Includes
+    /// [`oom_errors`](Self::oom_errors) and [`readonly_errors`](Self::readonly_errors);
+    /// the rest are other replies (`NOPERM`, a script error, …).
+    pub server_errors: u64,
+    /// Writes refused with `OOM`: Redis is full under `maxmemory-policy noeviction`. New
+    /// sessions do not bind; existing bindings are still read (and renewed, see
+    /// [`oom_renewals`](Self::oom_renewals)).
+    pub oom_errors: u64,
+    /// Writes refused with `READONLY`: the store speaks to a replica (a stale address
+    /// after a failover, or a misconfiguration). Lookups still work.
+    pub readonly_errors: u64,
+    /// Commits refused with `OOM` that renewed the existing binding instead (same
+    /// account: its TTL was extended with `PEXPIRE`, which Redis allows when full).
+    pub oom_renewals: u64,
     /// Operations that skipped Redis because the breaker was open.
     pub breaker_skips: u64,
     /// Times the breaker opened.
@@ -430,6 +464,10 @@ impl RedisStore {
             calls: f.calls.load(Relaxed),
             timeouts: f.timeouts.load(Relaxed),
             errors: f.errors.load(Relaxed),
+            server_errors: f.refusals.load(Relaxed),
+            oom_errors: f.oom.load(Relaxed),
+            readonly_errors: f.readonly.load(Relaxed),
+            oom_renewals: f.oom_renewals.load(Relaxed),
             breaker_skips: f.breaker_skips.load(Relaxed),
             breaker_opens: f.breaker_opens.load(Relaxed),
             breaker_open: self.inner.breaker.open_until.load(Relaxed) != 0,
@@ -592,16 +630,46 @@ impl BindingStore for RedisStore {
         if let Err(e) = inner.admit() {
             return RedisStoreFuture::ready(Err(e));
         }
+        let redis_key = inner.redis_key(key);
         let mut cmd = Cmd::new();
         cmd.arg("SET")
-            .arg(inner.redis_key(key))
+            .arg(&redis_key)
             .arg(auth.as_str())
             .arg("PX")
             .arg(inner.ttl_ms);
+        let auth = auth.clone();
         let inner = inner.clone();
         RedisStoreFuture::pending(async move {
+            let started = Instant::now();
             let mut conn = inner.conn();
-            inner.request(cmd.query_async::<()>(&mut conn)).await
+            let result = inner.request(cmd.query_async::<()>(&mut conn)).await;
+            match result {
+                Err(e) if Refusal::of(&e) == Some(Refusal::Oom) => {
+                    // Full under `noeviction`: `SET` is refused, `PEXPIRE` is not. A
+                    // binding that already holds this account is renewed, so sessions in
+                    // use keep their account past the TTL while Redis stays full.
+                    let left = inner.timeout.saturating_sub(started.elapsed());
+                    let mut renew = Cmd::new();
+                    renew
+                        .arg("EVAL")
+                        .arg(RENEW_IF_SCRIPT)
+                        .arg(1)
+                        .arg(&redis_key)
+                        .arg(auth.as_str())
+                        .arg(inner.ttl_ms);
+                    match inner
+                        .request_within(left, renew.query_async::<i64>(&mut conn))
+                        .await
+                    {
+                        Ok(1) => {
+                            inc(&inner.faults.oom_renewals);
+                            Ok(())
+                        }
+                        _ => Err(e),
+                    }
+                }
+                other => other,
+            }
         })
     }
 
@@ -791,14 +859,30 @@ impl Inner {
         self.call(limit, attempt).await
     }
 
-    /// A call made for a request: limited by `timeout`, and its outcome feeds the breaker.
+    /// A call made for a request: limited by `timeout`; a timeout or a connection failure
+    /// counts toward the breaker, an error reply does not (and, like a success, resets
+    /// the count of consecutive failures).
     async fn request<T>(
         self: &Arc<Self>,
         fut: impl Future<Output = Result<T, RedisError>>,
     ) -> Result<T, StoreError> {
-        let result = self.call(self.timeout, fut).await;
+        self.request_within(self.timeout, fut).await
+    }
+
+    /// [`request`](Self::request) with its own time limit.
+    async fn request_within<T>(
+        self: &Arc<Self>,
+        limit: Duration,
+        fut: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, StoreError> {
+        let result = self.call(limit, fut).await;
         match &result {
+            // An error reply proves the connection works, as a success does.
             Ok(_) => self.breaker.failures.store(0, Relaxed),
+            Err(e) if e.kind() == StoreErrorKind::Other => {
+                self.breaker.failures.store(0, Relaxed);
+                self.faults.log(&self.addr, "request", e, self.now_ms());
+            }
             Err(e) => {
                 let now = self.now_ms();
                 if self.breaker.fail() && self.open_breaker() {
@@ -826,21 +910,65 @@ impl Inner {
         inc(&self.faults.calls);
         let result = match tokio::time::timeout(limit, fut).await {
             Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) => {
-                let kind = if e.is_timeout() {
-                    StoreErrorKind::Timeout
-                } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
-                {
-                    StoreErrorKind::Unavailable
-                } else {
-                    StoreErrorKind::Other
-                };
-                StoreError::new(kind, Some(Box::new(e)))
-            }
+            Ok(Err(e)) => StoreError::new(classify(&e), Some(Box::new(e))),
             Err(elapsed) => StoreError::new(StoreErrorKind::Timeout, Some(Box::new(elapsed))),
         };
         self.faults.record(&result);
         Err(result)
+    }
+}
+
+/// What a Redis error says about the connection.
+///
+/// - [`StoreErrorKind::Timeout`]: the client's own I/O timeout.
+/// - [`StoreErrorKind::Unavailable`]: no usable connection — refused, dropped, a broken
+///   reply stream, a handshake Redis refused (wrong password), or a node that cannot serve
+///   anything yet (`LOADING`, `MASTERDOWN`, `CLUSTERDOWN`, `TRYAGAIN`). These count toward
+///   the circuit breaker.
+/// - [`StoreErrorKind::Other`]: Redis answered this one command with an error (`OOM`
+///   under `noeviction`, `READONLY` from a replica, `NOPERM`, a script error, `WRONGTYPE`…).
+///   The connection works and the next command may well succeed: the error fails that
+///   operation only and never counts toward the breaker.
+fn classify(e: &RedisError) -> StoreErrorKind {
+    use ::redis::{ErrorKind, ServerErrorKind};
+    if e.is_timeout() {
+        return StoreErrorKind::Timeout;
+    }
+    match e.kind() {
+        ErrorKind::Server(
+            ServerErrorKind::BusyLoading
+            | ServerErrorKind::MasterDown
+            | ServerErrorKind::ClusterDown
+            | ServerErrorKind::TryAgain,
+        ) => StoreErrorKind::Unavailable,
+        ErrorKind::Server(_) | ErrorKind::Extension | ErrorKind::UnexpectedReturnType => {
+            StoreErrorKind::Other
+        }
+        _ => StoreErrorKind::Unavailable,
+    }
+}
+
+/// Why Redis refused a command, for the counters: `OOM`, `READONLY`, or anything else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    Oom,
+    ReadOnly,
+    Other,
+}
+
+impl Refusal {
+    fn of(e: &StoreError) -> Option<Self> {
+        if e.kind() != StoreErrorKind::Other {
+            return None;
+        }
+        let code = std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<RedisError>())
+            .and_then(RedisError::code);
+        Some(match code {
+            Some("OOM") => Self::Oom,
+            Some("READONLY") => Self::ReadOnly,
+            _ => Self::Other,
+        })
     }
 }
 
@@ -888,6 +1016,10 @@ struct Faults {
     calls: AtomicU64,
     timeouts: AtomicU64,
     errors: AtomicU64,
+    refusals: AtomicU64,
+    oom: AtomicU64,
+    readonly: AtomicU64,
+    oom_renewals: AtomicU64,
     breaker_skips: AtomicU64,
     breaker_opens: AtomicU64,
     near_hits: AtomicU64,
@@ -905,9 +1037,17 @@ fn inc(c: &AtomicU64) {
 
 impl Faults {
     fn record(&self, e: &StoreError) {
-        match e.kind() {
-            StoreErrorKind::Timeout => inc(&self.timeouts),
-            _ => inc(&self.errors),
+        match Refusal::of(e) {
+            None if e.kind() == StoreErrorKind::Timeout => inc(&self.timeouts),
+            None => inc(&self.errors),
+            Some(reason) => {
+                inc(&self.refusals);
+                match reason {
+                    Refusal::Oom => inc(&self.oom),
+                    Refusal::ReadOnly => inc(&self.readonly),
+                    Refusal::Other => {}
+                }
+            }
         }
     }
 
@@ -1007,6 +1147,50 @@ mod tests {
     fn key(scope: Option<&'static str>, session: &'static str) -> BindingKey {
         let id = SessionId::new(session).expect("valid session id");
         BindingKey::new(scope.map(Scope::from_static), id)
+    }
+
+    #[test]
+    fn only_connection_failures_and_timeouts_are_unavailable() {
+        use ::redis::{ErrorKind, ServerErrorKind, make_extension_error};
+        let io = |k| RedisError::from(std::io::Error::from(k));
+        assert_eq!(
+            classify(&io(std::io::ErrorKind::TimedOut)),
+            StoreErrorKind::Timeout
+        );
+        for k in [
+            std::io::ErrorKind::ConnectionRefused,
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::UnexpectedEof,
+        ] {
+            assert_eq!(classify(&io(k)), StoreErrorKind::Unavailable, "{k:?}");
+        }
+        let general = |k| RedisError::from((k, "x"));
+        assert_eq!(
+            classify(&general(ErrorKind::AuthenticationFailed)),
+            StoreErrorKind::Unavailable
+        );
+        assert_eq!(
+            classify(&general(ErrorKind::Server(ServerErrorKind::BusyLoading))),
+            StoreErrorKind::Unavailable
+        );
+        // Error replies: the connection works.
+        for k in [
+            ServerErrorKind::ReadOnly,
+            ServerErrorKind::NoPerm,
+            ServerErrorKind::ResponseError,
+        ] {
+            assert_eq!(
+                classify(&general(ErrorKind::Server(k))),
+                StoreErrorKind::Other,
+                "{k:?}"
+            );
+        }
+        let oom = make_extension_error("OOM".into(), Some("command not allowed".into()));
+        assert_eq!(classify(&oom), StoreErrorKind::Other);
+        let e = StoreError::new(classify(&oom), Some(Box::new(oom)));
+        assert_eq!(Refusal::of(&e), Some(Refusal::Oom));
+        let timeout = StoreError::new(StoreErrorKind::Timeout, None);
+        assert_eq!(Refusal::of(&timeout), None);
     }
 
     #[test]

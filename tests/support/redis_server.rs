@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 pub(crate) struct RedisServer {
     port: u16,
     child: Option<Child>,
+    /// Extra `redis-server` arguments (kept for restarts).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -28,7 +30,17 @@ impl RedisServer {
 
     /// Starts a server on `port` (e.g. to restart one on the port a store knows).
     pub(crate) fn start_on(port: u16) -> Self {
-        let mut server = Self { port, child: None };
+        Self::start_with(port, &[])
+    }
+
+    /// Starts a server on `port` with extra command-line arguments, e.g.
+    /// `["--maxmemory", "1mb"]` or `["--replicaof", "127.0.0.1", "6379"]`.
+    pub(crate) fn start_with(port: u16, extra: &[&str]) -> Self {
+        let mut server = Self {
+            port,
+            child: None,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+        };
         server.spawn();
         server
     }
@@ -125,6 +137,7 @@ impl RedisServer {
                 "--loglevel",
                 "warning",
             ])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
