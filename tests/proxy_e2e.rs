@@ -34,7 +34,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tower_sticky_session::{AuthId, BindingKey, BindingStore, MokaStore, Scope, SessionId, Stats};
 
-use app::{ProxyConfig, Upstream};
+use app::{Drained, ProxyConfig, ServeConfig, Upstream};
 
 /// Bound on every wait, so that a bug fails the test instead of hanging it.
 const BOUND: Duration = Duration::from_secs(20);
@@ -143,6 +143,16 @@ impl Account {
 
     fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits until the account has received `n` requests in all.
+    async fn wait_seen(&self, n: usize) {
+        within("the account receives the request", async {
+            while self.seen.lock().unwrap().len() < n {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
     }
 }
 
@@ -284,7 +294,7 @@ struct Proxy {
     stats: Stats,
     client: Client<HttpConnector, Full<Bytes>>,
     stop: Option<oneshot::Sender<()>>,
-    server: JoinHandle<()>,
+    server: JoinHandle<Drained>,
 }
 
 impl Drop for Proxy {
@@ -317,15 +327,16 @@ impl Proxy {
             .max_bindings(1000)
             .ttl(Duration::from_secs(3600))
             .build();
-        let cfg = ProxyConfig {
-            upstreams,
-            session_headers: opts
-                .session_headers
-                .iter()
-                .map(|h| h.parse().unwrap())
-                .collect(),
-            scope_header: opts.scope_header.map(|h| h.parse().unwrap()),
-        };
+        let mut cfg = ProxyConfig::new(upstreams);
+        cfg.session_headers = opts
+            .session_headers
+            .iter()
+            .map(|h| h.parse().unwrap())
+            .collect();
+        cfg.scope_header = opts.scope_header.map(|h| h.parse().unwrap());
+        // One attempt per request: these tests watch the sticky layer judge each account's
+        // answer directly (failover has its own tests in proxy_failover.rs).
+        cfg.failover.attempts = 1;
         let built = app::build(&cfg, store.clone()).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -336,7 +347,7 @@ impl Proxy {
             async {
                 let _ = stopped.await;
             },
-            BOUND,
+            ServeConfig::new(BOUND),
         ));
         Self {
             addr,
@@ -616,10 +627,14 @@ async fn frames_reach_the_client_before_the_upstream_sends_the_next_one() {
     let a = Account::start("a", Mode::Gated(gate.clone())).await;
     let proxy = Proxy::start(vec![a.upstream()]).await;
 
+    // The proxy answers once the first chunk is there (it may still try another account
+    // until then).
+    gate.add_permits(1);
     let res = proxy.get(Some("conv-1")).await;
     assert_eq!(served_by(&res), "a");
     let mut body = res.into_body();
-    for i in 1..=3 {
+    assert_eq!(next_data(&mut body).await, "chunk-1\n");
+    for i in 2..=3 {
         // The upstream cannot send chunk i+1 before the gate opens again, so receiving
         // chunk i here shows the proxy passes each frame on as it arrives.
         gate.add_permits(1);
@@ -640,12 +655,14 @@ async fn request_during_pending_first_chunk_is_not_pinned_but_one_after_the_firs
     let c = Account::start("c", Mode::Stream).await;
     let proxy = Proxy::start(vec![a.upstream(), b.upstream(), c.upstream()]).await;
 
-    // First request: a answers 200 and then holds its first chunk.
-    let first = proxy.get(Some("conv-1")).await;
-    assert_eq!(
-        (served_by(&first), first.status()),
-        ("a".into(), StatusCode::OK)
-    );
+    // First request: a answers 200 and then holds its first chunk; the proxy holds the
+    // response until that chunk arrives.
+    let first = {
+        let req = proxy.request(Some("conv-1")).body(Full::default()).unwrap();
+        let client = proxy.client.clone();
+        tokio::spawn(async move { client.request(req).await })
+    };
+    a.wait_seen(1).await;
     assert_eq!(proxy.bound("conv-1"), None, "bound before any data");
 
     // Second request while the first chunk is pending: not pinned, so round-robin (b).
@@ -655,17 +672,22 @@ async fn request_during_pending_first_chunk_is_not_pinned_but_one_after_the_firs
     assert_eq!(proxy.bound("conv-1"), None);
 
     // The first chunk arrives: the client has it, so the binding exists.
-    let mut body = first.into_body();
     gate.add_permits(1);
+    let first = within("first head", first).await.unwrap().unwrap();
+    assert_eq!(
+        (served_by(&first), first.status()),
+        ("a".into(), StatusCode::OK)
+    );
+    let mut body = first.into_body();
     assert_eq!(next_data(&mut body).await, "chunk-1\n");
     assert_eq!(proxy.bound("conv-1").as_deref(), Some("a"));
 
-    // A request sent now is pinned to a, though round-robin would pick c.
+    // A request sent now is pinned to a, though round-robin would pick c. (The gate is
+    // shared: enough permits for the rest of both responses.)
+    gate.add_permits(5);
     let third = proxy.get(Some("conv-1")).await;
     assert_eq!(served_by(&third), "a");
 
-    // The first response needs two more chunks, the third all three.
-    gate.add_permits(5);
     within("first body", body.collect()).await.unwrap();
     within("third body", third.into_body().collect())
         .await
@@ -735,13 +757,14 @@ async fn empty_stream_unbinds_and_binds_nothing() {
     assert_eq!(proxy.bound("conv-1").as_deref(), Some("a"));
 
     a.set(Mode::Empty);
-    let (by, status, body) = proxy.get_all(Some("conv-1")).await;
-    assert_eq!((by.as_str(), status), ("a", StatusCode::OK));
-    assert!(body.is_empty());
+    // The proxy reads the first chunk before answering: an empty 200 is the account's
+    // failure, answered 502 in its name.
+    let (by, status, _) = proxy.get_all(Some("conv-1")).await;
+    assert_eq!((by.as_str(), status), ("a", StatusCode::BAD_GATEWAY));
     assert_eq!(proxy.bound("conv-1"), None);
 
-    let (_, _, body) = proxy.get_all(Some("conv-2")).await;
-    assert!(body.is_empty());
+    let (_, status, _) = proxy.get_all(Some("conv-2")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert_eq!(proxy.bound("conv-2"), None);
 }
 
@@ -753,17 +776,17 @@ async fn client_leaving_before_the_first_chunk_neither_binds_nor_unbinds() {
     assert_eq!(proxy.get_all(Some("conv-1")).await.0, "a");
 
     a.set(Mode::HoldUntilAbandoned(abandoned_tx));
-    for session in ["conv-1", "conv-2"] {
-        // A client of its own, so that dropping the response closes its connection.
+    for (n, session) in [(2, "conv-1"), (3, "conv-2")] {
+        // A client of its own, so that dropping the request closes its connection.
         let client: Client<HttpConnector, Full<Bytes>> =
             Client::builder(TokioExecutor::new()).build_http();
         let req = proxy.request(Some(session)).body(Full::default()).unwrap();
-        let res = within("head", client.request(req)).await.unwrap();
-        assert_eq!(served_by(&res), "a");
-        drop(res);
-        drop(client);
+        let pending = tokio::spawn(async move { client.request(req).await });
+        a.wait_seen(n).await;
+        // The account has answered 200 and holds its first chunk; the client leaves.
+        pending.abort();
         // The account learns that its reader went away only after the proxy dropped
-        // the response body: the sticky layer has made its decision by then.
+        // the attempt: the sticky layer has made its decision by then.
         within("upstream abandoned", abandoned.recv())
             .await
             .unwrap();
@@ -786,27 +809,20 @@ async fn no_content_success_binds_at_once() {
 }
 
 #[tokio::test]
-async fn upstream_closing_before_the_first_chunk_unbinds_and_the_client_sees_an_error() {
+async fn upstream_closing_before_the_first_chunk_unbinds_and_the_client_sees_502() {
     let a = Account::start("a", Mode::Stream).await;
     let proxy = Proxy::start(vec![a.upstream()]).await;
     assert_eq!(proxy.get_all(Some("conv-1")).await.0, "a");
 
     a.set(Mode::CloseBeforeFirst);
-    let res = proxy.get(Some("conv-1")).await;
-    assert_eq!(
-        (served_by(&res), res.status()),
-        ("a".into(), StatusCode::OK)
-    );
-    let result = within("body", res.into_body().collect()).await;
-    assert!(
-        result.is_err(),
-        "the client saw a clean end of a broken stream"
-    );
+    // No byte had reached the client: the proxy answers 502 in the account's name.
+    let (by, status, _) = proxy.get_all(Some("conv-1")).await;
+    assert_eq!((by.as_str(), status), ("a", StatusCode::BAD_GATEWAY));
     assert_eq!(proxy.bound("conv-1"), None);
 
     // A new session through the same failure binds nothing.
-    let res = proxy.get(Some("conv-2")).await;
-    assert!(within("body", res.into_body().collect()).await.is_err());
+    let (_, status, _) = proxy.get_all(Some("conv-2")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert_eq!(proxy.bound("conv-2"), None);
 }
 
@@ -849,7 +865,7 @@ async fn upstream_closing_mid_stream_keeps_the_binding_and_the_client_sees_no_cl
 }
 
 #[tokio::test]
-async fn unreachable_account_answers_502_with_served_by_and_unbinds() {
+async fn unreachable_account_answers_502_with_served_by_unbinds_and_cools_down() {
     let a = Account::start("a", Mode::Stream).await;
     let dead = Upstream::new("dead", &unreachable_url().await).unwrap();
     let proxy = Proxy::start(vec![a.upstream(), dead]).await;
@@ -863,9 +879,11 @@ async fn unreachable_account_answers_502_with_served_by_and_unbinds() {
     // The session moves on (round-robin: a) and binds there.
     assert_eq!(proxy.get_all(Some("conv-1")).await.0, "a");
     assert_eq!(proxy.bound("conv-1").as_deref(), Some("a"));
-    // Unpinned traffic reaching the dead account also gets a named 502.
-    let (by, status, _) = proxy.get_all(None).await;
-    assert_eq!((by.as_str(), status), ("dead", StatusCode::BAD_GATEWAY));
+    // The dead account cools down: round-robin skips it.
+    for _ in 0..2 {
+        let (by, status, _) = proxy.get_all(None).await;
+        assert_eq!((by.as_str(), status), ("a", StatusCode::OK));
+    }
 }
 
 #[tokio::test]
@@ -890,15 +908,17 @@ async fn graceful_shutdown_lets_an_open_stream_finish() {
     let a = Account::start("a", Mode::Gated(gate.clone())).await;
     let mut proxy = Proxy::start(vec![a.upstream()]).await;
 
+    gate.add_permits(1);
     let res = proxy.get(Some("conv-1")).await;
     assert_eq!(served_by(&res), "a");
     proxy.stop.take().unwrap().send(()).unwrap();
 
-    gate.add_permits(3);
+    gate.add_permits(2);
     let body = within("body", res.into_body().collect())
         .await
         .expect("the open stream finishes cleanly")
         .to_bytes();
     assert_eq!(body, "chunk-1\nchunk-2\nchunk-3\n");
-    within("server exit", &mut proxy.server).await.unwrap();
+    let drained = within("server exit", &mut proxy.server).await.unwrap();
+    assert_eq!(drained, Drained::Clean);
 }

@@ -11,13 +11,22 @@
 //!
 //! The scope is the value the proxy reads from `--scope-header`; leave it out when the
 //! proxy runs without one. Session ids in queries are URL-encoded by the client.
+//!
+//! With `--admin-token ENV_VAR` every request must carry `authorization: Bearer TOKEN` or
+//! `x-api-key: TOKEN` (compared in constant time), else 401. The proxy refuses to start
+//! an admin listener on a non-loopback address without a token.
+//!
+//! `DELETE /accounts/{name}/bindings` walks every binding: it runs on the blocking pool,
+//! not on a runtime worker, so proxied requests are not stalled while it runs.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use prometheus_client::collector::Collector;
@@ -27,6 +36,9 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use tower_sticky_session::store::InspectStore;
+
+use crate::app::auth;
+use crate::app::keys::Secret;
 use tower_sticky_session::{AuthId, BindingKey, Scope, SessionId, Stats, StatsSnapshot};
 
 struct Admin<St> {
@@ -40,6 +52,20 @@ impl<St: Clone> Clone for Admin<St> {
             store: self.store.clone(),
             stats: self.stats.clone(),
         }
+    }
+}
+
+/// 401 unless the request presents `token` (see the module docs).
+async fn require_token(
+    State(token): State<Arc<Secret>>,
+    req: axum::extract::Request,
+    next: Next,
+) -> Response {
+    if auth::authorized(req.headers(), &token) {
+        next.run(req).await
+    } else {
+        let (parts, body) = auth::unauthorized().into_parts();
+        Response::from_parts(parts, axum::body::Body::new(body))
     }
 }
 
@@ -91,16 +117,22 @@ impl StoreMetrics for tower_sticky_session::store::RedisStore {
 }
 
 /// The admin routes over the proxy's store and counters.
+/// `token`: required of every request (`--admin-token`).
 pub(crate) fn router<St: InspectStore + StoreMetrics + Clone>(
     store: St,
     stats: Stats,
+    token: Option<Secret>,
 ) -> axum::Router {
-    axum::Router::new()
+    let router = axum::Router::new()
         .route("/metrics", get(metrics::<St>))
         .route("/bindings", get(inspect::<St>).delete(remove::<St>))
         .route("/bindings/count", get(count::<St>))
         .route("/accounts/{name}/bindings", delete(remove_account::<St>))
-        .with_state(Admin { store, stats })
+        .with_state(Admin { store, stats });
+    match token {
+        Some(t) => router.layer(middleware::from_fn_with_state(Arc::new(t), require_token)),
+        None => router,
+    }
 }
 
 fn store_error(e: impl fmt::Display) -> Response {
@@ -159,12 +191,22 @@ async fn remove<St: InspectStore>(
     }
 }
 
-async fn remove_account<St: InspectStore>(
+async fn remove_account<St: InspectStore + Clone>(
     State(admin): State<Admin<St>>,
     Path(name): Path<String>,
 ) -> Response {
     let auth = AuthId::from(name);
-    match admin.store.remove_account(&auth).await {
+    // The walk over every binding runs on the blocking pool (an in-memory store walks
+    // synchronously); a store doing I/O still has the runtime through the handle.
+    let handle = tokio::runtime::Handle::current();
+    let (store, who) = (admin.store.clone(), auth.clone());
+    let walked =
+        tokio::task::spawn_blocking(move || handle.block_on(store.remove_account(&who))).await;
+    let walked = match walked {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    match walked {
         Ok(n) => {
             tracing::info!(account = %auth, removed = n, "admin: account's bindings removed");
             Json(json!({ "removed": n })).into_response()

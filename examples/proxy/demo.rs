@@ -45,7 +45,7 @@ pub(crate) async fn start(names: &[&str]) -> std::io::Result<Vec<DemoAccount>> {
             listener,
             svc,
             std::future::pending(),
-            Duration::ZERO,
+            crate::app::ServeConfig::new(Duration::ZERO),
         ));
         accounts.push(DemoAccount {
             name: name.to_owned(),

@@ -7,25 +7,43 @@
 //! cargo run --example proxy
 //! ```
 //!
-//! In front of real upstreams, one `--upstream NAME=URL` per account:
+//! In front of real upstreams, one `--upstream NAME=URL` per account, each account's key
+//! read from an environment variable:
 //!
 //! ```text
+//! export OPENAI_KEY_1=sk-... OPENAI_KEY_2=sk-... PROXY_TOKEN=$(openssl rand -hex 16)
 //! RUST_LOG=info cargo run --example proxy -- \
 //!     --listen 127.0.0.1:8080 \
-//!     --upstream acct-1=https://api.example.com \
-//!     --upstream acct-2=http://10.0.0.7:9000/v1 \
-//!     --session-header x-session-id --session-header sticky-session-id \
-//!     --scope-header x-model --ttl 3600 --max-sessions 100000
+//!     --upstream acct-1=https://api.openai.com --upstream-key acct-1=OPENAI_KEY_1 \
+//!     --upstream acct-2=https://api.openai.com --upstream-key acct-2=OPENAI_KEY_2 \
+//!     --client-token PROXY_TOKEN \
+//!     --session-header session-id --session-header x-session-id
 //! ```
 //!
-//! - A request whose session header (the first of `--session-header` present, default
-//!   `x-session-id`) names a bound session goes to the bound account; any other request
-//!   goes to the next account in round-robin order (command-line order, one counter).
-//!   One attempt per request: the response header `x-served-by: NAME` says which account
-//!   served it.
-//! - A session is bound once the account's response is a success (not 429/5xx) and its
-//!   body delivered a first chunk; a 429/5xx, an empty body, a failure before the first
-//!   chunk, or an unreachable account (answered 502) unbinds it.
+//! - Routing: a request whose session header (the first of `--session-header` present,
+//!   default `x-session-id`) names a bound session goes to the bound account, unless that
+//!   account is cooling down or (with `--max-load-factor F`) overloaded; any other request
+//!   goes round-robin (command-line order, one counter). `x-served-by: NAME` names the
+//!   account that served.
+//! - Failover (`--attempts N`, default 3): a 429/5xx, an unreachable account, no response
+//!   head or first data chunk within `--upstream-timeout`, or a body that ends before its
+//!   first chunk: the request is tried on an account not yet tried, as long as no byte of
+//!   the response reached the client. Bodies up to `--max-body-buffer` are replayed; a
+//!   larger one gets one attempt. An account that answered 429 is skipped for its
+//!   `retry-after` (default `--cooldown`, 10 s); an unreachable one likewise.
+//! - A session is bound once the account's response is a success and its body delivered a
+//!   first chunk; a failure of the account unbinds it (compare-and-delete).
+//! - Keys: `--upstream-key NAME=ENV_VAR` (missing or empty variable: exit 2), sent as
+//!   `authorization: Bearer KEY` or `--key-header HEADER`; the client's `authorization` and
+//!   `x-api-key` are not forwarded to an account with a key. Keys and URL credentials
+//!   never appear in logs, metrics, admin answers, errors or response headers.
+//! - Clients: `--client-token ENV_VAR` requires `authorization: Bearer TOKEN` or
+//!   `x-api-key: TOKEN` (else 401, nothing forwarded). A malformed request body gets 400
+//!   and no binding is touched.
+//! - Timeouts: `--upstream-timeout` (60 s), `--idle-timeout` (300 s, silence inside a
+//!   response body), `--header-timeout` (30 s, any connection without a complete request
+//!   head, whatever its protocol). `--max-connections` (10 000), HTTP/2 keep-alive pings,
+//!   64 KiB write buffers per connection.
 //! - `--scope-header NAME` keeps separate bindings per value of that header (e.g. a model).
 //! - `--redis URL` keeps the bindings in Redis, shared by every replica that names the same
 //!   server (e.g. `redis://127.0.0.1:6379`). Redis down or slow: requests are served
@@ -33,19 +51,23 @@
 //!   applies to the in-memory store only (Redis bounds memory with its own `maxmemory`).
 //! - `--admin ADDR` serves metrics and binding control on a second listener (see
 //!   `admin.rs`): `GET /metrics`, `GET|DELETE /bindings?session=S[&scope=X]`,
-//!   `GET /bindings/count`, `DELETE /accounts/NAME/bindings`.
-//! - Ctrl-C or SIGTERM: stop accepting, let open requests finish (up to 30 s; a second
-//!   Ctrl-C exits at once). Logs: `RUST_LOG` (default `info`).
+//!   `GET /bindings/count`, `DELETE /accounts/NAME/bindings`; `--admin-token ENV_VAR`
+//!   protects it and is required on a non-loopback address.
+//! - Ctrl-C or SIGTERM: stop accepting, let open requests finish (up to `--grace`, 30 s; a
+//!   second Ctrl-C exits at once). Exit code 0 after a clean drain, 3 when streams had to
+//!   be cut, 2 for a bad command line or configuration. Logs: `RUST_LOG` (default `info`).
 
 mod admin;
 mod app;
 mod demo;
 
+use std::ffi::OsStr;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use clap::error::ErrorKind;
 use http::HeaderName;
 use tokio::net::TcpListener;
 use tower_sticky_session::MokaStore;
@@ -54,13 +76,17 @@ use tower_sticky_session::store::InspectStore;
 use tower_sticky_session::store::RedisStore;
 use tracing_subscriber::EnvFilter;
 
-use crate::app::{ProxyConfig, Upstream};
-
-/// How long open requests may take to finish after Ctrl-C/SIGTERM.
-const GRACE: Duration = Duration::from_secs(30);
+use crate::app::keys::{self, KeySpec, Secret};
+use crate::app::{Drained, ProxyConfig, ServeConfig, Upstream};
 
 /// Names of the demo accounts.
 const DEMO_ACCOUNTS: [&str; 3] = ["account-a", "account-b", "account-c"];
+
+/// Exit code for a bad command line or configuration (as clap's own errors).
+const EXIT_USAGE: u8 = 2;
+
+/// Exit code when open streams had to be cut at the end of the grace period.
+const EXIT_CUT: u8 = 3;
 
 /// Sticky-session reverse proxy: requests of one session stay on one upstream account.
 ///
@@ -74,8 +100,28 @@ struct Cli {
 
     /// An upstream account, NAME=URL (http:// or https://, optional path prefix).
     /// Repeatable; round-robin follows this order. Given: no demo accounts.
-    #[arg(long = "upstream", value_name = "NAME=URL", value_parser = parse_upstream)]
+    #[arg(long = "upstream", value_name = "NAME=URL", value_parser = UpstreamParser)]
     upstreams: Vec<Upstream>,
+
+    /// The key of account NAME is read from environment variable ENV_VAR at start-up and
+    /// sent as `authorization: Bearer KEY` (or in --key-header). Repeatable.
+    #[arg(long = "upstream-key", value_name = "NAME=ENV_VAR", value_parser = keys::parse_key_spec)]
+    upstream_keys: Vec<KeySpec>,
+
+    /// Send account keys as `HEADER: KEY` (e.g. x-api-key) instead of
+    /// `authorization: Bearer KEY`.
+    #[arg(long = "key-header", value_name = "HEADER", value_parser = parse_header_name)]
+    key_header: Option<HeaderName>,
+
+    /// Every proxied request must carry `authorization: Bearer TOKEN` or `x-api-key:
+    /// TOKEN`, TOKEN read from this environment variable; else 401.
+    #[arg(long = "client-token", value_name = "ENV_VAR", value_parser = parse_env_var)]
+    client_token: Option<String>,
+
+    /// The admin listener requires this token (environment variable), as --client-token.
+    /// Required when --admin is not a loopback address.
+    #[arg(long = "admin-token", value_name = "ENV_VAR", value_parser = parse_env_var)]
+    admin_token: Option<String>,
 
     /// Header carrying the session id. Repeatable, in priority order.
     #[arg(
@@ -98,13 +144,61 @@ struct Cli {
     #[arg(long = "max-sessions", value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     max_sessions: u64,
 
+    /// Accounts tried per request (at most the number of accounts): a request is retried
+    /// on another account while no response byte has reached the client.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    attempts: u64,
+
+    /// Seconds an account that answered 429 without retry-after, or could not be
+    /// reached, is skipped.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    cooldown: Duration,
+
+    /// Seconds to wait for an upstream's response head, then again for its first data
+    /// chunk (then the attempt fails; 504 when it was the last).
+    #[arg(long = "upstream-timeout", value_name = "SECS", default_value = "60", value_parser = parse_positive_secs)]
+    upstream_timeout: Duration,
+
+    /// Longest silence, in seconds, inside a response body (then the client's stream
+    /// ends with an error).
+    #[arg(long = "idle-timeout", value_name = "SECS", default_value = "300", value_parser = parse_positive_secs)]
+    idle_timeout: Duration,
+
+    /// Seconds a connection has to send a complete request head (any protocol).
+    #[arg(long = "header-timeout", value_name = "SECS", default_value = "30", value_parser = parse_positive_secs)]
+    header_timeout: Duration,
+
+    /// Most client connections open at once.
+    #[arg(long = "max-connections", value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+
+    /// A pin is not honoured when its account has more than F × the mean in-flight
+    /// requests of the available accounts (+1); off unless given.
+    #[arg(long = "max-load-factor", value_name = "F", value_parser = parse_factor)]
+    max_load_factor: Option<f64>,
+
+    /// Request bodies up to this many bytes are kept for replay on another account; a
+    /// larger one gets one attempt.
+    #[arg(
+        long = "max-body-buffer",
+        value_name = "BYTES",
+        default_value_t = 16_777_216
+    )]
+    max_body_buffer: usize,
+
+    /// Seconds open requests may take to finish after Ctrl-C/SIGTERM before they are cut
+    /// (exit code 3).
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
+    grace: Duration,
+
     /// Keep bindings in Redis (shared by several proxy replicas).
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
 
     /// Serve metrics and binding control on this address (off the proxied path space):
     /// GET /metrics, GET|DELETE /bindings?session=S[&scope=X], GET /bindings/count,
-    /// DELETE /accounts/NAME/bindings. Off unless given; keep it on a private address.
+    /// DELETE /accounts/NAME/bindings. Off unless given; a non-loopback address requires
+    /// --admin-token.
     #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
     admin: Option<SocketAddr>,
 }
@@ -126,22 +220,113 @@ fn parse_upstream(s: &str) -> Result<Upstream, String> {
     Upstream::new(name, url)
 }
 
+/// `--upstream`'s parser. clap quotes a rejected value in its error; a URL may hold a
+/// password or a key in its query, so this parser's errors carry only the redacted URL.
+#[derive(Clone)]
+struct UpstreamParser;
+
+impl clap::builder::TypedValueParser for UpstreamParser {
+    type Value = Upstream;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<Upstream, clap::Error> {
+        let fail = |msg: String| {
+            clap::Error::raw(
+                ErrorKind::ValueValidation,
+                format!("invalid value for '--upstream <NAME=URL>': {msg}\n"),
+            )
+            .format(&mut cmd.clone())
+        };
+        let s = value
+            .to_str()
+            .ok_or_else(|| fail("not valid UTF-8".to_owned()))?;
+        parse_upstream(s).map_err(fail)
+    }
+}
+
 fn parse_header_name(s: &str) -> Result<HeaderName, String> {
     HeaderName::from_bytes(s.as_bytes()).map_err(|_| format!("{s:?} is not a valid header name"))
+}
+
+/// An environment variable's name. Anything else (a pasted token?) is not echoed.
+fn parse_env_var(s: &str) -> Result<String, String> {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        Ok(s.to_owned())
+    } else {
+        Err("expected the name of an environment variable (letters, digits, _), not a token".into())
+    }
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0 && *v < 1e9)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("{s:?} is not a number of seconds"))
+}
+
+fn parse_positive_secs(s: &str) -> Result<Duration, String> {
+    let d = parse_secs(s)?;
+    if d.is_zero() {
+        Err("must be more than 0".into())
+    } else {
+        Ok(d)
+    }
+}
+
+fn parse_factor(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .ok_or_else(|| format!("{s:?} is not a positive number"))
+}
+
+/// Parses the command line; on an error prints clap's message with every URL in it
+/// redacted (clap quotes unknown or rejected arguments verbatim) and exits.
+fn parse_cli() -> Result<Cli, ExitCode> {
+    Cli::try_parse().map_err(|e| {
+        let text = keys::redact_text(&e.render().to_string());
+        if e.use_stderr() {
+            eprint!("{text}");
+        } else {
+            print!("{text}");
+        }
+        ExitCode::from(e.exit_code().clamp(0, 255) as u8)
+    })
+}
+
+/// A configuration error: printed, exit code 2.
+fn usage(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// The secret held by the variable `flag` names, or the exit code.
+fn secret(flag: &str, var: &str) -> Result<Secret, ExitCode> {
+    keys::read_secret(var).map_err(|msg| usage(format!("{flag} {var}: {msg}")))
 }
 
 /// What `run` needs besides the store.
 struct Settings {
     listen: SocketAddr,
     admin: Option<SocketAddr>,
+    admin_token: Option<Secret>,
     proxy: ProxyConfig,
+    serve: ServeConfig,
     /// Whether the accounts are the demo's.
     demo: bool,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     // Logs go to stderr; stdout has only the banner.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -151,12 +336,56 @@ async fn main() -> ExitCode {
         .init();
     #[cfg(not(feature = "redis"))]
     if cli.redis.is_some() {
-        eprintln!("error: --redis: redis store not available in this build");
-        return ExitCode::from(2);
+        return usage("--redis: redis store not available in this build");
+    }
+
+    // Secrets first: a missing one stops the proxy before anything starts.
+    let mut account_keys = Vec::with_capacity(cli.upstream_keys.len());
+    for spec in &cli.upstream_keys {
+        let key = match secret("--upstream-key", &spec.var) {
+            Ok(k) => k,
+            Err(code) => return code,
+        };
+        match keys::key_header(cli.key_header.as_ref(), &key) {
+            Ok(h) => account_keys.push((spec.clone(), h)),
+            Err(msg) => {
+                return usage(format!(
+                    "--upstream-key {}={}: {msg}",
+                    spec.account, spec.var
+                ));
+            }
+        }
+    }
+    let client_token = match cli
+        .client_token
+        .as_deref()
+        .map(|v| secret("--client-token", v))
+    {
+        Some(Err(code)) => return code,
+        Some(Ok(t)) => Some(t),
+        None => None,
+    };
+    let admin_token = match cli
+        .admin_token
+        .as_deref()
+        .map(|v| secret("--admin-token", v))
+    {
+        Some(Err(code)) => return code,
+        Some(Ok(t)) => Some(t),
+        None => None,
+    };
+    if let Some(at) = cli.admin
+        && !at.ip().is_loopback()
+        && admin_token.is_none()
+    {
+        return usage(format!(
+            "--admin {at} is not a loopback address: refusing to serve binding control \
+             without --admin-token ENV_VAR"
+        ));
     }
 
     let demo = cli.upstreams.is_empty();
-    let upstreams = if demo {
+    let mut upstreams = if demo {
         match demo::start(&DEMO_ACCOUNTS).await {
             Ok(accounts) => accounts
                 .iter()
@@ -171,14 +400,42 @@ async fn main() -> ExitCode {
     } else {
         cli.upstreams
     };
+    for (spec, header) in account_keys {
+        match upstreams
+            .iter_mut()
+            .find(|u| u.name().as_str() == spec.account)
+        {
+            Some(up) => *up = up.clone().with_key(header),
+            None => {
+                return usage(format!(
+                    "--upstream-key {}={}: no account named {:?} (--upstream NAME=URL)",
+                    spec.account, spec.var, spec.account
+                ));
+            }
+        }
+    }
+    let attempts = usize::try_from(cli.attempts)
+        .unwrap_or(usize::MAX)
+        .min(upstreams.len());
+    let mut proxy = ProxyConfig::new(upstreams);
+    proxy.session_headers = cli.session_headers;
+    proxy.scope_header = cli.scope_header;
+    proxy.client_token = client_token;
+    proxy.max_load_factor = cli.max_load_factor;
+    proxy.failover.attempts = attempts;
+    proxy.failover.cooldown = cli.cooldown;
+    proxy.failover.upstream_timeout = cli.upstream_timeout;
+    proxy.failover.idle_timeout = cli.idle_timeout;
+    proxy.failover.max_body_buffer = cli.max_body_buffer;
+    let mut serve = ServeConfig::new(cli.grace);
+    serve.header_timeout = cli.header_timeout;
+    serve.max_connections = usize::try_from(cli.max_connections).unwrap_or(usize::MAX);
     let settings = Settings {
         listen: cli.listen,
         admin: cli.admin,
-        proxy: ProxyConfig {
-            upstreams,
-            session_headers: cli.session_headers,
-            scope_header: cli.scope_header,
-        },
+        admin_token,
+        proxy,
+        serve,
         demo,
     };
     let ttl = Duration::from_secs(cli.ttl);
@@ -189,10 +446,7 @@ async fn main() -> ExitCode {
         // the proxy then serves without stickiness until it is back.
         let store = match RedisStore::builder(&url).ttl(ttl).build() {
             Ok(store) => store,
-            Err(e) => {
-                eprintln!("error: --redis: {e}");
-                return ExitCode::from(2);
-            }
+            Err(e) => return usage(format!("--redis: {e}")),
         };
         return run(settings, store, &format!("redis, ttl {} s", cli.ttl)).await;
     }
@@ -234,7 +488,8 @@ async fn run<St: InspectStore + admin::StoreMetrics + Clone>(
         Some(at) => match TcpListener::bind(at).await {
             Ok(l) => {
                 let local = l.local_addr().unwrap_or(at);
-                let router = admin::router(admin_store, app.stats.clone());
+                let router =
+                    admin::router(admin_store, app.stats.clone(), settings.admin_token.clone());
                 tokio::spawn(async move {
                     if let Err(e) = axum::serve(l, router).await {
                         tracing::error!(error = %e, "admin listener failed");
@@ -259,7 +514,12 @@ async fn run<St: InspectStore + admin::StoreMetrics + Clone>(
     let stop = async {
         let _ = stop_rx.await;
     };
-    let server = tokio::spawn(app::serve(listener, app.service, stop, GRACE));
+    let server = tokio::spawn(app::serve(
+        listener,
+        app.service,
+        stop,
+        settings.serve.clone(),
+    ));
     let mut server = std::pin::pin!(server);
     tokio::select! {
         _ = &mut server => return ExitCode::FAILURE,
@@ -267,12 +527,22 @@ async fn run<St: InspectStore + admin::StoreMetrics + Clone>(
     }
     tracing::info!("shutdown signal received (Ctrl-C again to exit at once)");
     let _ = stop_tx.send(());
-    tokio::select! {
-        _ = &mut server => {}
-        () = signal() => tracing::warn!("second signal: exiting without waiting"),
-    }
+    let code = tokio::select! {
+        drained = &mut server => match drained {
+            Ok(Drained::Clean) => ExitCode::SUCCESS,
+            Ok(Drained::Cut(n)) => {
+                eprintln!("error: {n} connection(s) cut at the end of the grace period");
+                ExitCode::from(EXIT_CUT)
+            }
+            Err(_) => ExitCode::FAILURE,
+        },
+        () = signal() => {
+            tracing::warn!("second signal: exiting without waiting");
+            ExitCode::from(EXIT_CUT)
+        }
+    };
     tracing::info!(stats = ?app.stats.snapshot(), "sticky session counters at exit");
-    ExitCode::SUCCESS
+    code
 }
 
 /// Resolves on Ctrl-C or (on Unix) SIGTERM.

@@ -1,0 +1,599 @@
+//! Transparent failover: the service inside the sticky layer that tries accounts until
+//! one serves.
+//!
+//! For each request it asks the [`Picker`] for the accounts to try (the pin first, unless
+//! it is cooling down or overloaded; then accounts not yet tried), and tries them in
+//! order, at most `--attempts`. An attempt fails when its account
+//!
+//! - answers 429 (the account then cools down for its `retry-after`, or `--cooldown`)
+//!   or 5xx;
+//! - cannot be reached (it cools down too), or breaks before its response head;
+//! - sends no response head within `--upstream-timeout`;
+//! - answers a 2xx whose body ends or fails before its first data chunk, or sends no
+//!   first chunk within `--upstream-timeout` of its head.
+//!
+//! The first data chunk is read here, before the response is returned: no byte reaches
+//! the client before the attempt has succeeded, and none is ever retried after. A
+//! request body is kept for replay when it fits in `--max-body-buffer`; a larger one is
+//! streamed through and gets one attempt. A hard pin (a learned response id, which
+//! only its account can resolve) gets one attempt too.
+//!
+//! The response carries [`ServedBy`] of the account that finally answered, so the sticky
+//! layer binds the session there, or (when every attempt failed) counts the failure as
+//! that account's. A failed pinned account that is not the final one is unbound here,
+//! by compare-and-delete on the same store. When every attempt failed the client gets
+//! the last account's answer (429/5xx), or 502 (unreachable, broken, empty) or 504
+//! (timed out) from the proxy, naming the account in `x-served-by`.
+//!
+//! A client whose request body is malformed (e.g. broken chunked encoding) gets 400 and
+//! no `ServedBy`: the failure is the client's, no binding is touched.
+
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower::Service;
+use tower_sticky_session::{BindingKey, BindingStore, PinnedAuth, ServedBy, SessionId};
+
+use super::auth::X_API_KEY;
+use super::cooldown::retry_after;
+use super::picker::Picker;
+use super::timeouts::{First, ProxyBody, first_data};
+use super::{BoxError, ErrorChain, LogSession, Upstream, X_SERVED_BY, strip_hop_by_hop};
+
+/// Stand-in for the crate's hard-pin request extension (response-id affinity): present
+/// next to [`PinnedAuth`] when only the pinned account can serve the request.
+/// `hard_pinned` is the one place that reads it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HardPin;
+
+/// Whether the request must be served by its pinned account or not at all.
+fn hard_pinned(ext: &http::Extensions) -> bool {
+    ext.get::<HardPin>().is_some()
+}
+
+/// Failover settings (see the module docs).
+#[derive(Clone, Debug)]
+pub(crate) struct FailoverConfig {
+    /// Most accounts tried per request (capped at the number of accounts).
+    pub(crate) attempts: usize,
+    /// Cooldown after a 429 without a readable `retry-after`, or an unreachable account.
+    pub(crate) cooldown: Duration,
+    /// Time to the response head, then again to the first data chunk.
+    pub(crate) upstream_timeout: Duration,
+    /// Longest silence inside a response body.
+    pub(crate) idle_timeout: Duration,
+    /// Largest request body kept for replay.
+    pub(crate) max_body_buffer: usize,
+}
+
+/// The pooled upstream client: HTTP/1.1 and (over TLS, by ALPN) HTTP/2.
+type UpstreamClient<B> = Client<HttpsConnector<HttpConnector>, UpBody<B>>;
+
+/// Read buffer per upstream connection: bounds what an upstream can push ahead of a
+/// client that stops reading (hyper's default is about 400 KiB).
+const UPSTREAM_BUF: usize = 64 * 1024;
+
+fn client<B>() -> Result<UpstreamClient<B>, BoxError>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        // An explicit provider: independent of which rustls crypto features other
+        // crates in the build enable.
+        .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))?
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .http1_max_buf_size(UPSTREAM_BUF)
+        .http2_initial_stream_window_size(UPSTREAM_BUF as u32)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .build(https))
+}
+
+/// The failover service (see the module docs). Cheap to clone.
+pub(crate) struct Failover<St, B> {
+    shared: Arc<Shared<St, B>>,
+}
+
+impl<St, B> Clone for Failover<St, B> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+struct Shared<St, B> {
+    picker: Arc<Picker>,
+    client: UpstreamClient<B>,
+    /// The sticky layer's store, to unbind a failed pinned account.
+    store: St,
+    cfg: FailoverConfig,
+}
+
+impl<St, B> Failover<St, B>
+where
+    St: BindingStore,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    /// Failover over `picker`'s accounts; `store` is the sticky layer's.
+    pub(crate) fn new(
+        picker: Arc<Picker>,
+        store: St,
+        cfg: FailoverConfig,
+    ) -> Result<Self, BoxError> {
+        Ok(Self {
+            shared: Arc::new(Shared {
+                picker,
+                client: client()?,
+                store,
+                cfg,
+            }),
+        })
+    }
+}
+
+impl<St, B> Service<Request<B>> for Failover<St, B>
+where
+    St: BindingStore,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ProxyBody>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The pooled client queues internally; there is nothing to wait for here.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let shared = self.shared.clone();
+        Box::pin(async move { Ok(shared.handle(req).await) })
+    }
+}
+
+/// How one attempt ended.
+enum Attempt {
+    /// The account served: hand this to the client.
+    Served(Response<ProxyBody>),
+    /// The account failed: this is the client's answer if no attempt is left.
+    Failed(Response<ProxyBody>, &'static str),
+    /// The client's request body failed: 400, nobody's binding is touched.
+    ClientBody,
+}
+
+impl<St, B> Shared<St, B>
+where
+    St: BindingStore,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    async fn handle(&self, req: Request<B>) -> Response<ProxyBody> {
+        let (mut parts, body) = req.into_parts();
+        let session = parts.extensions.remove::<SessionId>();
+        let key = parts.extensions.remove::<BindingKey>();
+        let pinned = parts.extensions.remove::<PinnedAuth>().map(|p| p.0);
+        let hard = pinned.is_some() && hard_pinned(&parts.extensions);
+        // Nothing of this process's request extensions is for the upstream.
+        parts.extensions = http::Extensions::new();
+        let plan = self.picker.plan(pinned.as_ref(), hard, self.cfg.attempts);
+
+        let client_failed = Arc::new(AtomicBool::new(false));
+        let mut streamed = None;
+        let replay = if body.is_end_stream() {
+            Some((Bytes::new(), None))
+        } else {
+            match buffer(body, self.cfg.max_body_buffer, &parts.headers).await {
+                Ok(Buffered::Complete(data, trailers)) => Some((data, trailers)),
+                Ok(Buffered::Partial(prefix, rest)) => {
+                    streamed = Some(UpBody::Chain {
+                        prefix,
+                        rest,
+                        client_failed: client_failed.clone(),
+                    });
+                    None
+                }
+                Err(e) => {
+                    tracing::info!(
+                        method = %parts.method, path = parts.uri.path(),
+                        session = %LogSession(session.as_ref()), error = %ErrorChain(&*e.into()),
+                        "400: the client's request body is malformed or broke off"
+                    );
+                    return bad_request();
+                }
+            }
+        };
+        strip_hop_by_hop(&mut parts.headers);
+        // The client sets Host from the target URL: upstreams route on their own name.
+        parts.headers.remove(header::HOST);
+        parts.version = Version::HTTP_11;
+
+        let tries = if replay.is_some() {
+            &plan.order[..]
+        } else {
+            &plan.order[..1]
+        };
+        let mut pinned_failed = false;
+        let mut answer = None;
+        let mut served_by = 0;
+        for (k, &i) in tries.iter().enumerate() {
+            let up = &self.picker.upstreams()[i];
+            let body = match &replay {
+                Some((data, trailers)) => UpBody::Full {
+                    data: (!data.is_empty()).then(|| data.clone()),
+                    trailers: trailers.clone(),
+                },
+                None => streamed.take().expect("a streamed body gets one attempt"),
+            };
+            served_by = i;
+            match self.attempt(i, up, &parts, body, &client_failed).await {
+                Attempt::Served(res) => {
+                    answer = Some(res);
+                    break;
+                }
+                Attempt::ClientBody => {
+                    tracing::info!(
+                        method = %parts.method, path = parts.uri.path(),
+                        session = %LogSession(session.as_ref()), upstream = %up.name(),
+                        "400: the client's request body broke off while it was forwarded"
+                    );
+                    return bad_request();
+                }
+                Attempt::Failed(res, why) => {
+                    pinned_failed |= pinned.as_ref() == Some(up.name());
+                    let last = k + 1 == tries.len();
+                    tracing::info!(
+                        method = %parts.method, path = parts.uri.path(),
+                        session = %LogSession(session.as_ref()), upstream = %up.name(),
+                        pick = plan.how.as_str(), attempt = k + 1, status = res.status().as_u16(),
+                        why, last, "attempt failed"
+                    );
+                    answer = Some(res);
+                }
+            }
+        }
+        let res = answer.expect("at least one attempt");
+        let final_name = self.picker.upstreams()[served_by].name();
+        if let (true, Some(key), Some(pin)) = (pinned_failed, &key, &pinned)
+            && pin != final_name
+        {
+            // The layer judges only the final account; the failed pin is unbound here.
+            if let Err(e) = self.store.clear_if(key, pin).await {
+                tracing::debug!(error = %e, "could not unbind the failed pinned account");
+            }
+        }
+        tracing::info!(
+            method = %parts.method, path = parts.uri.path(), session = %LogSession(session.as_ref()),
+            upstream = %final_name, pick = plan.how.as_str(), status = res.status().as_u16(),
+            "proxied"
+        );
+        res
+    }
+
+    async fn attempt(
+        &self,
+        i: usize,
+        up: &Upstream,
+        parts: &Parts,
+        body: UpBody<B>,
+        client_failed: &AtomicBool,
+    ) -> Attempt {
+        let target = match up.target(&parts.uri) {
+            Ok(uri) => uri,
+            Err(_) => {
+                return Attempt::Failed(
+                    proxy_error(up, StatusCode::BAD_GATEWAY, "cannot build the upstream URL"),
+                    "bad URL",
+                );
+            }
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = target;
+        *req.version_mut() = parts.version;
+        *req.headers_mut() = parts.headers.clone();
+        if let Some((name, value)) = up.key() {
+            // The account's own key replaces whatever credential the client sent.
+            let h = req.headers_mut();
+            h.remove(header::AUTHORIZATION);
+            h.remove(X_API_KEY);
+            h.insert(name.clone(), value.clone());
+        }
+        let in_flight = self.picker.start(i);
+        let timeout = self.cfg.upstream_timeout;
+        let res = match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Err(_) => {
+                return Attempt::Failed(
+                    proxy_error(
+                        up,
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "no response head within --upstream-timeout",
+                    ),
+                    "timeout before the response head",
+                );
+            }
+            Ok(Err(e)) => {
+                if client_failed.load(Ordering::Relaxed) {
+                    return Attempt::ClientBody;
+                }
+                let why = if e.is_connect() {
+                    self.picker.cool(i, self.cfg.cooldown);
+                    "unreachable"
+                } else {
+                    "failed before its response head"
+                };
+                tracing::debug!(upstream = %up.name(), error = %ErrorChain(&e), why, "upstream request failed");
+                return Attempt::Failed(
+                    proxy_error(
+                        up,
+                        StatusCode::BAD_GATEWAY,
+                        "the upstream failed before sending a response",
+                    ),
+                    why,
+                );
+            }
+            Ok(Ok(res)) => res,
+        };
+        let (mut head, mut body) = res.into_parts();
+        strip_hop_by_hop(&mut head.headers);
+        let status = head.status;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let d = retry_after(&head.headers, SystemTime::now()).unwrap_or(self.cfg.cooldown);
+            self.picker.cool(i, d);
+            tracing::debug!(upstream = %up.name(), cooldown = ?d, "429: account cooling down");
+        }
+        let idle = self.cfg.idle_timeout;
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            let body = ProxyBody::upstream(None, body, idle, up.name().clone(), Some(in_flight));
+            return Attempt::Failed(served(up, head, body), "failure status");
+        }
+        let known_empty = parts.method == Method::HEAD
+            || !status.is_success()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::RESET_CONTENT
+            || body.is_end_stream();
+        if known_empty {
+            let body = ProxyBody::upstream(None, body, idle, up.name().clone(), Some(in_flight));
+            return Attempt::Served(served(up, head, body));
+        }
+        match tokio::time::timeout(timeout, first_data(&mut body)).await {
+            Ok(First::Data(first)) => {
+                let body = ProxyBody::upstream(
+                    Some(first),
+                    body,
+                    idle,
+                    up.name().clone(),
+                    Some(in_flight),
+                );
+                Attempt::Served(served(up, head, body))
+            }
+            Ok(First::Empty) => Attempt::Failed(
+                proxy_error(
+                    up,
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream's response ended before its first data chunk",
+                ),
+                "empty response",
+            ),
+            Ok(First::Failed(e)) => {
+                tracing::debug!(upstream = %up.name(), error = %ErrorChain(&e), "upstream body failed before its first chunk");
+                Attempt::Failed(
+                    proxy_error(
+                        up,
+                        StatusCode::BAD_GATEWAY,
+                        "the upstream's response broke before its first data chunk",
+                    ),
+                    "broke before the first chunk",
+                )
+            }
+            Err(_) => Attempt::Failed(
+                proxy_error(
+                    up,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "no first data chunk within --upstream-timeout",
+                ),
+                "timeout before the first chunk",
+            ),
+        }
+    }
+}
+
+/// The upstream's response, named for the sticky layer and the client.
+fn served(up: &Upstream, mut head: http::response::Parts, body: ProxyBody) -> Response<ProxyBody> {
+    head.headers.insert(X_SERVED_BY, up.header().clone());
+    head.extensions = http::Extensions::new();
+    head.extensions.insert(ServedBy(up.name().clone()));
+    Response::from_parts(head, body)
+}
+
+/// An answer of the proxy's own that still names the account, so the sticky layer counts
+/// the failure as that account's.
+fn proxy_error(up: &Upstream, status: StatusCode, why: &str) -> Response<ProxyBody> {
+    let msg = format!("{status}: account {}: {why}\n", up.name());
+    let mut res = Response::new(ProxyBody::message(msg));
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(X_SERVED_BY, up.header().clone());
+    res.extensions_mut().insert(ServedBy(up.name().clone()));
+    res
+}
+
+/// 400 for a broken client request body: no `ServedBy`, no account to blame.
+fn bad_request() -> Response<ProxyBody> {
+    let mut res = Response::new(ProxyBody::message(
+        "400 bad request: the request body is malformed or incomplete\n",
+    ));
+    *res.status_mut() = StatusCode::BAD_REQUEST;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+/// A request body read for replay: complete, or (over the limit) what was read so far and
+/// the rest of the stream.
+enum Buffered<B> {
+    Complete(Bytes, Option<HeaderMap>),
+    Partial(VecDeque<Bytes>, B),
+}
+
+/// Reads `body` while it fits in `limit` bytes.
+async fn buffer<B>(mut body: B, limit: usize, headers: &HeaderMap) -> Result<Buffered<B>, B::Error>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Ok(Buffered::Partial(VecDeque::new(), body));
+    }
+    let mut chunks = VecDeque::new();
+    let mut len = 0usize;
+    loop {
+        match poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+            None => break,
+            Some(Err(e)) => return Err(e),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    len += data.len();
+                    chunks.push_back(data);
+                    if len > limit {
+                        return Ok(Buffered::Partial(chunks, body));
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        return Ok(Buffered::Complete(concat(chunks, len), Some(trailers)));
+                    }
+                }
+            },
+        }
+    }
+    Ok(Buffered::Complete(concat(chunks, len), None))
+}
+
+fn concat(mut chunks: VecDeque<Bytes>, len: usize) -> Bytes {
+    if chunks.len() <= 1 {
+        return chunks.pop_front().unwrap_or_default();
+    }
+    let mut all = BytesMut::with_capacity(len);
+    for c in chunks {
+        all.extend_from_slice(&c);
+    }
+    all.freeze()
+}
+
+/// The request body sent upstream: the buffered bytes (cloned for each attempt, no copy)
+/// or, for a body over the limit, what was read and then the rest of the client's stream.
+pub(crate) enum UpBody<B> {
+    /// Kept for replay.
+    Full {
+        data: Option<Bytes>,
+        trailers: Option<HeaderMap>,
+    },
+    /// Streamed through (one attempt).
+    Chain {
+        prefix: VecDeque<Bytes>,
+        rest: B,
+        /// Set when the client's body fails, to tell that from an upstream failure.
+        client_failed: Arc<AtomicBool>,
+    },
+}
+
+impl<B> Body for UpBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpBody::Full { data, trailers } => {
+                if let Some(d) = data.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(d))));
+                }
+                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+            }
+            UpBody::Chain {
+                prefix,
+                rest,
+                client_failed,
+            } => {
+                if let Some(d) = prefix.pop_front() {
+                    return Poll::Ready(Some(Ok(Frame::data(d))));
+                }
+                match Pin::new(rest).poll_frame(cx) {
+                    Poll::Ready(Some(Err(e))) => {
+                        client_failed.store(true, Ordering::Relaxed);
+                        Poll::Ready(Some(Err(e.into())))
+                    }
+                    other => other.map(|f| f.map(|r| r.map_err(Into::into))),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::Full { data, trailers } => data.is_none() && trailers.is_none(),
+            UpBody::Chain { prefix, rest, .. } => prefix.is_empty() && rest.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpBody::Full { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            UpBody::Chain { prefix, rest, .. } => {
+                let pre: u64 = prefix.iter().map(|b| b.len() as u64).sum();
+                let inner = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + pre);
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + pre);
+                }
+                hint
+            }
+        }
+    }
+}

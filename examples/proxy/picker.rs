@@ -1,0 +1,193 @@
+//! The account picker: which accounts a request tries, in which order.
+//!
+//! - A pin ([`PinnedAuth`]) to a configured account comes first, unless that account is
+//!   cooling down ([`Cooldowns`]) or, with `--max-load-factor F`, is overloaded: its
+//!   in-flight requests exceed `F ×` the mean over the available accounts `+ 1`. Then the
+//!   least-loaded available account comes first and the session moves there.
+//! - A hard pin (response-id affinity) is the only candidate, whatever its state.
+//! - Otherwise strict round-robin over the accounts in configuration order (one shared
+//!   counter, advanced only by requests that did not go to their pin).
+//! - Retries go to accounts not yet tried: the available ones in round-robin order, then
+//!   (only if nothing else is left) those cooling down.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tower_sticky_session::AuthId;
+
+use super::Upstream;
+use super::cooldown::Cooldowns;
+
+/// How a [`Picker`] chose a request's first account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pick {
+    /// The request's pin named this configured account.
+    Pinned,
+    /// A hard pin (a learned response id): no other account may serve it.
+    HardPinned,
+    /// The pin named an account that is not configured; round-robin was used.
+    StalePin,
+    /// The pinned account is cooling down; round-robin was used.
+    PinCooling,
+    /// The pinned account was overloaded; the least-loaded account was used.
+    PinOverloaded,
+    /// No pin; round-robin.
+    RoundRobin,
+}
+
+impl Pick {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Pick::Pinned => "pinned",
+            Pick::HardPinned => "hard-pinned",
+            Pick::StalePin => "stale-pin",
+            Pick::PinCooling => "pin-cooling",
+            Pick::PinOverloaded => "pin-overloaded",
+            Pick::RoundRobin => "round-robin",
+        }
+    }
+}
+
+/// The accounts a request tries, in order (indices into [`Picker::upstreams`]).
+pub(crate) struct Plan {
+    pub(crate) order: Vec<usize>,
+    pub(crate) how: Pick,
+}
+
+/// Chooses accounts; counts in-flight requests per account; holds the cooldowns.
+pub(crate) struct Picker {
+    upstreams: Box<[Upstream]>,
+    next: AtomicUsize,
+    in_flight: Box<[AtomicUsize]>,
+    pub(crate) cooldowns: Cooldowns,
+    max_load_factor: Option<f64>,
+}
+
+impl Picker {
+    /// A picker over `upstreams` (non-empty), in this order.
+    pub(crate) fn new(upstreams: Vec<Upstream>, max_load_factor: Option<f64>) -> Self {
+        assert!(!upstreams.is_empty(), "at least one upstream is required");
+        let n = upstreams.len();
+        Self {
+            upstreams: upstreams.into(),
+            next: AtomicUsize::new(0),
+            in_flight: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+            cooldowns: Cooldowns::new(n),
+            max_load_factor,
+        }
+    }
+
+    pub(crate) fn upstreams(&self) -> &[Upstream] {
+        &self.upstreams
+    }
+
+    fn index_of(&self, auth: &AuthId) -> Option<usize> {
+        self.upstreams.iter().position(|u| u.name() == auth)
+    }
+
+    /// Requests in flight on account `i` (response head or body still open).
+    pub(crate) fn in_flight(&self, i: usize) -> usize {
+        self.in_flight[i].load(Ordering::Relaxed)
+    }
+
+    /// Counts a request on account `i` until the guard is dropped.
+    pub(crate) fn start(self: &Arc<Self>, i: usize) -> InFlight {
+        self.in_flight[i].fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            picker: self.clone(),
+            i,
+        }
+    }
+
+    /// Account `i` cools down for `d`.
+    pub(crate) fn cool(&self, i: usize, d: Duration) {
+        self.cooldowns.cool(i, d);
+    }
+
+    /// Whether account `i`'s load is over `--max-load-factor` × the mean over the
+    /// available accounts, + 1.
+    fn overloaded(&self, i: usize) -> bool {
+        let Some(f) = self.max_load_factor else {
+            return false;
+        };
+        let (mut sum, mut n) = (0usize, 0usize);
+        for j in 0..self.upstreams.len() {
+            if !self.cooldowns.is_cooling(j) {
+                sum += self.in_flight(j);
+                n += 1;
+            }
+        }
+        if n == 0 {
+            return false;
+        }
+        let mean = sum as f64 / n as f64;
+        self.in_flight(i) as f64 > f * mean + 1.0
+    }
+
+    /// The accounts to try for a request pinned to `pinned` (if any), at most `attempts`.
+    pub(crate) fn plan(&self, pinned: Option<&AuthId>, hard: bool, attempts: usize) -> Plan {
+        let n = self.upstreams.len();
+        let attempts = attempts.clamp(1, n);
+        let mut order = Vec::with_capacity(attempts);
+        let mut how = Pick::RoundRobin;
+        if let Some(auth) = pinned {
+            match self.index_of(auth) {
+                Some(i) if hard => {
+                    return Plan {
+                        order: vec![i],
+                        how: Pick::HardPinned,
+                    };
+                }
+                Some(i) if self.cooldowns.is_cooling(i) => how = Pick::PinCooling,
+                Some(i) if self.overloaded(i) => {
+                    how = Pick::PinOverloaded;
+                    let least = (0..n)
+                        .filter(|&j| j != i && !self.cooldowns.is_cooling(j))
+                        .min_by_key(|&j| self.in_flight(j));
+                    if let Some(j) = least {
+                        order.push(j);
+                    }
+                }
+                Some(i) => {
+                    how = Pick::Pinned;
+                    order.push(i);
+                }
+                None => how = Pick::StalePin,
+            }
+        }
+        // Pinned requests that went to their pin leave the counter alone.
+        let start = if how == Pick::Pinned {
+            self.next.load(Ordering::Relaxed)
+        } else {
+            self.next.fetch_add(1, Ordering::Relaxed)
+        };
+        let ring = (0..n).map(|k| (start + k) % n);
+        let cold: Vec<usize> = ring
+            .clone()
+            .filter(|&i| !self.cooldowns.is_cooling(i))
+            .collect();
+        let hot = ring.filter(|&i| self.cooldowns.is_cooling(i));
+        for i in cold.into_iter().chain(hot) {
+            if order.len() == attempts {
+                break;
+            }
+            if !order.contains(&i) {
+                order.push(i);
+            }
+        }
+        Plan { order, how }
+    }
+}
+
+/// One request in flight on an account; dropping it ends the count.
+pub(crate) struct InFlight {
+    picker: Arc<Picker>,
+    i: usize,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.picker.in_flight[self.i].fetch_sub(1, Ordering::Relaxed);
+    }
+}
