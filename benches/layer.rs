@@ -27,8 +27,7 @@
 //! - `request/layer/failure_clear`: bound to `acct-a`, answered 429 by `acct-a`: the
 //!   compare-and-delete removes the binding (re-made, untimed, before each request).
 //! - `request/naive/*`: the same through the layer over the naive `RwLock<HashMap>` store.
-//! - `store/{moka,moka_lru,naive}/*`: the store operations alone (`moka_lru`: the
-//!   store built with `.lru()` instead of TinyLFU).
+//! - `store/{moka,naive}/*`: the store operations alone.
 //! - `contended/*`: two threads calling clones of one service at once, each on its own
 //!   core; the time is per request per thread (wall time / requests of one thread).
 //!   `contended/parts/arc_clone_drop_{shared,own}`: one `AuthId` clone and drop per
@@ -354,7 +353,6 @@ fn store_cases<St: BindingStore>(c: &mut Criterion, name: &str, store: St) {
 
 fn store_ops(c: &mut Criterion) {
     store_cases(c, "moka", MokaStore::new());
-    store_cases(c, "moka_lru", MokaStore::builder().lru().build());
     store_cases(c, "naive", NaiveStore::new(TTL));
 }
 

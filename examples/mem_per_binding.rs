@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Cases: `moka` (the default store, capacity 1 000 000, one shared `AuthId` per account as
-//! the crate docs recommend), `moka_lru` (the same with LRU eviction), `moka_fresh_auth`
+//! the crate docs recommend), `moka_fresh_auth`
 //! (a newly allocated `AuthId` for every commit, as an inner service that builds
 //! `ServedBy(AuthId::from(name))` per response does), `naive` (shared `AuthId`s).
 //!
@@ -35,7 +35,7 @@ mod naive_store;
 use naive_store::NaiveStore;
 
 const BINDINGS: u64 = 1_000_000;
-const CASES: [&str; 4] = ["moka", "moka_lru", "moka_fresh_auth", "naive"];
+const CASES: [&str; 3] = ["moka", "moka_fresh_auth", "naive"];
 
 /// Resident memory of this process, in bytes.
 fn rss() -> u64 {
@@ -94,12 +94,8 @@ fn run_case(case: &str) {
     let before = rss();
     let start = Instant::now();
     let (held, after) = match case {
-        "moka" | "moka_lru" | "moka_fresh_auth" => {
-            let mut b = MokaStore::builder().max_bindings(BINDINGS).ttl(ttl);
-            if case == "moka_lru" {
-                b = b.lru();
-            }
-            let store = b.build();
+        "moka" | "moka_fresh_auth" => {
+            let store = MokaStore::builder().max_bindings(BINDINGS).ttl(ttl).build();
             fill(&store, &keys, case == "moka_fresh_auth");
             store.run_pending_tasks();
             let held = (store.entry_count(), rss());

@@ -118,15 +118,15 @@
 //! binding costs the same whatever the session id's length, and session ids are not kept
 //! in memory (the collision odds and their benign effect are on [`MokaStore`]).
 //!
-//! When the store is full, moka's TinyLFU policy admits a new binding only if its key has
-//! been seen more often than the binding it would evict. Sessions in active use are looked
-//! up on every request, so a flood of one-off session ids cannot push them out (measured:
-//! hot sessions that make a request at least every `capacity / 2` flood requests all keep
-//! their binding); a new session competes with the flood's one-off ids and is admitted
-//! within its first few requests (measured: 65–100 % on its first commit depending on the
-//! flood's shape, all by the third). `RELIABILITY.md` has the figures. If you would rather
-//! admit every new binding at once and accept that a flood evicts idle-but-live sessions,
-//! build the store with [`MokaStoreBuilder::lru`](store::MokaStoreBuilder::lru).
+//! A binding proven by a second success is never evicted by session ids that are used
+//! once, however many: [`MokaStore`] keeps bindings with one success in a small probation
+//! segment (a tenth of the store by default), where one-off ids compete only among
+//! themselves, and moves a binding to the protected segment at its second success on the
+//! same account. A new session binds at its first success and is found at its second
+//! request if that comes before `probation` other new bindings have been made (under a
+//! flood of `r` one-off ids per second: within `probation / r` seconds; 10 s at 1 000
+//! ids/s with the defaults). `RELIABILITY.md` has the figures, including what a flood of
+//! ids each used twice does.
 //!
 //! Stores are pluggable ([`BindingStore`]). A store's operations return futures named by
 //! associated types: the in-memory store answers with `std::future::Ready` (no allocation,

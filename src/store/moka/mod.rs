@@ -1,0 +1,852 @@
+//! The embedded binding store: two `moka` caches, a probation segment for bindings with
+//! one success and a protected segment for bindings proven by a second one.
+
+mod accounts;
+
+use std::future::{Ready, ready};
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::ops::compute::Op;
+use moka::policy::EvictionPolicy;
+use moka::sync::Cache;
+
+use self::accounts::Accounts;
+use super::{BindingInfo, BindingStore, StoreError, StoreErrorKind};
+use crate::types::{AuthId, BindingKey};
+
+/// Default capacity of a [`MokaStore`], in bindings.
+pub const DEFAULT_MAX_BINDINGS: u64 = 100_000;
+/// Default time to live of a binding: one hour, renewed by commits ([`MokaStore`] renews
+/// a same-account binding at most once every sixteenth of it; the Redis store on every
+/// commit).
+pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+
+/// A commit of the account a binding already points at rewrites it (renewing its TTL)
+/// only once the binding is older than `ttl / RENEW_DIVISOR`.
+const RENEW_DIVISOR: u32 = 16;
+
+/// The probation segment's default share of `max_bindings`: a tenth…
+const PROBATION_DIVISOR: u64 = 10;
+/// …but at least this many bindings (or half the store, if that is smaller).
+const PROBATION_FLOOR: u64 = 1024;
+
+/// Bits of a binding's value that hold its write time (milliseconds since the store was
+/// built: 2⁴⁰ ms is 34 years); the 24 above them hold the interned account.
+const TIME_BITS: u32 = 40;
+const TIME_MASK: u64 = (1 << TIME_BITS) - 1;
+
+/// The default probation size for a store of `max_bindings`.
+fn default_probation(max_bindings: u64) -> u64 {
+    (max_bindings / PROBATION_DIVISOR)
+        .max(PROBATION_FLOOR.min(max_bindings / 2))
+        .max(max_bindings.min(1))
+}
+
+/// The in-memory binding store: two bounded, expiring [`moka`] caches.
+///
+/// # Segments: proven sessions are never evicted by one-off ids
+///
+/// A binding lives in one of two segments, both LRU caches:
+///
+/// - **Probation** holds bindings with one success behind them. A commit that creates a
+///   binding puts it here, so session ids that are used once — however many, however
+///   fast — compete only with each other: the least recently used probation binding
+///   makes room.
+/// - **Protected** holds bindings proven by a *second* success: a commit of the account
+///   a probation binding already points at moves the binding here. Later commits (TTL
+///   renewals, a move to another account after a failover) keep it here. Nothing in
+///   probation can evict a protected binding.
+///
+/// The split: probation gets `max(max_bindings / 10, min(1024, max_bindings / 2))` and
+/// protected the rest (default: 10 000 and 90 000); [`MokaStoreBuilder::probation_bindings`]
+/// sets it. `max_bindings` stays the bound on the total. Why a tenth: protected holds the
+/// sessions that matter (conversations with more than one turn), so it gets most of the
+/// room; probation only has to hold a new session from its first success until its
+/// second request. That takes **`probation / r`** seconds at most, where `r` is the rate
+/// of *other* new bindings (one-off ids of a flood included) per second: a new session's
+/// second request finds its binding if fewer than `probation` other first successes
+/// happened since its first one (or since it was last looked up). With the defaults,
+/// against a flood of 1 000 one-off ids/s that is 10 s, against 10 000/s, 1 s. A session
+/// that misses the window is bound again at its next success, and proven by the one after
+/// if that comes within the window. The floor of 1 024 keeps that window usable in small
+/// stores.
+///
+/// **When protected is full**, the proven binding that was least recently read or written
+/// makes room for the newly promoted one (LRU within protected). It is dropped, not
+/// demoted to probation: under a flood it would last only a few seconds there, and a
+/// demotion happens in moka's housekeeping, outside the per-key serialization below,
+/// where it could bring back a binding that a concurrent compare-and-delete had just
+/// removed. So only a second success can push a proven binding out; an attacker who uses
+/// every id twice can (`RELIABILITY.md` measures what that does and what defends).
+///
+/// # Bounded, expiring, renewed
+///
+/// - **Bounded.** At most `max_bindings` entries in total (default 100 000), counted
+///   after moka's pending work ([`run_pending_tasks`](Self::run_pending_tasks)).
+/// - **Expiring.** A binding lives `ttl` (default 1 hour) after it was last written;
+///   successful responses renew it. Expiry is lazy: no sweeper thread, no task, no walk
+///   over the whole map under a lock. Each binding carries its write time and reads as
+///   absent once `ttl` has passed; moka reclaims its memory once it has been neither read
+///   nor written for `ttl` (moka's time-to-idle, which needs no per-entry write-order
+///   list: 32 bytes less per binding than moka's time-to-live; see `BENCHMARKS.md`).
+/// - **Renewed at most every `ttl / 16`.** A commit that finds a protected binding
+///   already pointing at the same account, written less than `ttl / 16` ago, leaves it as
+///   it is: the common case — every request of a session that stays on its account
+///   commits — is then one read, not a write (a moka write costs several times a read;
+///   see `BENCHMARKS.md`). So a binding expires between `15/16 · ttl` and `ttl` after the
+///   last successful response (56¼ to 60 minutes by default). A commit to another
+///   account, one that creates a binding, and one that promotes it always write.
+///
+/// # Small entries
+///
+/// - A binding's key is a 64-bit SipHash of `(scope, session)` under a random per-store
+///   key, computed once per operation and used for both segments, so raw session ids are
+///   not kept and each entry's key is 8 bytes whatever the session id's length (a 128-bit
+///   key cost 16 more bytes per binding and a second hash per operation; see
+///   `BENCHMARKS.md`). Two live sessions share a key with probability n²/2⁶⁵ for n live
+///   bindings (3·10⁻⁸ at 1 000 000); a collision makes them share one binding — a request
+///   pinned to the account the other session last used, which the inner service treats
+///   as a hint — and cannot be aimed at without the per-store key.
+/// - A binding's value is 8 bytes: its account as an index into the store's table of
+///   accounts (interned at its first commit, kept for the store's life; at most 2²⁴
+///   distinct accounts, beyond which a commit of a new account fails with
+///   [`StoreErrorKind::Other`]) and its write time in milliseconds. So a new `AuthId`
+///   allocation per response costs nothing per binding.
+///
+/// # Atomic per key across both segments
+///
+/// Every write of a key, in either segment — commit, promotion, compare-and-delete,
+/// removal — runs inside moka's per-key `and_compute_with` on the probation cache, so
+/// writes of one key are serialized whichever segment the binding is in. A promotion
+/// inserts the binding into protected *before* it leaves probation, inside that
+/// serialized step, so a lookup (protected first, then probation) never misses a binding
+/// that is being promoted. So a late compare-and-delete never removes a binding committed
+/// in between, in either segment. Lookups and the renewal check take no lock: moka reads.
+/// moka's own evictions and expiries only ever remove.
+///
+/// Cloning is cheap and clones share the caches: keep a clone to inspect or edit bindings.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_sticky_session::{MokaStore, StickySessionLayer};
+///
+/// let store = MokaStore::builder()
+///     .max_bindings(10_000)
+///     .ttl(Duration::from_secs(600))
+///     .build();
+/// let layer = StickySessionLayer::with_store(store.clone());
+/// assert_eq!(store.entry_count(), 0);
+/// # let _ = layer;
+/// ```
+#[derive(Clone)]
+pub struct MokaStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    protected: Cache<u64, Binding, U64Hasher>,
+    probation: Cache<u64, Binding, U64Hasher>,
+    /// Whether protected has room at all (a store of `max_bindings` ≤ the probation size
+    /// has none: bindings stay in probation).
+    promote: bool,
+    accounts: Accounts,
+    keys: RandomState,
+    /// Write times are milliseconds since this instant.
+    epoch: Instant,
+    ttl: Duration,
+    ttl_ms: u64,
+    /// Same-account commits of a protected binding younger than this are skipped.
+    renew_ms: u64,
+}
+
+/// A binding: interned account (24 bits) and write time (40 bits, ms since `epoch`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Binding(u64);
+
+impl Binding {
+    #[inline]
+    fn new(account: u32, at_ms: u64) -> Self {
+        Self((u64::from(account) << TIME_BITS) | (at_ms & TIME_MASK))
+    }
+    #[inline]
+    fn account(self) -> u32 {
+        (self.0 >> TIME_BITS) as u32
+    }
+    #[inline]
+    fn at_ms(self) -> u64 {
+        self.0 & TIME_MASK
+    }
+}
+
+/// Builds a [`MokaStore`].
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct MokaStoreBuilder {
+    max_bindings: u64,
+    ttl: Duration,
+    probation: Option<u64>,
+}
+
+impl MokaStoreBuilder {
+    /// The capacity bound, in bindings, both segments together (default 100 000).
+    pub fn max_bindings(mut self, n: u64) -> Self {
+        self.max_bindings = n;
+        self
+    }
+
+    /// How long a binding lives after its last commit (default 1 hour).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// How many of the `max_bindings` go to the probation segment (bindings with one
+    /// success); the rest hold proven bindings. Default: a tenth, at least
+    /// `min(1024, max_bindings / 2)`. Capped at `max_bindings`; with no room left for
+    /// protected, bindings are never promoted. A larger probation gives a new session
+    /// longer to make its second request under a flood (`probation / flood rate`), a
+    /// smaller one leaves more room for proven sessions. See [`MokaStore`].
+    pub fn probation_bindings(mut self, n: u64) -> Self {
+        self.probation = Some(n);
+        self
+    }
+
+    /// Does nothing: both segments are always LRU.
+    ///
+    /// This used to switch the single cache from TinyLFU admission to LRU eviction. The
+    /// segmented store needs neither choice: one-off ids compete only among themselves in
+    /// probation (LRU), proven bindings among themselves in protected (LRU).
+    #[deprecated(note = "no effect: MokaStore's two segments are always LRU")]
+    pub fn lru(self) -> Self {
+        self
+    }
+
+    /// Builds the store.
+    pub fn build(self) -> MokaStore {
+        let n = self.max_bindings;
+        let probation = self
+            .probation
+            .unwrap_or_else(|| default_probation(n))
+            .min(n);
+        let cache = |capacity: u64| {
+            Cache::builder()
+                .max_capacity(capacity)
+                // Reclaims bindings untouched for `ttl`; the binding's own write time
+                // enforces the TTL since the last write, never later than the last touch.
+                .time_to_idle(self.ttl)
+                .eviction_policy(EvictionPolicy::lru())
+                .build_with_hasher(U64Hasher)
+        };
+        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+        MokaStore {
+            inner: Arc::new(Inner {
+                protected: cache(n - probation),
+                probation: cache(probation),
+                promote: n > probation,
+                accounts: Accounts::new(),
+                keys: RandomState::new(),
+                epoch: Instant::now(),
+                ttl: self.ttl,
+                ttl_ms,
+                renew_ms: ttl_ms / u64::from(RENEW_DIVISOR),
+            }),
+        }
+    }
+}
+
+impl MokaStore {
+    /// A store with the defaults (100 000 bindings, of which 10 000 in probation; 1 hour
+    /// TTL).
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// A builder for a store with other settings.
+    pub fn builder() -> MokaStoreBuilder {
+        MokaStoreBuilder {
+            max_bindings: DEFAULT_MAX_BINDINGS,
+            ttl: DEFAULT_TTL,
+            probation: None,
+        }
+    }
+
+    #[inline]
+    fn digest(&self, key: &BindingKey) -> u64 {
+        let mut h = self.inner.keys.build_hasher();
+        key.hash_into(&mut h);
+        h.finish()
+    }
+
+    /// The live binding of `key`, with its age.
+    pub fn get(&self, key: &BindingKey) -> Option<BindingInfo> {
+        let now = self.inner.now_ms();
+        let b = self.inner.find(self.digest(key), now)?;
+        let auth = self.inner.accounts.get(b.account())?.clone();
+        let age = Duration::from_millis(now.saturating_sub(b.at_ms()));
+        Some(BindingInfo::new(
+            auth,
+            Some(age),
+            Some(self.inner.ttl.saturating_sub(age)),
+        ))
+    }
+
+    /// Removes the binding of `key`, whatever it points at. Returns the account it
+    /// pointed at, if the binding was live.
+    pub fn remove(&self, key: &BindingKey) -> Option<AuthId> {
+        self.inner.remove_digest(self.digest(key))
+    }
+
+    /// Removes every binding that points at `auth` (e.g. a revoked account), each by
+    /// compare-and-delete so bindings re-committed meanwhile to another account stay.
+    /// Returns how many were removed. Walks both segments without blocking requests.
+    pub fn remove_account(&self, auth: &AuthId) -> usize {
+        let inner = &self.inner;
+        let mut removed = 0;
+        for (k, b) in inner.protected.iter().chain(inner.probation.iter()) {
+            if inner.is(b, auth) && inner.clear_digest(*k, auth) {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// The number of bindings held, both segments together. moka counts lazily: call
+    /// [`run_pending_tasks`](Self::run_pending_tasks) first for an exact figure. The count
+    /// can include bindings that expired (older than `ttl`) but were read less than `ttl`
+    /// ago, until moka reclaims them.
+    pub fn entry_count(&self) -> u64 {
+        self.inner.protected.entry_count() + self.inner.probation.entry_count()
+    }
+
+    /// The number of bindings in the protected segment (proven by a second success); as
+    /// lazy as [`entry_count`](Self::entry_count).
+    pub fn protected_count(&self) -> u64 {
+        self.inner.protected.entry_count()
+    }
+
+    /// The number of bindings in the probation segment (one success so far); as lazy as
+    /// [`entry_count`](Self::entry_count).
+    pub fn probation_count(&self) -> u64 {
+        self.inner.probation.entry_count()
+    }
+
+    /// Applies pending evictions and expiries now (moka otherwise does it as it goes).
+    pub fn run_pending_tasks(&self) {
+        self.inner.protected.run_pending_tasks();
+        self.inner.probation.run_pending_tasks();
+    }
+}
+
+impl Inner {
+    #[inline]
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Whether `b` was written less than `ttl` ago.
+    #[inline]
+    fn live(&self, b: Binding, now: u64) -> bool {
+        now.saturating_sub(b.at_ms()) < self.ttl_ms
+    }
+
+    /// Whether `b` points at `auth`.
+    #[inline]
+    fn is(&self, b: Binding, auth: &AuthId) -> bool {
+        self.accounts.get(b.account()).is_some_and(|a| a.same(auth))
+    }
+
+    /// The live binding of `k`: protected first (a key is in one segment, except inside
+    /// a promotion, where protected already has it).
+    #[inline]
+    fn find(&self, k: u64, now: u64) -> Option<Binding> {
+        match self.protected.get(&k) {
+            Some(b) => Some(b),
+            None => self.probation.get(&k),
+        }
+        .filter(|&b| self.live(b, now))
+    }
+
+    fn lookup_digest(&self, k: u64) -> Option<AuthId> {
+        let b = self.find(k, self.now_ms())?;
+        self.accounts.get(b.account()).cloned()
+    }
+
+    fn commit_digest(&self, k: u64, auth: &AuthId) -> Result<(), StoreError> {
+        let now = self.now_ms();
+        // Fast path: a proven binding already on `auth`, renewed recently. Skipping is the
+        // same as committing at the moment of the read (the binding already says `auth`),
+        // bar the TTL renewal, so compare-and-delete stays atomic: a clear that runs after
+        // the read removes the binding, as it would after a real commit.
+        if let Some(b) = self.protected.get(&k)
+            && now.saturating_sub(b.at_ms()) < self.renew_ms
+            && self.is(b, auth)
+        {
+            return Ok(());
+        }
+        let Some(account) = self.accounts.intern(auth) else {
+            return Err(StoreError::new(
+                StoreErrorKind::Other,
+                Some("too many distinct accounts for one MokaStore (2^24)".into()),
+            ));
+        };
+        let fresh = Binding::new(account, now);
+        // Every write of `k`, in either segment, happens inside this per-key step.
+        self.probation.entry(k).and_compute_with(|current| {
+            if let Some(p) = self.protected.get(&k) {
+                if self.live(p, now) {
+                    // Proven: renew, or move to another account; stays proven.
+                    self.protected.insert(k, fresh);
+                    return if current.is_some() {
+                        Op::Remove
+                    } else {
+                        Op::Nop
+                    };
+                }
+                // Expired: the session starts over in probation.
+                self.protected.invalidate(&k);
+            }
+            match current {
+                // A second success on the same account: promote. Into protected first,
+                // then out of probation (the `Remove`), so lookups always find it.
+                Some(e)
+                    if self.promote
+                        && e.value().account() == account
+                        && self.live(*e.value(), now) =>
+                {
+                    self.protected.insert(k, fresh);
+                    Op::Remove
+                }
+                _ => Op::Put(fresh),
+            }
+        });
+        Ok(())
+    }
+
+    fn clear_digest(&self, k: u64, expected: &AuthId) -> bool {
+        let now = self.now_ms();
+        let mut removed = false;
+        self.probation.entry(k).and_compute_with(|current| {
+            if let Some(p) = self.protected.get(&k)
+                && self.is(p, expected)
+                && let Some(p) = self.protected.remove(&k)
+            {
+                // An expired binding is removed too, but it was not there to clear.
+                removed |= self.live(p, now);
+            }
+            match current {
+                Some(e) if self.is(*e.value(), expected) => {
+                    removed |= self.live(*e.value(), now);
+                    Op::Remove
+                }
+                _ => Op::Nop,
+            }
+        });
+        removed
+    }
+
+    fn remove_digest(&self, k: u64) -> Option<AuthId> {
+        let now = self.now_ms();
+        let mut removed = None;
+        self.probation.entry(k).and_compute_with(|current| {
+            let found = self
+                .protected
+                .remove(&k)
+                .or(current.map(|e| *e.value()))
+                .filter(|&b| self.live(b, now));
+            removed = found.and_then(|b| self.accounts.get(b.account()).cloned());
+            Op::Remove
+        });
+        removed
+    }
+}
+
+impl Default for MokaStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for MokaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MokaStore")
+            .field("protected", &self.inner.protected.entry_count())
+            .field("probation", &self.inner.probation.entry_count())
+            .field("ttl", &self.inner.ttl)
+            .finish()
+    }
+}
+
+impl BindingStore for MokaStore {
+    type LookupFuture = Ready<Result<Option<AuthId>, StoreError>>;
+    type CommitFuture = Ready<Result<(), StoreError>>;
+    type ClearFuture = Ready<Result<bool, StoreError>>;
+
+    fn lookup(&self, key: &BindingKey) -> Self::LookupFuture {
+        ready(Ok(self.inner.lookup_digest(self.digest(key))))
+    }
+
+    fn commit(&self, key: &BindingKey, auth: &AuthId) -> Self::CommitFuture {
+        ready(self.inner.commit_digest(self.digest(key), auth))
+    }
+
+    fn clear_if(&self, key: &BindingKey, expected: &AuthId) -> Self::ClearFuture {
+        ready(Ok(self.inner.clear_digest(self.digest(key), expected)))
+    }
+}
+
+/// The keys are already keyed SipHash output: moka's own hashing of them would be wasted
+/// work, so this hasher passes the 64 bits through.
+#[derive(Clone, Copy, Default)]
+struct U64Hasher;
+
+impl BuildHasher for U64Hasher {
+    type Hasher = PassThrough;
+    fn build_hasher(&self) -> PassThrough {
+        PassThrough(0)
+    }
+}
+
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached if a non-u64 key is hashed; stay correct anyway.
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(29) ^ u64::from_le_bytes(b);
+        }
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 ^= i;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::thread::sleep;
+
+    use super::*;
+    use crate::SessionId;
+
+    fn key(s: &str) -> BindingKey {
+        BindingKey::new(None, SessionId::new(s).unwrap())
+    }
+
+    fn store(ttl: Duration) -> MokaStore {
+        MokaStore::builder().ttl(ttl).build()
+    }
+
+    fn small(max: u64, probation: u64) -> MokaStore {
+        MokaStore::builder()
+            .max_bindings(max)
+            .probation_bindings(probation)
+            .build()
+    }
+
+    fn commit(store: &MokaStore, s: &str, a: &AuthId) {
+        store.commit(&key(s), a).into_inner().unwrap();
+    }
+
+    fn lookup(store: &MokaStore, k: &BindingKey) -> Option<AuthId> {
+        store.lookup(k).into_inner().unwrap()
+    }
+
+    fn bound(store: &MokaStore, s: &str) -> Option<AuthId> {
+        lookup(store, &key(s))
+    }
+
+    fn clear(store: &MokaStore, s: &str, a: &AuthId) -> bool {
+        store.clear_if(&key(s), a).into_inner().unwrap()
+    }
+
+    fn age(store: &MokaStore, k: &BindingKey) -> Duration {
+        store.get(k).and_then(|b| b.age).expect("bound")
+    }
+
+    /// `(protected, probation)` after moka's pending work.
+    fn segments(store: &MokaStore) -> (u64, u64) {
+        store.run_pending_tasks();
+        (store.protected_count(), store.probation_count())
+    }
+
+    #[test]
+    fn probation_is_a_tenth_with_a_floor_of_1024_or_half() {
+        assert_eq!(default_probation(100_000), 10_000);
+        assert_eq!(default_probation(1_000_000), 100_000);
+        assert_eq!(default_probation(10_000), 1_024);
+        assert_eq!(default_probation(1_000), 500);
+        assert_eq!(default_probation(3), 1);
+        assert_eq!(default_probation(1), 1);
+        assert_eq!(default_probation(0), 0);
+    }
+
+    #[test]
+    fn first_success_binds_in_probation_and_the_second_promotes() {
+        let store = store(Duration::from_secs(3600));
+        let a = AuthId::from("a");
+        commit(&store, "s", &a);
+        assert_eq!(segments(&store), (0, 1));
+        assert_eq!(bound(&store, "s"), Some(a.clone()));
+        commit(&store, "s", &a);
+        assert_eq!(segments(&store), (1, 0));
+        assert_eq!(bound(&store, "s"), Some(a.clone()));
+        // Further commits (renewals, another account) keep it proven.
+        commit(&store, "s", &AuthId::from("b"));
+        assert_eq!(segments(&store), (1, 0));
+        assert_eq!(bound(&store, "s"), Some(AuthId::from("b")));
+    }
+
+    #[test]
+    fn a_second_success_on_another_account_is_a_first_success_again() {
+        let store = store(Duration::from_secs(3600));
+        commit(&store, "s", &AuthId::from("a"));
+        commit(&store, "s", &AuthId::from("b"));
+        assert_eq!(segments(&store), (0, 1));
+        assert_eq!(bound(&store, "s"), Some(AuthId::from("b")));
+        commit(&store, "s", &AuthId::from("b"));
+        assert_eq!(segments(&store), (1, 0));
+    }
+
+    #[test]
+    fn one_off_ids_never_evict_proven_bindings() {
+        let store = small(200, 20);
+        let a = AuthId::from("a");
+        for i in 0..150 {
+            commit(&store, &format!("proven-{i}"), &a);
+            commit(&store, &format!("proven-{i}"), &a);
+        }
+        for i in 0..20_000 {
+            commit(&store, &format!("one-off-{i}"), &a);
+        }
+        let (protected, probation) = segments(&store);
+        assert_eq!(protected, 150);
+        assert!(probation <= 20, "{probation}");
+        for i in 0..150 {
+            assert_eq!(
+                bound(&store, &format!("proven-{i}")),
+                Some(a.clone()),
+                "{i}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_new_binding_survives_fewer_than_probation_other_new_bindings() {
+        let store = small(1_000, 100);
+        let a = AuthId::from("a");
+        commit(&store, "new", &a);
+        for i in 0..90 {
+            commit(&store, &format!("one-off-{i}"), &a);
+        }
+        store.run_pending_tasks();
+        assert_eq!(
+            bound(&store, "new"),
+            Some(a.clone()),
+            "found within the window"
+        );
+        // A lookup hit moves it to the front again; then 100+ others push it out.
+        for i in 90..300 {
+            commit(&store, &format!("one-off-{i}"), &a);
+        }
+        store.run_pending_tasks();
+        assert_eq!(bound(&store, "new"), None, "evicted after the window");
+        assert!(store.entry_count() <= 100);
+    }
+
+    #[test]
+    fn a_full_protected_segment_drops_its_least_recently_used_binding() {
+        let store = small(30, 10);
+        let a = AuthId::from("a");
+        for i in 0..20 {
+            commit(&store, &format!("p-{i}"), &a);
+            commit(&store, &format!("p-{i}"), &a);
+        }
+        store.run_pending_tasks();
+        // Touch all but p-0, then promote one more.
+        for i in 1..20 {
+            assert!(bound(&store, &format!("p-{i}")).is_some());
+        }
+        store.run_pending_tasks();
+        commit(&store, "late", &a);
+        commit(&store, "late", &a);
+        assert_eq!(segments(&store), (20, 0));
+        assert_eq!(bound(&store, "p-0"), None, "least recently used");
+        assert_eq!(bound(&store, "late"), Some(a.clone()));
+        for i in 1..20 {
+            assert_eq!(bound(&store, &format!("p-{i}")), Some(a.clone()), "{i}");
+        }
+    }
+
+    #[test]
+    fn entries_never_exceed_max_bindings() {
+        let store = small(50, 10);
+        let a = AuthId::from("a");
+        for i in 0..2_000 {
+            commit(&store, &format!("s-{i}"), &a);
+            if i % 3 == 0 {
+                commit(&store, &format!("s-{i}"), &a);
+            }
+            if i % 100 == 0 {
+                store.run_pending_tasks();
+                assert!(store.entry_count() <= 50);
+            }
+        }
+        let (protected, probation) = segments(&store);
+        assert!(
+            protected <= 40 && probation <= 10,
+            "{protected} {probation}"
+        );
+    }
+
+    #[test]
+    fn clear_if_is_compare_and_delete_in_either_segment() {
+        let store = store(Duration::from_secs(3600));
+        let (a, b) = (AuthId::from("a"), AuthId::from("b"));
+        commit(&store, "young", &a);
+        commit(&store, "proven", &a);
+        commit(&store, "proven", &a);
+        assert_eq!(segments(&store), (1, 1));
+        assert!(!clear(&store, "young", &b));
+        assert!(!clear(&store, "proven", &b));
+        assert_eq!(bound(&store, "young"), Some(a.clone()));
+        assert_eq!(bound(&store, "proven"), Some(a.clone()));
+        assert!(clear(&store, "young", &a));
+        assert!(clear(&store, "proven", &a));
+        assert_eq!(bound(&store, "young"), None);
+        assert_eq!(bound(&store, "proven"), None);
+        assert_eq!(segments(&store), (0, 0));
+        assert!(!clear(&store, "proven", &a));
+    }
+
+    #[test]
+    fn remove_and_remove_account_reach_both_segments() {
+        let store = store(Duration::from_secs(3600));
+        let (a, b) = (AuthId::from("a"), AuthId::from("b"));
+        for s in ["p1", "p2", "pb"] {
+            let acct = if s == "pb" { &b } else { &a };
+            commit(&store, s, acct);
+            commit(&store, s, acct);
+        }
+        commit(&store, "y1", &a);
+        commit(&store, "yb", &b);
+        assert_eq!(store.remove(&key("p1")), Some(a.clone()));
+        assert_eq!(store.remove(&key("p1")), None);
+        store.run_pending_tasks();
+        assert_eq!(store.remove_account(&AuthId::from(String::from("a"))), 2);
+        assert_eq!(bound(&store, "p2"), None);
+        assert_eq!(bound(&store, "y1"), None);
+        assert_eq!(bound(&store, "pb"), Some(b.clone()));
+        assert_eq!(bound(&store, "yb"), Some(b));
+    }
+
+    #[test]
+    fn fresh_auth_allocations_share_one_interned_account() {
+        let store = store(Duration::from_secs(3600));
+        for i in 0..100 {
+            commit(
+                &store,
+                &format!("s-{i}"),
+                &AuthId::from(format!("acct-{}", i % 3)),
+            );
+        }
+        assert_eq!(store.inner.accounts.len(), 3);
+        assert_eq!(bound(&store, "s-4").unwrap().as_str(), "acct-1");
+    }
+
+    #[test]
+    fn with_no_room_for_protected_bindings_stay_in_probation() {
+        let store = small(10, 10);
+        let a = AuthId::from("a");
+        commit(&store, "s", &a);
+        commit(&store, "s", &a);
+        assert_eq!(segments(&store), (0, 1));
+        assert_eq!(bound(&store, "s"), Some(a));
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn lru_option_still_builds_the_segmented_store() {
+        let store = MokaStore::builder().max_bindings(100).lru().build();
+        let a = AuthId::from("a");
+        commit(&store, "s", &a);
+        commit(&store, "s", &a);
+        assert_eq!(segments(&store), (1, 0));
+    }
+
+    #[test]
+    fn same_account_commit_of_a_young_binding_is_not_rewritten() {
+        let store = store(Duration::from_secs(3600));
+        let (k, a) = (key("s"), AuthId::from("a"));
+        commit(&store, "s", &a);
+        commit(&store, "s", &a);
+        sleep(Duration::from_millis(20));
+        commit(&store, "s", &a);
+        // Still the promoting write: renewing waits until the binding is ttl/16 old.
+        assert!(age(&store, &k) >= Duration::from_millis(20));
+        assert_eq!(lookup(&store, &k), Some(a));
+    }
+
+    #[test]
+    fn same_account_commit_renews_once_the_binding_is_older_than_ttl_over_16() {
+        // Renewal after 100 ms.
+        let store = store(Duration::from_millis(1600));
+        let (k, a) = (key("s"), AuthId::from("a"));
+        commit(&store, "s", &a);
+        commit(&store, "s", &a);
+        sleep(Duration::from_millis(300));
+        commit(&store, "s", &a);
+        assert!(age(&store, &k) < Duration::from_millis(300), "renewed");
+    }
+
+    #[test]
+    fn commit_to_another_account_always_writes() {
+        let store = store(Duration::from_secs(3600));
+        let k = key("s");
+        commit(&store, "s", &AuthId::from("a"));
+        commit(&store, "s", &AuthId::from("a"));
+        commit(&store, "s", &AuthId::from("b"));
+        assert_eq!(lookup(&store, &k), Some(AuthId::from("b")));
+    }
+
+    #[test]
+    fn expired_binding_reads_as_absent_and_is_not_reported_cleared() {
+        for proven in [false, true] {
+            let store = store(Duration::from_millis(100));
+            let (k, a) = (key("s"), AuthId::from("a"));
+            commit(&store, "s", &a);
+            if proven {
+                commit(&store, "s", &a);
+            }
+            assert_eq!(lookup(&store, &k), Some(a.clone()));
+            sleep(Duration::from_millis(150));
+            assert_eq!(lookup(&store, &k), None);
+            assert!(store.get(&k).is_none());
+            assert!(!clear(&store, "s", &a));
+            assert_eq!(store.remove(&k), None);
+        }
+    }
+
+    #[test]
+    fn expired_binding_read_meanwhile_still_reads_as_absent() {
+        // Reads keep moka's idle timer from firing; the write time still decides.
+        let store = store(Duration::from_millis(200));
+        let (k, a) = (key("s"), AuthId::from("a"));
+        commit(&store, "s", &a);
+        commit(&store, "s", &a);
+        for _ in 0..6 {
+            sleep(Duration::from_millis(50));
+            let _ = lookup(&store, &k);
+        }
+        assert_eq!(lookup(&store, &k), None);
+        // A commit after expiry writes a fresh binding, in probation.
+        commit(&store, "s", &a);
+        assert_eq!(lookup(&store, &k), Some(a));
+        assert_eq!(segments(&store), (0, 1));
+    }
+}
