@@ -21,7 +21,10 @@ pin_project! {
     /// body's frames: the binding is committed before the first non-empty data frame is
     /// handed on; a body that ends or fails before such a frame clears the binding
     /// (compare-and-delete); after the first data frame it is a plain pass-through.
-    /// Dropping it before the first data frame does nothing to the binding.
+    /// Dropping it before the first data frame does nothing to the binding; dropping it
+    /// while a decided commit or clear is in flight does not cancel that operation (it is
+    /// handed to the tokio runtime: see
+    /// [`BindingStore`](crate::BindingStore#operations-that-outlive-their-request)).
     ///
     /// [`Body::size_hint`] and [`Body::is_end_stream`] are forwarded exactly, so a
     /// `Content-Length` response stays one.
@@ -55,7 +58,6 @@ enum State<D, E, St: BindingStore> {
     AwaitFirst(Watch<St>),
     /// Committing; `frame` is handed on once the commit is done.
     Committing {
-        core: Arc<Core<St>>,
         op: SyncWrapper<StoreOp<St>>,
         frame: Option<Frame<D>>,
     },
@@ -63,7 +65,6 @@ enum State<D, E, St: BindingStore> {
     Ended,
     /// Clearing; then the end or the error is handed on.
     Clearing {
-        core: Arc<Core<St>>,
         op: SyncWrapper<StoreOp<St>>,
         then: SyncWrapper<Option<Result<Frame<D>, E>>>,
     },
@@ -124,14 +125,14 @@ where
         loop {
             match this.state {
                 State::Passthrough => return body.poll_frame(cx),
-                State::Committing { core, op, frame } => {
-                    ready!(op.get_mut().poll(core, cx));
+                State::Committing { op, frame } => {
+                    ready!(op.get_mut().poll(cx));
                     let frame = frame.take();
                     *this.state = State::Passthrough;
                     return Poll::Ready(frame.map(Ok));
                 }
-                State::Clearing { core, op, then } => {
-                    ready!(op.get_mut().poll(core, cx));
+                State::Clearing { op, then } => {
+                    ready!(op.get_mut().poll(cx));
                     let then = then.get_mut().take();
                     *this.state = if then.is_some() {
                         State::Passthrough
@@ -162,7 +163,6 @@ where
                                 &watch.span,
                             );
                             *this.state = State::Committing {
-                                core: watch.core.clone(),
                                 op: SyncWrapper::new(op),
                                 frame: Some(frame),
                             };
@@ -174,7 +174,6 @@ where
                     let op =
                         StoreOp::clear(&watch.core, &watch.key, &watch.served, reason, &watch.span);
                     *this.state = State::Clearing {
-                        core: watch.core.clone(),
                         op: SyncWrapper::new(op),
                         then: SyncWrapper::new(then),
                     };

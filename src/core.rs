@@ -2,8 +2,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use tracing::Span;
@@ -62,22 +63,52 @@ impl<St> Core<St> {
     }
 }
 
-/// A commit or compare-and-delete in flight.
-pub(crate) enum StoreOp<St: BindingStore> {
+/// A decided commit or compare-and-delete, in flight.
+///
+/// Once decided, it takes effect even if nothing polls it any more: dropped unfinished
+/// (the response future or body that owns it was dropped: a client gone, an outer
+/// timeout), it is polled once more and, if still pending, handed to the tokio runtime
+/// the drop runs on, which drives it to completion. Without a runtime it is lost, and
+/// counted as a store error. See [`BindingStore`]'s "Operations that outlive their
+/// request".
+pub(crate) struct StoreOp<St: BindingStore> {
+    core: Arc<Core<St>>,
+    /// `None` once finished.
+    kind: Option<OpKind<St>>,
+    /// Already handed to the runtime: if the runtime drops it (shutting down), it is
+    /// not handed on again.
+    detached: bool,
+}
+
+enum OpKind<St: BindingStore> {
     Commit(St::CommitFuture),
     Clear(St::ClearFuture),
 }
 
+impl<St: BindingStore> OpKind<St> {
+    fn name(&self) -> &'static str {
+        match self {
+            OpKind::Commit(_) => "commit",
+            OpKind::Clear(_) => "clear",
+        }
+    }
+}
+
 impl<St: BindingStore> StoreOp<St> {
-    pub(crate) fn commit(core: &Core<St>, key: &BindingKey, auth: &AuthId, span: &Span) -> Self {
+    pub(crate) fn commit(
+        core: &Arc<Core<St>>,
+        key: &BindingKey,
+        auth: &AuthId,
+        span: &Span,
+    ) -> Self {
         span.record("outcome", "committed");
         span.record("auth", tracing::field::display(auth));
         tracing::debug!(parent: span, session = %key.session().redacted(), auth = %auth, "sticky session: commit");
-        StoreOp::Commit(core.store.commit(key, auth))
+        Self::new(core, OpKind::Commit(core.store.commit(key, auth)))
     }
 
     pub(crate) fn clear(
-        core: &Core<St>,
+        core: &Arc<Core<St>>,
         key: &BindingKey,
         auth: &AuthId,
         reason: ClearReason,
@@ -93,23 +124,93 @@ impl<St: BindingStore> StoreOp<St> {
             reason = reason.as_str(),
             "sticky session: clear if bound to failed account"
         );
-        StoreOp::Clear(core.store.clear_if(key, auth))
+        Self::new(core, OpKind::Clear(core.store.clear_if(key, auth)))
+    }
+
+    fn new(core: &Arc<Core<St>>, kind: OpKind<St>) -> Self {
+        Self {
+            core: core.clone(),
+            kind: Some(kind),
+            detached: false,
+        }
     }
 
     /// Drives the operation and does its accounting. Store failures are absorbed: the
-    /// response goes on either way.
-    pub(crate) fn poll(&mut self, core: &Core<St>, cx: &mut Context<'_>) -> Poll<()> {
-        match self {
-            StoreOp::Commit(fut) => match std::task::ready!(Pin::new(fut).poll(cx)) {
-                Ok(()) => Counters::inc(&core.counters().commits),
-                Err(e) => core.store_error("commit", &e),
+    /// response goes on either way. Ready at once when polled again after completion.
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let counters = self.core.counters();
+        match &mut self.kind {
+            None => {}
+            Some(OpKind::Commit(fut)) => match std::task::ready!(Pin::new(fut).poll(cx)) {
+                Ok(()) => Counters::inc(&counters.commits),
+                Err(e) => self.core.store_error("commit", &e),
             },
-            StoreOp::Clear(fut) => match std::task::ready!(Pin::new(fut).poll(cx)) {
-                Ok(true) => Counters::inc(&core.counters().cleared),
+            Some(OpKind::Clear(fut)) => match std::task::ready!(Pin::new(fut).poll(cx)) {
+                Ok(true) => Counters::inc(&counters.cleared),
                 Ok(false) => {}
-                Err(e) => core.store_error("clear", &e),
+                Err(e) => self.core.store_error("clear", &e),
             },
         }
+        self.kind = None;
         Poll::Ready(())
+    }
+}
+
+impl<St: BindingStore> Drop for StoreOp<St> {
+    fn drop(&mut self) {
+        if self.kind.is_none() {
+            return;
+        }
+        // Most stores take effect eagerly (in-memory ones are `Ready`): one more poll
+        // finishes them without a task.
+        if self
+            .poll(&mut Context::from_waker(Waker::noop()))
+            .is_ready()
+        {
+            return;
+        }
+        let Some(kind) = self.kind.take() else {
+            return;
+        };
+        let op = kind.name();
+        if self.detached {
+            // The runtime dropped the task it was handed to (it is shutting down).
+            let err = StoreError::new(
+                StoreErrorKind::Other,
+                Some("unfinished when the runtime shut down".into()),
+            );
+            self.core.store_error(op, &err);
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                tracing::trace!(op, "sticky session: store operation handed to the runtime");
+                let detached = StoreOp {
+                    core: self.core.clone(),
+                    kind: Some(kind),
+                    detached: true,
+                };
+                drop(handle.spawn(Detached(detached)));
+            }
+            Err(_) => {
+                let err = StoreError::new(
+                    StoreErrorKind::Other,
+                    Some("dropped unfinished outside a tokio runtime".into()),
+                );
+                self.core.store_error(op, &err);
+            }
+        }
+    }
+}
+
+/// A [`StoreOp`] as a task of its own.
+struct Detached<St: BindingStore>(StoreOp<St>);
+
+impl<St: BindingStore> Future for Detached<St> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // `StoreOp` is `Unpin`: its futures are.
+        self.get_mut().0.poll(cx)
     }
 }

@@ -90,7 +90,9 @@ pin_project! {
     /// binding before the future resolves; a success known to carry no body (a response
     /// to `HEAD`, 204, 304, `Content-Length: 0`, or a body whose `is_end_stream()` is
     /// already true) commits before it resolves, whatever the body type: servers never
-    /// poll such bodies.
+    /// poll such bodies. Dropping it while such a commit or clear is in flight does not
+    /// cancel the operation (see
+    /// [`BindingStore`](crate::BindingStore#operations-that-outlive-their-request)).
     pub struct ResponseFuture<S, ReqB, St = MokaStore, C = StatusClassifier>
     where
         S: Service<Request<ReqB>>,
@@ -122,7 +124,6 @@ pin_project! {
             fut: S::Future,
         },
         Finishing {
-            core: Arc<Core<St>>,
             op: StoreOp<St>,
             result: Option<Result<S::Response, S::Error>>,
         },
@@ -260,15 +261,14 @@ where
                 };
                 match judge(tracking, span, result) {
                     Judged::Done(out) => return Poll::Ready(out),
-                    Judged::Store(core, op, result) => state.set(State::Finishing {
-                        core,
+                    Judged::Store(op, result) => state.set(State::Finishing {
                         op,
                         result: Some(result),
                     }),
                 }
             }
-            StateProj::Finishing { core, op, result } => {
-                ready!(op.poll(core, cx));
+            StateProj::Finishing { op, result } => {
+                ready!(op.poll(cx));
                 let result = result
                     .take()
                     .expect("ResponseFuture polled after completion");
@@ -290,7 +290,7 @@ where
 
 enum Judged<St: BindingStore, ResB: Body, E> {
     Done(Result<Response<ResponseBody<ResB, St>>, E>),
-    Store(Arc<Core<St>>, StoreOp<St>, Result<Response<ResB>, E>),
+    Store(StoreOp<St>, Result<Response<ResB>, E>),
 }
 
 /// The response head's part of the state machine (DESIGN.md's table).
@@ -312,7 +312,7 @@ where
             return match &t.pinned {
                 Some(pinned) => {
                     let op = StoreOp::clear(core, &t.key, pinned, ClearReason::InnerError, span);
-                    Judged::Store(core.clone(), op, Err(err))
+                    Judged::Store(op, Err(err))
                 }
                 None => {
                     span.record("outcome", "kept");
@@ -326,7 +326,7 @@ where
         ResponseClass::Failure => match served.or(t.pinned.as_ref()) {
             Some(failed) => {
                 let op = StoreOp::clear(core, &t.key, failed, ClearReason::FailureStatus, span);
-                Judged::Store(core.clone(), op, Ok(res))
+                Judged::Store(op, Ok(res))
             }
             None => {
                 span.record("outcome", "kept");
@@ -338,7 +338,7 @@ where
                 // No data frame will ever come (and a server may never poll this body):
                 // the account has proved itself now.
                 let op = StoreOp::commit(core, &t.key, served, span);
-                Judged::Store(core.clone(), op, Ok(res))
+                Judged::Store(op, Ok(res))
             }
             Some(served) => {
                 span.record("outcome", "awaiting_first_chunk");

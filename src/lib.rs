@@ -41,6 +41,12 @@
 //! response head finish before the response is handed on, so a client that retries
 //! after a 429 is not pinned to the failed account again.
 //!
+//! A commit or clear, once decided, takes effect even if the [`ResponseFuture`] or
+//! [`ResponseBody`] that decided it is dropped before the store finished it (a client
+//! gone, an outer timeout): the unfinished operation is handed to the tokio runtime the
+//! drop runs on, which completes it. Outside a tokio runtime it is dropped and counted as
+//! a store error. The rule, and what it asks of a custom store, is on [`BindingStore`].
+//!
 //! # Example
 //!
 //! ```
@@ -164,7 +170,8 @@
 //!   land inside it.
 //! - **Timeout** outside: a request that times out drops our future or body — "dropped
 //!   before the first data frame" — which leaves the binding alone, as it should (the
-//!   account did not fail; the client's patience ran out). If you want a timeout to count
+//!   account did not fail; the client's patience ran out). A commit or clear already
+//!   decided when the timeout fires still completes (see above). If you want a timeout to count
 //!   as the account's failure, put the timeout *inside* the sticky layer so the inner
 //!   service returns an error or a 5xx to it.
 //! - **Compression** outside: the sticky body then judges the upstream's real frames, and

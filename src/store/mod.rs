@@ -38,6 +38,36 @@ pub use self::redis::{
 };
 
 /// A binding store: `(scope, session) → account`, with expiry and a capacity bound.
+///
+/// # Operations that outlive their request
+///
+/// The layer decides a [`commit`](BindingStore::commit) or a
+/// [`clear_if`](BindingStore::clear_if) from the response and then polls the store's
+/// future inside its [`ResponseFuture`](crate::ResponseFuture) or
+/// [`ResponseBody`](crate::ResponseBody). If that future or body is dropped before the
+/// store's future finished (the client went away, an outer timeout fired), the decided
+/// operation is not lost:
+///
+/// 1. the layer polls it once more, at the drop; if it is done, that is all;
+/// 2. otherwise it spawns it on the tokio runtime the drop runs on
+///    ([`Handle::try_current`](tokio::runtime::Handle::try_current)), which drives it to
+///    completion; its result is counted in [`Stats`](crate::Stats) as usual;
+/// 3. with no tokio runtime there, nothing can drive it: it is dropped, and counted in
+///    [`StatsSnapshot::store_errors`](crate::StatsSnapshot::store_errors).
+///
+/// A handed-off operation completes shortly after the drop, not before: a client that
+/// retries at once may still be pinned to an account that just failed. Lookups are never
+/// handed off (a dropped request needs no answer).
+///
+/// What a store should therefore do:
+///
+/// - take effect as early as it can: when the method is called if possible (an in-memory
+///   store: [`MokaStore`] does, its futures are [`std::future::Ready`]), else at the first
+///   poll;
+/// - keep its futures independent of the task that created them (they are `Send +
+///   'static`): they may finish on another task of the runtime;
+/// - bound each operation in time (a networked store: a timeout), since nobody waits for
+///   a handed-off one.
 pub trait BindingStore: Send + Sync + 'static {
     /// Future of [`BindingStore::lookup`].
     type LookupFuture: Future<Output = Result<Option<AuthId>, StoreError>> + Send + Unpin + 'static;
