@@ -207,6 +207,7 @@ mod types;
 
 pub use crate::body::ResponseBody;
 pub use crate::classify::{ClassifyResponse, ResponseClass, StatusClassifier};
+pub use crate::extract::KNOWN_CLIENT_HEADERS;
 pub use crate::extract::{
     DEFAULT_MAX_SESSION_ID_LEN, DEFAULT_SESSION_HEADER, InvalidSessionId, Redacted, SessionId,
 };
