@@ -195,6 +195,7 @@
 #![doc(html_root_url = "https://docs.rs/tower-sticky-session/0.1.0")]
 
 mod body;
+pub mod body_session;
 mod classify;
 mod core;
 mod extract;
@@ -206,6 +207,7 @@ pub mod store;
 mod types;
 
 pub use crate::body::ResponseBody;
+pub use crate::body_session::BodySignals;
 pub use crate::classify::{ClassifyResponse, ResponseClass, StatusClassifier};
 pub use crate::extract::KNOWN_CLIENT_HEADERS;
 pub use crate::extract::{

@@ -1,0 +1,1298 @@
+//! A JSON scanner that reads a handful of fields and skips the rest.
+//!
+//! It builds no DOM and copies nothing but the values it returns (and only those that
+//! hold escapes). Strings are skipped with `memchr` (two bytes at a time across the
+//! megabytes of prompt text a request carries); structure between strings is walked
+//! byte by byte.
+//!
+//! It is a scanner, not a validator. Where it reads (the top-level object and the
+//! objects it descends into: `metadata`, `request`, `conversation`, and for the
+//! fingerprint the opening messages) it checks the grammar fully; inside a value it only
+//! skips, it checks that strings end, brackets balance and match, nesting stays within
+//! [`MAX_DEPTH`], and bare words are numbers or `true`/`false`/`null`. A body malformed
+//! only deep inside a skipped value may thus be scanned successfully; since the body is
+//! forwarded unchanged, the upstream still judges it.
+//!
+//! Escapes: a string the scanner *reads* (a key it compares, a value it returns) is
+//! unescaped exactly (`\uXXXX` with surrogate pairs included); one with an invalid escape
+//! or a lone surrogate never matches a field name and is never a session id. Duplicate
+//! keys: the last occurrence wins, as in most JSON parsers.
+
+use std::borrow::Cow;
+use std::hash::Hasher;
+
+use memchr::memchr2;
+
+use crate::extract::{InvalidSessionId, validate};
+
+/// The deepest nesting the scanner follows (the limit `serde_json` applies by default).
+pub(crate) const MAX_DEPTH: usize = 128;
+
+/// Why a walk stopped early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// The input ended inside a value: more bytes might complete it.
+    Eof,
+    /// The input is not JSON.
+    Invalid,
+}
+
+type R<T> = Result<T, Stop>;
+
+/// A string as it appears between its quotes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RawStr<'a> {
+    raw: &'a [u8],
+    escaped: bool,
+}
+
+impl<'a> RawStr<'a> {
+    /// The string's bytes, unescaped; `None` if an escape is invalid.
+    pub(crate) fn unescaped(self) -> Option<Cow<'a, [u8]>> {
+        if self.escaped {
+            unescape(self.raw).map(Cow::Owned)
+        } else {
+            Some(Cow::Borrowed(self.raw))
+        }
+    }
+
+    /// Whether the string equals `name` once unescaped.
+    fn is(self, name: &[u8]) -> bool {
+        if !self.escaped {
+            return self.raw == name;
+        }
+        // An escape takes at least two bytes for one: a longer unescaped name cannot match.
+        self.raw.len() >= name.len() && unescape(self.raw).is_some_and(|u| u == name)
+    }
+}
+
+fn hex4(b: &[u8]) -> Option<u32> {
+    let s = std::str::from_utf8(b.get(..4)?).ok()?;
+    if !s.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    u32::from_str_radix(s, 16).ok()
+}
+
+/// Unescapes a JSON string's contents.
+pub(crate) fn unescape(raw: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let c = raw[i];
+        if c != b'\\' {
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let e = *raw.get(i + 1)?;
+        i += 2;
+        let byte = match e {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            b'/' => b'/',
+            b'b' => 0x08,
+            b'f' => 0x0c,
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            b'u' => {
+                let hi = hex4(raw.get(i..)?)?;
+                i += 4;
+                let cp = match hi {
+                    0xD800..=0xDBFF => {
+                        if raw.get(i..i + 2) != Some(b"\\u") {
+                            return None;
+                        }
+                        let lo = hex4(raw.get(i + 2..)?)?;
+                        if !(0xDC00..=0xDFFF).contains(&lo) {
+                            return None;
+                        }
+                        i += 6;
+                        0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+                    }
+                    0xDC00..=0xDFFF => return None,
+                    _ => hi,
+                };
+                let ch = char::from_u32(cp)?;
+                let mut buf = [0; 4];
+                out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+                continue;
+            }
+            _ => return None,
+        };
+        out.push(byte);
+    }
+    Some(out)
+}
+
+/// Whether a bare word is a number or `true`/`false`/`null` (numbers loosely: their
+/// characters, not their grammar).
+fn scalar_ok(tok: &[u8]) -> bool {
+    match tok.first() {
+        Some(b'-' | b'0'..=b'9') => tok
+            .iter()
+            .all(|c| c.is_ascii_digit() || matches!(c, b'-' | b'+' | b'.' | b'e' | b'E')),
+        Some(_) => matches!(tok, b"true" | b"false" | b"null"),
+        None => false,
+    }
+}
+
+/// A position in a byte slice holding JSON.
+pub(crate) struct Cursor<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Cursor<'a> {
+    pub(crate) fn new(b: &'a [u8]) -> Self {
+        Self { b, i: 0 }
+    }
+
+    #[inline]
+    fn ws(&mut self) {
+        while let Some(&c) = self.b.get(self.i) {
+            if matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
+                self.i += 1;
+            } else {
+                break;
+            }
+        }
+    }
+
+    #[inline]
+    fn peek(&mut self) -> R<u8> {
+        self.ws();
+        self.b.get(self.i).copied().ok_or(Stop::Eof)
+    }
+
+    #[inline]
+    fn eat(&mut self, c: u8) -> R<()> {
+        if self.peek()? == c {
+            self.i += 1;
+            Ok(())
+        } else {
+            Err(Stop::Invalid)
+        }
+    }
+
+    /// Whether only whitespace is left.
+    fn at_end(&mut self) -> bool {
+        self.ws();
+        self.i == self.b.len()
+    }
+
+    /// The rest of a string whose opening quote was consumed; leaves the cursor after the
+    /// closing quote.
+    #[inline]
+    fn string_body(&mut self) -> R<RawStr<'a>> {
+        let start = self.i;
+        let mut escaped = false;
+        loop {
+            let rest = self.b.get(self.i..).unwrap_or_default();
+            let Some(p) = memchr2(b'"', b'\\', rest) else {
+                return Err(Stop::Eof);
+            };
+            let at = self.i + p;
+            if self.b[at] == b'"' {
+                self.i = at + 1;
+                return Ok(RawStr {
+                    raw: &self.b[start..at],
+                    escaped,
+                });
+            }
+            escaped = true;
+            if at + 1 >= self.b.len() {
+                return Err(Stop::Eof);
+            }
+            // Skip the escaped byte (for `\uXXXX` the hex digits are ordinary bytes).
+            self.i = at + 2;
+        }
+    }
+
+    fn string(&mut self) -> R<RawStr<'a>> {
+        self.eat(b'"')?;
+        self.string_body()
+    }
+
+    /// The next value if it is a string; any other value is skipped and gives `None`.
+    fn string_value(&mut self) -> R<Option<RawStr<'a>>> {
+        if self.peek()? == b'"' {
+            self.i += 1;
+            self.string_body().map(Some)
+        } else {
+            self.skip_value().map(|_| None)
+        }
+    }
+
+    /// Skips one value and returns the bytes it spanned.
+    pub(crate) fn skip_value(&mut self) -> R<&'a [u8]> {
+        let c = self.peek()?;
+        let start = self.i;
+        match c {
+            b'"' => {
+                self.i += 1;
+                self.string_body()?;
+            }
+            b'{' | b'[' => self.skip_container()?,
+            _ => self.skip_scalar()?,
+        }
+        Ok(&self.b[start..self.i])
+    }
+
+    fn skip_scalar(&mut self) -> R<()> {
+        let start = self.i;
+        while let Some(&c) = self.b.get(self.i) {
+            if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'+' | b'.') {
+                self.i += 1;
+            } else {
+                break;
+            }
+        }
+        if self.i == self.b.len() {
+            // A number or word may continue in bytes not yet seen.
+            return Err(Stop::Eof);
+        }
+        if scalar_ok(&self.b[start..self.i]) {
+            Ok(())
+        } else {
+            Err(Stop::Invalid)
+        }
+    }
+
+    /// Skips an object or array (cursor at its opening bracket).
+    fn skip_container(&mut self) -> R<()> {
+        // One bit per open level: 1 for an object, 0 for an array.
+        let mut stack: u128 = 0;
+        let mut depth = 0usize;
+        let b = self.b;
+        let mut i = self.i;
+        loop {
+            let Some(&c) = b.get(i) else {
+                self.i = i;
+                return Err(Stop::Eof);
+            };
+            i += 1;
+            match c {
+                b'"' => {
+                    self.i = i;
+                    self.string_body()?;
+                    i = self.i;
+                }
+                b'{' | b'[' => {
+                    if depth == MAX_DEPTH {
+                        return Err(Stop::Invalid);
+                    }
+                    stack = (stack << 1) | u128::from(c == b'{');
+                    depth += 1;
+                }
+                b'}' | b']' => {
+                    if depth == 0 || (stack & 1 == 1) != (c == b'}') {
+                        return Err(Stop::Invalid);
+                    }
+                    stack >>= 1;
+                    depth -= 1;
+                    if depth == 0 {
+                        self.i = i;
+                        return Ok(());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Walks an object's members (cursor at `{`); `f` gets each key with the cursor at its
+    /// value and must consume the value. `f` returns `true` to stop the walk early (then the
+    /// cursor is left wherever `f` left it).
+    fn object(&mut self, mut f: impl FnMut(&mut Self, RawStr<'a>) -> R<bool>) -> R<()> {
+        self.eat(b'{')?;
+        if self.peek()? == b'}' {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            let key = self.string()?;
+            self.eat(b':')?;
+            if f(self, key)? {
+                return Ok(());
+            }
+            match self.peek()? {
+                b',' => self.i += 1,
+                b'}' => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => return Err(Stop::Invalid),
+            }
+        }
+    }
+
+    /// Walks an array's elements (cursor at `[`); `f` must consume each element.
+    fn array(&mut self, mut f: impl FnMut(&mut Self) -> R<()>) -> R<()> {
+        self.eat(b'[')?;
+        if self.peek()? == b']' {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            f(self)?;
+            match self.peek()? {
+                b',' => self.i += 1,
+                b']' => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => return Err(Stop::Invalid),
+            }
+        }
+    }
+
+    /// The value of `key` in the object at the cursor, if it is a string; stops reading at it.
+    fn find_string(&mut self, key: &[u8]) -> R<Option<RawStr<'a>>> {
+        let mut found = None;
+        self.object(|c, k| {
+            if k.is(key) {
+                found = c.string_value()?;
+                Ok(found.is_some())
+            } else {
+                c.skip_value().map(|_| false)
+            }
+        })?;
+        Ok(found)
+    }
+}
+
+/// The body fields a session id is read from, in priority order.
+pub(crate) const FIELDS: [&str; 10] = [
+    "conversation",
+    "conversation.id",
+    "metadata.user_id",
+    "prompt_cache_key",
+    "session_id",
+    "sessionId",
+    "litellm_session_id",
+    "metadata.session_id",
+    "request.session_id",
+    "user_prompt_id",
+];
+
+const CONVERSATION: usize = 0;
+const CONVERSATION_ID: usize = 1;
+const METADATA_USER_ID: usize = 2;
+const PROMPT_CACHE_KEY: usize = 3;
+const SESSION_ID: usize = 4;
+const SESSION_ID_CAMEL: usize = 5;
+const LITELLM_SESSION_ID: usize = 6;
+const METADATA_SESSION_ID: usize = 7;
+const REQUEST_SESSION_ID: usize = 8;
+const USER_PROMPT_ID: usize = 9;
+
+/// Strings longer than this are never unescaped for a session id (a valid id is at most a
+/// few hundred bytes, a Claude `metadata.user_id` at most a few hundred more).
+const MAX_READ: usize = 4096;
+
+/// The separator between Gemini CLI's session id and its prompt counter in `user_prompt_id`.
+const PROMPT_ID_SEPARATOR: &[u8] = b"########";
+
+/// A field whose value is not a valid session id, and why.
+pub(crate) type Rejected = (&'static str, InvalidSessionId);
+
+/// What a complete request body yielded, before validation.
+#[derive(Default, Debug)]
+pub(crate) struct Scanned<'a> {
+    /// Candidates per field (index into [`FIELDS`]); the last occurrence of a key wins.
+    pub(crate) candidates: [Option<Cow<'a, [u8]>>; FIELDS.len()],
+    pub(crate) previous_response_id: Option<Cow<'a, [u8]>>,
+    /// The fingerprint's inputs, when asked for: the system prompt's value and the first
+    /// user message's content, as raw JSON.
+    pub(crate) system: Option<&'a [u8]>,
+    pub(crate) first_user: Option<&'a [u8]>,
+}
+
+impl<'a> Scanned<'a> {
+    /// The first candidate in priority order that passes validation, and the first
+    /// rejected one before it (for a debug event).
+    pub(crate) fn session(
+        &self,
+        max_len: usize,
+    ) -> (Option<(&[u8], &'static str)>, Option<Rejected>) {
+        let mut rejected = None;
+        for (i, c) in self.candidates.iter().enumerate() {
+            let Some(v) = c else { continue };
+            match validate(v, max_len) {
+                Ok(()) => return (Some((v, FIELDS[i])), rejected),
+                Err(reason) => {
+                    rejected.get_or_insert((FIELDS[i], reason));
+                }
+            }
+        }
+        (None, rejected)
+    }
+}
+
+fn read(s: Option<RawStr<'_>>) -> Option<Cow<'_, [u8]>> {
+    let s = s?;
+    if s.raw.len() > MAX_READ {
+        // Too long to be an id: keep it as a candidate that fails validation.
+        return Some(Cow::Borrowed(s.raw));
+    }
+    s.unescaped()
+}
+
+/// The session part of a Claude Code `metadata.user_id`: either
+/// `user_<hash>_account_<uuid>_session_<uuid>` or a JSON string holding an object with a
+/// `session_id` member. A user id without a session part is not a session.
+fn claude_session(user_id: &[u8]) -> Option<Cow<'static, [u8]>> {
+    let trimmed = user_id.trim_ascii_start();
+    if trimmed.first() == Some(&b'{') {
+        let mut c = Cursor::new(trimmed);
+        let s = c.find_string(b"session_id").ok()??;
+        return read(Some(s)).map(|v| Cow::Owned(v.into_owned()));
+    }
+    let at = memchr::memmem::rfind(user_id, b"_session_")?;
+    Some(Cow::Owned(user_id[at + b"_session_".len()..].to_vec()))
+}
+
+fn gemini_session(prompt_id: &[u8]) -> Option<&[u8]> {
+    let at = memchr::memmem::find(prompt_id, PROMPT_ID_SEPARATOR)?;
+    Some(&prompt_id[..at])
+}
+
+/// Scans a complete request body. `fingerprint` asks for the fingerprint's inputs too.
+pub(crate) fn scan(body: &[u8], fingerprint: bool) -> Result<Scanned<'_>, Stop> {
+    let mut out = Scanned::default();
+    let mut c = Cursor::new(body);
+    let first = c.peek().map_err(|_| Stop::Invalid)?;
+    if first != b'{' {
+        // Valid JSON that is not an object has none of our fields.
+        if !matches!(first, b'"' | b'[') {
+            // A bare scalar: the whole body is the token.
+            return if scalar_ok(body.trim_ascii()) {
+                Ok(out)
+            } else {
+                Err(Stop::Invalid)
+            };
+        }
+        c.skip_value()?;
+        return if c.at_end() {
+            Ok(out)
+        } else {
+            Err(Stop::Invalid)
+        };
+    }
+    let mut system = None;
+    let mut instructions = None;
+    let mut system_message = None;
+    c.object(|c, key| {
+        let k = if key.escaped {
+            match key.unescaped() {
+                Some(k) => k,
+                None => return c.skip_value().map(|_| false),
+            }
+        } else {
+            Cow::Borrowed(key.raw)
+        };
+        match &*k {
+            b"conversation" => {
+                if c.peek()? == b'{' {
+                    let id = c.find_string(b"id")?;
+                    if id.is_some() {
+                        // find_string stops at `id`: skip the rest of the object.
+                        c.finish_object()?;
+                    }
+                    out.candidates[CONVERSATION_ID] = read(id);
+                } else {
+                    out.candidates[CONVERSATION] = read(c.string_value()?);
+                }
+            }
+            b"metadata" if c.peek()? == b'{' => {
+                c.object(|c, k| {
+                    if k.is(b"user_id") {
+                        if let Some(v) = read(c.string_value()?) {
+                            out.candidates[METADATA_USER_ID] = claude_session(&v);
+                        }
+                    } else if k.is(b"session_id") {
+                        out.candidates[METADATA_SESSION_ID] = read(c.string_value()?);
+                    } else {
+                        c.skip_value()?;
+                    }
+                    Ok(false)
+                })?;
+            }
+            b"request" if c.peek()? == b'{' => {
+                c.object(|c, k| {
+                    if k.is(b"session_id") {
+                        out.candidates[REQUEST_SESSION_ID] = read(c.string_value()?);
+                    } else {
+                        c.skip_value()?;
+                    }
+                    Ok(false)
+                })?;
+            }
+            b"prompt_cache_key" => out.candidates[PROMPT_CACHE_KEY] = read(c.string_value()?),
+            b"session_id" => out.candidates[SESSION_ID] = read(c.string_value()?),
+            b"sessionId" => out.candidates[SESSION_ID_CAMEL] = read(c.string_value()?),
+            b"litellm_session_id" => {
+                out.candidates[LITELLM_SESSION_ID] = read(c.string_value()?);
+            }
+            b"user_prompt_id" => {
+                out.candidates[USER_PROMPT_ID] = read(c.string_value()?).and_then(|v| match v {
+                    Cow::Borrowed(b) => gemini_session(b).map(Cow::Borrowed),
+                    Cow::Owned(o) => gemini_session(&o).map(|s| Cow::Owned(s.to_vec())),
+                });
+            }
+            b"previous_response_id" => out.previous_response_id = read(c.string_value()?),
+            b"system" if fingerprint => system = Some(c.skip_value()?),
+            b"instructions" if fingerprint => instructions = Some(c.skip_value()?),
+            b"messages" | b"input" if fingerprint => {
+                if c.peek()? == b'"' {
+                    // Responses API: `input` may be the user's text itself.
+                    out.first_user.get_or_insert(c.skip_value()?);
+                } else if c.peek()? == b'[' {
+                    c.opening_messages(&mut system_message, &mut out.first_user)?;
+                } else {
+                    c.skip_value()?;
+                }
+            }
+            _ => {
+                c.skip_value()?;
+            }
+        }
+        Ok(false)
+    })?;
+    if !c.at_end() {
+        return Err(Stop::Invalid);
+    }
+    out.system = system.or(instructions).or(system_message);
+    Ok(out)
+}
+
+impl<'a> Cursor<'a> {
+    /// Skips the rest of an object after a member's value (cursor after that value).
+    fn finish_object(&mut self) -> R<()> {
+        loop {
+            match self.peek()? {
+                b'}' => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                b',' => {
+                    self.i += 1;
+                    self.string()?;
+                    self.eat(b':')?;
+                    self.skip_value()?;
+                }
+                _ => return Err(Stop::Invalid),
+            }
+        }
+    }
+
+    /// Walks a `messages` / `input` array, recording the content of the first
+    /// `system`/`developer` message and of the first `user` message.
+    fn opening_messages(
+        &mut self,
+        system: &mut Option<&'a [u8]>,
+        user: &mut Option<&'a [u8]>,
+    ) -> R<()> {
+        self.array(|c| {
+            if user.is_some() || c.peek()? != b'{' {
+                return c.skip_value().map(drop);
+            }
+            let mut role = None;
+            let mut content = None;
+            c.object(|c, k| {
+                if k.is(b"role") {
+                    role = c.string_value()?;
+                } else if k.is(b"content") {
+                    content = Some(c.skip_value()?);
+                } else {
+                    c.skip_value()?;
+                }
+                Ok(false)
+            })?;
+            match (role, content) {
+                (Some(r), Some(v)) if r.is(b"user") => *user = Some(v),
+                (Some(r), Some(v)) if r.is(b"system") || r.is(b"developer") => {
+                    system.get_or_insert(v);
+                }
+                _ => {}
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Feeds the text of a prompt value into `h`: a string as it is, or the `text` members of
+/// an array of content blocks (other members, such as `cache_control`, which clients move
+/// from turn to turn, are left out).
+pub(crate) fn hash_text(value: &[u8], h: &mut impl Hasher) {
+    fn piece(h: &mut impl Hasher, s: RawStr<'_>) {
+        h.write_usize(s.raw.len());
+        h.write(s.raw);
+    }
+    let mut c = Cursor::new(value);
+    let _ = (|| -> R<()> {
+        match c.peek()? {
+            b'"' => {
+                c.i += 1;
+                piece(h, c.string_body()?);
+            }
+            b'[' => c.array(|c| {
+                match c.peek()? {
+                    b'"' => {
+                        c.i += 1;
+                        piece(h, c.string_body()?);
+                    }
+                    b'{' => c.object(|c, k| {
+                        if k.is(b"text") {
+                            if let Some(s) = c.string_value()? {
+                                piece(h, s);
+                            }
+                        } else {
+                            c.skip_value()?;
+                        }
+                        Ok(false)
+                    })?,
+                    _ => {
+                        c.skip_value()?;
+                    }
+                }
+                Ok(())
+            })?,
+            _ => {}
+        }
+        Ok(())
+    })();
+}
+
+/// What [`find_response_id`] found in the first bytes of a response body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResponseIdScan<'a> {
+    /// A Responses API id (`resp_…`), borrowed from the input.
+    Found(&'a str),
+    /// The bytes seen so far end before the answer: call again with more.
+    NeedMore,
+    /// This response carries no Responses API id where one is looked for.
+    Absent,
+}
+
+/// Finds the Responses API id (`resp_…`) of a response from its first bytes, without
+/// copying them.
+///
+/// Looked for: the top-level `"id"` of a JSON body, or `response.id` in the data of an SSE
+/// stream's first event when that event is `response.created` (by its `event:` line or its
+/// `type` member). The scan stops at the id, so the rest of the event (a
+/// `response.created` event repeats the request's instructions and tools, often many KiB)
+/// need not have arrived. An id that is not 1–256 bytes of visible ASCII, or that holds a
+/// JSON escape, counts as absent.
+///
+/// ```
+/// use tower_sticky_session::body_session::{ResponseIdScan, find_response_id};
+///
+/// let sse = b"event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_abc\",\"object\":\"resp";
+/// assert_eq!(find_response_id(sse), ResponseIdScan::Found("resp_abc"));
+/// assert_eq!(find_response_id(b"event: response.created\ndata: {\"type\":\"resp"), ResponseIdScan::NeedMore);
+/// assert_eq!(find_response_id(b"{\"id\":\"chatcmpl-1\"}"), ResponseIdScan::Absent);
+/// ```
+pub fn find_response_id(prefix: &[u8]) -> ResponseIdScan<'_> {
+    let start = prefix.iter().position(|c| !c.is_ascii_whitespace());
+    let Some(start) = start else {
+        return ResponseIdScan::NeedMore;
+    };
+    let rest = &prefix[start..];
+    if rest[0] == b'{' {
+        let mut c = Cursor::new(rest);
+        return response_id(c.find_string(b"id"));
+    }
+    sse_response_id(rest)
+}
+
+fn response_id(found: R<Option<RawStr<'_>>>) -> ResponseIdScan<'_> {
+    match found {
+        Err(Stop::Eof) => ResponseIdScan::NeedMore,
+        Err(Stop::Invalid) | Ok(None) => ResponseIdScan::Absent,
+        Ok(Some(s)) => {
+            if s.escaped || !s.raw.starts_with(b"resp_") || validate(s.raw, 256).is_err() {
+                return ResponseIdScan::Absent;
+            }
+            // Visible ASCII, so valid UTF-8.
+            match std::str::from_utf8(s.raw) {
+                Ok(id) => ResponseIdScan::Found(id),
+                Err(_) => ResponseIdScan::Absent,
+            }
+        }
+    }
+}
+
+const CREATED: &[u8] = b"response.created";
+
+fn sse_response_id(mut rest: &[u8]) -> ResponseIdScan<'_> {
+    let mut named = false;
+    loop {
+        let (line, next) = match memchr::memchr(b'\n', rest) {
+            Some(n) => (&rest[..n], Some(&rest[n + 1..])),
+            None => (rest, None),
+        };
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(data) = line.strip_prefix(b"data:") {
+            let data = data.strip_prefix(b" ").unwrap_or(data);
+            return sse_data(data, named);
+        }
+        let Some(next) = next else {
+            // An incomplete line that is not data: wait for the rest of it, unless it
+            // cannot start a line of the first event.
+            let fits = line.is_empty()
+                || line[0] == b':'
+                || [&b"event:"[..], b"id:", b"retry:", b"data:"]
+                    .iter()
+                    .any(|f| f.starts_with(line) || line.starts_with(f));
+            return if fits {
+                ResponseIdScan::NeedMore
+            } else {
+                ResponseIdScan::Absent
+            };
+        };
+        if line.is_empty()
+            || line[0] == b':'
+            || line.starts_with(b"id:")
+            || line.starts_with(b"retry:")
+        {
+            // Blank line before any data, comment, or a field that does not matter.
+        } else if let Some(name) = line.strip_prefix(b"event:") {
+            if name.trim_ascii() != CREATED {
+                return ResponseIdScan::Absent;
+            }
+            named = true;
+        } else {
+            return ResponseIdScan::Absent;
+        }
+        rest = next;
+    }
+}
+
+fn sse_data(data: &[u8], named: bool) -> ResponseIdScan<'_> {
+    let mut c = Cursor::new(data);
+    let mut typed = false;
+    let mut found = None;
+    let walk = c.object(|c, k| {
+        if k.is(b"type") {
+            match c.string_value()? {
+                Some(t) if t.is(CREATED) => typed = true,
+                _ => return Err(Stop::Invalid),
+            }
+            Ok(false)
+        } else if k.is(b"response") && c.peek()? == b'{' {
+            found = Some(c.find_string(b"id"));
+            Ok(true)
+        } else {
+            c.skip_value().map(|_| false)
+        }
+    });
+    match (walk, found) {
+        (Err(Stop::Eof), _) => ResponseIdScan::NeedMore,
+        (Err(Stop::Invalid), _) => ResponseIdScan::Absent,
+        (Ok(()), Some(f)) if named || typed => response_id(f),
+        _ => ResponseIdScan::Absent,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The winning session (field, id) of a body.
+    fn session(body: &str) -> Option<(&'static str, String)> {
+        let s = scan(body.as_bytes(), false).expect("valid JSON");
+        let (found, _) = s.session(256);
+        found.map(|(v, f)| (f, String::from_utf8(v.to_vec()).unwrap()))
+    }
+
+    fn invalid(body: &[u8]) -> bool {
+        scan(body, false).is_err()
+    }
+
+    #[test]
+    fn each_field_is_read_on_its_own() {
+        let cases = [
+            (r#"{"conversation":"conv_1"}"#, "conversation", "conv_1"),
+            (
+                r#"{"conversation":{"id":"conv_2"}}"#,
+                "conversation.id",
+                "conv_2",
+            ),
+            (
+                r#"{"metadata":{"user_id":"user_ab12_account_c3d4_session_5e6f"}}"#,
+                "metadata.user_id",
+                "5e6f",
+            ),
+            (r#"{"prompt_cache_key":"pck"}"#, "prompt_cache_key", "pck"),
+            (r#"{"session_id":"sid"}"#, "session_id", "sid"),
+            (r#"{"sessionId":"camel"}"#, "sessionId", "camel"),
+            (
+                r#"{"litellm_session_id":"lls"}"#,
+                "litellm_session_id",
+                "lls",
+            ),
+            (
+                r#"{"metadata":{"session_id":"msid"}}"#,
+                "metadata.session_id",
+                "msid",
+            ),
+            (
+                r#"{"request":{"session_id":"rsid"}}"#,
+                "request.session_id",
+                "rsid",
+            ),
+            (
+                "{\"user_prompt_id\":\"g-sess########7\"}",
+                "user_prompt_id",
+                "g-sess",
+            ),
+        ];
+        for (body, field, id) in cases {
+            assert_eq!(session(body), Some((field, id.to_string())), "{body}");
+        }
+    }
+
+    #[test]
+    fn fields_win_in_priority_order_whatever_their_position() {
+        // All fields present, in reverse priority order in the body.
+        let all = concat!(
+            "{\"user_prompt_id\":\"i########1\",",
+            r#""request":{"session_id":"h"},
+            "metadata":{"session_id":"g","user_id":"user_x_account_y_session_c"},
+            "litellm_session_id":"f","sessionId":"e","session_id":"d","prompt_cache_key":"b",
+            "conversation":"a"}"#
+        );
+        assert_eq!(session(all), Some(("conversation", "a".into())));
+        let without = all.replace(r#""conversation":"a""#, r#""x":1"#);
+        assert_eq!(session(&without), Some(("metadata.user_id", "c".into())));
+        let without = without.replace("_session_c", "");
+        assert_eq!(session(&without), Some(("prompt_cache_key", "b".into())));
+        let without = without.replace(r#""prompt_cache_key":"b""#, r#""y":2"#);
+        assert_eq!(session(&without), Some(("session_id", "d".into())));
+    }
+
+    #[test]
+    fn conversation_object_id_is_found_among_other_members() {
+        let body = r#"{"conversation":{"object":"conversation","id":"conv_9","meta":{"id":"no"}},"prompt_cache_key":"p"}"#;
+        assert_eq!(session(body), Some(("conversation.id", "conv_9".into())));
+        // An object without an id is no session; the next field wins.
+        let body = r#"{"conversation":{"object":"conversation"},"prompt_cache_key":"p"}"#;
+        assert_eq!(session(body), Some(("prompt_cache_key", "p".into())));
+    }
+
+    #[test]
+    fn claude_user_id_json_string_form_gives_its_session_id() {
+        let inner = r#"{"device_id":"d1","account_uuid":"a2","session_id":"4f6e-uuid"}"#;
+        let body = serde_json::json!({"metadata": {"user_id": inner}}).to_string();
+        assert!(
+            body.contains(r#"\"session_id\""#),
+            "the inner JSON is escaped: {body}"
+        );
+        assert_eq!(
+            session(&body),
+            Some(("metadata.user_id", "4f6e-uuid".into()))
+        );
+    }
+
+    #[test]
+    fn claude_user_id_without_session_part_is_not_a_session() {
+        for user_id in [
+            "user_4b1d7c",
+            "user_4b1d_account_9e0c",
+            r#"{"device_id":"d1","account_uuid":"a2"}"#,
+            r#"{"device_id":"d1","session_id":null}"#,
+        ] {
+            let body = serde_json::json!({"metadata": {"user_id": user_id}}).to_string();
+            assert_eq!(session(&body), None, "{user_id}");
+            // ... and does not hide a lower-priority field.
+            let body = serde_json::json!({"metadata": {"user_id": user_id}, "session_id": "s"})
+                .to_string();
+            assert_eq!(
+                session(&body),
+                Some(("session_id", "s".into())),
+                "{user_id}"
+            );
+        }
+        // An empty session part is invalid, and falls through too.
+        let body = r#"{"metadata":{"user_id":"user_a_account_b_session_"},"session_id":"s"}"#;
+        assert_eq!(session(body), Some(("session_id", "s".into())));
+    }
+
+    #[test]
+    fn user_prompt_id_without_separator_is_not_a_session() {
+        assert_eq!(session(r#"{"user_prompt_id":"abc#1"}"#), None);
+        assert_eq!(session("{\"user_prompt_id\":\"########1\"}"), None);
+    }
+
+    #[test]
+    fn invalid_value_falls_through_to_the_next_field_and_is_reported() {
+        let long = "x".repeat(257);
+        let body = format!(r#"{{"prompt_cache_key":"{long}","session_id":"ok"}}"#);
+        let s = scan(body.as_bytes(), false).unwrap();
+        let (found, rejected) = s.session(256);
+        assert_eq!(found.map(|f| f.1), Some("session_id"));
+        assert_eq!(
+            rejected,
+            Some(("prompt_cache_key", InvalidSessionId::TooLong))
+        );
+        let body = r#"{"prompt_cache_key":"has space","session_id":""}"#;
+        let scanned = scan(body.as_bytes(), false).unwrap();
+        let (found, rejected) = scanned.session(256);
+        assert!(found.is_none());
+        assert_eq!(rejected, Some(("prompt_cache_key", InvalidSessionId::Byte)));
+    }
+
+    #[test]
+    fn values_of_other_types_are_ignored() {
+        for v in ["1", "null", "true", "[\"a\"]", "{\"id\":\"x\"}", "-1.5e3"] {
+            let body = format!(r#"{{"prompt_cache_key":{v},"session_id":"s"}}"#);
+            assert_eq!(session(&body), Some(("session_id", "s".into())), "{v}");
+        }
+        // metadata / request that are not objects.
+        assert_eq!(
+            session(r#"{"metadata":"m","request":[1],"sessionId":"c"}"#),
+            Some(("sessionId", "c".into()))
+        );
+    }
+
+    #[test]
+    fn escapes_in_values_are_unescaped_before_validation() {
+        assert_eq!(
+            session(r#"{"session_id":"a\/b\u0041"}"#),
+            Some(("session_id", "a/bA".into()))
+        );
+        // An escape that decodes to a space or control character is not a valid id.
+        let scanned = scan(br#"{"session_id":"a\u0020b"}"#, false).unwrap();
+        let (found, rejected) = scanned.session(256);
+        assert!(found.is_none());
+        assert_eq!(rejected.unwrap().1, InvalidSessionId::Byte);
+        // Non-ASCII (even written as an escape) is not a valid id.
+        assert_eq!(session(r#"{"session_id":"caf\u00e9"}"#), None);
+        // Invalid escapes and lone surrogates never count.
+        for v in [
+            r#"a\x"#,
+            r#"a\u12"#,
+            r#"a\ud800"#,
+            r#"a\udc00b"#,
+            r#"a\ud800\u0041"#,
+        ] {
+            let body = format!(r#"{{"session_id":"{v}","sessionId":"next"}}"#);
+            assert_eq!(session(&body), Some(("sessionId", "next".into())), "{v}");
+        }
+    }
+
+    #[test]
+    fn escaped_keys_match_their_unescaped_names() {
+        assert_eq!(
+            session(r#"{"prompt\u005fcache_key":"p"}"#),
+            Some(("prompt_cache_key", "p".into()))
+        );
+        assert_eq!(
+            session(r#"{"meta\u0064ata":{"session\u005fid":"m"}}"#),
+            Some(("metadata.session_id", "m".into()))
+        );
+        // An escaped quote inside a key is part of it.
+        assert_eq!(session(r#"{"session_id\"":"x"}"#), None);
+    }
+
+    #[test]
+    fn last_occurrence_of_a_repeated_key_wins() {
+        assert_eq!(
+            session(r#"{"session_id":"first","session_id":"second"}"#),
+            Some(("session_id", "second".into()))
+        );
+    }
+
+    #[test]
+    fn nested_fields_are_not_read_at_the_wrong_level() {
+        let body = r#"{"messages":[{"role":"user","content":"x","session_id":"nested","prompt_cache_key":"n2"}],
+            "tools":[{"metadata":{"session_id":"deep"}}],"input":{"request":{"session_id":"deeper"}}}"#;
+        assert_eq!(session(body), None);
+        // A key inside a string is just text.
+        assert_eq!(session(r#"{"text":"\"session_id\":\"fake\""}"#), None);
+    }
+
+    #[test]
+    fn previous_response_id_is_read_separately() {
+        let s = scan(
+            br#"{"previous_response_id":"resp_123","input":"hi"}"#,
+            false,
+        )
+        .unwrap();
+        assert_eq!(s.previous_response_id.as_deref(), Some(&b"resp_123"[..]));
+        assert_eq!(s.session(256).0, None);
+    }
+
+    #[test]
+    fn non_object_json_has_no_fields_but_is_valid() {
+        for body in [
+            "[1,2,{\"session_id\":\"x\"}]",
+            "\"session_id\"",
+            "42 ",
+            "null",
+        ] {
+            let s = scan(body.as_bytes(), false).expect(body);
+            assert!(s.session(256).0.is_none());
+        }
+    }
+
+    #[test]
+    fn malformed_bodies_are_invalid() {
+        for body in [
+            &b""[..],
+            b"   ",
+            b"{",
+            b"{\"a\":",
+            b"{\"a\":1",
+            b"{\"a\":1,}",
+            b"{\"a\" 1}",
+            b"{a:1}",
+            b"{\"a\":1}}",
+            b"{\"a\":1} x",
+            b"{\"a\":[1,2}",
+            b"{\"a\":{\"b\":1]}",
+            b"{\"a\":tru}",
+            b"{\"a\":nope}",
+            b"{\"a\":\"unterminated}",
+            b"{\"a\":\"ends in escape\\",
+            b"{\"session_id\":\"x\"",
+            b"\xff\xfe",
+            b"data: {}",
+        ] {
+            assert!(invalid(body), "{:?}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn nesting_deeper_than_the_limit_is_invalid() {
+        let ok = format!(
+            "{{\"a\":{}{}}}",
+            "[".repeat(MAX_DEPTH),
+            "]".repeat(MAX_DEPTH)
+        );
+        assert!(!invalid(ok.as_bytes()));
+        let deep = format!(
+            "{{\"a\":{}{}}}",
+            "[".repeat(MAX_DEPTH + 1),
+            "]".repeat(MAX_DEPTH + 1)
+        );
+        assert!(invalid(deep.as_bytes()));
+        // Far deeper input fails fast, without recursion.
+        let huge = format!("{{\"a\":{}", "[".repeat(1_000_000));
+        assert!(invalid(huge.as_bytes()));
+    }
+
+    #[test]
+    fn whitespace_everywhere_is_accepted() {
+        let body = " \n{ \"metadata\" :\t{ \"session_id\" : \"m\" } ,\r\n \"x\" : [ 1 , { } ] } \n";
+        assert_eq!(session(body), Some(("metadata.session_id", "m".into())));
+    }
+
+    #[test]
+    fn fingerprint_inputs_are_found_in_each_api_shape() {
+        let anthropic = br#"{"system":[{"type":"text","text":"S"}],"messages":[{"role":"user","content":"U"},{"role":"user","content":"U2"}]}"#;
+        let s = scan(anthropic, true).unwrap();
+        assert_eq!(s.system, Some(&br#"[{"type":"text","text":"S"}]"#[..]));
+        assert_eq!(s.first_user, Some(&br#""U""#[..]));
+        let chat = br#"{"messages":[{"role":"developer","content":"D"},{"role":"assistant","content":"A"},{"content":"U","role":"user"}]}"#;
+        let s = scan(chat, true).unwrap();
+        assert_eq!(s.system, Some(&br#""D""#[..]));
+        assert_eq!(s.first_user, Some(&br#""U""#[..]));
+        let responses = br#"{"instructions":"I","input":[{"type":"message","role":"user","content":[{"type":"input_text","text":"U"}]}]}"#;
+        let s = scan(responses, true).unwrap();
+        assert_eq!(s.system, Some(&br#""I""#[..]));
+        assert_eq!(
+            s.first_user,
+            Some(&br#"[{"type":"input_text","text":"U"}]"#[..])
+        );
+        let s = scan(br#"{"input":"just text"}"#, true).unwrap();
+        assert_eq!(s.first_user, Some(&br#""just text""#[..]));
+        // Not asked for: not collected.
+        let s = scan(anthropic, false).unwrap();
+        assert!(s.system.is_none() && s.first_user.is_none());
+    }
+
+    #[test]
+    fn hash_text_ignores_members_other_than_text() {
+        use std::hash::{DefaultHasher, Hasher};
+        let h = |v: &[u8]| {
+            let mut h = DefaultHasher::new();
+            hash_text(v, &mut h);
+            h.finish()
+        };
+        let a = h(br#"[{"type":"text","text":"hello"}]"#);
+        let b = h(br#"[{"type":"text","text":"hello","cache_control":{"type":"ephemeral"}}]"#);
+        let c = h(br#"[{"type":"text","text":"hellO"}]"#);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        // Two pieces are not one concatenated piece.
+        assert_ne!(h(br#"["ab","c"]"#), h(br#"["a","bc"]"#));
+    }
+
+    fn found(prefix: &[u8]) -> ResponseIdScan<'_> {
+        find_response_id(prefix)
+    }
+
+    const CREATED_EVENT: &str = "event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"id\":\"resp_0a1b2c\",\"object\":\"response\",\"status\":\"in_progress\",\"instructions\":\"long...\"}}\n\n";
+
+    #[test]
+    fn response_id_of_a_json_body() {
+        assert_eq!(
+            found(br#"{"id":"resp_68af","object":"response","output":[]}"#),
+            ResponseIdScan::Found("resp_68af")
+        );
+        // Not first: found after skipping the members before it.
+        assert_eq!(
+            found(br#" {"object":"response","meta":{"id":"x"},"id":"resp_2"}"#),
+            ResponseIdScan::Found("resp_2")
+        );
+        assert_eq!(found(br#"{"id":"chatcmpl-1"}"#), ResponseIdScan::Absent);
+        assert_eq!(found(br#"{"object":"list"}"#), ResponseIdScan::Absent);
+        assert_eq!(found(br#"{"id":"resp_\u0031"}"#), ResponseIdScan::Absent);
+        assert_eq!(found(br#"{"id":"resp_ x"}"#), ResponseIdScan::Absent);
+        assert_eq!(found(b"not json"), ResponseIdScan::Absent);
+        assert_eq!(found(b""), ResponseIdScan::NeedMore);
+        assert_eq!(found(br#"{"object":"respo"#), ResponseIdScan::NeedMore);
+    }
+
+    #[test]
+    fn response_id_of_a_first_sse_event() {
+        assert_eq!(
+            found(CREATED_EVENT.as_bytes()),
+            ResponseIdScan::Found("resp_0a1b2c")
+        );
+        let crlf = CREATED_EVENT.replace('\n', "\r\n");
+        assert_eq!(found(crlf.as_bytes()), ResponseIdScan::Found("resp_0a1b2c"));
+        // No event line: the type says it; comments and retry lines before it are fine.
+        let typed = ": keep-alive\nretry: 100\ndata:{\"type\":\"response.created\",\"response\":{\"id\":\"resp_t\"}}\n\n";
+        assert_eq!(found(typed.as_bytes()), ResponseIdScan::Found("resp_t"));
+        // An event line alone is enough.
+        let named = "event: response.created\ndata: {\"response\":{\"id\":\"resp_n\"}}\n\n";
+        assert_eq!(found(named.as_bytes()), ResponseIdScan::Found("resp_n"));
+    }
+
+    #[test]
+    fn other_first_events_have_no_response_id() {
+        for s in [
+            "event: response.in_progress\ndata: {\"type\":\"response.in_progress\",\"response\":{\"id\":\"resp_1\"}}\n\n",
+            "data: {\"type\":\"response.output_text.delta\",\"response\":{\"id\":\"resp_1\"}}\n\n",
+            "data: {\"response\":{\"id\":\"resp_1\"}}\n\n",
+            "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\"}\n\n",
+            "event: message_start\ndata: {\"type\":\"message_start\"}\n\n",
+            "data: [DONE]\n\n",
+            "hello world\n",
+        ] {
+            assert_eq!(found(s.as_bytes()), ResponseIdScan::Absent, "{s}");
+        }
+    }
+
+    #[test]
+    fn every_prefix_before_the_id_needs_more_and_after_it_finds_it() {
+        let full = CREATED_EVENT.as_bytes();
+        let end_of_id = CREATED_EVENT.find("resp_0a1b2c").unwrap() + "resp_0a1b2c\"".len();
+        for n in 0..full.len() {
+            let got = found(&full[..n]);
+            if n < end_of_id {
+                assert_eq!(got, ResponseIdScan::NeedMore, "prefix of {n} bytes");
+            } else {
+                assert_eq!(
+                    got,
+                    ResponseIdScan::Found("resp_0a1b2c"),
+                    "prefix of {n} bytes"
+                );
+            }
+        }
+        let json = br#"{"id":"resp_9","object":"response"}"#;
+        for n in 0..json.len() {
+            let got = found(&json[..n]);
+            assert!(
+                matches!(
+                    got,
+                    ResponseIdScan::NeedMore | ResponseIdScan::Found("resp_9")
+                ),
+                "{n}: {got:?}"
+            );
+        }
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::{
+            Just, Strategy, any, prop_assert, prop_assert_eq, prop_oneof, proptest,
+        };
+        use proptest::{collection, sample};
+
+        proptest! {
+            #[test]
+            fn scanner_never_panics_on_arbitrary_bytes(bytes in collection::vec(any::<u8>(), 0..512)) {
+                let _ = scan(&bytes, true);
+                let _ = find_response_id(&bytes);
+            }
+
+            #[test]
+            fn scanner_never_panics_on_json_like_noise(
+                s in collection::vec(
+                    sample::select(&[
+                        "{", "}", "[", "]", ",", ":", "\"", "\\", "\\u", "d83d", "a", "1", "-", "e",
+                        "true", "null", " ", "\"session_id\"", "\"metadata\"", "\"user_id\"",
+                        "\"conversation\"", "\"messages\"", "\"role\"", "\"user\"", "\"content\"",
+                        "\"text\"", "data:", "event:", "\n", "\"response\"", "\"id\"", "\"resp_1\"",
+                    ][..]),
+                    0..64,
+                )
+            ) {
+                let body = s.concat();
+                let _ = scan(body.as_bytes(), true);
+                let _ = find_response_id(body.as_bytes());
+            }
+
+            #[test]
+            fn scanner_agrees_with_serde_json_on_serialized_values(
+                id in "\\PC{0,40}",
+                filler in "\\PC{0,200}",
+                pos in 0usize..3,
+            ) {
+                let mut members = vec![
+                    ("messages", serde_json::json!([{"role": "user", "content": filler.clone()}])),
+                    ("model", serde_json::json!("m")),
+                ];
+                members.insert(pos.min(members.len()), ("prompt_cache_key", serde_json::json!(id.clone())));
+                let obj: serde_json::Map<String, serde_json::Value> =
+                    members.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+                let body = serde_json::to_vec(&obj).unwrap();
+                let s = scan(&body, true).unwrap();
+                prop_assert_eq!(s.candidates[PROMPT_CACHE_KEY].as_deref(), Some(id.as_bytes()));
+            }
+
+            #[test]
+            fn scanner_accepts_what_serde_json_accepts(v in arb_json()) {
+                let body = serde_json::to_vec(&v).unwrap();
+                prop_assert!(scan(&body, true).is_ok());
+                let pretty = serde_json::to_vec_pretty(&v).unwrap();
+                prop_assert!(scan(&pretty, true).is_ok());
+            }
+        }
+
+        fn arb_json() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::Bool),
+                any::<i64>().prop_map(|n| serde_json::json!(n)),
+                any::<f64>()
+                    .prop_filter("finite", |f| f.is_finite())
+                    .prop_map(|n| serde_json::json!(n)),
+                "\\PC{0,20}".prop_map(serde_json::Value::String),
+            ];
+            leaf.prop_recursive(4, 64, 8, |inner| {
+                prop_oneof![
+                    collection::vec(inner.clone(), 0..8).prop_map(serde_json::Value::Array),
+                    collection::btree_map("\\PC{0,10}", inner, 0..8)
+                        .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! What a request body says about its session.
+
+use std::fmt::Write as _;
+
+use http::HeaderValue;
+
+use super::scan::{self, FIELDS, Stop};
+use crate::extract::{DEFAULT_MAX_SESSION_ID_LEN, InvalidSessionId, SessionId, validate};
+
+/// The body fields a session id is read from, in priority order: the values
+/// [`BodySession::field`] takes, and the labels of [`BodySessionStatsSnapshot::found`](super::BodySessionStatsSnapshot::found).
+///
+/// | field | sent by |
+/// |---|---|
+/// | `conversation` | OpenAI SDK apps, Responses API (`"conversation": "conv_…"`) |
+/// | `conversation.id` | the same, object form (`"conversation": {"id": "conv_…"}`) |
+/// | `metadata.user_id` | Claude Code: only its session part, see below |
+/// | `prompt_cache_key` | Codex CLI (the session id), OpenCode and Kilo Code with OpenAI providers, OpenAI SDK apps |
+/// | `session_id` | clients and gateways that put it at the top level |
+/// | `sessionId` | the same, camel case |
+/// | `litellm_session_id` | Cline and other clients going through LiteLLM |
+/// | `metadata.session_id` | LiteLLM's metadata form |
+/// | `request.session_id` | Gemini CLI (Code Assist API) |
+/// | `user_prompt_id` | Gemini CLI: the part before `########` (`<session>########<n>`) |
+///
+/// Claude Code's `metadata.user_id` is read in both of its forms,
+/// `user_<hash>_account_<uuid>_session_<uuid>` and a JSON *string* holding
+/// `{"device_id":…,"account_uuid":…,"session_id":"<uuid>"}`; the session is the
+/// `session_id` part. A `user_id` without a session part identifies a user, not a
+/// session, and is ignored (pinning every session of a user to one account defeats
+/// spreading them).
+pub const BODY_FIELDS: [&str; 10] = FIELDS;
+
+/// Request extension inserted by [`SessionFromBody`](super::SessionFromBody) when it has
+/// read a JSON request body: what the body says about the request's session.
+///
+/// Present only when the body was buffered whole and scanned (a body over the limit, not
+/// JSON, invalid JSON, or failed has none). Every id in it passed the same validation as
+/// a session header (1 to 256 visible ASCII bytes by default).
+///
+/// How the sticky layer reads it, first match wins: a learned
+/// [`previous_response_id`](Self::previous_response_id) (a hard pin), then the session
+/// headers, then [`session`](Self::session), then [`fingerprint`](Self::fingerprint).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BodySignals {
+    /// The session id from the first field of [`BODY_FIELDS`] that holds a valid one.
+    pub session: Option<BodySession>,
+    /// The body's top-level `previous_response_id` (a Responses API `resp_…`), if valid.
+    /// It resolves only on the account that created that response: look it up among
+    /// learned response ids before any other source.
+    pub previous_response_id: Option<SessionId>,
+    /// The conversation fingerprint (`fp-` and 32 hex digits), when enabled with
+    /// [`SessionFromBodyLayer::fingerprint`](super::SessionFromBodyLayer::fingerprint)
+    /// and the body has a first user message.
+    pub fingerprint: Option<SessionId>,
+}
+
+/// A session id read from a request body, and the field it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BodySession {
+    /// The validated session id.
+    pub id: SessionId,
+    /// The field it was read from, one of [`BODY_FIELDS`] (e.g. `"prompt_cache_key"`).
+    pub field: &'static str,
+}
+
+impl BodySession {
+    /// A session id and the field it came from.
+    pub fn new(id: SessionId, field: &'static str) -> Self {
+        Self { id, field }
+    }
+}
+
+/// The scan of a complete body was not possible: the body is not JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InvalidJson;
+
+impl std::fmt::Display for InvalidJson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request body is not valid JSON")
+    }
+}
+
+impl std::error::Error for InvalidJson {}
+
+/// The key of the conversation fingerprint's hash.
+pub(crate) type FingerprintKey = [u8; 16];
+
+/// The fingerprint key used unless one is configured (public, so only good for ids that
+/// need not be unguessable).
+pub(crate) const DEFAULT_FINGERPRINT_KEY: FingerprintKey = *b"tower-sticky-fp1";
+
+/// How to scan.
+#[derive(Clone, Debug)]
+pub(crate) struct ScanConfig {
+    pub(crate) max_len: usize,
+    pub(crate) fingerprint: Option<FingerprintKey>,
+}
+
+impl Default for ScanConfig {
+    fn default() -> Self {
+        Self {
+            max_len: DEFAULT_MAX_SESSION_ID_LEN,
+            fingerprint: None,
+        }
+    }
+}
+
+/// The result of a scan, for the middleware: the signals, and the first field whose
+/// value was rejected (for a debug event).
+pub(crate) struct Outcome {
+    pub(crate) signals: BodySignals,
+    pub(crate) rejected: Option<(&'static str, InvalidSessionId)>,
+}
+
+fn id(bytes: &[u8], max_len: usize) -> Option<SessionId> {
+    validate(bytes, max_len).ok()?;
+    SessionId::from_header_value(HeaderValue::from_bytes(bytes).ok()?, max_len).ok()
+}
+
+pub(crate) fn scan_body(body: &[u8], config: &ScanConfig) -> Result<Outcome, InvalidJson> {
+    let scanned = scan::scan(body, config.fingerprint.is_some()).map_err(|_: Stop| InvalidJson)?;
+    let (found, rejected) = scanned.session(config.max_len);
+    let session =
+        found.and_then(|(v, field)| Some(BodySession::new(id(v, config.max_len)?, field)));
+    let previous_response_id = scanned
+        .previous_response_id
+        .as_deref()
+        .and_then(|v| id(v, config.max_len));
+    let fingerprint = match (config.fingerprint, scanned.first_user) {
+        (Some(key), Some(user)) => fingerprint(&key, scanned.system, user),
+        _ => None,
+    };
+    Ok(Outcome {
+        signals: BodySignals {
+            session,
+            previous_response_id,
+            fingerprint,
+        },
+        rejected,
+    })
+}
+
+/// A keyed 128-bit hash of the system prompt's text and the first user message's text.
+fn fingerprint(key: &FingerprintKey, system: Option<&[u8]>, user: &[u8]) -> Option<SessionId> {
+    let (k0, k1) = key.split_at(8);
+    let k0 = u64::from_le_bytes(k0.try_into().unwrap_or_default());
+    let k1 = u64::from_le_bytes(k1.try_into().unwrap_or_default());
+    // SipHash-2-4 (the algorithm std's `SipHasher` is documented to be), twice with
+    // different keys for 128 bits. std deprecated the type only to steer users to
+    // `DefaultHasher`, whose algorithm is unspecified; we need a fixed one, since
+    // replicas must compute the same fingerprint.
+    #[allow(deprecated)]
+    let mut hashers = [
+        std::hash::SipHasher::new_with_keys(k0, k1),
+        std::hash::SipHasher::new_with_keys(k1 ^ 0x6670_5f68_6967_6800, k0),
+    ];
+    let mut out = String::with_capacity(35);
+    out.push_str("fp-");
+    for h in &mut hashers {
+        use std::hash::Hasher;
+        h.write_u8(u8::from(system.is_some()));
+        if let Some(system) = system {
+            scan::hash_text(system, h);
+        }
+        h.write_u8(0xff);
+        scan::hash_text(user, h);
+        let _ = write!(out, "{:016x}", h.finish());
+    }
+    // 35 bytes of visible ASCII: always a valid id.
+    SessionId::new(&out).ok()
+}
+
+impl BodySignals {
+    /// Scans a complete JSON request body with the default settings (no fingerprint,
+    /// ids of at most 256 bytes). For bodies a proxy has already buffered itself.
+    ///
+    /// ```
+    /// use tower_sticky_session::body_session::BodySignals;
+    ///
+    /// let body = br#"{"model":"gpt-5","input":"hi","prompt_cache_key":"0199a213-81c0"}"#;
+    /// let signals = BodySignals::from_json(body).unwrap();
+    /// let session = signals.session.unwrap();
+    /// assert_eq!((session.id.as_str(), session.field), ("0199a213-81c0", "prompt_cache_key"));
+    /// assert!(BodySignals::from_json(b"{\"a\":").is_err());
+    /// ```
+    pub fn from_json(body: &[u8]) -> Result<Self, InvalidJson> {
+        scan_body(body, &ScanConfig::default()).map(|o| o.signals)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fp(body: &str, key: FingerprintKey) -> Option<String> {
+        let config = ScanConfig {
+            max_len: 256,
+            fingerprint: Some(key),
+        };
+        let out = scan_body(body.as_bytes(), &config).unwrap();
+        out.signals.fingerprint.map(|f| f.as_str().to_owned())
+    }
+
+    const K: FingerprintKey = DEFAULT_FINGERPRINT_KEY;
+
+    #[test]
+    fn fingerprint_is_stable_across_turns_of_one_conversation() {
+        let turn1 = r#"{"system":[{"type":"text","text":"You are Claude Code."}],"messages":[{"role":"user","content":[{"type":"text","text":"fix the bug","cache_control":{"type":"ephemeral"}}]}]}"#;
+        let turn2 = r#"{"system":[{"type":"text","text":"You are Claude Code.","cache_control":{"type":"ephemeral"}}],"messages":[{"role":"user","content":[{"type":"text","text":"fix the bug"}]},{"role":"assistant","content":"done"},{"role":"user","content":"thanks"}]}"#;
+        let a = fp(turn1, K).unwrap();
+        assert!(a.starts_with("fp-") && a.len() == 35, "{a}");
+        assert_eq!(Some(a), fp(turn2, K));
+    }
+
+    #[test]
+    fn fingerprint_differs_by_opener_system_prompt_and_key() {
+        let base = r#"{"system":"S","messages":[{"role":"user","content":"hello"}]}"#;
+        let other_user = r#"{"system":"S","messages":[{"role":"user","content":"hellO"}]}"#;
+        let other_system = r#"{"system":"T","messages":[{"role":"user","content":"hello"}]}"#;
+        let no_system = r#"{"messages":[{"role":"user","content":"hello"}]}"#;
+        let a = fp(base, K);
+        assert_ne!(a, fp(other_user, K));
+        assert_ne!(a, fp(other_system, K));
+        assert_ne!(a, fp(no_system, K));
+        assert_ne!(a, fp(base, *b"another-key-0123"));
+        // The known risk: the same opener is the same fingerprint.
+        assert_eq!(a, fp(base, K));
+    }
+
+    #[test]
+    fn no_user_message_no_fingerprint_and_off_by_default() {
+        assert_eq!(fp(r#"{"system":"S","messages":[]}"#, K), None);
+        let body = br#"{"messages":[{"role":"user","content":"hello"}]}"#;
+        assert_eq!(BodySignals::from_json(body).unwrap().fingerprint, None);
+    }
+
+    #[test]
+    fn signals_carry_validated_ids_and_the_field() {
+        let s = BodySignals::from_json(
+            br#"{"previous_response_id":"resp_1","conversation":{"id":"conv_7"}}"#,
+        )
+        .unwrap();
+        let session = s.session.unwrap();
+        assert_eq!(session.field, "conversation.id");
+        assert_eq!(session.id.as_str(), "conv_7");
+        assert_eq!(s.previous_response_id.unwrap().as_str(), "resp_1");
+        // An invalid previous_response_id is dropped.
+        let s = BodySignals::from_json(br#"{"previous_response_id":"resp 1"}"#).unwrap();
+        assert_eq!(s.previous_response_id, None);
+        assert_eq!(BodySignals::from_json(b"{"), Err(InvalidJson));
+    }
+
+    #[test]
+    fn configured_max_len_applies_to_body_ids() {
+        let config = ScanConfig {
+            max_len: 4,
+            fingerprint: None,
+        };
+        let out = scan_body(
+            br#"{"prompt_cache_key":"abcde","session_id":"abcd"}"#,
+            &config,
+        )
+        .unwrap();
+        assert_eq!(out.signals.session.unwrap().field, "session_id");
+        assert_eq!(
+            out.rejected,
+            Some(("prompt_cache_key", InvalidSessionId::TooLong))
+        );
+    }
+}
