@@ -207,7 +207,7 @@ pub mod store;
 mod types;
 
 pub use crate::body::ResponseBody;
-pub use crate::body_session::BodySignals;
+pub use crate::body_session::{BodySignals, BufferedBody, SessionFromBodyLayer};
 pub use crate::classify::{ClassifyResponse, ResponseClass, StatusClassifier};
 pub use crate::extract::KNOWN_CLIENT_HEADERS;
 pub use crate::extract::{
