@@ -100,12 +100,12 @@ struct Cli {
 
     /// An upstream account, NAME=URL (http:// or https://, optional path prefix).
     /// Repeatable; round-robin follows this order. Given: no demo accounts.
-    #[arg(long = "upstream", value_name = "NAME=URL", value_parser = UpstreamParser)]
+    #[arg(long = "upstream", value_name = "NAME=URL", value_parser = Quiet { flag: "--upstream <NAME=URL>", parse: parse_upstream })]
     upstreams: Vec<Upstream>,
 
     /// The key of account NAME is read from environment variable ENV_VAR at start-up and
     /// sent as `authorization: Bearer KEY` (or in --key-header). Repeatable.
-    #[arg(long = "upstream-key", value_name = "NAME=ENV_VAR", value_parser = keys::parse_key_spec)]
+    #[arg(long = "upstream-key", value_name = "NAME=ENV_VAR", value_parser = Quiet { flag: "--upstream-key <NAME=ENV_VAR>", parse: keys::parse_key_spec })]
     upstream_keys: Vec<KeySpec>,
 
     /// Send account keys as `HEADER: KEY` (e.g. x-api-key) instead of
@@ -115,12 +115,12 @@ struct Cli {
 
     /// Every proxied request must carry `authorization: Bearer TOKEN` or `x-api-key:
     /// TOKEN`, TOKEN read from this environment variable; else 401.
-    #[arg(long = "client-token", value_name = "ENV_VAR", value_parser = parse_env_var)]
+    #[arg(long = "client-token", value_name = "ENV_VAR", value_parser = Quiet { flag: "--client-token <ENV_VAR>", parse: parse_env_var })]
     client_token: Option<String>,
 
     /// The admin listener requires this token (environment variable), as --client-token.
     /// Required when --admin is not a loopback address.
-    #[arg(long = "admin-token", value_name = "ENV_VAR", value_parser = parse_env_var)]
+    #[arg(long = "admin-token", value_name = "ENV_VAR", value_parser = Quiet { flag: "--admin-token <ENV_VAR>", parse: parse_env_var })]
     admin_token: Option<String>,
 
     /// Header carrying the session id. Repeatable, in priority order.
@@ -220,31 +220,36 @@ fn parse_upstream(s: &str) -> Result<Upstream, String> {
     Upstream::new(name, url)
 }
 
-/// `--upstream`'s parser. clap quotes a rejected value in its error; a URL may hold a
-/// password or a key in its query, so this parser's errors carry only the redacted URL.
+/// A value parser whose errors never quote the rejected value: clap's own errors do, and
+/// a value of `--upstream` may hold a password or a key in its query, a value of
+/// `--upstream-key` or `--client-token` may be a pasted key instead of a variable name.
+/// The error names the flag; `parse`'s message says what is wrong without the secret.
 #[derive(Clone)]
-struct UpstreamParser;
+struct Quiet<T> {
+    flag: &'static str,
+    parse: fn(&str) -> Result<T, String>,
+}
 
-impl clap::builder::TypedValueParser for UpstreamParser {
-    type Value = Upstream;
+impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for Quiet<T> {
+    type Value = T;
 
     fn parse_ref(
         &self,
         cmd: &clap::Command,
         _arg: Option<&clap::Arg>,
         value: &OsStr,
-    ) -> Result<Upstream, clap::Error> {
+    ) -> Result<T, clap::Error> {
         let fail = |msg: String| {
             clap::Error::raw(
                 ErrorKind::ValueValidation,
-                format!("invalid value for '--upstream <NAME=URL>': {msg}\n"),
+                format!("invalid value for '{}': {msg}\n", self.flag),
             )
             .format(&mut cmd.clone())
         };
         let s = value
             .to_str()
             .ok_or_else(|| fail("not valid UTF-8".to_owned()))?;
-        parse_upstream(s).map_err(fail)
+        (self.parse)(s).map_err(fail)
     }
 }
 
