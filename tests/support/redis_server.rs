@@ -120,10 +120,21 @@ impl RedisServer {
         read_reply(&mut stream)
     }
 
+    /// The server's working directory: its own, so that nothing it writes (a replica's
+    /// copy of the primary's data, `dump.rdb`) lands in the crate and is loaded by the
+    /// next server started there.
+    fn dir(&self) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("tss-redis-{}-{}", std::process::id(), self.port))
+    }
+
     fn spawn(&mut self) {
         ensure_installed();
+        let dir = self.dir();
+        std::fs::create_dir_all(&dir).expect("create the server's directory");
         let child = Command::new("redis-server")
             .args([
+                "--dir",
+                dir.to_str().expect("utf-8 temp dir"),
                 "--port",
                 &self.port.to_string(),
                 "--bind",
@@ -179,6 +190,7 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         // SIGKILL also ends a paused (SIGSTOPped) server.
         self.kill();
+        let _ = std::fs::remove_dir_all(self.dir());
     }
 }
 

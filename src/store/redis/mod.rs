@@ -10,13 +10,16 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, Cmd, RedisError};
+use ::redis::{Cmd, RedisError};
 use sha2::{Digest, Sha256};
 use tokio::runtime::Handle;
 
 use super::{BindingStore, DEFAULT_TTL, MokaStore, StoreError, StoreErrorKind};
 use crate::types::{AuthId, BindingKey};
+
+mod conn;
+
+use self::conn::{Conn, Limits, Spec, Target};
 
 /// Default key prefix of a [`RedisStore`]. Keys are `{prefix}v1:{32 hex digits}`.
 pub const DEFAULT_REDIS_PREFIX: &str = "tss:";
@@ -115,6 +118,18 @@ const RENEW_IF_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then ret
 /// [`oom_errors`](RedisStoreStats::oom_errors)). The breaker stays closed: a full Redis
 /// is a working Redis.
 ///
+/// # Redis Cluster
+///
+/// [`cluster_builder`](RedisStore::cluster_builder) (or a `redis+cluster://h1:p1,h2:p2`
+/// URL) speaks to a Redis or Valkey Cluster through redis-rs's cluster client: it learns
+/// the slot map from the seed nodes and follows `MOVED` after a failover or a
+/// resharding. Every operation touches exactly one key (the compare-and-delete script
+/// too), so bindings spread over all primaries and nothing needs a hash tag.
+/// Timeouts, failing open and the breaker work as on one node; the breaker guards the
+/// cluster as a whole (a dead primary's slots fail fast, then the cluster answers
+/// `CLUSTERDOWN`, which counts as a connection failure; the probe `PING`s any node).
+/// [`remove_account`](RedisStore::remove_account) walks every primary.
+///
 /// # Near cache
 ///
 /// [`near_cache`](RedisStoreBuilder::near_cache) puts a small in-process [`MokaStore`]
@@ -162,9 +177,8 @@ pub struct RedisStore {
 struct Inner {
     /// Replaced by a fresh one after each failed probe: see [`Inner::fresh_connection`].
     /// Held only to clone it (never across an `.await`).
-    conn: RwLock<ConnectionManager>,
-    client: Client,
-    manager_config: ConnectionManagerConfig,
+    conn: RwLock<Conn>,
+    target: Target,
     runtime: Handle,
     /// `{prefix}v1:`.
     key_prefix: Box<str>,
@@ -191,7 +205,7 @@ struct Near {
 #[must_use]
 #[derive(Clone)]
 pub struct RedisStoreBuilder {
-    url: String,
+    spec: Spec,
     prefix: String,
     ttl: Duration,
     timeout: Duration,
@@ -302,20 +316,18 @@ impl RedisStoreBuilder {
         let runtime = Handle::try_current().map_err(|_| {
             config_error("RedisStore::build must be called inside a Tokio runtime".into())
         })?;
-        let client = Client::open(self.url.as_str())
-            .map_err(|e| config_error(format!("invalid Redis URL: {e}")))?;
-        let info = client.get_connection_info();
-        let addr = format!("{}/{}", info.addr(), info.redis_settings().db()).into_boxed_str();
-        let config = ConnectionManagerConfig::new()
-            // One attempt per reconnect: callers never wait on a back-off schedule, and
-            // the breaker decides when to try again.
-            .set_number_of_retries(0)
-            .set_connection_timeout(Some(self.connect_timeout))
-            // A backstop; every call has its own, shorter limit.
-            .set_response_timeout(Some(self.admin_timeout.max(self.connect_timeout)));
+        let (target, addr) = self
+            .spec
+            .target(Limits {
+                connect: self.connect_timeout,
+                response: self.admin_timeout.max(self.connect_timeout),
+            })
+            .map_err(config_error)?;
+        let addr = addr.into_boxed_str();
         let conn = {
             let _guard = runtime.enter();
-            ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+            target
+                .connect_lazy()
                 .map_err(|e| config_error(format!("invalid Redis client settings: {e}")))?
         };
         let near = self.near.map(|(ttl, max)| Near {
@@ -327,8 +339,7 @@ impl RedisStoreBuilder {
             .max(1);
         let inner = Arc::new(Inner {
             conn: RwLock::new(conn),
-            client,
-            manager_config: config,
+            target,
             runtime,
             key_prefix: format!("{}{KEY_VERSION}", self.prefix).into_boxed_str(),
             ttl_ms,
@@ -436,9 +447,29 @@ impl RedisStore {
     /// `redis://:password@host:6379/0` or `redis+unix:///run/redis.sock`. Valkey
     /// works the same. TLS (`rediss://`) is not compiled in: such a URL fails
     /// [`build`](RedisStoreBuilder::build).
+    ///
+    /// A Redis Cluster is named by some of its nodes, comma-separated, after the scheme
+    /// `redis+cluster://`: `redis+cluster://10.0.0.1:6379,10.0.0.2:6379` (credentials, if
+    /// any, once: `redis+cluster://:password@host1:6379,host2:6379`); or use
+    /// [`cluster_builder`](Self::cluster_builder). See "Redis Cluster" on [`RedisStore`].
     pub fn builder(url: &str) -> RedisStoreBuilder {
+        Self::builder_for(Spec::Url(url.to_owned()))
+    }
+
+    /// A builder for a store on a Redis Cluster, given the URLs of some of its nodes (the
+    /// client learns the others from them), e.g. `["redis://10.0.0.1:6379",
+    /// "redis://10.0.0.2:6379"]`.
+    pub fn cluster_builder<I, S>(nodes: I) -> RedisStoreBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::builder_for(Spec::Cluster(nodes.into_iter().map(Into::into).collect()))
+    }
+
+    fn builder_for(spec: Spec) -> RedisStoreBuilder {
         RedisStoreBuilder {
-            url: url.to_owned(),
+            spec,
             prefix: DEFAULT_REDIS_PREFIX.to_owned(),
             ttl: DEFAULT_TTL,
             timeout: DEFAULT_REDIS_TIMEOUT,
@@ -482,7 +513,8 @@ impl RedisStore {
         let inner = &self.inner;
         let k = inner.redis_key(key);
         let mut pipe = ::redis::pipe();
-        pipe.atomic().cmd("GET").arg(&k).cmd("PTTL").arg(&k);
+        // Not `MULTI`: one key, one node, in a Cluster too.
+        pipe.cmd("GET").arg(&k).cmd("PTTL").arg(&k);
         let mut conn = inner.conn();
         let (auth, pttl): (Option<String>, i64) = inner
             .call(inner.admin_timeout, pipe.query_async(&mut conn))
@@ -524,37 +556,60 @@ impl RedisStore {
         let inner = &self.inner;
         let pattern = format!("{}*", glob_escape(&inner.key_prefix));
         let mut conn = inner.conn();
-        let mut cursor: u64 = 0;
         let mut removed = 0usize;
         inner.bump_near();
-        loop {
-            let mut scan = Cmd::new();
-            scan.arg("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000);
-            let (next, keys): (u64, Vec<String>) = inner
-                .call(inner.admin_timeout, scan.query_async(&mut conn))
-                .await?;
-            if !keys.is_empty() {
-                let mut pipe = ::redis::pipe();
-                for k in &keys {
-                    pipe.cmd("EVAL")
-                        .arg(CLEAR_IF_SCRIPT)
-                        .arg(1)
-                        .arg(k)
-                        .arg(auth.as_str());
-                }
-                let results: Vec<i64> = inner
-                    .call(inner.admin_timeout, pipe.query_async(&mut conn))
+        // One node: one walk. A Cluster: one walk per primary (`SCAN` sees one node's
+        // keys), and each key's compare-and-delete goes to the key's own node.
+        let nodes = inner
+            .call(inner.admin_timeout, conn.primaries())
+            .await?
+            .map_or_else(|| vec![None], |p| p.into_iter().map(Some).collect());
+        for node in &nodes {
+            let mut cursor: u64 = 0;
+            loop {
+                let mut scan = Cmd::new();
+                scan.arg("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000);
+                let reply = inner
+                    .call(inner.admin_timeout, conn.on_node(node.as_ref(), scan))
                     .await?;
-                removed += results.iter().filter(|&&n| n > 0).count();
-            }
-            cursor = next;
-            if cursor == 0 {
-                break;
+                let (next, keys): (u64, Vec<String>) = ::redis::from_redis_value(reply)
+                    .map_err(|e| StoreError::new(StoreErrorKind::Other, Some(Box::new(e))))?;
+                if inner.target.is_cluster() {
+                    for k in &keys {
+                        let mut cmd = Cmd::new();
+                        cmd.arg("EVAL")
+                            .arg(CLEAR_IF_SCRIPT)
+                            .arg(1)
+                            .arg(k)
+                            .arg(auth.as_str());
+                        let n: i64 = inner
+                            .call(inner.admin_timeout, cmd.query_async(&mut conn))
+                            .await?;
+                        removed += usize::from(n > 0);
+                    }
+                } else if !keys.is_empty() {
+                    let mut pipe = ::redis::pipe();
+                    for k in &keys {
+                        pipe.cmd("EVAL")
+                            .arg(CLEAR_IF_SCRIPT)
+                            .arg(1)
+                            .arg(k)
+                            .arg(auth.as_str());
+                    }
+                    let results: Vec<i64> = inner
+                        .call(inner.admin_timeout, pipe.query_async(&mut conn))
+                        .await?;
+                    removed += results.iter().filter(|&&n| n > 0).count();
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
             }
         }
         if let Some(near) = &inner.near {
@@ -738,7 +793,7 @@ impl Inner {
         }
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Conn {
         self.conn
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -751,10 +806,8 @@ impl Inner {
     /// connection (peer gone without a reset) would time out forever. Done after each
     /// failed probe, while the breaker keeps requests away, so it never races them.
     fn fresh_connection(&self) {
-        match ConnectionManager::new_lazy_with_config(
-            self.client.clone(),
-            self.manager_config.clone(),
-        ) {
+        let _guard = self.runtime.enter();
+        match self.target.connect_lazy() {
             Ok(conn) => *self.conn.write().unwrap_or_else(PoisonError::into_inner) = conn,
             Err(e) => {
                 tracing::debug!(redis = %self.addr, error = %e, "sticky session store: cannot renew the Redis connection")
@@ -846,13 +899,9 @@ impl Inner {
     async fn ping(&self, limit: Duration) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let attempt = async move {
-            let mut cmd = Cmd::new();
-            cmd.arg("PING");
-            match cmd.query_async::<String>(&mut conn).await {
-                Ok(_) => Ok(()),
-                Err(e) if e.is_io_error() || e.is_connection_dropped() => {
-                    cmd.query_async::<String>(&mut conn).await.map(drop)
-                }
+            match conn.ping().await {
+                Ok(()) => Ok(()),
+                Err(e) if e.is_io_error() || e.is_connection_dropped() => conn.ping().await,
                 Err(e) => Err(e),
             }
         };

@@ -1,0 +1,267 @@
+//! How the store reaches Redis: one node, or a Cluster through its seed nodes.
+//!
+//! Every mode gives the rest of the store the same thing: a cheap-to-clone connection
+//! ([`Conn`]) made lazily (so building the store never waits for Redis), the `PING` the
+//! breaker's probe sends, and a fresh connection after a failed probe.
+
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use ::redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
+use ::redis::cluster_async::ClusterConnection;
+use ::redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use ::redis::{Client, Cmd, Pipeline, RedisError, RedisFuture, Value};
+
+/// URL scheme of a Cluster given by its seed nodes: `redis+cluster://h1:p1,h2:p2`.
+pub(super) const CLUSTER_SCHEME: &str = "redis+cluster://";
+
+/// Where the store's Redis is, as the user gave it.
+#[derive(Clone, Debug)]
+pub(super) enum Spec {
+    /// A URL: one node (`redis://`, `redis+unix://`) or `redis+cluster://`.
+    Url(String),
+    /// A Cluster, by the URLs of some of its nodes.
+    Cluster(Vec<String>),
+}
+
+/// Time limits every mode's client is built with.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Limits {
+    pub(super) connect: Duration,
+    /// A backstop for the client's own waits; every call has its own, shorter limit.
+    pub(super) response: Duration,
+}
+
+/// A client that can make connections of one mode.
+pub(super) enum Target {
+    Single {
+        client: Client,
+        config: ConnectionManagerConfig,
+    },
+    Cluster {
+        client: ClusterClient,
+        config: ClusterConfig,
+    },
+}
+
+/// A connection of any mode. Clones share the underlying connection(s).
+#[derive(Clone)]
+pub(super) enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Spec {
+    /// The client for this spec, and how logs name the Redis (never with a password).
+    pub(super) fn target(&self, limits: Limits) -> Result<(Target, String), String> {
+        match self {
+            Spec::Url(url) if url.starts_with(CLUSTER_SCHEME) => {
+                cluster_target(&split_cluster_url(url)?, limits)
+            }
+            Spec::Url(url) => {
+                let client =
+                    Client::open(url.as_str()).map_err(|e| format!("invalid Redis URL: {e}"))?;
+                let info = client.get_connection_info();
+                let addr = format!("{}/{}", info.addr(), info.redis_settings().db());
+                let config = ConnectionManagerConfig::new()
+                    // One attempt per reconnect: callers never wait on a back-off schedule,
+                    // and the breaker decides when to try again.
+                    .set_number_of_retries(0)
+                    .set_connection_timeout(Some(limits.connect))
+                    .set_response_timeout(Some(limits.response));
+                Ok((Target::Single { client, config }, addr))
+            }
+            Spec::Cluster(nodes) => cluster_target(nodes, limits),
+        }
+    }
+}
+
+/// `redis+cluster://[user:pw@]h1:p1,h2:p2[/]` → `redis://[user:pw@]h1:p1/`, …
+fn split_cluster_url(url: &str) -> Result<Vec<String>, String> {
+    let rest = &url[CLUSTER_SCHEME.len()..];
+    let rest = rest.split(['/', '?']).next().unwrap_or_default();
+    let (userinfo, hosts) = match rest.rsplit_once('@') {
+        Some((user, hosts)) => (format!("{user}@"), hosts),
+        None => (String::new(), rest),
+    };
+    let nodes: Vec<String> = hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("redis://{userinfo}{h}/"))
+        .collect();
+    if nodes.is_empty() {
+        return Err("invalid Redis Cluster URL: no seed node".into());
+    }
+    Ok(nodes)
+}
+
+fn cluster_target(nodes: &[String], limits: Limits) -> Result<(Target, String), String> {
+    if nodes.is_empty() {
+        return Err("invalid Redis Cluster: no seed node".into());
+    }
+    let mut addrs = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        let info = ::redis::IntoConnectionInfo::into_connection_info(node.as_str())
+            .map_err(|e| format!("invalid Redis Cluster node URL: {e}"))?;
+        addrs.push(info.addr().to_string());
+    }
+    let client = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+        // A MOVED after a failover or a resharding is one retry; more would only run
+        // into the call's own time limit.
+        .retries(2)
+        .min_retry_wait(5)
+        .max_retry_wait(50)
+        .connection_timeout(limits.connect)
+        .response_timeout(limits.response)
+        .build()
+        .map_err(|e| format!("invalid Redis Cluster settings: {e}"))?;
+    let config = ClusterConfig::new()
+        .set_connection_timeout(limits.connect)
+        .set_response_timeout(limits.response);
+    Ok((
+        Target::Cluster { client, config },
+        format!("cluster {}", addrs.join(",")),
+    ))
+}
+
+impl Target {
+    /// A new connection that connects in the background (must run inside a Tokio
+    /// runtime): building the store never waits for Redis.
+    pub(super) fn connect_lazy(&self) -> Result<Conn, RedisError> {
+        match self {
+            Target::Single { client, config } => {
+                ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                    .map(Conn::Single)
+            }
+            Target::Cluster { client, config } => Ok(Conn::Cluster(
+                client.get_pending_async_connection_with_config(config.clone()),
+            )),
+        }
+    }
+
+    pub(super) fn is_cluster(&self) -> bool {
+        matches!(self, Target::Cluster { .. })
+    }
+}
+
+impl Conn {
+    /// `PING` one node: in a Cluster, any node (the breaker guards the store as a whole;
+    /// a node that is down fails the requests for its slots, which reopen the breaker).
+    pub(super) async fn ping(&mut self) -> Result<(), RedisError> {
+        let mut cmd = Cmd::new();
+        cmd.arg("PING");
+        match self {
+            Conn::Single(c) => cmd.query_async::<String>(c).await.map(drop),
+            Conn::Cluster(c) => c
+                .route_command(cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
+                .await
+                .map(drop),
+        }
+    }
+
+    /// The primaries of a Cluster (`host`, `port`), from `CLUSTER SLOTS`; `None` for one
+    /// node.
+    pub(super) async fn primaries(&mut self) -> Result<Option<Vec<(String, u16)>>, RedisError> {
+        let Conn::Cluster(c) = self else {
+            return Ok(None);
+        };
+        let mut cmd = Cmd::new();
+        cmd.arg("CLUSTER").arg("SLOTS");
+        let value = c
+            .route_command(cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
+            .await?;
+        let mut out: Vec<(String, u16)> = Vec::new();
+        if let Value::Array(ranges) = value {
+            for range in ranges {
+                let Value::Array(items) = range else { continue };
+                // [start, end, [host, port, id, …], replicas…]
+                let Some(Value::Array(primary)) = items.get(2) else {
+                    continue;
+                };
+                let host = match primary.first() {
+                    Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                    Some(Value::SimpleString(s)) => s.clone(),
+                    _ => continue,
+                };
+                let Some(Value::Int(port)) = primary.get(1) else {
+                    continue;
+                };
+                let Ok(port) = u16::try_from(*port) else {
+                    continue;
+                };
+                if !out.iter().any(|(h, p)| *h == host && *p == port) {
+                    out.push((host, port));
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Sends `cmd` to one Cluster node by address (e.g. a `SCAN`); to the node itself for
+    /// one node.
+    pub(super) async fn on_node(
+        &mut self,
+        node: Option<&(String, u16)>,
+        cmd: Cmd,
+    ) -> Result<Value, RedisError> {
+        match (self, node) {
+            (Conn::Cluster(c), Some((host, port))) => {
+                c.route_command(
+                    cmd,
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                        host: host.clone(),
+                        port: *port,
+                    }),
+                )
+                .await
+            }
+            (conn, _) => conn.req_packed_command(&cmd).await,
+        }
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_url_becomes_one_url_per_seed_node_with_the_credentials() {
+        assert_eq!(
+            split_cluster_url("redis+cluster://:pw@10.0.0.1:7000,10.0.0.2:7001/").unwrap(),
+            ["redis://:pw@10.0.0.1:7000/", "redis://:pw@10.0.0.2:7001/"]
+        );
+        assert_eq!(
+            split_cluster_url("redis+cluster://h:1").unwrap(),
+            ["redis://h:1/"]
+        );
+        assert!(split_cluster_url("redis+cluster://").is_err());
+    }
+}
