@@ -44,6 +44,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme, Uri};
 use hyper::body::Incoming;
 use tower::Layer;
+use tower::util::Either;
+use tower_sticky_session::body_session::{BufferedBody, SessionFromBody, SessionFromBodyLayer};
 use tower_sticky_session::{
     AuthId, BindingStore, Scope, SessionId, Stats, StickySession, StickySessionLayer,
 };
@@ -191,16 +193,20 @@ pub(crate) struct ProxyConfig {
     pub(crate) failover: FailoverConfig,
     /// `--max-load-factor`: pins to an account above F × the mean load (+1) move.
     pub(crate) max_load_factor: Option<f64>,
+    /// Read session ids from JSON request bodies (off: `--no-body-session`).
+    pub(crate) body_session: bool,
 }
 
 impl ProxyConfig {
-    /// `upstreams` with the command line's defaults: session header `x-session-id`, no
+    /// `upstreams` with the command line's defaults: the known clients' session headers
+    /// ([`KNOWN_CLIENT_HEADERS`](tower_sticky_session::KNOWN_CLIENT_HEADERS)), no
     /// scope, no client token, 3 attempts, 10 s cooldown, 60 s upstream timeout, 300 s
-    /// idle timeout, 16 MiB replay buffer, no load factor.
+    /// idle timeout, 16 MiB replay buffer, no load factor, session ids read from JSON
+    /// bodies.
     pub(crate) fn new(upstreams: Vec<Upstream>) -> Self {
         Self {
             upstreams,
-            session_headers: vec![HeaderName::from_static("x-session-id")],
+            session_headers: tower_sticky_session::KNOWN_CLIENT_HEADERS.to_vec(),
             scope_header: None,
             client_token: None,
             failover: FailoverConfig {
@@ -211,6 +217,7 @@ impl ProxyConfig {
                 max_body_buffer: 16 * 1024 * 1024,
             },
             max_load_factor: None,
+            body_session: true,
         }
     }
 }
@@ -273,9 +280,13 @@ impl fmt::Display for ErrorChain<'_> {
     }
 }
 
-/// The whole proxy service: client authentication, then the sticky-session layer
-/// around failover.
-pub(crate) type ProxyService<St> = ClientAuth<StickySession<Failover<St, Incoming>, St>>;
+/// The sticky-session layer around failover, for request bodies of type `B`.
+pub(crate) type Sticky<St, B> = StickySession<Failover<St, B>, St>;
+
+/// The whole proxy service: client authentication, then (unless `--no-body-session`) the
+/// JSON-body session reader, then the sticky-session layer around failover.
+pub(crate) type ProxyService<St> =
+    ClientAuth<Either<SessionFromBody<Sticky<St, BufferedBody<Incoming>>>, Sticky<St, Incoming>>>;
 
 /// The built proxy: its service and the sticky layer's counters.
 pub(crate) struct App<St: BindingStore> {
@@ -310,10 +321,22 @@ pub(crate) fn build<St: BindingStore + Clone>(
         layer = layer.scope_fn(move |parts| parts.headers.get(&name).map(Scope::from));
     }
     let picker = Arc::new(Picker::new(cfg.upstreams.clone(), cfg.max_load_factor));
-    let failover = Failover::new(picker.clone(), store, cfg.failover.clone())?;
+    let stats = layer.stats();
+    let stack = if cfg.body_session {
+        // Bodies up to --max-body-buffer are read once, for session fields; failover
+        // replays the same buffer (a body buffered whole is one `Bytes`, never copied).
+        let body = SessionFromBodyLayer::new()
+            .headers(cfg.session_headers.clone())
+            .max_buffer(cfg.failover.max_body_buffer);
+        let failover = Failover::new(picker.clone(), store, cfg.failover.clone())?;
+        Either::Left(body.layer(layer.layer(failover)))
+    } else {
+        let failover = Failover::new(picker.clone(), store, cfg.failover.clone())?;
+        Either::Right(layer.layer(failover))
+    };
     Ok(App {
-        stats: layer.stats(),
-        service: ClientAuth::new(layer.layer(failover), cfg.client_token.clone()),
+        stats,
+        service: ClientAuth::new(stack, cfg.client_token.clone()),
         picker,
     })
 }

@@ -20,8 +20,8 @@
 //!     --session-header session-id --session-header x-session-id
 //! ```
 //!
-//! - Routing: a request whose session header (the first of `--session-header` present,
-//!   default `x-session-id`) names a bound session goes to the bound account, unless that
+//! - Routing: a request whose session header (the first of `--session-header` present;
+//!   default: the headers known clients send, `KNOWN_CLIENT_HEADERS`) names a bound session goes to the bound account, unless that
 //!   account is cooling down or (with `--max-load-factor F`) overloaded; any other request
 //!   goes round-robin (command-line order, one counter). `x-served-by: NAME` names the
 //!   account that served.
@@ -123,13 +123,12 @@ struct Cli {
     #[arg(long = "admin-token", value_name = "ENV_VAR", value_parser = Quiet { flag: "--admin-token <ENV_VAR>", parse: parse_env_var })]
     admin_token: Option<String>,
 
-    /// Header carrying the session id. Repeatable, in priority order.
-    #[arg(
-        long = "session-header",
-        value_name = "NAME",
-        default_value = "x-session-id",
-        value_parser = parse_header_name
-    )]
+    /// Header carrying the session id. Repeatable, in priority order. Default: the
+    /// headers known clients send (tower_sticky_session::KNOWN_CLIENT_HEADERS:
+    /// sticky-session-id, x-claude-code-session-id, session-id, session_id,
+    /// x-session-affinity, x-session-id, x-opencode-session, x-kilo-session,
+    /// x-litellm-session-id, thread-id, conversation_id).
+    #[arg(long = "session-header", value_name = "NAME", value_parser = parse_header_name)]
     session_headers: Vec<HeaderName>,
 
     /// Scope bindings by this header's value (e.g. a model or provider header).
@@ -177,14 +176,20 @@ struct Cli {
     #[arg(long = "max-load-factor", value_name = "F", value_parser = parse_factor)]
     max_load_factor: Option<f64>,
 
-    /// Request bodies up to this many bytes are kept for replay on another account; a
-    /// larger one gets one attempt.
+    /// Request bodies up to this many bytes are buffered: read for session fields and
+    /// kept for replay on another account; a larger one streams through, gets one
+    /// attempt and is sticky only by header.
     #[arg(
         long = "max-body-buffer",
         value_name = "BYTES",
         default_value_t = 16_777_216
     )]
     max_body_buffer: usize,
+
+    /// Never read request bodies for session ids (JSON fields such as prompt_cache_key,
+    /// metadata.user_id); sessions then come from headers only.
+    #[arg(long = "no-body-session")]
+    no_body_session: bool,
 
     /// Seconds open requests may take to finish after Ctrl-C/SIGTERM before they are cut
     /// (exit code 3).
@@ -423,10 +428,13 @@ async fn main() -> ExitCode {
         .unwrap_or(usize::MAX)
         .min(upstreams.len());
     let mut proxy = ProxyConfig::new(upstreams);
-    proxy.session_headers = cli.session_headers;
+    if !cli.session_headers.is_empty() {
+        proxy.session_headers = cli.session_headers;
+    }
     proxy.scope_header = cli.scope_header;
     proxy.client_token = client_token;
     proxy.max_load_factor = cli.max_load_factor;
+    proxy.body_session = !cli.no_body_session;
     proxy.failover.attempts = attempts;
     proxy.failover.cooldown = cli.cooldown;
     proxy.failover.upstream_timeout = cli.upstream_timeout;
