@@ -263,10 +263,24 @@ async fn attempts_flag_limits_the_accounts_tried() {
 
 #[tokio::test]
 async fn request_body_is_replayed_byte_for_byte_on_the_next_account() {
+    replayed_byte_for_byte(true).await;
+}
+
+#[tokio::test]
+async fn request_body_is_replayed_byte_for_byte_without_the_body_session_reader() {
+    replayed_byte_for_byte(false).await;
+}
+
+async fn replayed_byte_for_byte(body_session: bool) {
     let a = Account::start("a", Mode::Status(429, None)).await;
     let b = Account::start("b", Mode::Echo).await;
-    let proxy = Proxy::start(config(ups(&[&a, &b]))).await;
-    let payload = Bytes::from(vec![b'x'; 100_000]);
+    let mut cfg = config(ups(&[&a, &b]));
+    cfg.body_session = body_session;
+    let proxy = Proxy::start(cfg).await;
+    let mut payload = br#"{"model":"m","prompt_cache_key":"conv-9","input":""#.to_vec();
+    payload.extend(std::iter::repeat_n(b'x', 100_000));
+    payload.extend_from_slice(br#""}"#);
+    let payload = Bytes::from(payload);
     let res = proxy
         .send(proxy.req(None).body(Full::new(payload.clone())).unwrap())
         .await;
@@ -287,7 +301,12 @@ async fn body_over_max_body_buffer_gets_one_attempt_and_arrives_whole() {
     let mut cfg = config(ups(&[&a, &b]));
     cfg.failover.max_body_buffer = 1000;
     let proxy = Proxy::start(cfg).await;
-    let payload = Bytes::from(vec![b'y'; 5000]);
+    // 20 MiB, over the limit: streamed through, byte for byte.
+    let payload = Bytes::from(
+        (0..20 << 20)
+            .map(|i: u32| (i % 251) as u8)
+            .collect::<Vec<u8>>(),
+    );
     let res = proxy
         .send(proxy.req(None).body(Full::new(payload.clone())).unwrap())
         .await;

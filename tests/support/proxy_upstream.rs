@@ -47,6 +47,9 @@ pub(crate) enum Mode {
     FirstThenBreak,
     /// 200, the request body echoed back (content-length).
     Echo,
+    /// 200 `text/event-stream`: `chunks` events `data: i\n\n`, `gap` apart, then
+    /// `data: [DONE]\n\n`.
+    Sse { chunks: u32, gap: Duration },
 }
 
 /// A request as an account received it.
@@ -185,6 +188,17 @@ async fn respond(
                 let _ = tx.send(data("chunk-1\n".into())).await;
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 let _ = tx.send(Err(std::io::Error::other("broken"))).await;
+            });
+        }
+        Mode::Sse { chunks, gap } => {
+            tokio::spawn(async move {
+                for i in 1..=chunks {
+                    tokio::time::sleep(gap).await;
+                    if tx.send(data(format!("data: {i}\n\n"))).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = tx.send(data("data: [DONE]\n\n".into())).await;
             });
         }
         Mode::Echo => {
