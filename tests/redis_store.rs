@@ -422,8 +422,11 @@ async fn frozen_redis_times_out_quickly_and_is_then_skipped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn near_cache_answers_locally_and_a_clear_empties_redis_then_local() {
     let server = RedisServer::start();
+    // Without invalidation: with it, the FLUSHALL below would (rightly) reach the near
+    // cache too (tests/redis_near_cache.rs covers that side).
     let store = builder(&server)
         .near_cache(Duration::from_secs(30), 1000)
+        .near_cache_invalidation(false)
         .build()
         .unwrap();
     wait_connected(&store).await;

@@ -4,13 +4,14 @@
 //! ([`Conn`]) made lazily (so building the store never waits for Redis), the `PING` the
 //! breaker's probe sends, and a fresh connection after a failed probe.
 
+use std::convert::Infallible;
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use ::redis::{Client, Cmd, Pipeline, RedisError, RedisFuture, Value};
+use ::redis::{Client, Cmd, Pipeline, ProtocolVersion, PushInfo, RedisError, RedisFuture, Value};
 
 /// URL scheme of a Cluster given by its seed nodes: `redis+cluster://h1:p1,h2:p2`.
 pub(super) const CLUSTER_SCHEME: &str = "redis+cluster://";
@@ -52,23 +53,48 @@ pub(super) enum Conn {
 }
 
 impl Spec {
+    pub(super) fn is_cluster(&self) -> bool {
+        match self {
+            Spec::Url(url) => url.starts_with(CLUSTER_SCHEME),
+            Spec::Cluster(_) => true,
+        }
+    }
+
     /// The client for this spec, and how logs name the Redis (never with a password).
-    pub(super) fn target(&self, limits: Limits) -> Result<(Target, String), String> {
+    ///
+    /// With `push`, a single node's connection speaks RESP3 and hands every push message
+    /// (tracking invalidations, disconnections) to it. Ignored for a Cluster.
+    pub(super) fn target(
+        &self,
+        limits: Limits,
+        push: Option<impl Fn(PushInfo) -> Result<(), Infallible> + Send + Sync + 'static>,
+    ) -> Result<(Target, String), String> {
         match self {
             Spec::Url(url) if url.starts_with(CLUSTER_SCHEME) => {
                 cluster_target(&split_cluster_url(url)?, limits)
             }
             Spec::Url(url) => {
-                let client =
+                let mut client =
                     Client::open(url.as_str()).map_err(|e| format!("invalid Redis URL: {e}"))?;
-                let info = client.get_connection_info();
+                let info = client.get_connection_info().clone();
                 let addr = format!("{}/{}", info.addr(), info.redis_settings().db());
-                let config = ConnectionManagerConfig::new()
+                if push.is_some() {
+                    let settings = info
+                        .redis_settings()
+                        .clone()
+                        .set_protocol(ProtocolVersion::RESP3);
+                    client = Client::open(info.set_redis_settings(settings))
+                        .map_err(|e| format!("invalid Redis URL: {e}"))?;
+                }
+                let mut config = ConnectionManagerConfig::new()
                     // One attempt per reconnect: callers never wait on a back-off schedule,
                     // and the breaker decides when to try again.
                     .set_number_of_retries(0)
                     .set_connection_timeout(Some(limits.connect))
                     .set_response_timeout(Some(limits.response));
+                if let Some(push) = push {
+                    config = config.set_push_sender(push);
+                }
                 Ok((Target::Single { client, config }, addr))
             }
             Spec::Cluster(nodes) => cluster_target(nodes, limits),

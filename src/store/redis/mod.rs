@@ -14,12 +14,14 @@ use ::redis::{Cmd, RedisError};
 use sha2::{Digest, Sha256};
 use tokio::runtime::Handle;
 
-use super::{BindingStore, DEFAULT_TTL, MokaStore, StoreError, StoreErrorKind};
+use super::{BindingStore, DEFAULT_TTL, StoreError, StoreErrorKind};
 use crate::types::{AuthId, BindingKey};
 
 mod conn;
+mod near;
 
 use self::conn::{Conn, Limits, Spec, Target};
+use self::near::Near;
 
 /// Default key prefix of a [`RedisStore`]. Keys are `{prefix}v1:{32 hex digits}`.
 pub const DEFAULT_REDIS_PREFIX: &str = "tss:";
@@ -54,6 +56,10 @@ const CLEAR_IF_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then ret
 /// Renewal that Redis allows when full (`PEXPIRE` is not refused under `noeviction`,
 /// `SET` is): extends the key's TTL to `ARGV[2]` ms only if it holds `ARGV[1]`.
 const RENEW_IF_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+
+/// Commit with a deferred same-account renewal: `SET key ARGV[1] PX ARGV[2]` unless the
+/// key already holds `ARGV[1]` with more than `ARGV[3]` ms left.
+const SET_UNLESS_FRESH_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] and redis.call('PTTL', KEYS[1]) > tonumber(ARGV[3]) then return 0 end redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1";
 
 /// The binding store for several proxy replicas: bindings live in Redis (or Valkey), so
 /// a session keeps its account whichever replica the load balancer sends it to.
@@ -132,15 +138,32 @@ const RENEW_IF_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then ret
 ///
 /// # Near cache
 ///
-/// [`near_cache`](RedisStoreBuilder::near_cache) puts a small in-process [`MokaStore`]
-/// in front of Redis: a lookup it answers costs no round trip. Entries are filled from
-/// Redis lookups only and never renewed locally, so a replica's view lags Redis by at
-/// most the near cache's TTL (keep it short: a second or a few). A commit that changes a
-/// session's account drops the local entry; a clear runs in Redis first, then in the
-/// local tier, and stops in-flight lookups from re-filling it with the old account.
-/// (That guard is a generation check, not a lock: a clear that lands exactly between a
-/// lookup's check and its fill can leave the old account in the local tier, for at most
-/// the near cache's TTL — a request pinned to it is then answered as any stale pin is.)
+/// [`near_cache`](RedisStoreBuilder::near_cache) puts a small in-process
+/// [`MokaStore`](crate::store::MokaStore) in front of Redis: a lookup it answers costs no
+/// round trip. Entries are filled from Redis lookups only and never renewed locally.
+///
+/// **Invalidation by Redis** (on by default for one node; Redis ≥ 6 or Valkey): the
+/// connection speaks RESP3, and the first lookup on each connection turns on
+/// server-assisted client-side caching (`CLIENT TRACKING ON NOLOOP`, in the same round
+/// trip as its `GET`). Redis then remembers which bindings this replica read and pushes
+/// an invalidation when another replica commits or clears one of them (or it expires or
+/// is evicted); the entry is dropped as the message arrives, so the next lookup reads
+/// the new account from Redis — milliseconds after the other replica's write, not a TTL
+/// later (measured in RELIABILITY.md). Because every write to a tracked key
+/// invalidates it everywhere, a commit of the account a binding already holds is then
+/// deferred while the binding has more than 15/16 of its TTL left (one script, one round
+/// trip), so sessions in steady use do not churn every replica's near cache.
+///
+/// When the channel is down (connection lost, Redis restarting) or Redis refuses
+/// `CLIENT TRACKING`, entries live for the near cache's TTL, as without invalidation, and
+/// tracking resumes with the first lookup on the next connection. So keep the TTL one you
+/// would accept as the worst case (seconds). In a Cluster, or with
+/// [`near_cache_invalidation(false)`](RedisStoreBuilder::near_cache_invalidation), the
+/// TTL is the only bound. [`RedisStoreStats::near_tracking`] says which applies now.
+///
+/// Locally, a commit that changes a session's account drops the local entry; a clear
+/// runs in Redis first, then in the local tier, and stops in-flight lookups from
+/// re-filling it with the old account (a generation check, re-checked after the fill).
 ///
 /// # Runtime
 ///
@@ -188,17 +211,10 @@ struct Inner {
     admin_timeout: Duration,
     breaker: Breaker,
     faults: Faults,
-    near: Option<Near>,
+    near: Option<Arc<Near>>,
     /// `host:port/db` (or a socket path): how logs name Redis. Never the URL.
     addr: Box<str>,
     epoch: Instant,
-}
-
-struct Near {
-    cache: MokaStore,
-    /// Bumped by every clear (and by a commit that changes the local entry): a lookup
-    /// whose Redis reply arrives after a bump does not fill the local tier.
-    generation: AtomicU64,
 }
 
 /// Builds a [`RedisStore`]; made by [`RedisStore::builder`].
@@ -215,6 +231,7 @@ pub struct RedisStoreBuilder {
     breaker_cooldown: Duration,
     log_interval: Duration,
     near: Option<(Duration, u64)>,
+    near_invalidation: bool,
 }
 
 impl fmt::Debug for RedisStoreBuilder {
@@ -230,6 +247,7 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("breaker_cooldown", &self.breaker_cooldown)
             .field("fault_log_interval", &self.log_interval)
             .field("near_cache", &self.near)
+            .field("near_cache_invalidation", &self.near_invalidation)
             .finish_non_exhaustive()
     }
 }
@@ -302,6 +320,15 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Whether Redis itself tells the near cache when a binding it holds changes
+    /// (RESP3 `CLIENT TRACKING`; default on, one node or Sentinel; Redis ≥ 6 or Valkey).
+    /// Off, or in a Cluster, entries live for the near cache's TTL. See "Near cache" on
+    /// [`RedisStore`].
+    pub fn near_cache_invalidation(mut self, on: bool) -> Self {
+        self.near_invalidation = on;
+        self
+    }
+
     /// Builds the store.
     ///
     /// Does not connect: the connection is made in the background, so this succeeds
@@ -316,12 +343,23 @@ impl RedisStoreBuilder {
         let runtime = Handle::try_current().map_err(|_| {
             config_error("RedisStore::build must be called inside a Tokio runtime".into())
         })?;
+        let tracking = self.near_invalidation && !self.spec.is_cluster();
+        let near = self
+            .near
+            .map(|(ttl, max)| Arc::new(Near::new(ttl, max, tracking)));
+        let push = near
+            .as_ref()
+            .filter(|n| n.tracking.is_some())
+            .map(|n| near::push_handler(Arc::downgrade(n)));
         let (target, addr) = self
             .spec
-            .target(Limits {
-                connect: self.connect_timeout,
-                response: self.admin_timeout.max(self.connect_timeout),
-            })
+            .target(
+                Limits {
+                    connect: self.connect_timeout,
+                    response: self.admin_timeout.max(self.connect_timeout),
+                },
+                push,
+            )
             .map_err(config_error)?;
         let addr = addr.into_boxed_str();
         let conn = {
@@ -330,10 +368,6 @@ impl RedisStoreBuilder {
                 .connect_lazy()
                 .map_err(|e| config_error(format!("invalid Redis client settings: {e}")))?
         };
-        let near = self.near.map(|(ttl, max)| Near {
-            cache: MokaStore::builder().ttl(ttl).max_bindings(max).build(),
-            generation: AtomicU64::new(0),
-        });
         let ttl_ms = u64::try_from(self.ttl.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
@@ -440,6 +474,14 @@ pub struct RedisStoreStats {
     pub breaker_open: bool,
     /// Lookups answered by the near cache without a round trip.
     pub near_hits: u64,
+    /// Near-cache entries dropped because Redis said their binding changed
+    /// (`CLIENT TRACKING` invalidations).
+    pub near_invalidations: u64,
+    /// Whether Redis is telling the near cache about changes now (tracking on for the
+    /// current connection). `false` without a near cache, in a Cluster, with
+    /// invalidation turned off, or while the channel is down: entries then live for the
+    /// near cache's TTL.
+    pub near_tracking: bool,
 }
 
 impl RedisStore {
@@ -479,6 +521,7 @@ impl RedisStore {
             breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
             log_interval: DEFAULT_FAULT_LOG_INTERVAL,
             near: None,
+            near_invalidation: true,
         }
     }
 
@@ -503,6 +546,8 @@ impl RedisStore {
             breaker_opens: f.breaker_opens.load(Relaxed),
             breaker_open: self.inner.breaker.open_until.load(Relaxed) != 0,
             near_hits: f.near_hits.load(Relaxed),
+            near_invalidations: self.inner.near.as_ref().map_or(0, |n| n.invalidations()),
+            near_tracking: self.inner.near.as_ref().is_some_and(|n| n.tracking_on()),
         }
     }
 
@@ -539,7 +584,7 @@ impl RedisStore {
             .await?;
         if let Some(near) = &inner.near {
             near.cache.remove(key);
-            near.generation.fetch_add(1, Relaxed);
+            near.bump();
         }
         Ok(result.map(AuthId::from))
     }
@@ -614,7 +659,7 @@ impl RedisStore {
         }
         if let Some(near) = &inner.near {
             near.cache.remove_account(auth);
-            near.generation.fetch_add(1, Relaxed);
+            near.bump();
         }
         Ok(removed)
     }
@@ -645,26 +690,29 @@ impl BindingStore for RedisStore {
                 inc(&inner.faults.near_hits);
                 return RedisStoreFuture::ready(Ok(Some(hit.auth)));
             }
-            generation = near.generation.load(Relaxed);
+            generation = near.generation();
         }
         if let Err(e) = inner.admit() {
             return RedisStoreFuture::ready(Err(e));
         }
-        let mut cmd = Cmd::new();
-        cmd.arg("GET").arg(inner.redis_key(key));
+        let redis_key = inner.redis_key(key);
         let near_key = inner.near.as_ref().map(|_| key.clone());
+        let track = inner.near.as_ref().is_some_and(|n| n.needs_tracking());
         let inner = inner.clone();
         RedisStoreFuture::pending(async move {
             let mut conn = inner.conn();
-            let found: Option<String> = inner.request(cmd.query_async(&mut conn)).await?;
+            let found: Option<String> = if track {
+                inner.get_tracked(&mut conn, &redis_key).await?
+            } else {
+                let mut cmd = Cmd::new();
+                cmd.arg("GET").arg(&redis_key);
+                inner.request(cmd.query_async(&mut conn)).await?
+            };
             let auth = found.map(AuthId::from);
             if let (Some(near), Some(key), Some(auth)) = (&inner.near, near_key, &auth) {
-                // Fill the local tier unless a clear ran meanwhile (its reply might be
-                // older than the clear).
-                if near.generation.load(Relaxed) == generation {
-                    // `MokaStore` works synchronously and answers `Ready`.
-                    let _ = near.cache.commit(&key, auth).into_inner();
-                }
+                // Fill the local tier unless a clear or an invalidation ran meanwhile
+                // (the reply might be older than it).
+                near.fill(&key, &redis_key, auth, generation);
             }
             Ok(auth)
         })
@@ -678,8 +726,7 @@ impl BindingStore for RedisStore {
             if let Some(local) = near.cache.get(key)
                 && local.auth != *auth
             {
-                near.generation.fetch_add(1, Relaxed);
-                let _ = near.cache.clear_if(key, &local.auth).into_inner();
+                near.clear(key, &local.auth);
             }
         }
         if let Err(e) = inner.admit() {
@@ -687,17 +734,34 @@ impl BindingStore for RedisStore {
         }
         let redis_key = inner.redis_key(key);
         let mut cmd = Cmd::new();
-        cmd.arg("SET")
-            .arg(&redis_key)
-            .arg(auth.as_str())
-            .arg("PX")
-            .arg(inner.ttl_ms);
+        if inner.near.as_ref().is_some_and(|n| n.tracking.is_some()) {
+            // With invalidation on, a write that changes nothing is not free: every other
+            // replica that holds the binding would drop it. A same-account renewal is
+            // deferred while the binding has more than 15/16 of its TTL left (as
+            // `MokaStore` does; `BindingStore::commit` allows it).
+            cmd.arg("EVAL")
+                .arg(SET_UNLESS_FRESH_SCRIPT)
+                .arg(1)
+                .arg(&redis_key)
+                .arg(auth.as_str())
+                .arg(inner.ttl_ms)
+                .arg(inner.ttl_ms - inner.ttl_ms / 16);
+        } else {
+            cmd.arg("SET")
+                .arg(&redis_key)
+                .arg(auth.as_str())
+                .arg("PX")
+                .arg(inner.ttl_ms);
+        }
         let auth = auth.clone();
         let inner = inner.clone();
         RedisStoreFuture::pending(async move {
             let started = Instant::now();
             let mut conn = inner.conn();
-            let result = inner.request(cmd.query_async::<()>(&mut conn)).await;
+            let result = inner
+                .request(cmd.query_async::<::redis::Value>(&mut conn))
+                .await
+                .map(drop);
             match result {
                 Err(e) if Refusal::of(&e) == Some(Refusal::Oom) => {
                     // Full under `noeviction`: `SET` is refused, `PEXPIRE` is not. A
@@ -764,6 +828,50 @@ impl BindingStore for RedisStore {
 }
 
 impl Inner {
+    /// `GET` in one round trip with `CLIENT TRACKING ON NOLOOP`, on a connection that
+    /// does not track yet (see "Near cache" on [`RedisStore`]).
+    async fn get_tracked(
+        self: &Arc<Self>,
+        conn: &mut Conn,
+        redis_key: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let Some(near) = &self.near else {
+            return Ok(None);
+        };
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("CLIENT")
+            .arg("TRACKING")
+            .arg("ON")
+            .arg("NOLOOP")
+            .ignore()
+            .cmd("GET")
+            .arg(redis_key);
+        match self
+            .request(pipe.query_async::<(Option<String>,)>(conn))
+            .await
+        {
+            Ok((found,)) => {
+                near.tracking_enabled();
+                Ok(found)
+            }
+            Err(e) => {
+                let refused = std::error::Error::source(&e)
+                    .and_then(|s| s.downcast_ref::<RedisError>())
+                    .and_then(|r| r.clone().into_server_errors())
+                    .is_some_and(|errs| errs.iter().any(|(i, _)| *i == 0));
+                if refused {
+                    near.tracking_refused();
+                    tracing::warn!(
+                        redis = %self.addr,
+                        error = %e,
+                        "sticky session store: Redis refused CLIENT TRACKING; the near cache relies on its TTL"
+                    );
+                }
+                Err(e)
+            }
+        }
+    }
+
     fn redis_key(&self, key: &BindingKey) -> String {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let digest = Sha256::digest(key.encode());
@@ -782,14 +890,13 @@ impl Inner {
 
     fn bump_near(&self) {
         if let Some(near) = &self.near {
-            near.generation.fetch_add(1, Relaxed);
+            near.bump();
         }
     }
 
     fn clear_near(&self, key: &BindingKey, expected: &AuthId) {
         if let Some(near) = &self.near {
-            let _ = near.cache.clear_if(key, expected).into_inner();
-            near.generation.fetch_add(1, Relaxed);
+            near.clear(key, expected);
         }
     }
 
@@ -808,7 +915,12 @@ impl Inner {
     fn fresh_connection(&self) {
         let _guard = self.runtime.enter();
         match self.target.connect_lazy() {
-            Ok(conn) => *self.conn.write().unwrap_or_else(PoisonError::into_inner) = conn,
+            Ok(conn) => {
+                *self.conn.write().unwrap_or_else(PoisonError::into_inner) = conn;
+                if let Some(near) = &self.near {
+                    near.connection_replaced();
+                }
+            }
             Err(e) => {
                 tracing::debug!(redis = %self.addr, error = %e, "sticky session store: cannot renew the Redis connection")
             }
