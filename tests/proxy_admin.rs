@@ -55,7 +55,7 @@ async fn admin_endpoints_inspect_count_remove_and_export_metrics() {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let router = admin::router(store.clone(), stats, None);
+    let router = admin::router(store.clone(), stats, None, admin::ProxyMetrics::default());
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
 
     // Scoped lookup, session id URL-encoded.

@@ -33,7 +33,9 @@ fn proxy_bin() -> &'static PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let out = std::process::Command::new(cargo)
+        let mut cmd = std::process::Command::new(cargo);
+        scrub_cargo_env(&mut cmd);
+        let out = cmd
             .args(["build", "--example", "proxy", "--message-format=json"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .stderr(Stdio::inherit())
@@ -319,6 +321,15 @@ async fn keys_tokens_and_logs(key_header: Option<&str>) {
     assert_eq!(status, StatusCode::OK);
     let body = String::from_utf8_lossy(&body);
     assert!(body.contains("sticky_session_requests_total 4"), "{body}");
+    assert!(
+        body.contains(r#"sticky_proxy_cooling{account="a"} 0"#),
+        "{body}"
+    );
+    assert!(
+        body.contains(r#"sticky_proxy_in_flight{account="b"} 0"#),
+        "{body}"
+    );
+    assert!(body.contains("sticky_proxy_retries_total 0"), "{body}");
     for s in SECRETS {
         assert!(!body.contains(s));
     }
@@ -403,4 +414,27 @@ async fn exit_code_is_non_zero_when_the_grace_period_cuts_a_stream() {
     let status = within("exit", child.wait()).await.unwrap();
     assert_eq!(status.code(), Some(3));
     drop(res);
+}
+
+/// Removes what cargo set in this test's environment for the test itself (CARGO_PKG_NAME,
+/// CARGO_MANIFEST_DIR, ...): build scripts (ring's) re-run when those change, so a
+/// nested `cargo build` that inherited them would rebuild dependencies, and the next
+/// ordinary build would rebuild them back.
+fn scrub_cargo_env(cmd: &mut std::process::Command) {
+    const KEEP: [&str; 8] = [
+        "CARGO_HOME",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_",
+        "CARGO_REGISTRIES_",
+        "CARGO_NET_",
+        "CARGO_HTTP_",
+        "CARGO_TERM_",
+        "CARGO_PROFILE_",
+    ];
+    for (k, _) in std::env::vars_os() {
+        let Some(k) = k.to_str() else { continue };
+        if (k.starts_with("CARGO_") && !KEEP.iter().any(|p| k.starts_with(p))) || k == "OUT_DIR" {
+            cmd.env_remove(k);
+        }
+    }
 }

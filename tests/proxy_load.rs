@@ -45,6 +45,7 @@ fn proxy_bin() -> PathBuf {
         "release"
     };
     let mut cmd = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()));
+    scrub_cargo_env(&mut cmd);
     cmd.args(["build", "--example", "proxy"]);
     if profile == "release" {
         cmd.arg("--release");
@@ -176,4 +177,27 @@ async fn thousand_streaming_clients_see_no_failure_while_one_account_fails() {
     let _ = child.start_kill();
     assert_eq!(failed, 0, "client-visible failures");
     assert!(ok > 0);
+}
+
+/// Removes what cargo set in this test's environment for the test itself (CARGO_PKG_NAME,
+/// CARGO_MANIFEST_DIR, ...): build scripts (ring's) re-run when those change, so a
+/// nested `cargo build` that inherited them would rebuild dependencies, and the next
+/// ordinary build would rebuild them back.
+fn scrub_cargo_env(cmd: &mut std::process::Command) {
+    const KEEP: [&str; 8] = [
+        "CARGO_HOME",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_",
+        "CARGO_REGISTRIES_",
+        "CARGO_NET_",
+        "CARGO_HTTP_",
+        "CARGO_TERM_",
+        "CARGO_PROFILE_",
+    ];
+    for (k, _) in std::env::vars_os() {
+        let Some(k) = k.to_str() else { continue };
+        if (k.starts_with("CARGO_") && !KEEP.iter().any(|p| k.starts_with(p))) || k == "OUT_DIR" {
+            cmd.env_remove(k);
+        }
+    }
 }

@@ -35,15 +35,18 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use serde_json::json;
+use tower_sticky_session::body_session::{BodySessionStats, BodySessionStatsSnapshot};
 use tower_sticky_session::store::InspectStore;
 
 use crate::app::auth;
 use crate::app::keys::Secret;
+use crate::app::picker::Picker;
 use tower_sticky_session::{AuthId, BindingKey, Scope, SessionId, Stats, StatsSnapshot};
 
 struct Admin<St> {
     store: St,
     stats: Stats,
+    proxy: ProxyMetrics,
 }
 
 impl<St: Clone> Clone for Admin<St> {
@@ -51,8 +54,19 @@ impl<St: Clone> Clone for Admin<St> {
         Self {
             store: self.store.clone(),
             stats: self.stats.clone(),
+            proxy: self.proxy.clone(),
         }
     }
+}
+
+/// The proxy's own state exported next to the layer's counters: per account in-flight
+/// requests and cooldown, retries, and where sessions were found in bodies.
+#[derive(Clone, Default)]
+pub(crate) struct ProxyMetrics {
+    /// The account picker.
+    pub(crate) picker: Option<Arc<Picker>>,
+    /// The JSON-body session reader's counters, when it runs.
+    pub(crate) body: Option<BodySessionStats>,
 }
 
 /// 401 unless the request presents `token` (see the module docs).
@@ -122,13 +136,18 @@ pub(crate) fn router<St: InspectStore + StoreMetrics + Clone>(
     store: St,
     stats: Stats,
     token: Option<Secret>,
+    proxy: ProxyMetrics,
 ) -> axum::Router {
     let router = axum::Router::new()
         .route("/metrics", get(metrics::<St>))
         .route("/bindings", get(inspect::<St>).delete(remove::<St>))
         .route("/bindings/count", get(count::<St>))
         .route("/accounts/{name}/bindings", delete(remove_account::<St>))
-        .with_state(Admin { store, stats });
+        .with_state(Admin {
+            store,
+            stats,
+            proxy,
+        });
     match token {
         Some(t) => router.layer(middleware::from_fn_with_state(Arc::new(t), require_token)),
         None => router,
@@ -231,6 +250,7 @@ async fn metrics<St: InspectStore + StoreMetrics>(State(admin): State<Admin<St>>
         entries,
         store: admin.store.store_counters(),
     }));
+    registry.register_collector(Box::new(ProxyCollector::from(&admin.proxy)));
     let mut text = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &registry) {
         return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
@@ -346,6 +366,101 @@ impl Collector for StatsCollector {
                 g.metric_type(),
             )?;
             g.encode(m)?;
+        }
+        Ok(())
+    }
+}
+
+/// A copy of [`ProxyMetrics`] taken for one scrape.
+#[derive(Debug)]
+struct ProxyCollector {
+    /// `(account, in flight, cooling)`.
+    accounts: Vec<(String, u64, bool)>,
+    retries: Option<u64>,
+    body: Option<BodySessionStatsSnapshot>,
+}
+
+impl From<&ProxyMetrics> for ProxyCollector {
+    fn from(m: &ProxyMetrics) -> Self {
+        let accounts = m.picker.as_ref().map_or_else(Vec::new, |p| {
+            (0..p.upstreams().len())
+                .map(|i| {
+                    (
+                        p.upstreams()[i].name().as_str().to_owned(),
+                        p.in_flight(i) as u64,
+                        p.cooldowns.is_cooling(i),
+                    )
+                })
+                .collect()
+        });
+        Self {
+            accounts,
+            retries: m.picker.as_ref().map(|p| p.retries()),
+            body: m.body.as_ref().map(BodySessionStats::snapshot),
+        }
+    }
+}
+
+impl Collector for ProxyCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        use prometheus_client::metrics::MetricType;
+        if !self.accounts.is_empty() {
+            let mut m = enc.encode_descriptor(
+                "sticky_proxy_in_flight",
+                "Requests in flight per account.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (name, n, _) in &self.accounts {
+                ConstGauge::new(*n as i64)
+                    .encode(m.encode_family(&[("account", name.as_str())])?)?;
+            }
+            let mut m = enc.encode_descriptor(
+                "sticky_proxy_cooling",
+                "1 while the account is cooling down (after a 429 or while unreachable).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (name, _, cooling) in &self.accounts {
+                ConstGauge::new(i64::from(*cooling))
+                    .encode(m.encode_family(&[("account", name.as_str())])?)?;
+            }
+        }
+        if let Some(n) = self.retries {
+            StatsCollector::counter(
+                &mut enc,
+                "sticky_proxy_retries",
+                "Attempts that failed and were retried on another account.",
+                n,
+            )?;
+        }
+        if let Some(b) = &self.body {
+            let mut m = enc.encode_descriptor(
+                "sticky_session_body_requests",
+                "Requests seen by the JSON-body session reader, by outcome.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (outcome, v) in [
+                ("header_session", b.header_session),
+                ("empty", b.empty),
+                ("not_json", b.not_json),
+                ("too_large", b.too_large),
+                ("error", b.errors),
+                ("invalid_json", b.invalid_json),
+                ("scanned", b.scanned),
+            ] {
+                ConstCounter::new(v).encode(m.encode_family(&[("outcome", outcome)])?)?;
+            }
+            let mut m = enc.encode_descriptor(
+                "sticky_session_body_sessions",
+                "Scanned bodies by the field their session id came from (none: no session).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (field, v) in b.found.iter().copied().chain([("none", b.no_session)]) {
+                ConstCounter::new(v).encode(m.encode_family(&[("field", field)])?)?;
+            }
         }
         Ok(())
     }

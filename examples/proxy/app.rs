@@ -45,7 +45,9 @@ use http::uri::{PathAndQuery, Scheme, Uri};
 use hyper::body::Incoming;
 use tower::Layer;
 use tower::util::Either;
-use tower_sticky_session::body_session::{BufferedBody, SessionFromBody, SessionFromBodyLayer};
+use tower_sticky_session::body_session::{
+    BodySessionStats, BufferedBody, SessionFromBody, SessionFromBodyLayer,
+};
 use tower_sticky_session::{
     AuthId, BindingStore, Scope, SessionId, Stats, StickySession, StickySessionLayer,
 };
@@ -295,8 +297,9 @@ pub(crate) struct App<St: BindingStore> {
     /// The sticky layer's counters.
     pub(crate) stats: Stats,
     /// The account picker (in-flight counts, cooldowns).
-    #[allow(dead_code)] // read by the tests
     pub(crate) picker: Arc<Picker>,
+    /// The JSON-body session reader's counters, when it runs.
+    pub(crate) body_stats: Option<BodySessionStats>,
 }
 
 /// Builds the proxy for `cfg` with its bindings in `store`.
@@ -322,12 +325,14 @@ pub(crate) fn build<St: BindingStore + Clone>(
     }
     let picker = Arc::new(Picker::new(cfg.upstreams.clone(), cfg.max_load_factor));
     let stats = layer.stats();
+    let mut body_stats = None;
     let stack = if cfg.body_session {
         // Bodies up to --max-body-buffer are read once, for session fields; failover
         // replays the same buffer (a body buffered whole is one `Bytes`, never copied).
         let body = SessionFromBodyLayer::new()
             .headers(cfg.session_headers.clone())
             .max_buffer(cfg.failover.max_body_buffer);
+        body_stats = Some(body.stats().clone());
         let failover = Failover::new(picker.clone(), store, cfg.failover.clone())?;
         Either::Left(body.layer(layer.layer(failover)))
     } else {
@@ -338,5 +343,6 @@ pub(crate) fn build<St: BindingStore + Clone>(
         stats,
         service: ClientAuth::new(stack, cfg.client_token.clone()),
         picker,
+        body_stats,
     })
 }

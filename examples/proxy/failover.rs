@@ -269,6 +269,9 @@ where
                 Attempt::Failed(res, why) => {
                     pinned_failed |= pinned.as_ref() == Some(up.name());
                     let last = k + 1 == tries.len();
+                    if !last {
+                        self.picker.count_retry();
+                    }
                     tracing::info!(
                         method = %parts.method, path = parts.uri.path(),
                         session = %LogSession(session.as_ref()), upstream = %up.name(),

@@ -501,8 +501,15 @@ async fn run<St: InspectStore + admin::StoreMetrics + Clone>(
         Some(at) => match TcpListener::bind(at).await {
             Ok(l) => {
                 let local = l.local_addr().unwrap_or(at);
-                let router =
-                    admin::router(admin_store, app.stats.clone(), settings.admin_token.clone());
+                let router = admin::router(
+                    admin_store,
+                    app.stats.clone(),
+                    settings.admin_token.clone(),
+                    admin::ProxyMetrics {
+                        picker: Some(app.picker.clone()),
+                        body: app.body_stats.clone(),
+                    },
+                );
                 tokio::spawn(async move {
                     if let Err(e) = axum::serve(l, router).await {
                         tracing::error!(error = %e, "admin listener failed");

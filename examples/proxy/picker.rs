@@ -11,7 +11,7 @@
 //!   (only if nothing else is left) those cooling down.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tower_sticky_session::AuthId;
@@ -62,6 +62,7 @@ pub(crate) struct Picker {
     in_flight: Box<[AtomicUsize]>,
     pub(crate) cooldowns: Cooldowns,
     max_load_factor: Option<f64>,
+    retries: AtomicU64,
 }
 
 impl Picker {
@@ -75,6 +76,7 @@ impl Picker {
             in_flight: (0..n).map(|_| AtomicUsize::new(0)).collect(),
             cooldowns: Cooldowns::new(n),
             max_load_factor,
+            retries: AtomicU64::new(0),
         }
     }
 
@@ -98,6 +100,16 @@ impl Picker {
             picker: self.clone(),
             i,
         }
+    }
+
+    /// Counts a failed attempt that is retried on another account.
+    pub(crate) fn count_retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Failed attempts retried on another account so far.
+    pub(crate) fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
     }
 
     /// Account `i` cools down for `d`.
