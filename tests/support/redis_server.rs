@@ -98,12 +98,7 @@ impl RedisServer {
     /// Sends one command in RESP and returns the raw reply (for checks that must not go
     /// through the code under test).
     pub(crate) fn command(&self, args: &[&str]) -> String {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to redis");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        stream.write_all(&resp(args)).expect("write");
-        read_reply(&mut stream)
+        command_on(self.port, args)
     }
 
     /// Like [`command`](Self::command), on a connection that first authenticates with
@@ -192,6 +187,22 @@ impl Drop for RedisServer {
         self.kill();
         let _ = std::fs::remove_dir_all(self.dir());
     }
+}
+
+/// Sends one command in RESP to `127.0.0.1:port` and returns the raw reply (arrays
+/// flattened, one element a line).
+pub(crate) fn command_on(port: u16, args: &[&str]) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to redis");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    stream.write_all(&resp(args)).expect("write");
+    read_reply(&mut stream)
+}
+
+/// Whether `127.0.0.1:port` answers `PING`.
+pub(crate) fn answers_ping(port: u16) -> bool {
+    ping(port)
 }
 
 fn free_port() -> u16 {

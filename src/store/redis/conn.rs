@@ -1,20 +1,29 @@
-//! How the store reaches Redis: one node, or a Cluster through its seed nodes.
+//! How the store reaches Redis: one node, a Cluster through its seed nodes, or the
+//! primary that Sentinel names.
 //!
 //! Every mode gives the rest of the store the same thing: a cheap-to-clone connection
 //! ([`Conn`]) made lazily (so building the store never waits for Redis), the `PING` the
 //! breaker's probe sends, and a fresh connection after a failed probe.
 
 use std::convert::Infallible;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use ::redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
 use ::redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use ::redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use ::redis::{AsyncConnectionConfig, IntoConnectionInfo};
 use ::redis::{Client, Cmd, Pipeline, ProtocolVersion, PushInfo, RedisError, RedisFuture, Value};
 
 /// URL scheme of a Cluster given by its seed nodes: `redis+cluster://h1:p1,h2:p2`.
 pub(super) const CLUSTER_SCHEME: &str = "redis+cluster://";
+/// URL scheme of a primary named by Sentinel:
+/// `redis+sentinel://[user:pw@]s1:p1,s2:p2/master-name[/db]`.
+pub(super) const SENTINEL_SCHEME: &str = "redis+sentinel://";
 
 /// Where the store's Redis is, as the user gave it.
 #[derive(Clone, Debug)]
@@ -23,7 +32,18 @@ pub(super) enum Spec {
     Url(String),
     /// A Cluster, by the URLs of some of its nodes.
     Cluster(Vec<String>),
+    /// The primary of `master` as Sentinel names it: the sentinels' URLs, and a URL whose
+    /// credentials and database apply to the primary (its host is ignored).
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+        node: String,
+    },
 }
+
+/// Called after a new connection replaced the previous one (Sentinel mode): whatever
+/// was set up on the old connection (tracking) must be set up again.
+pub(super) type OnNewConnection = Arc<dyn Fn() + Send + Sync>;
 
 /// Time limits every mode's client is built with.
 #[derive(Clone, Copy, Debug)]
@@ -43,6 +63,112 @@ pub(super) enum Target {
         client: ClusterClient,
         config: ClusterConfig,
     },
+    Sentinel(Arc<SentinelTarget>),
+}
+
+/// How often a Sentinel-mode store asks Sentinel which node is the primary.
+const SENTINEL_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+pub(super) struct SentinelTarget {
+    client: tokio::sync::Mutex<SentinelClient>,
+    config: AsyncConnectionConfig,
+    on_new: OnNewConnection,
+    /// Time limit of a background lookup of the primary.
+    limit: Duration,
+}
+
+/// A connection to the primary Sentinel names, resolved on first use and again after
+/// the connection fails or the node answers `READONLY` (it was demoted by a failover).
+pub(super) struct SentinelConn {
+    target: Arc<SentinelTarget>,
+    /// The connection and the primary's address it leads to.
+    current: RwLock<Option<(MultiplexedConnection, ::redis::ConnectionAddr)>>,
+    /// One resolution at a time; the others wait for its result.
+    resolving: tokio::sync::Mutex<()>,
+}
+
+impl SentinelConn {
+    async fn connection(&self) -> Result<MultiplexedConnection, RedisError> {
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        let _one = self.resolving.lock().await;
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        let client = self.target.client.lock().await.async_get_client().await?;
+        let addr = client.get_connection_info().addr().clone();
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&self.target.config)
+            .await?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some((conn.clone(), addr));
+        (self.target.on_new)();
+        Ok(conn)
+    }
+
+    fn current(&self) -> Option<MultiplexedConnection> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|(c, _)| c.clone())
+    }
+
+    fn current_addr(&self) -> Option<::redis::ConnectionAddr> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|(_, a)| a.clone())
+    }
+
+    /// Asks Sentinel every [`SENTINEL_WATCH_INTERVAL`] which node is the primary, and
+    /// drops the connection when it names another one. After a forced failover the old
+    /// primary keeps accepting writes until Sentinel reconfigures it (up to its 10 s
+    /// `INFO` period); without this watch the store would keep writing there, and those
+    /// bindings would be lost when it resyncs as a replica.
+    fn watch(this: &Arc<Self>, limit: Duration) {
+        let weak = Arc::downgrade(this);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SENTINEL_WATCH_INTERVAL).await;
+                let Some(this) = weak.upgrade() else { return };
+                let Some(current) = this.current_addr() else {
+                    continue;
+                };
+                let named = tokio::time::timeout(limit, async {
+                    this.target.client.lock().await.async_get_client().await
+                })
+                .await;
+                if let Ok(Ok(client)) = named
+                    && *client.get_connection_info().addr() != current
+                {
+                    tracing::info!(
+                        old = %current,
+                        new = %client.get_connection_info().addr(),
+                        "sticky session store: Sentinel names a new Redis primary; reconnecting"
+                    );
+                    *this.current.write().unwrap_or_else(PoisonError::into_inner) = None;
+                }
+            }
+        });
+    }
+
+    /// Forgets the connection after an error that says it no longer leads to the
+    /// primary: the next call asks Sentinel again.
+    fn check<T>(&self, result: Result<T, RedisError>) -> Result<T, RedisError> {
+        if let Err(e) = &result
+            && (e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_timeout()
+                || e.code() == Some("READONLY")
+                || e.code() == Some("LOADING")
+                || e.code() == Some("MASTERDOWN"))
+        {
+            *self.current.write().unwrap_or_else(PoisonError::into_inner) = None;
+        }
+        result
+    }
 }
 
 /// A connection of any mode. Clones share the underlying connection(s).
@@ -50,6 +176,7 @@ pub(super) enum Target {
 pub(super) enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    Sentinel(Arc<SentinelConn>),
 }
 
 impl Spec {
@@ -57,6 +184,7 @@ impl Spec {
         match self {
             Spec::Url(url) => url.starts_with(CLUSTER_SCHEME),
             Spec::Cluster(_) => true,
+            Spec::Sentinel { .. } => false,
         }
     }
 
@@ -68,8 +196,18 @@ impl Spec {
         &self,
         limits: Limits,
         push: Option<impl Fn(PushInfo) -> Result<(), Infallible> + Send + Sync + 'static>,
+        on_new: OnNewConnection,
     ) -> Result<(Target, String), String> {
         match self {
+            Spec::Url(url) if url.starts_with(SENTINEL_SCHEME) => {
+                let (sentinels, master, node) = split_sentinel_url(url)?;
+                sentinel_target(&sentinels, &master, &node, limits, push, on_new)
+            }
+            Spec::Sentinel {
+                sentinels,
+                master,
+                node,
+            } => sentinel_target(sentinels, master, node, limits, push, on_new),
             Spec::Url(url) if url.starts_with(CLUSTER_SCHEME) => {
                 cluster_target(&split_cluster_url(url)?, limits)
             }
@@ -121,6 +259,84 @@ fn split_cluster_url(url: &str) -> Result<Vec<String>, String> {
     Ok(nodes)
 }
 
+/// `redis+sentinel://[user:pw@]s1:p1,s2:p2/master[/db]` → sentinel URLs, the master's
+/// name, and `redis://[user:pw@]localhost/db` for the primary's settings.
+fn split_sentinel_url(url: &str) -> Result<(Vec<String>, String, String), String> {
+    let rest = &url[SENTINEL_SCHEME.len()..];
+    let rest = rest.split('?').next().unwrap_or_default();
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((user, hosts)) => (format!("{user}@"), hosts),
+        None => (String::new(), authority),
+    };
+    let sentinels: Vec<String> = hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("redis://{h}/"))
+        .collect();
+    let mut parts = path.split('/').filter(|p| !p.is_empty());
+    let master = parts.next().unwrap_or_default().to_owned();
+    let db = parts.next().unwrap_or("0");
+    if sentinels.is_empty() || master.is_empty() {
+        return Err(
+            "invalid Redis Sentinel URL: expected redis+sentinel://host:port[,host:port…]/master-name[/db]"
+                .into(),
+        );
+    }
+    Ok((
+        sentinels,
+        master,
+        format!("redis://{userinfo}localhost/{db}"),
+    ))
+}
+
+fn sentinel_target(
+    sentinels: &[String],
+    master: &str,
+    node: &str,
+    limits: Limits,
+    push: Option<impl Fn(PushInfo) -> Result<(), Infallible> + Send + Sync + 'static>,
+    on_new: OnNewConnection,
+) -> Result<(Target, String), String> {
+    let mut settings = node
+        .into_connection_info()
+        .map_err(|e| format!("invalid Redis Sentinel settings: {e}"))?
+        .redis_settings()
+        .clone();
+    let mut config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(limits.connect))
+        .set_response_timeout(Some(limits.response));
+    if let Some(push) = push {
+        settings = settings.set_protocol(ProtocolVersion::RESP3);
+        config = config.set_push_sender(push);
+    }
+    let mut addrs = Vec::with_capacity(sentinels.len());
+    for s in sentinels {
+        let info = s
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| format!("invalid Redis Sentinel URL: {e}"))?;
+        addrs.push(info.addr().to_string());
+    }
+    let client = SentinelClient::build(
+        sentinels.to_vec(),
+        master.to_owned(),
+        Some(SentinelNodeConnectionInfo::default().set_redis_connection_info(settings)),
+        SentinelServerType::Master,
+    )
+    .map_err(|e| format!("invalid Redis Sentinel settings: {e}"))?;
+    let addr = format!("sentinel {} master {master}", addrs.join(","));
+    Ok((
+        Target::Sentinel(Arc::new(SentinelTarget {
+            client: tokio::sync::Mutex::new(client),
+            config,
+            on_new,
+            limit: limits.connect,
+        })),
+        addr,
+    ))
+}
+
 fn cluster_target(nodes: &[String], limits: Limits) -> Result<(Target, String), String> {
     if nodes.is_empty() {
         return Err("invalid Redis Cluster: no seed node".into());
@@ -162,6 +378,15 @@ impl Target {
             Target::Cluster { client, config } => Ok(Conn::Cluster(
                 client.get_pending_async_connection_with_config(config.clone()),
             )),
+            Target::Sentinel(target) => {
+                let conn = Arc::new(SentinelConn {
+                    target: target.clone(),
+                    current: RwLock::new(None),
+                    resolving: tokio::sync::Mutex::new(()),
+                });
+                SentinelConn::watch(&conn, target.limit);
+                Ok(Conn::Sentinel(conn))
+            }
         }
     }
 
@@ -178,6 +403,7 @@ impl Conn {
         cmd.arg("PING");
         match self {
             Conn::Single(c) => cmd.query_async::<String>(c).await.map(drop),
+            Conn::Sentinel(_) => cmd.query_async::<String>(self).await.map(drop),
             Conn::Cluster(c) => c
                 .route_command(cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
                 .await
@@ -251,6 +477,11 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Sentinel(s) => Box::pin(async move {
+                let mut c = s.connection().await?;
+                let result = c.req_packed_command(cmd).await;
+                s.check(result)
+            }),
         }
     }
 
@@ -263,6 +494,11 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Sentinel(s) => Box::pin(async move {
+                let mut c = s.connection().await?;
+                let result = c.req_packed_commands(pipeline, offset, count).await;
+                s.check(result)
+            }),
         }
     }
 
@@ -270,6 +506,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
+            Conn::Sentinel(s) => s.current().map_or(0, |c| ConnectionLike::get_db(&c)),
         }
     }
 }
@@ -289,5 +526,25 @@ mod tests {
             ["redis://h:1/"]
         );
         assert!(split_cluster_url("redis+cluster://").is_err());
+    }
+
+    #[test]
+    fn sentinel_url_names_sentinels_master_and_the_primarys_settings() {
+        let (sentinels, master, node) =
+            split_sentinel_url("redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26379/mymaster/2")
+                .unwrap();
+        assert_eq!(
+            sentinels,
+            ["redis://10.0.0.1:26379/", "redis://10.0.0.2:26379/"]
+        );
+        assert_eq!(master, "mymaster");
+        assert_eq!(node, "redis://:pw@localhost/2");
+        let (_, master, node) = split_sentinel_url("redis+sentinel://h:26379/m").unwrap();
+        assert_eq!(
+            (master.as_str(), node.as_str()),
+            ("m", "redis://localhost/0")
+        );
+        assert!(split_sentinel_url("redis+sentinel://h:26379").is_err());
+        assert!(split_sentinel_url("redis+sentinel:///m").is_err());
     }
 }

@@ -136,6 +136,18 @@ const SET_UNLESS_FRESH_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] 
 /// `CLUSTERDOWN`, which counts as a connection failure; the probe `PING`s any node).
 /// [`remove_account`](RedisStore::remove_account) walks every primary.
 ///
+/// # Redis Sentinel
+///
+/// [`sentinel_builder`](RedisStore::sentinel_builder) (or a `redis+sentinel://` URL)
+/// asks the sentinels for the primary's address on first use, and again as soon as the
+/// connection to it fails or it answers `READONLY`, `LOADING` or `MASTERDOWN` — which
+/// is what a failover looks like from a client: Sentinel cuts the old primary's clients
+/// and turns it into a replica. Until the new primary is found, requests are served
+/// without stickiness as in any outage (timeouts, breaker). Bindings written after the
+/// failover are shared again as soon as the replicas reach the new primary
+/// (RELIABILITY.md has the measured time); bindings the old primary had not replicated
+/// yet are lost, which costs those sessions one unsticky request.
+///
 /// # Near cache
 ///
 /// [`near_cache`](RedisStoreBuilder::near_cache) puts a small in-process
@@ -359,6 +371,14 @@ impl RedisStoreBuilder {
                     response: self.admin_timeout.max(self.connect_timeout),
                 },
                 push,
+                {
+                    let near = near.as_ref().map(Arc::downgrade);
+                    Arc::new(move || {
+                        if let Some(near) = near.as_ref().and_then(std::sync::Weak::upgrade) {
+                            near.connection_replaced();
+                        }
+                    })
+                },
             )
             .map_err(config_error)?;
         let addr = addr.into_boxed_str();
@@ -494,6 +514,11 @@ impl RedisStore {
     /// `redis+cluster://`: `redis+cluster://10.0.0.1:6379,10.0.0.2:6379` (credentials, if
     /// any, once: `redis+cluster://:password@host1:6379,host2:6379`); or use
     /// [`cluster_builder`](Self::cluster_builder). See "Redis Cluster" on [`RedisStore`].
+    ///
+    /// A primary behind Redis Sentinel: `redis+sentinel://s1:26379,s2:26379/master-name`
+    /// (the primary's password and database, if any:
+    /// `redis+sentinel://:password@s1:26379/master-name/0`); or use
+    /// [`sentinel_builder`](Self::sentinel_builder).
     pub fn builder(url: &str) -> RedisStoreBuilder {
         Self::builder_for(Spec::Url(url.to_owned()))
     }
@@ -507,6 +532,25 @@ impl RedisStore {
         S: Into<String>,
     {
         Self::builder_for(Spec::Cluster(nodes.into_iter().map(Into::into).collect()))
+    }
+
+    /// A builder for a store on the primary that Redis Sentinel names `master`, given
+    /// the URLs of one or more sentinels (e.g. `["redis://10.0.0.1:26379",
+    /// "redis://10.0.0.2:26379"]`). The primary is looked up on first use and again
+    /// whenever its connection fails or it answers `READONLY` (a failover demoted it).
+    /// For the primary's password or database use the URL form,
+    /// `redis+sentinel://:password@s1:26379,s2:26379/master/db`, with
+    /// [`builder`](Self::builder). See "Redis Sentinel" on [`RedisStore`].
+    pub fn sentinel_builder<I, S>(sentinels: I, master: &str) -> RedisStoreBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::builder_for(Spec::Sentinel {
+            sentinels: sentinels.into_iter().map(Into::into).collect(),
+            master: master.to_owned(),
+            node: "redis://localhost/0".to_owned(),
+        })
     }
 
     fn builder_for(spec: Spec) -> RedisStoreBuilder {

@@ -1,0 +1,263 @@
+//! `RedisStore` on a primary behind Redis Sentinel: real servers (one primary, one
+//! replica, one sentinel) on free loopback ports, a forced `SENTINEL FAILOVER` under
+//! load: no request fails, and bindings written after the failover are shared again.
+#![cfg(feature = "redis")]
+
+#[path = "support/redis_sentinel.rs"]
+mod redis_sentinel;
+#[path = "support/redis_server.rs"]
+mod redis_server;
+#[path = "support/redis_store_util.rs"]
+mod redis_store_util;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use tower::{Layer, ServiceExt};
+use tower_sticky_session::store::RedisStore;
+use tower_sticky_session::{
+    AuthId, BindingStore, DEFAULT_SESSION_HEADER, PinnedAuth, ServedBy, StickySessionLayer,
+};
+
+use redis_sentinel::RedisSentinel;
+use redis_server::RedisServer;
+use redis_store_util::{eventually, key, wait_connected};
+
+const MASTER: &str = "sticky";
+/// A hang guard, not a performance figure.
+const HANG_GUARD: Duration = Duration::from_secs(1);
+
+/// Waits (blocking: the servers are plain processes) until `cond` holds.
+fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Setup {
+    primary: RedisServer,
+    replica: RedisServer,
+    sentinel: RedisSentinel,
+}
+
+fn setup() -> Setup {
+    let primary = RedisServer::start();
+    let replica = RedisServer::start_with(
+        RedisServer::unused_port(),
+        &["--replicaof", "127.0.0.1", &primary.port().to_string()],
+    );
+    wait_for(Duration::from_secs(10), "replica in sync", || {
+        replica
+            .command(&["INFO", "replication"])
+            .contains("master_link_status:up")
+    });
+    let sentinel = RedisSentinel::start(MASTER, primary.port());
+    let replica_port = replica.port().to_string();
+    wait_for(
+        Duration::from_secs(15),
+        "sentinel knows the replica",
+        || {
+            sentinel
+                .command(&["SENTINEL", "REPLICAS", MASTER])
+                .lines()
+                .any(|l| l == replica_port)
+        },
+    );
+    Setup {
+        primary,
+        replica,
+        sentinel,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_store_finds_the_primary_and_shares_bindings() {
+    let s = setup();
+    let a = RedisStore::builder(&format!(
+        "redis+sentinel://127.0.0.1:{}/{MASTER}",
+        s.sentinel.port()
+    ))
+    .build()
+    .unwrap();
+    let b = RedisStore::sentinel_builder([s.sentinel.url()], MASTER)
+        .build()
+        .unwrap();
+    wait_connected(&a).await;
+    wait_connected(&b).await;
+    let k = key("via-sentinel");
+    a.commit(&k, &AuthId::from("acct-1")).await.unwrap();
+    assert_eq!(b.lookup(&k).await.unwrap(), Some(AuthId::from("acct-1")));
+    // Written to the primary, replicated to the replica.
+    assert_eq!(s.primary.command(&["GET", &a.redis_key(&k)]), "acct-1\n");
+    let _ = &s.replica;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_while_sentinel_is_unreachable_succeeds() {
+    let store = RedisStore::builder(&format!(
+        "redis+sentinel://127.0.0.1:{}/{MASTER}",
+        RedisServer::unused_port()
+    ))
+    .build()
+    .expect("builds while no sentinel answers");
+    for _ in 0..5 {
+        let started = Instant::now();
+        assert!(store.lookup(&key("nobody")).await.is_err());
+        assert!(started.elapsed() < HANG_GUARD, "{:?}", started.elapsed());
+    }
+}
+
+async fn request<S>(svc: &S, session: &str) -> (Option<AuthId>, AuthId)
+where
+    S: tower::Service<
+            Request<Full<Bytes>>,
+            Response = Response<tower_sticky_session::ResponseBody<Full<Bytes>, RedisStore>>,
+            Error = Infallible,
+        > + Clone,
+{
+    let req = Request::get("/v1/responses")
+        .header(DEFAULT_SESSION_HEADER, session)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let res = svc.clone().oneshot(req).await.unwrap();
+    let served = res.extensions().get::<ServedBy>().unwrap().0.clone();
+    let pinned = res.extensions().get::<PinnedAuth>().map(|p| p.0.clone());
+    res.into_body().collect().await.unwrap();
+    (pinned, served)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_failover_under_load_fails_no_request_and_sharing_resumes() {
+    let s = setup();
+    let stores: Vec<RedisStore> = (0..2)
+        .map(|_| {
+            RedisStore::sentinel_builder([s.sentinel.url()], MASTER)
+                .timeout(Duration::from_millis(100))
+                .connect_timeout(Duration::from_millis(500))
+                .breaker_cooldown(Duration::from_millis(200))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    for st in &stores {
+        wait_connected(st).await;
+    }
+    let services: Vec<_> = stores
+        .iter()
+        .enumerate()
+        .map(|(r, st)| {
+            let inner = tower::service_fn(move |req: Request<Full<Bytes>>| {
+                let pinned = req.extensions().get::<PinnedAuth>().map(|p| p.0.clone());
+                let auth = pinned
+                    .clone()
+                    .unwrap_or_else(|| AuthId::from(format!("acct-r{r}")));
+                async move {
+                    let mut res = Response::new(Full::new(Bytes::from_static(b"ok")));
+                    if let Some(p) = pinned {
+                        res.extensions_mut().insert(PinnedAuth(p));
+                    }
+                    res.extensions_mut().insert(ServedBy(auth));
+                    Ok::<_, Infallible>(res)
+                }
+            });
+            StickySessionLayer::with_store(st.clone()).layer(inner)
+        })
+        .collect();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let slowest = Arc::new(AtomicU64::new(0));
+    let mut load = Vec::new();
+    for w in 0..8 {
+        let (services, stop, sent, slowest) = (
+            services.clone(),
+            stop.clone(),
+            sent.clone(),
+            slowest.clone(),
+        );
+        load.push(tokio::spawn(async move {
+            let session = format!("load-{w}");
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                tokio::time::timeout(HANG_GUARD * 5, request(&services[n % 2], &session))
+                    .await
+                    .expect("request hung");
+                let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                slowest.fetch_max(us, Ordering::Relaxed);
+                sent.fetch_add(1, Ordering::Relaxed);
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let old_port = s.primary.port();
+    let new_port = s.replica.port();
+    let reply = s.sentinel.command(&["SENTINEL", "FAILOVER", MASTER]);
+    assert_eq!(reply, "+OK\n", "SENTINEL FAILOVER refused");
+    let failover = Instant::now();
+    eventually(
+        Duration::from_secs(20),
+        "sentinel names the new primary",
+        || async { (s.sentinel.primary_port(MASTER) == new_port).then_some(()) },
+    )
+    .await;
+    let switched = failover.elapsed();
+    // Sharing is back when a fresh binding made on one replica is honoured by the other
+    // and sits on the new primary.
+    let mut attempt = 0;
+    let shared = eventually(
+        Duration::from_secs(20),
+        "sharing on the new primary",
+        || {
+            attempt += 1;
+            let services = services.clone();
+            let new_primary = &s.replica;
+            let probe = stores[0].clone();
+            async move {
+                for i in 0..5 {
+                    let session = format!("after-{attempt}-{i}");
+                    let (_, a) = request(&services[0], &session).await;
+                    let (pinned, b) = request(&services[1], &session).await;
+                    if pinned.as_ref() != Some(&a) || b != a {
+                        return None;
+                    }
+                    let raw = new_primary.command(&["GET", &probe.redis_key(&key(&session))]);
+                    if raw != format!("{}\n", a.as_str()) {
+                        return None;
+                    }
+                }
+                Some(failover.elapsed())
+            }
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await
+            .expect("a load task panicked (a request failed or hung)");
+    }
+    let slowest = Duration::from_micros(slowest.load(Ordering::Relaxed));
+    eprintln!(
+        "sentinel failover: requests {}, slowest {slowest:?}, sentinel switched after {switched:?}, sharing on the new primary after {shared:?}; old primary {old_port} role: {:?}; stats {:?} / {:?}",
+        sent.load(Ordering::Relaxed),
+        s.primary
+            .command(&["ROLE"])
+            .lines()
+            .next()
+            .unwrap_or_default(),
+        stores[0].stats(),
+        stores[1].stats()
+    );
+    assert!(slowest < HANG_GUARD, "a request took {slowest:?}");
+    assert!(sent.load(Ordering::Relaxed) > 50);
+}
