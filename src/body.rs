@@ -1,5 +1,6 @@
 //! The response body wrapper that commits or clears the binding.
 
+use std::any::{Any, TypeId};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -28,6 +29,11 @@ pin_project! {
     ///
     /// [`Body::size_hint`] and [`Body::is_end_stream`] are forwarded exactly, so a
     /// `Content-Length` response stays one.
+    ///
+    /// It is a [`Body`] for any inner body whose data type is `'static` (true whenever the
+    /// body type is). Strict mode's `400` carries its plain-text reason when the data type
+    /// is `Bytes` (hyper, axum, http-body-util bodies); with any other data type the `400`
+    /// has an empty body.
     pub struct ResponseBody<B, St = MokaStore>
     where
         B: Body,
@@ -102,10 +108,12 @@ impl<B: Body, St: BindingStore> ResponseBody<B, St> {
     }
 }
 
+// `B::Data: 'static` (true whenever `B: 'static`) is only there for strict mode's
+// rejection message: see `message_data`.
 impl<B, St> Body for ResponseBody<B, St>
 where
     B: Body,
-    B::Data: From<Bytes>,
+    B::Data: 'static,
     St: BindingStore,
 {
     type Data = B::Data;
@@ -119,7 +127,8 @@ where
         let mut body = match this.kind.project() {
             KindProj::Inner { body } => body,
             KindProj::Message { msg } => {
-                return Poll::Ready(msg.take().map(|m| Ok(Frame::data(m.into()))));
+                let data = msg.take().and_then(message_data::<B::Data>);
+                return Poll::Ready(data.map(|d| Ok(Frame::data(d))));
             }
         };
         loop {
@@ -184,7 +193,7 @@ where
 
     fn is_end_stream(&self) -> bool {
         match (&self.kind, &self.state) {
-            (Kind::Message { msg }, _) => msg.is_none(),
+            (Kind::Message { msg }, _) => msg.is_none() || !carries_message::<B::Data>(),
             (_, State::Committing { .. } | State::Clearing { .. }) => false,
             (_, State::Ended) => true,
             (Kind::Inner { body }, _) => body.is_end_stream(),
@@ -193,9 +202,10 @@ where
 
     fn size_hint(&self) -> SizeHint {
         match (&self.kind, &self.state) {
-            (Kind::Message { msg }, _) => {
-                SizeHint::with_exact(msg.as_ref().map_or(0, |m| m.len() as u64))
-            }
+            (Kind::Message { msg }, _) => SizeHint::with_exact(match msg {
+                Some(m) if carries_message::<B::Data>() => m.len() as u64,
+                _ => 0,
+            }),
             (Kind::Inner { body }, State::Committing { frame: Some(f), .. }) => {
                 // A frame taken from the inner body but not yet handed on still counts.
                 let held = f.data_ref().map_or(0, |d| d.remaining() as u64);
@@ -210,6 +220,30 @@ where
             (_, State::Ended) => SizeHint::with_exact(0),
             (Kind::Inner { body }, _) => body.size_hint(),
         }
+    }
+}
+
+/// Strict mode's rejection message as the body's data type, when that is `Bytes` (as
+/// for hyper, axum, http-body-util bodies). Any other data type gets the 400 without a
+/// message body.
+///
+/// A runtime type check (as axum's `Body::new` does) rather than a `B::Data: From<Bytes>`
+/// bound on the whole `Body` impl, which every user would pay for though only strict mode
+/// builds a message.
+fn message_data<D: 'static>(msg: Bytes) -> Option<D> {
+    try_downcast::<D, _>(msg).ok()
+}
+
+/// Whether [`message_data`] can carry a message as `D`.
+fn carries_message<D: 'static>() -> bool {
+    TypeId::of::<D>() == TypeId::of::<Bytes>()
+}
+
+fn try_downcast<T: 'static, K: 'static>(k: K) -> Result<T, K> {
+    let mut slot = Some(k);
+    match (&mut slot as &mut dyn Any).downcast_mut::<Option<T>>() {
+        Some(t) => Ok(t.take().expect("just filled")),
+        None => Err(slot.expect("not taken")),
     }
 }
 

@@ -182,13 +182,27 @@
 //! # Tower behaviour
 //!
 //! `poll_ready` is delegated; the error type is the inner service's; no future or body is
-//! boxed. With a networked store whose lookup does not resolve at once, the service that
-//! was polled ready moves into the response future and a clone takes its place (tower's
-//! "be careful when cloning inner services"), so `S: Clone` is required. [`ResponseBody`]
-//! forwards `size_hint` and `is_end_stream` exactly, so `Content-Length` responses stay
-//! `Content-Length`. Strict-mode rejections need the body's data type to be constructible
-//! from [`bytes::Bytes`] (`B::Data: From<Bytes>`, true of hyper, axum and http-body-util
-//! bodies).
+//! boxed. [`ResponseBody`] forwards `size_hint` and `is_end_stream` exactly, so
+//! `Content-Length` responses stay `Content-Length`.
+//!
+//! - **`S: Clone`.** With a store whose lookup does not resolve at once (a networked
+//!   store), the service that was polled ready moves into the response future and a
+//!   clone takes its place (tower's "be careful when cloning inner services"), so the
+//!   inner service must be `Clone`. With [`MokaStore`] the clone is never made, but the
+//!   bound stays: it is chosen per store *type*, and expressing "only for stores that can
+//!   be pending" would need every [`BindingStore`] to declare it. For a boxed service use
+//!   `tower::util::BoxCloneService` (or `BoxCloneSyncService`) instead of `BoxService`; a
+//!   service that cannot be cloned at all can be wrapped in `tower::buffer::Buffer` (see
+//!   [`StickySession`]).
+//! - **Reserved capacity.** With a networked store, the ready service moved into a
+//!   [`ResponseFuture`] keeps whatever its `poll_ready` reserved (a `Buffer` slot, a
+//!   `ConcurrencyLimit` permit) until the lookup is done and the request is passed on,
+//!   or until the future is dropped. A future created but not polled holds that capacity
+//!   all along: poll or drop response futures promptly, as with any tower service.
+//! - **Bodies.** [`ResponseBody`] is a body for any inner body whose data type is
+//!   `'static`. Strict-mode rejections carry their message when that data type is
+//!   [`bytes::Bytes`] (hyper, axum and http-body-util bodies); with another data type
+//!   the `400` has an empty body.
 //!
 //! [tower]: https://docs.rs/tower
 
@@ -219,7 +233,7 @@ pub use crate::service::StickySession;
 pub use crate::stats::{ClearReason, DECISION_HEADER, Decision, Stats, StatsSnapshot};
 #[cfg(feature = "redis")]
 pub use crate::store::RedisStore;
-pub use crate::store::{BindingStore, MokaStore, StoreError, StoreErrorKind};
+pub use crate::store::{BindingStore, BoxStoreFuture, MokaStore, StoreError, StoreErrorKind};
 pub use crate::types::{AuthId, BindingKey, PinnedAuth, Scope, ServedBy};
 
 /// Compiles the README's examples.

@@ -26,6 +26,36 @@ use crate::types::{BindingKey, PinnedAuth};
 /// [`PinnedAuth`], the bound account as `PinnedAuth`. Its response body commits or clears
 /// the binding as the [crate docs](crate) describe.
 ///
+/// # The inner service must be `Clone`
+///
+/// With a store whose lookup can be pending (a networked store), the service polled
+/// ready moves into the [`ResponseFuture`] and is called once the lookup is done; a clone
+/// takes its place. The bound holds for every store, [`MokaStore`] included (whose lookup
+/// is never pending, so nothing is ever cloned): a bound cannot depend on what a store
+/// does at run time. A boxed service: use `tower::util::BoxCloneService` rather than
+/// `BoxService`. A service that cannot be cloned: give it a cloneable handle with
+/// `tower::buffer::Buffer` (which runs it on a task of its own):
+///
+/// ```
+/// use std::convert::Infallible;
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::Full;
+/// use tower::{buffer::Buffer, util::BoxService, Layer, Service, ServiceExt};
+/// use tower_sticky_session::StickySessionLayer;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let picker: BoxService<Request<()>, Response<Full<Bytes>>, Infallible> =
+///     BoxService::new(tower::service_fn(|_req: Request<()>| async {
+///         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("hi"))))
+///     }));
+/// let mut svc = StickySessionLayer::new().layer(Buffer::new(picker, 64));
+/// let res = svc.ready().await.unwrap().call(Request::new(())).await.unwrap();
+/// assert_eq!(res.status(), 200);
+/// # }
+/// ```
+///
 /// [`SessionId`]: crate::SessionId
 pub struct StickySession<S, St = MokaStore, C = StatusClassifier> {
     inner: S,

@@ -10,7 +10,8 @@
 //! answers with [`std::future::Ready`] — no allocation, no box, resolved on the first
 //! poll — while a networked store returns whatever future its client gives it. The layer
 //! polls each future in place (they are required to be [`Unpin`]; a networked store
-//! boxes its future, which costs one allocation next to a network round trip).
+//! boxes its future, which costs one allocation next to a network round trip:
+//! [`BoxStoreFuture`] and [`boxed`] are there for that).
 //!
 //! Stores must make [`BindingStore::clear_if`] atomic per key with respect to
 //! [`BindingStore::commit`]: a compare-and-delete that runs concurrently with a commit of
@@ -19,6 +20,7 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 
 use crate::types::{AuthId, BindingKey};
 
@@ -68,6 +70,67 @@ pub use self::redis::{
 ///   'static`): they may finish on another task of the runtime;
 /// - bound each operation in time (a networked store: a timeout), since nobody waits for
 ///   a handed-off one.
+///
+/// # A custom store
+///
+/// A store whose operations are `async` code returns [`BoxStoreFuture`]s, made with
+/// [`boxed`]. This one keeps bindings in an async map (standing in for a networked
+/// client; a real store also needs expiry and a capacity bound):
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::sync::Arc;
+/// use tokio::sync::RwLock;
+/// use tower_sticky_session::store::{boxed, BoxStoreFuture};
+/// use tower_sticky_session::{AuthId, BindingKey, BindingStore, StickySessionLayer};
+///
+/// #[derive(Clone, Default)]
+/// struct AsyncMapStore {
+///     map: Arc<RwLock<HashMap<BindingKey, AuthId>>>,
+/// }
+///
+/// impl BindingStore for AsyncMapStore {
+///     type LookupFuture = BoxStoreFuture<Option<AuthId>>;
+///     type CommitFuture = BoxStoreFuture<()>;
+///     type ClearFuture = BoxStoreFuture<bool>;
+///
+///     fn lookup(&self, key: &BindingKey) -> Self::LookupFuture {
+///         let (map, key) = (self.map.clone(), key.clone());
+///         boxed(async move { Ok(map.read().await.get(&key).cloned()) })
+///     }
+///
+///     fn commit(&self, key: &BindingKey, auth: &AuthId) -> Self::CommitFuture {
+///         let (map, key, auth) = (self.map.clone(), key.clone(), auth.clone());
+///         boxed(async move {
+///             map.write().await.insert(key, auth);
+///             Ok(())
+///         })
+///     }
+///
+///     fn clear_if(&self, key: &BindingKey, expected: &AuthId) -> Self::ClearFuture {
+///         let (map, key, expected) = (self.map.clone(), key.clone(), expected.clone());
+///         // Atomic per key: the check and the removal happen under one write lock.
+///         boxed(async move {
+///             let mut map = map.write().await;
+///             if map.get(&key) != Some(&expected) {
+///                 return Ok(false);
+///             }
+///             map.remove(&key);
+///             Ok(true)
+///         })
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let store = AsyncMapStore::default();
+/// let layer = StickySessionLayer::with_store(store.clone());
+/// let key = BindingKey::new(None, tower_sticky_session::SessionId::new("conv-1").unwrap());
+/// store.commit(&key, &AuthId::from("account-a")).await.unwrap();
+/// assert_eq!(store.lookup(&key).await.unwrap(), Some(AuthId::from("account-a")));
+/// # let _ = layer;
+/// # }
+/// ```
 pub trait BindingStore: Send + Sync + 'static {
     /// Future of [`BindingStore::lookup`].
     type LookupFuture: Future<Output = Result<Option<AuthId>, StoreError>> + Send + Unpin + 'static;
@@ -87,6 +150,25 @@ pub trait BindingStore: Send + Sync + 'static {
     /// Removes the binding of `key` only if it points at `expected`, atomically.
     /// Resolves to whether a binding was removed.
     fn clear_if(&self, key: &BindingKey, expected: &AuthId) -> Self::ClearFuture;
+}
+
+/// The future of a store operation written as `async` code: boxed, `Send`, [`Unpin`]
+/// and `'static`, as [`BindingStore`]'s associated types require.
+pub type BoxStoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'static>>;
+
+/// Boxes a store operation's future as a [`BoxStoreFuture`] (one allocation).
+///
+/// ```
+/// use tower_sticky_session::store::{boxed, BoxStoreFuture};
+///
+/// let fut: BoxStoreFuture<bool> = boxed(async { Ok(true) });
+/// # let _ = fut;
+/// ```
+pub fn boxed<T, F>(fut: F) -> BoxStoreFuture<T>
+where
+    F: Future<Output = Result<T, StoreError>> + Send + 'static,
+{
+    Box::pin(fut)
 }
 
 /// A store operation failed.
