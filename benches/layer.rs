@@ -27,7 +27,12 @@
 //! - `request/layer/failure_clear`: bound to `acct-a`, answered 429 by `acct-a`: the
 //!   compare-and-delete removes the binding (re-made, untimed, before each request).
 //! - `request/naive/*`: the same through the layer over the naive `RwLock<HashMap>` store.
-//! - `store/{moka,naive}/*`: the store operations alone.
+//! - `store/{moka,naive}/*`: the store operations alone (`lookup_hit`: a proven binding,
+//!   `lookup_hit_probation`: one with a single success; `commit_same`: the same account
+//!   again, young binding; `miss_then_commit_new`: a new session's lookup and first
+//!   commit, store full), next to `store/moka_raw/*`: one raw moka cache with the same
+//!   settings (`get_hit`, `get_miss`, `insert_existing`, `get_miss_then_insert_new`), so
+//!   the store's overhead is a ratio within one run.
 //! - `contended/*`: two threads calling clones of one service at once, each on its own
 //!   core; the time is per request per thread (wall time / requests of one thread).
 //!   `contended/parts/arc_clone_drop_{shared,own}`: one `AuthId` clone and drop per
@@ -313,11 +318,19 @@ fn request_path(c: &mut Criterion) {
 fn store_cases<St: BindingStore>(c: &mut Criterion, name: &str, store: St) {
     let (a, b) = accounts();
     let key = key_of(&HeaderValue::from_static(SESSION));
+    let young = key_of(&HeaderValue::from_static("young-session"));
     let absent = key_of(&HeaderValue::from_static("absent-session"));
+    // Two successes: `key` is proven (MokaStore's protected segment); `young` has one
+    // (probation).
     now(store.commit(&key, &a)).expect("commit");
+    now(store.commit(&key, &a)).expect("commit");
+    now(store.commit(&young, &a)).expect("commit");
     let mut g = c.benchmark_group("store");
     g.bench_function(format!("{name}/lookup_hit"), |bch| {
         bch.iter(|| black_box(now(store.lookup(black_box(&key)))))
+    });
+    g.bench_function(format!("{name}/lookup_hit_probation"), |bch| {
+        bch.iter(|| black_box(now(store.lookup(black_box(&young)))))
     });
     g.bench_function(format!("{name}/lookup_miss"), |bch| {
         bch.iter(|| black_box(now(store.lookup(black_box(&absent)))))
@@ -337,21 +350,55 @@ fn store_cases<St: BindingStore>(c: &mut Criterion, name: &str, store: St) {
     g.bench_function(format!("{name}/clear_if_other_account"), |bch| {
         bch.iter(|| black_box(now(store.clear_if(black_box(&key), &b))))
     });
-    // New keys, cycling over 1 000 000 (moka at its default 100 000 capacity evicts).
+    // New keys, cycling over 1 000 000 (a store of 100 000 evicts): a lookup miss, then
+    // the commit of a new binding, as a new session's first request does.
     let keys: Vec<BindingKey> = (0..1_000_000u64)
         .map(|i| key_of(&fresh_id(1 << 44 | i)))
         .collect();
     let mut i = 0;
-    g.bench_function(format!("{name}/commit_new"), |bch| {
+    g.bench_function(format!("{name}/miss_then_commit_new"), |bch| {
         bch.iter(|| {
             i = (i + 1) % keys.len();
+            black_box(now(store.lookup(&keys[i])).expect("lookup"));
             black_box(now(store.commit(&keys[i], &a)))
         })
     });
     g.finish();
 }
 
+/// One raw moka cache with the store's settings (LRU, time-to-idle, 100 000 entries,
+/// `u64` keys and values), measured in the same run: the baseline the store's ratios are
+/// taken against.
+fn raw_moka_cases(c: &mut Criterion) {
+    let cache: moka::sync::Cache<u64, u64> = moka::sync::Cache::builder()
+        .max_capacity(100_000)
+        .time_to_idle(TTL)
+        .eviction_policy(moka::policy::EvictionPolicy::lru())
+        .build();
+    cache.insert(7, 7);
+    let mut g = c.benchmark_group("store");
+    g.bench_function("moka_raw/get_hit", |bch| {
+        bch.iter(|| black_box(cache.get(black_box(&7))))
+    });
+    g.bench_function("moka_raw/get_miss", |bch| {
+        bch.iter(|| black_box(cache.get(black_box(&8))))
+    });
+    g.bench_function("moka_raw/insert_existing", |bch| {
+        bch.iter(|| cache.insert(black_box(7), 7))
+    });
+    let mut i = 1_000u64;
+    g.bench_function("moka_raw/get_miss_then_insert_new", |bch| {
+        bch.iter(|| {
+            i = (i + 1) % 1_000_000 + 1_000;
+            black_box(cache.get(&i));
+            cache.insert(i, i)
+        })
+    });
+    g.finish();
+}
+
 fn store_ops(c: &mut Criterion) {
+    raw_moka_cases(c);
     store_cases(c, "moka", MokaStore::new());
     store_cases(c, "naive", NaiveStore::new(TTL));
 }

@@ -13,7 +13,8 @@
 //! `ServedBy(AuthId::from(name))` per response does), `naive` (shared `AuthId`s).
 //!
 //! Each case runs in its own process: it builds the 1 000 000 keys first, reads
-//! `/proc/self/statm`, commits one binding per key (accounts round-robin over 8), lets the
+//! `/proc/self/statm`, commits one binding per key (accounts round-robin over 8; for
+//! `MokaStore`, 900 000 of them twice, so both segments are full), lets the
 //! store finish its pending work, reads `statm` again and prints the delta per binding.
 //! Session ids are not counted (they belong to the requests), except where the store
 //! copies them (the naive store keeps each as an owned `String`).
@@ -76,7 +77,9 @@ fn session(n: u64) -> BindingKey {
     )
 }
 
-fn fill<St: BindingStore>(store: &St, keys: &[BindingKey], fresh_auth: bool) {
+/// Commits one binding per key; the first `proven` keys twice (a second success, which
+/// moves a `MokaStore` binding to its protected segment).
+fn fill<St: BindingStore>(store: &St, keys: &[BindingKey], fresh_auth: bool, proven: usize) {
     let accounts: Vec<AuthId> = (0..8).map(|i| AuthId::from(format!("acct-{i}"))).collect();
     for (i, key) in keys.iter().enumerate() {
         let auth = if fresh_auth {
@@ -85,6 +88,9 @@ fn fill<St: BindingStore>(store: &St, keys: &[BindingKey], fresh_auth: bool) {
             accounts[i % 8].clone()
         };
         now(store.commit(key, &auth)).expect("commit");
+        if i < proven {
+            now(store.commit(key, &auth)).expect("commit");
+        }
     }
 }
 
@@ -96,7 +102,10 @@ fn run_case(case: &str) {
     let (held, after) = match case {
         "moka" | "moka_fresh_auth" => {
             let store = MokaStore::builder().max_bindings(BINDINGS).ttl(ttl).build();
-            fill(&store, &keys, case == "moka_fresh_auth");
+            // Fill both segments: 900 000 proven bindings (protected) and 100 000 with
+            // one success (probation, a tenth of the store).
+            let proven = (BINDINGS - BINDINGS / 10) as usize;
+            fill(&store, &keys, case == "moka_fresh_auth", proven);
             store.run_pending_tasks();
             let held = (store.entry_count(), rss());
             // Freeing a million entries is not what is measured.
@@ -105,7 +114,7 @@ fn run_case(case: &str) {
         }
         "naive" => {
             let store = NaiveStore::new(ttl);
-            fill(&store, &keys, false);
+            fill(&store, &keys, false, 0);
             let held = (store.len() as u64, rss());
             std::mem::forget(store);
             held
