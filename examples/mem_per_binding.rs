@@ -36,7 +36,7 @@ mod naive_store;
 use naive_store::NaiveStore;
 
 const BINDINGS: u64 = 1_000_000;
-const CASES: [&str; 3] = ["moka", "moka_fresh_auth", "naive"];
+const CASES: [&str; 4] = ["moka", "moka_fresh_auth", "moka_no_promotion", "naive"];
 
 /// Resident memory of this process, in bytes.
 fn rss() -> u64 {
@@ -100,11 +100,19 @@ fn run_case(case: &str) {
     let before = rss();
     let start = Instant::now();
     let (held, after) = match case {
-        "moka" | "moka_fresh_auth" => {
-            let store = MokaStore::builder().max_bindings(BINDINGS).ttl(ttl).build();
+        "moka" | "moka_fresh_auth" | "moka_no_promotion" => {
+            let mut b = MokaStore::builder().max_bindings(BINDINGS).ttl(ttl);
+            if case == "moka_no_promotion" {
+                b = b.probation_bindings(BINDINGS);
+            }
+            let store = b.build();
             // Fill both segments: 900 000 proven bindings (protected) and 100 000 with
             // one success (probation, a tenth of the store).
-            let proven = (BINDINGS - BINDINGS / 10) as usize;
+            let proven = if case == "moka_no_promotion" {
+                0
+            } else {
+                (BINDINGS - BINDINGS / 10) as usize
+            };
             fill(&store, &keys, case == "moka_fresh_auth", proven);
             store.run_pending_tasks();
             let held = (store.entry_count(), rss());
