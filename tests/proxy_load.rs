@@ -1,8 +1,10 @@
 //! Load run of the example proxy (ignored by default; run by `benches/proxy_load.sh`):
 //! 1 000 concurrent clients streaming server-sent events through the proxy binary for
 //! 30 s, over three accounts of which one answers 503 to everything, so that about a
-//! third of the requests first hit a failing account. Checks that no client sees a
-//! failure (status, broken or incomplete stream) and prints the proxy's RSS over time.
+//! third of the requests first hit a failing account (every request is a new session by
+//! default, so round-robin spreads first attempts evenly; `SESSIONS=N` draws them from a
+//! pool of N instead). Checks that no client sees a failure (status, broken or incomplete
+//! stream) and prints the proxy's RSS over time.
 //!
 //! ```text
 //! cargo test --release --test proxy_load -- --ignored --nocapture
@@ -76,7 +78,9 @@ fn rss_kib(pid: u32) -> u64 {
 async fn thousand_streaming_clients_see_no_failure_while_one_account_fails() {
     let clients: usize = env_or("CLIENTS", 1000);
     let secs: u64 = env_or("SECS", 30);
-    let sessions: usize = env_or("SESSIONS", 5000);
+    // 0: every request is a new session (round-robin puts a third of them on the failing
+    // account first); N: sessions drawn from a pool of N (they stick to healthy accounts).
+    let sessions: usize = env_or("SESSIONS", 0);
     let sse = Mode::Sse {
         chunks: 5,
         gap: Duration::from_millis(100),
@@ -117,10 +121,17 @@ async fn thousand_streaming_clients_see_no_failure_while_one_account_fails() {
         tasks.push(tokio::spawn(async move {
             let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
             let mut n = i;
+            let mut k = 0u64;
             while Instant::now() < deadline {
                 n = n.wrapping_mul(2_654_435_761).wrapping_add(1);
+                k += 1;
+                let session = if sessions == 0 {
+                    format!("load-{i}-{k}")
+                } else {
+                    format!("load-{}", n % sessions)
+                };
                 let req = Request::post(format!("http://{addr}/v1/chat/completions"))
-                    .header("x-session-id", format!("load-{}", n % sessions))
+                    .header("x-session-id", session)
                     .body(Empty::new())
                     .unwrap();
                 let good = match client.request(req).await {
