@@ -119,12 +119,14 @@ fn default_probation(max_bindings: u64) -> u64 {
 ///
 /// Every write of a key, in either segment — commit, promotion, compare-and-delete,
 /// removal — runs inside moka's per-key `and_compute_with` on the probation cache, so
-/// writes of one key are serialized whichever segment the binding is in. A promotion
-/// inserts the binding into protected *before* it leaves probation, inside that
-/// serialized step, so a lookup (protected first, then probation) never misses a binding
-/// that is being promoted. So a late compare-and-delete never removes a binding committed
-/// in between, in either segment. Lookups and the renewal check take no lock: moka reads.
-/// moka's own evictions and expiries only ever remove.
+/// writes of one key are serialized whichever segment the binding is in, and a late
+/// compare-and-delete never removes a binding committed in between, in either segment.
+/// A promotion inserts the binding into protected *before* it leaves probation, inside
+/// that serialized step; a lookup reads protected, then probation, and — only if both
+/// missed — protected once more, so it never misses a binding that is being promoted (a
+/// proven binding costs one moka read, a probation binding two, a miss three). Lookups
+/// and the renewal check take no lock. moka's own evictions and expiries only ever
+/// remove.
 ///
 /// Cloning is cheap and clones share the caches: keep a clone to inspect or edit bindings.
 ///
@@ -357,15 +359,20 @@ impl Inner {
         self.accounts.get(b.account()).is_some_and(|a| a.same(auth))
     }
 
-    /// The live binding of `k`: protected first (a key is in one segment, except inside
-    /// a promotion, where protected already has it).
+    /// The live binding of `k`: protected first, then probation, then — only if both
+    /// missed — protected once more.
+    ///
+    /// A promotion inserts into protected (t1) before it removes from probation (t2). A
+    /// lookup that read protected before t1 and probation after t2 would miss a binding
+    /// that never stopped existing; its third read, after t2, sees the protected copy. So
+    /// a proven binding costs one read, a probation one two, a miss three.
     #[inline]
     fn find(&self, k: u64, now: u64) -> Option<Binding> {
-        match self.protected.get(&k) {
-            Some(b) => Some(b),
-            None => self.probation.get(&k),
-        }
-        .filter(|&b| self.live(b, now))
+        self.protected
+            .get(&k)
+            .or_else(|| self.probation.get(&k))
+            .or_else(|| self.protected.get(&k))
+            .filter(|&b| self.live(b, now))
     }
 
     fn lookup_digest(&self, k: u64) -> Option<AuthId> {
@@ -777,6 +784,75 @@ mod tests {
         commit(&store, "s", &a);
         commit(&store, "s", &a);
         assert_eq!(segments(&store), (1, 0));
+    }
+
+    #[test]
+    fn a_binding_being_promoted_is_never_missed_by_a_concurrent_lookup() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        const KEYS: usize = 5_000;
+        let store = small(100_000, 10_000);
+        let a = AuthId::from("a");
+        let keys: Vec<String> = (0..KEYS).map(|i| format!("promote-{i}")).collect();
+        // `published` = how many keys have had their first commit; the writer promotes
+        // each right after publishing it while the readers look it up.
+        let (published, done) = (AtomicUsize::new(0), AtomicBool::new(false));
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    let mut checks = 0u64;
+                    while !done.load(Ordering::Acquire) {
+                        let n = published.load(Ordering::Acquire);
+                        if n > 0 {
+                            let k = &keys[n - 1];
+                            assert_eq!(bound(&store, k), Some(a.clone()), "{k} missed");
+                            checks += 1;
+                        }
+                    }
+                    assert!(checks > 0);
+                });
+            }
+            for (i, k) in keys.iter().enumerate() {
+                commit(&store, k, &a);
+                published.store(i + 1, Ordering::Release);
+                commit(&store, k, &a);
+            }
+            done.store(true, Ordering::Release);
+        });
+        assert_eq!(segments(&store), (KEYS as u64, 0));
+    }
+
+    #[test]
+    fn a_late_clear_of_the_old_account_never_removes_the_new_binding_in_either_segment() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let store = store(Duration::from_secs(3600));
+        let (old, new) = (AuthId::from("old"), AuthId::from("new"));
+        for round in 0..200 {
+            let k = format!("race-{round}");
+            commit(&store, &k, &old);
+            if round % 2 == 0 {
+                commit(&store, &k, &old); // proven: the new commit lands in protected
+            }
+            let committed = AtomicBool::new(false);
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    for _ in 0..50 {
+                        clear(&store, &k, &old);
+                    }
+                });
+                s.spawn(|| {
+                    for _ in 0..50 {
+                        if committed.load(Ordering::Acquire) {
+                            assert_eq!(bound(&store, &k), Some(new.clone()), "{k}");
+                        }
+                    }
+                });
+                // Commit `new` twice (a probation binding is promoted on the way).
+                commit(&store, &k, &new);
+                committed.store(true, Ordering::Release);
+                commit(&store, &k, &new);
+            });
+            assert_eq!(bound(&store, &k), Some(new.clone()), "{k}");
+        }
     }
 
     #[test]
