@@ -8,11 +8,15 @@
 //!
 //! - `moka_hit`: the in-memory store, a live binding.
 //! - `redis_hit`, `redis_miss`: a `GET` round trip to Redis on 127.0.0.1.
-//! - `redis_near_cache_hit`: a Redis store with a near cache that holds the binding.
+//! - `redis_near_cache_hit`: a Redis store with a near cache that holds the binding
+//!   (invalidation by Redis on: RESP3 `CLIENT TRACKING`, the default).
+//! - `redis_near_cache_hit_ttl_only`: the same with invalidation off (TTL only).
 //! - `redis_down_breaker_open`: Redis unreachable, breaker open: no network at all.
 //! - `redis_down_breaker_closed`: Redis just killed and the breaker never opening
 //!   (threshold `u32::MAX`): each lookup finds the connection refused.
-//! - `commit/*`: `SET … PX` against the in-memory commit.
+//! - `commit/*`: `SET … PX` against the in-memory commit; `commit/redis_near_tracking`:
+//!   the commit of a store whose near cache Redis invalidates (one script that defers a
+//!   same-account renewal instead of a `SET`).
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -63,6 +67,14 @@ fn benches(c: &mut Criterion) {
         .unwrap();
     connected(&rt, &near);
     rt.block_on(near.lookup(&k)).unwrap();
+    assert!(near.stats().near_tracking, "{:?}", near.stats());
+    let near_ttl_only = RedisStore::builder(&server.url())
+        .near_cache(Duration::from_secs(3600), 10_000)
+        .near_cache_invalidation(false)
+        .build()
+        .unwrap();
+    connected(&rt, &near_ttl_only);
+    rt.block_on(near_ttl_only.lookup(&k)).unwrap();
 
     // Redis down, breaker open: the store's warm-up fails and opens the breaker.
     let down_open = RedisStore::builder(&format!(
@@ -101,6 +113,9 @@ fn benches(c: &mut Criterion) {
     g.bench_function("redis_near_cache_hit", |b| {
         b.iter(|| rt.block_on(near.lookup(black_box(&k))))
     });
+    g.bench_function("redis_near_cache_hit_ttl_only", |b| {
+        b.iter(|| rt.block_on(near_ttl_only.lookup(black_box(&k))))
+    });
     g.bench_function("redis_down_breaker_open", |b| {
         b.iter(|| rt.block_on(down_open.lookup(black_box(&k))))
     });
@@ -115,6 +130,9 @@ fn benches(c: &mut Criterion) {
     });
     g.bench_function("redis", |b| {
         b.iter(|| rt.block_on(redis.commit(black_box(&k), &auth)))
+    });
+    g.bench_function("redis_near_tracking", |b| {
+        b.iter(|| rt.block_on(near.commit(black_box(&k), &auth)))
     });
     g.finish();
 
