@@ -1127,8 +1127,9 @@ impl Inner {
 ///
 /// - [`StoreErrorKind::Timeout`]: the client's own I/O timeout.
 /// - [`StoreErrorKind::Unavailable`]: no usable connection — refused, dropped, a broken
-///   reply stream, a handshake Redis refused (wrong password), or a node that cannot serve
-///   anything yet (`LOADING`, `MASTERDOWN`, `CLUSTERDOWN`, `TRYAGAIN`). These count toward
+///   reply stream, a handshake Redis refused (wrong password), a node that cannot serve
+///   anything yet (`LOADING`, `MASTERDOWN`, `CLUSTERDOWN`, `TRYAGAIN`), or a Cluster
+///   redirect (`MOVED`, `ASK`) the cluster client could not follow. These count toward
 ///   the circuit breaker.
 /// - [`StoreErrorKind::Other`]: Redis answered this one command with an error (`OOM`
 ///   under `noeviction`, `READONLY` from a replica, `NOPERM`, a script error, `WRONGTYPE`…).
@@ -1144,7 +1145,11 @@ fn classify(e: &RedisError) -> StoreErrorKind {
             ServerErrorKind::BusyLoading
             | ServerErrorKind::MasterDown
             | ServerErrorKind::ClusterDown
-            | ServerErrorKind::TryAgain,
+            | ServerErrorKind::TryAgain
+            // The cluster client follows redirects itself; one that reaches us is a
+            // redirect it could not complete (the node it points at is down).
+            | ServerErrorKind::Moved
+            | ServerErrorKind::Ask,
         ) => StoreErrorKind::Unavailable,
         ErrorKind::Server(_) | ErrorKind::Extension | ErrorKind::UnexpectedReturnType => {
             StoreErrorKind::Other
@@ -1374,10 +1379,17 @@ mod tests {
             classify(&general(ErrorKind::AuthenticationFailed)),
             StoreErrorKind::Unavailable
         );
-        assert_eq!(
-            classify(&general(ErrorKind::Server(ServerErrorKind::BusyLoading))),
-            StoreErrorKind::Unavailable
-        );
+        for k in [
+            ServerErrorKind::BusyLoading,
+            ServerErrorKind::Moved,
+            ServerErrorKind::ClusterDown,
+        ] {
+            assert_eq!(
+                classify(&general(ErrorKind::Server(k))),
+                StoreErrorKind::Unavailable,
+                "{k:?}"
+            );
+        }
         // Error replies: the connection works.
         for k in [
             ServerErrorKind::ReadOnly,
