@@ -7,6 +7,8 @@
 #
 #   benches/proxy_load.sh
 #   CLIENTS=2000 SECS=60 SESSIONS=10000 benches/proxy_load.sh
+#   ADMIN_WALK=1 SECS=60 benches/proxy_load.sh   # p50/p99 to the response head while the
+#                                                 # admin walks every binding, and before
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Each client holds one connection to the proxy, which holds one to an account.

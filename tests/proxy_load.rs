@@ -11,6 +11,11 @@
 //! CLIENTS=1000 SECS=30 SESSIONS=5000 PROXY_BIN=target/release/examples/proxy \
 //!     cargo test --release --test proxy_load -- --ignored --nocapture
 //! ```
+//!
+//! `ADMIN_WALK=1`: from 2/3 of the run to 5/6 of it, `DELETE /accounts/nobody/bindings`
+//! runs back to back on the admin listener (each walks every binding and removes none);
+//! the time to the response head of proxied requests (p50/p99) is printed for that window
+//! and for the window of the same length before it.
 
 #[path = "support/proxy_upstream.rs"]
 mod upstream;
@@ -95,8 +100,16 @@ async fn thousand_streaming_clients_see_no_failure_while_one_account_fails() {
         .unwrap()
         .port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin_walk = std::env::var("ADMIN_WALK").is_ok_and(|v| v == "1");
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     let mut child = tokio::process::Command::new(proxy_bin())
         .args(["--listen", &addr.to_string()])
+        .args(["--admin", &admin.to_string()])
         .args(["--upstream", &format!("c={}", c.url())])
         .args(["--upstream", &format!("a={}", a.url())])
         .args(["--upstream", &format!("b={}", b.url())])
@@ -119,6 +132,8 @@ async fn thousand_streaming_clients_see_no_failure_while_one_account_fails() {
     for i in 0..clients {
         let (ok, failed) = (ok.clone(), failed.clone());
         tasks.push(tokio::spawn(async move {
+            // (seconds since start, time to the response head)
+            let mut heads: Vec<(f64, Duration)> = Vec::new();
             let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
             let mut n = i;
             let mut k = 0u64;
@@ -134,7 +149,10 @@ async fn thousand_streaming_clients_see_no_failure_while_one_account_fails() {
                     .header("x-session-id", session)
                     .body(Empty::new())
                     .unwrap();
-                let good = match client.request(req).await {
+                let sent = Instant::now();
+                let res = client.request(req).await;
+                heads.push(((sent - start).as_secs_f64(), sent.elapsed()));
+                let good = match res {
                     Ok(res) if res.status() == StatusCode::OK => {
                         match res.into_body().collect().await {
                             Ok(body) => body.to_bytes().ends_with(b"data: [DONE]\n\n"),
@@ -149,8 +167,27 @@ async fn thousand_streaming_clients_see_no_failure_while_one_account_fails() {
                     failed.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            heads
         }));
     }
+    let walks = Arc::new(AtomicU64::new(0));
+    let walker = admin_walk.then(|| {
+        let walks = walks.clone();
+        let (from, to) = (secs as f64 * 4.0 / 6.0, secs as f64 * 5.0 / 6.0);
+        tokio::spawn(async move {
+            let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+            tokio::time::sleep_until((start + Duration::from_secs_f64(from)).into()).await;
+            while start.elapsed().as_secs_f64() < to {
+                let req = Request::delete(format!("http://{admin}/accounts/nobody/bindings"))
+                    .body(Empty::new())
+                    .unwrap();
+                let res = client.request(req).await.unwrap();
+                assert_eq!(res.status(), StatusCode::OK);
+                res.into_body().collect().await.unwrap();
+                walks.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    });
     let mut samples = Vec::new();
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -164,8 +201,30 @@ async fn thousand_streaming_clients_see_no_failure_while_one_account_fails() {
             failed.load(Ordering::Relaxed)
         );
     }
+    let mut heads = Vec::new();
     for t in tasks {
-        t.await.unwrap();
+        heads.extend(t.await.unwrap());
+    }
+    if let Some(w) = walker {
+        w.await.unwrap();
+        let window = |from: f64, to: f64| {
+            let mut v: Vec<Duration> = heads
+                .iter()
+                .filter(|(t, _)| (from..to).contains(t))
+                .map(|(_, d)| *d)
+                .collect();
+            v.sort();
+            let q = |p: f64| v[((v.len() - 1) as f64 * p) as usize];
+            (v.len(), q(0.5), q(0.99))
+        };
+        let s = secs as f64;
+        let (n0, p50_0, p99_0) = window(s * 3.0 / 6.0, s * 4.0 / 6.0);
+        let (n1, p50_1, p99_1) = window(s * 4.0 / 6.0, s * 5.0 / 6.0);
+        println!(
+            "time to response head: before the admin walks {n0} requests p50 {p50_0:?} p99 {p99_0:?}; \
+             during {} walks {n1} requests p50 {p50_1:?} p99 {p99_1:?}",
+            walks.load(Ordering::Relaxed)
+        );
     }
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     let n = samples.len();
