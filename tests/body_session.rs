@@ -350,3 +350,57 @@ async fn fingerprint_is_off_by_default_and_on_when_asked() {
     assert_eq!(a, b);
     assert_eq!(stats(&on).fingerprints, 2);
 }
+
+#[tokio::test]
+async fn a_stream_with_no_data_is_counted_empty_and_ends_empty() {
+    let layer = SessionFromBodyLayer::new();
+    let frames = vec![data(b""), data(b"")];
+    let seen = call(&layer, json_request().body(stream(frames)).unwrap()).await;
+    assert!(seen.bytes.is_empty());
+    assert_eq!(seen.exact_len, Some(0));
+    let s = stats(&layer);
+    assert_eq!((s.empty, s.invalid_json), (1, 0));
+}
+
+/// A `MakeWriter` that appends to a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn debug_event_names_the_field_and_never_logs_the_whole_id() {
+    let out = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(out.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let layer = SessionFromBodyLayer::new();
+    call(&layer, json_request().body(full(CODEX)).unwrap()).await;
+    let long = "x".repeat(300);
+    let body = format!(r#"{{"session_id":"{long}"}}"#);
+    call(&layer, json_request().body(full(body)).unwrap()).await;
+    let log = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    assert!(log.contains("prompt_cache_key"), "{log}");
+    assert!(log.contains("0199"), "a short prefix is shown: {log}");
+    assert!(!log.contains("0199b7a4-5c1e"), "never the whole id: {log}");
+    assert!(log.contains("too_long"), "{log}");
+    assert!(!log.contains(&long[..20]), "{log}");
+}

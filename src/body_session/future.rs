@@ -150,6 +150,11 @@ where
         let stats = &config.stats;
         let bytes = buf.freeze();
         let body = match done {
+            Done::End if bytes.is_empty() => {
+                // A stream that turned out to hold no data (chunked, zero bytes).
+                stats.skipped(super::stats::Skip::Empty);
+                BufferedBody::buffered(bytes, trailers)
+            }
             Done::End => {
                 match scan_body(&bytes, &config.scan) {
                     Ok(outcome) => {

@@ -1,9 +1,9 @@
 //! A JSON scanner that reads a handful of fields and skips the rest.
 //!
 //! It builds no DOM and copies nothing but the values it returns (and only those that
-//! hold escapes). Strings are skipped with `memchr` (two bytes at a time across the
-//! megabytes of prompt text a request carries); structure between strings is walked
-//! byte by byte.
+//! hold escapes). Strings are skipped by searching for quotes only (inline eight bytes
+//! at a time for short strings, `memchr` for long ones) and looking back at the
+//! backslashes before each; structure between strings is walked byte by byte.
 //!
 //! It is a scanner, not a validator. Where it reads (the top-level object and the
 //! objects it descends into: `metadata`, `request`, `conversation`, and for the
@@ -20,8 +20,6 @@
 
 use std::borrow::Cow;
 use std::hash::Hasher;
-
-use memchr::memchr2;
 
 use crate::extract::{InvalidSessionId, validate};
 
@@ -43,13 +41,17 @@ type R<T> = Result<T, Stop>;
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RawStr<'a> {
     raw: &'a [u8],
-    escaped: bool,
 }
 
 impl<'a> RawStr<'a> {
+    /// Whether the string holds an escape (only asked of the few strings that are read).
+    fn escaped(self) -> bool {
+        memchr::memchr(b'\\', self.raw).is_some()
+    }
+
     /// The string's bytes, unescaped; `None` if an escape is invalid.
     pub(crate) fn unescaped(self) -> Option<Cow<'a, [u8]>> {
-        if self.escaped {
+        if self.escaped() {
             unescape(self.raw).map(Cow::Owned)
         } else {
             Some(Cow::Borrowed(self.raw))
@@ -58,7 +60,7 @@ impl<'a> RawStr<'a> {
 
     /// Whether the string equals `name` once unescaped.
     fn is(self, name: &[u8]) -> bool {
-        if !self.escaped {
+        if !self.escaped() {
             return self.raw == name;
         }
         // An escape takes at least two bytes for one: a longer unescaped name cannot match.
@@ -126,6 +128,35 @@ pub(crate) fn unescape(raw: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The position of the first `"` at or after `from`.
+///
+/// Only quotes stop the search (whether one is escaped is decided by looking back), so
+/// the `\n` escapes prompt text has on every line cost nothing. Most JSON strings are
+/// short: the first 16 bytes are searched inline, eight at a time (SWAR), which costs
+/// less than a `memchr` call; longer runs go to `memchr`, which is faster per byte.
+#[inline]
+fn find_quote(b: &[u8], from: usize) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    const QUOTE: u64 = LO * b'"' as u64;
+    let mut i = from;
+    let inline_end = from.saturating_add(16).min(b.len());
+    while i + 8 <= inline_end {
+        let Ok(word) = <[u8; 8]>::try_from(&b[i..i + 8]) else {
+            break;
+        };
+        let q = u64::from_le_bytes(word) ^ QUOTE;
+        // A zero byte of q is a quote. The lowest flagged byte is always a true quote
+        // (borrows only run upwards), and it is the first in memory order.
+        let m = q.wrapping_sub(LO) & !q & HI;
+        if m != 0 {
+            return Some(i + (m.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    memchr::memchr(b'"', b.get(i..)?).map(|p| i + p)
+}
+
 /// Whether a bare word is a number or `true`/`false`/`null` (numbers loosely: their
 /// characters, not their grammar).
 fn scalar_ok(tok: &[u8]) -> bool {
@@ -187,26 +218,24 @@ impl<'a> Cursor<'a> {
     #[inline]
     fn string_body(&mut self) -> R<RawStr<'a>> {
         let start = self.i;
-        let mut escaped = false;
+        let mut from = start;
         loop {
-            let rest = self.b.get(self.i..).unwrap_or_default();
-            let Some(p) = memchr2(b'"', b'\\', rest) else {
+            let Some(at) = find_quote(self.b, from) else {
                 return Err(Stop::Eof);
             };
-            let at = self.i + p;
-            if self.b[at] == b'"' {
+            // The quote ends the string unless an odd run of backslashes precedes it.
+            // Each run is walked once, by the quote that follows it.
+            let mut j = at;
+            while j > start && self.b[j - 1] == b'\\' {
+                j -= 1;
+            }
+            if (at - j) % 2 == 0 {
                 self.i = at + 1;
                 return Ok(RawStr {
                     raw: &self.b[start..at],
-                    escaped,
                 });
             }
-            escaped = true;
-            if at + 1 >= self.b.len() {
-                return Err(Stop::Eof);
-            }
-            // Skip the escaped byte (for `\uXXXX` the hex digits are ordinary bytes).
-            self.i = at + 2;
+            from = at + 1;
         }
     }
 
@@ -485,7 +514,7 @@ pub(crate) fn scan(body: &[u8], fingerprint: bool) -> Result<Scanned<'_>, Stop> 
     let mut instructions = None;
     let mut system_message = None;
     c.object(|c, key| {
-        let k = if key.escaped {
+        let k = if key.escaped() {
             match key.unescaped() {
                 Some(k) => k,
                 None => return c.skip_value().map(|_| false),
@@ -713,7 +742,7 @@ fn response_id(found: R<Option<RawStr<'_>>>) -> ResponseIdScan<'_> {
         Err(Stop::Eof) => ResponseIdScan::NeedMore,
         Err(Stop::Invalid) | Ok(None) => ResponseIdScan::Absent,
         Ok(Some(s)) => {
-            if s.escaped || !s.raw.starts_with(b"resp_") || validate(s.raw, 256).is_err() {
+            if s.escaped() || !s.raw.starts_with(b"resp_") || validate(s.raw, 256).is_err() {
                 return ResponseIdScan::Absent;
             }
             // Visible ASCII, so valid UTF-8.
@@ -1293,6 +1322,27 @@ mod tests {
                         .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
                 ]
             })
+        }
+    }
+}
+
+#[cfg(test)]
+mod search_tests {
+    use super::find_quote;
+    use proptest::prelude::{any, proptest};
+
+    proptest! {
+        #[test]
+        fn inline_search_agrees_with_a_naive_one(
+            bytes in proptest::collection::vec(
+                proptest::prop_oneof![any::<u8>(), proptest::strategy::Just(b'"'), proptest::strategy::Just(b'\\')],
+                0..200,
+            ),
+            from in 0usize..200,
+        ) {
+            let from = from.min(bytes.len());
+            let naive = bytes[from..].iter().position(|&c| c == b'"').map(|p| from + p);
+            proptest::prop_assert_eq!(find_quote(&bytes, from), naive);
         }
     }
 }
