@@ -491,3 +491,38 @@ async fn hard_pin_is_never_retried_elsewhere() {
     assert_eq!(b.count(), 0);
     server.abort();
 }
+
+#[tokio::test]
+async fn account_key_replaces_the_client_credentials_and_reaches_only_its_account() {
+    use http::{HeaderName, HeaderValue};
+    let a = Account::start("a", Mode::Stream).await;
+    let b = Account::start("b", Mode::Stream).await;
+    let mut key = HeaderValue::from_static("Bearer sk-a-only");
+    key.set_sensitive(true);
+    let upstreams = vec![
+        Upstream::new("a", &a.url())
+            .unwrap()
+            .with_key((HeaderName::from_static("authorization"), key)),
+        Upstream::new("b", &b.url()).unwrap(),
+    ];
+    let proxy = Proxy::start(config(upstreams)).await;
+    for _ in 0..2 {
+        let req = proxy
+            .req(None)
+            .header("authorization", "Bearer client-own")
+            .header("x-api-key", "client-x")
+            .body(Full::default())
+            .unwrap();
+        let res = proxy.send(req).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        res.into_body().collect().await.unwrap();
+    }
+    let seen_a = &a.seen()[0].headers;
+    assert_eq!(seen_a.get_all("authorization").iter().count(), 1);
+    assert_eq!(seen_a["authorization"], "Bearer sk-a-only");
+    assert!(seen_a.get("x-api-key").is_none());
+    // b has no key: the client's own credentials pass through, a's key does not.
+    let seen_b = &b.seen()[0].headers;
+    assert_eq!(seen_b["authorization"], "Bearer client-own");
+    assert_eq!(seen_b["x-api-key"], "client-x");
+}

@@ -158,3 +158,33 @@ async fn drain_reports_cut_connections_at_the_end_of_the_grace_period() {
     let mut rest = Vec::new();
     let _ = within("cut", conn.read_to_end(&mut rest)).await;
 }
+
+#[tokio::test]
+async fn http2_requests_are_served_past_the_header_timeout() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let a = Account::start("a", Mode::Stream).await;
+    let proxy = start(&a, serve_config(), Duration::from_secs(5)).await;
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Empty<Bytes>>();
+    for _ in 0..2 {
+        let req = http::Request::get(format!("http://{}/v1/chat", proxy.addr))
+            .body(Empty::new())
+            .unwrap();
+        let res = within("h2 answer", client.request(req)).await.unwrap();
+        assert_eq!(res.version(), http::Version::HTTP_2);
+        assert_eq!(res.headers()["x-served-by"], "a");
+        let body = within("h2 body", res.into_body().collect())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(body, "chunk-1\nchunk-2\nchunk-3\n");
+        // Idle for longer than the header timeout before the next request (on the same
+        // connection while it stays open).
+        tokio::time::sleep(HEADER_TIMEOUT * 2).await;
+    }
+    assert_eq!(a.count(), 2);
+}
