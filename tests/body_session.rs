@@ -404,3 +404,39 @@ async fn debug_event_names_the_field_and_never_logs_the_whole_id() {
     assert!(log.contains("too_long"), "{log}");
     assert!(!log.contains(&long[..20]), "{log}");
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Whatever the chunking, the limit and the content, the inner service gets the
+    /// client's bytes, in order, and a replay buffer only when the body fit.
+    #[test]
+    fn any_chunking_and_limit_passes_on_the_same_bytes(
+        body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+        json in proptest::prelude::any::<bool>(),
+        cuts in proptest::collection::vec(0usize..600, 0..8),
+        limit in 0usize..700,
+    ) {
+        let body = if json {
+            let mut b = format!(r#"{{"prompt_cache_key":"p","x":"{}"}}"#, "y".repeat(body.len())).into_bytes();
+            b.truncate(b.len().min(600));
+            b
+        } else {
+            body
+        };
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(body.len())).collect();
+        cuts.push(0);
+        cuts.push(body.len());
+        cuts.sort_unstable();
+        let frames: Vec<FrameResult> = cuts.windows(2).map(|w| data(&body[w[0]..w[1]])).collect();
+        let layer = SessionFromBodyLayer::new().max_buffer(limit);
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let seen = rt.block_on(call(&layer, json_request().body(stream(frames)).unwrap()));
+        proptest::prop_assert_eq!(&seen.bytes, &body);
+        if let Some(replay) = &seen.replay {
+            proptest::prop_assert_eq!(&replay[..], &body[..]);
+            proptest::prop_assert!(body.len() <= limit);
+        }
+        proptest::prop_assert!(seen.error.is_none());
+    }
+}

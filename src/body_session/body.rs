@@ -89,9 +89,11 @@ impl<B: Body> BufferedBody<B> {
     }
 
     /// The complete body, when it was buffered whole (it fit in the limit and was read to
-    /// its end). Cloning the returned [`Bytes`] is cheap and shares the buffer; the bytes
-    /// stay available after the body has been sent. `None` for a body that was not
-    /// read, outgrew the limit or failed.
+    /// its end); still the complete body after some or all of its frames were polled.
+    /// Cloning the returned [`Bytes`] is cheap and shares the buffer: clone it before
+    /// handing the body to a client, and a retry on another account can send
+    /// `Full::new(bytes)` without buffering again. `None` for a body that was not read,
+    /// outgrew the limit or failed.
     pub fn bytes(&self) -> Option<&Bytes> {
         self.full.as_ref()
     }
@@ -171,5 +173,55 @@ where
             .field("held", &self.held())
             .field("streaming", &self.inner.is_some())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+
+    type Inner = Full<Bytes>;
+
+    #[tokio::test]
+    async fn buffered_body_reports_exact_size_until_its_trailers_are_out() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-t", "1".parse().unwrap());
+        let mut body = BufferedBody::<Inner>::buffered(Bytes::from_static(b"abc"), Some(trailers));
+        assert_eq!(body.size_hint().exact(), Some(3));
+        assert!(!body.is_end_stream());
+        let f = body.frame().await.unwrap().unwrap();
+        assert_eq!(f.into_data().unwrap(), "abc");
+        assert_eq!(body.size_hint().exact(), Some(0));
+        assert!(!body.is_end_stream(), "trailers still to come");
+        assert!(body.frame().await.unwrap().unwrap().is_trailers());
+        assert!(body.is_end_stream());
+        assert!(body.frame().await.is_none());
+        assert_eq!(body.bytes().map(|b| &b[..]), Some(&b"abc"[..]));
+    }
+
+    #[tokio::test]
+    async fn over_limit_body_adds_what_it_holds_to_the_inner_hint() {
+        let inner = Full::new(Bytes::from_static(b"rest"));
+        let mut body = BufferedBody::over_limit(
+            Bytes::from_static(b"pre"),
+            Bytes::from_static(b"fix"),
+            inner,
+        );
+        assert_eq!(body.size_hint().exact(), Some(10));
+        assert!(body.bytes().is_none());
+        let all = (&mut body).collect().await.unwrap().to_bytes();
+        assert_eq!(all, "prefixrest");
+        assert!(body.is_end_stream());
+    }
+
+    #[tokio::test]
+    async fn passthrough_body_forwards_the_inner_hint_and_end() {
+        let body = BufferedBody::new(Full::new(Bytes::from_static(b"xy")));
+        assert_eq!(body.size_hint().exact(), Some(2));
+        assert!(!body.is_end_stream());
+        let empty = BufferedBody::new(Full::new(Bytes::new()));
+        assert!(empty.is_end_stream());
+        assert_eq!(empty.size_hint().exact(), Some(0));
     }
 }

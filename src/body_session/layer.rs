@@ -97,6 +97,7 @@ impl SessionFromBodyLayer {
     /// `developer`) and the first user message (the first item with role `user`, or a
     /// string `input`); of their text only, so markers clients move between turns (such
     /// as `cache_control`) do not change it. Bodies without a user message get none.
+    /// Gemini's `request.contents` are not read (Gemini CLI sends a session id).
     ///
     /// **Risk:** two conversations that open with the same system prompt and the same
     /// first message — a common "hi", a scripted benchmark, the same tool run by many

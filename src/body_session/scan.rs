@@ -716,6 +716,11 @@ pub enum ResponseIdScan<'a> {
 /// need not have arrived. An id that is not 1–256 bytes of visible ASCII, or that holds a
 /// JSON escape, counts as absent.
 ///
+/// [`NeedMore`](ResponseIdScan::NeedMore) asks for the bytes seen so far plus the next
+/// frame; bound what you keep for it (OpenAI's streams name the id within their first
+/// few hundred bytes, so a few KiB is plenty) and give up past that bound. Each call
+/// scans from the start: it is meant for the first frame or two of a response.
+///
 /// ```
 /// use tower_sticky_session::body_session::{ResponseIdScan, find_response_id};
 ///
