@@ -79,7 +79,8 @@ fn default_probation(max_bindings: u64) -> u64 {
 /// demotion happens in moka's housekeeping, outside the per-key serialization below,
 /// where it could bring back a binding that a concurrent compare-and-delete had just
 /// removed. So only a second success can push a proven binding out; an attacker who uses
-/// every id twice can (`RELIABILITY.md` measures what that does and what defends).
+/// every id twice can (`RELIABILITY.md` measures what that does), unless
+/// [`MokaStoreBuilder::promote_after`] caps the rate of promotions.
 ///
 /// # Bounded, expiring, renewed
 ///
@@ -153,6 +154,8 @@ struct Inner {
     /// Whether protected has room at all (a store of `max_bindings` ≤ the probation size
     /// has none: bindings stay in probation).
     promote: bool,
+    /// A second success promotes only once the first is at least this old (ms).
+    promote_after_ms: u64,
     accounts: Accounts,
     keys: RandomState,
     /// Write times are milliseconds since this instant.
@@ -189,6 +192,7 @@ pub struct MokaStoreBuilder {
     max_bindings: u64,
     ttl: Duration,
     probation: Option<u64>,
+    promote_after: Duration,
 }
 
 impl MokaStoreBuilder {
@@ -212,6 +216,25 @@ impl MokaStoreBuilder {
     /// smaller one leaves more room for proven sessions. See [`MokaStore`].
     pub fn probation_bindings(mut self, n: u64) -> Self {
         self.probation = Some(n);
+        self
+    }
+
+    /// Promote a binding at a later success only once its first success is at least
+    /// `age` old (default: zero, the second success promotes whenever it comes).
+    ///
+    /// A defence against a flood of ids each used twice (which would otherwise promote
+    /// every attacker id and turn protected over at the attacker's rate): an id has to
+    /// stay in probation for `age` to be promoted, and probation holds `probation`
+    /// bindings, so however fast a flood is, at most `probation / age` ids are promoted
+    /// per second, and a proven session survives if it is touched once per
+    /// `protected · age / probation` (defaults with `age` = 10 s: 1 000 promotions/s,
+    /// once per 90 s). The price: a session is proven at its first success after `age`
+    /// (a same-account commit before that leaves the binding as it is, its TTL counted
+    /// from the first success), and only if it stays in probation until then — under a
+    /// one-off flood, by making requests at least once per probation window. Keep `age`
+    /// well below the TTL.
+    pub fn promote_after(mut self, age: Duration) -> Self {
+        self.promote_after = age;
         self
     }
 
@@ -247,6 +270,7 @@ impl MokaStoreBuilder {
                 protected: cache(n - probation),
                 probation: cache(probation),
                 promote: n > probation,
+                promote_after_ms: u64::try_from(self.promote_after.as_millis()).unwrap_or(u64::MAX),
                 accounts: Accounts::new(),
                 keys: RandomState::new(),
                 epoch: Instant::now(),
@@ -271,6 +295,7 @@ impl MokaStore {
             max_bindings: DEFAULT_MAX_BINDINGS,
             ttl: DEFAULT_TTL,
             probation: None,
+            promote_after: Duration::ZERO,
         }
     }
 
@@ -392,6 +417,14 @@ impl Inner {
         {
             return Ok(());
         }
+        // Likewise a probation binding on `auth` too young to promote (`promote_after`).
+        if self.promote_after_ms > 0
+            && let Some(b) = self.probation.get(&k)
+            && now.saturating_sub(b.at_ms()) < self.promote_after_ms
+            && self.is(b, auth)
+        {
+            return Ok(());
+        }
         let Some(account) = self.accounts.intern(auth) else {
             return Err(StoreError::new(
                 StoreErrorKind::Other,
@@ -422,6 +455,10 @@ impl Inner {
                         && e.value().account() == account
                         && self.live(*e.value(), now) =>
                 {
+                    if now.saturating_sub(e.value().at_ms()) < self.promote_after_ms {
+                        // Too young to promote (`promote_after`): leave it as it is.
+                        return Op::Nop;
+                    }
                     self.protected.insert(k, fresh);
                     Op::Remove
                 }
@@ -764,6 +801,56 @@ mod tests {
         }
         assert_eq!(store.inner.accounts.len(), 3);
         assert_eq!(bound(&store, "s-4").unwrap().as_str(), "acct-1");
+    }
+
+    #[test]
+    fn promote_after_holds_a_second_success_in_probation_until_the_first_is_old_enough() {
+        let store = MokaStore::builder()
+            .max_bindings(1_000)
+            .promote_after(Duration::from_millis(200))
+            .build();
+        let a = AuthId::from("a");
+        commit(&store, "s", &a);
+        let first = age(&store, &key("s"));
+        commit(&store, "s", &a);
+        commit(&store, "s", &a);
+        assert_eq!(segments(&store), (0, 1), "too young: stays in probation");
+        assert!(
+            age(&store, &key("s")) >= first,
+            "left as it is, not renewed"
+        );
+        assert_eq!(bound(&store, "s"), Some(a.clone()));
+        // Another account is a first success again, with a new clock.
+        commit(&store, "s", &AuthId::from("b"));
+        sleep(Duration::from_millis(250));
+        commit(&store, "s", &a);
+        assert_eq!(
+            segments(&store),
+            (0, 1),
+            "b's binding replaced, not promoted"
+        );
+        sleep(Duration::from_millis(250));
+        commit(&store, "s", &a);
+        assert_eq!(segments(&store), (1, 0), "old enough: promoted");
+        assert_eq!(bound(&store, "s"), Some(a));
+    }
+
+    #[test]
+    fn promote_after_caps_promotions_by_a_flood_of_ids_used_twice() {
+        let store = MokaStore::builder()
+            .max_bindings(1_000)
+            .probation_bindings(100)
+            .promote_after(Duration::from_secs(60))
+            .build();
+        let a = AuthId::from("a");
+        for i in 0..5_000 {
+            let id = format!("attacker-{i}");
+            commit(&store, &id, &a);
+            commit(&store, &id, &a);
+        }
+        let (protected, probation) = segments(&store);
+        assert_eq!(protected, 0, "no attacker id promoted");
+        assert!(probation <= 100);
     }
 
     #[test]
