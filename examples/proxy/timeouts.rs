@@ -142,10 +142,8 @@ impl Body for ProxyBody {
                             upstream = %s.upstream, idle_timeout = ?s.idle_for,
                             "upstream response body fell silent; aborting the client's response"
                         );
-                        // Poll again at once: the error is yielded from `failed`.
-                        s.failed = Some(Box::new(IdleTimeout(s.idle_for)));
                         s.idle.as_mut().reset(Instant::now() + s.idle_for);
-                        return Poll::Ready(Some(Err(s.failed.take().unwrap())));
+                        return Poll::Ready(Some(Err(Box::new(IdleTimeout(s.idle_for)))));
                     }
                 };
                 match frame {
