@@ -417,10 +417,6 @@ const METADATA_SESSION_ID: usize = 7;
 const REQUEST_SESSION_ID: usize = 8;
 const USER_PROMPT_ID: usize = 9;
 
-/// Strings longer than this are never unescaped for a session id (a valid id is at most a
-/// few hundred bytes, a Claude `metadata.user_id` at most a few hundred more).
-const MAX_READ: usize = 4096;
-
 /// The separator between Gemini CLI's session id and its prompt counter in `user_prompt_id`.
 const PROMPT_ID_SEPARATOR: &[u8] = b"########";
 
@@ -460,13 +456,10 @@ impl<'a> Scanned<'a> {
     }
 }
 
+/// A read string's value, unescaped (a copy only if it holds escapes; its length is
+/// bounded by the buffered body's).
 fn read(s: Option<RawStr<'_>>) -> Option<Cow<'_, [u8]>> {
-    let s = s?;
-    if s.raw.len() > MAX_READ {
-        // Too long to be an id: keep it as a candidate that fails validation.
-        return Some(Cow::Borrowed(s.raw));
-    }
-    s.unescaped()
+    s?.unescaped()
 }
 
 /// The session part of a Claude Code `metadata.user_id`: either
@@ -959,6 +952,19 @@ mod tests {
     fn user_prompt_id_without_separator_is_not_a_session() {
         assert_eq!(session(r#"{"user_prompt_id":"abc#1"}"#), None);
         assert_eq!(session("{\"user_prompt_id\":\"########1\"}"), None);
+    }
+
+    #[test]
+    fn long_escaped_value_is_judged_unescaped() {
+        // 6000 bytes of escapes are 1000 bytes unescaped: too long for 256, valid for 2000.
+        let body = format!(r#"{{"session_id":"{}"}}"#, "\\u0041".repeat(1000));
+        let scanned = scan(body.as_bytes(), false).unwrap();
+        assert_eq!(
+            scanned.session(256).1.map(|r| r.1),
+            Some(InvalidSessionId::TooLong)
+        );
+        let (found, _) = scanned.session(2000);
+        assert_eq!(found.map(|(v, _)| v.len()), Some(1000));
     }
 
     #[test]
