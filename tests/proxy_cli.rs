@@ -37,6 +37,7 @@ fn proxy_bin() -> &'static PathBuf {
         scrub_cargo_env(&mut cmd);
         let out = cmd
             .args(["build", "--example", "proxy", "--message-format=json"])
+            .args(feature_args())
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .stderr(Stdio::inherit())
             .output()
@@ -437,4 +438,14 @@ fn scrub_cargo_env(cmd: &mut std::process::Command) {
             cmd.env_remove(k);
         }
     }
+}
+
+/// The crate's features as this test was built with them, for the nested `cargo build`:
+/// it then reuses the library `cargo test` already built (`--all-features` or not).
+fn feature_args() -> Vec<&'static str> {
+    let mut args = vec!["--no-default-features"];
+    if cfg!(feature = "redis") {
+        args.extend(["--features", "redis"]);
+    }
+    args
 }

@@ -53,7 +53,8 @@ fn proxy_bin() -> PathBuf {
     };
     let mut cmd = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()));
     scrub_cargo_env(&mut cmd);
-    cmd.args(["build", "--example", "proxy"]);
+    cmd.args(["build", "--example", "proxy"])
+        .args(feature_args());
     if profile == "release" {
         cmd.arg("--release");
     }
@@ -270,4 +271,14 @@ fn scrub_cargo_env(cmd: &mut std::process::Command) {
             cmd.env_remove(k);
         }
     }
+}
+
+/// The crate's features as this test was built with them, for the nested `cargo build`:
+/// it then reuses the library `cargo test` already built (`--all-features` or not).
+fn feature_args() -> Vec<&'static str> {
+    let mut args = vec!["--no-default-features"];
+    if cfg!(feature = "redis") {
+        args.extend(["--features", "redis"]);
+    }
+    args
 }
