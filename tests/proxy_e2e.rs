@@ -4,12 +4,17 @@
 //! accounts it owns on loopback, and checks DESIGN.md's binding table through what a
 //! client sees (`x-served-by`, status, body, stream end) and through the binding store.
 //!
-//! Sequencing uses semaphores and the HTTP exchange itself ("the client has the response
-//! head", "the client has the first chunk"); there are no sleeps and no timing
+//! The proxy runs with one attempt per request, so that each test sees the sticky layer
+//! judge one account's answer (failover: `proxy_failover.rs`). It answers only once the
+//! account's first data chunk is there.
+//!
+//! Sequencing uses semaphores, the HTTP exchange itself ("the client has the response
+//! head", "the client has the first chunk") and, where the proxy is still waiting for a
+//! first chunk, polling of what the account has received; there are no timing
 //! thresholds. Every wait is bounded by `within` only so that a bug fails instead of
 //! hanging.
 
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 #[path = "../examples/proxy/app.rs"]
 mod app;
 
