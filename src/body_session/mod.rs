@@ -75,6 +75,10 @@
 //! Put it *outside* (before, in `ServiceBuilder` order) the sticky layer, which reads
 //! [`BodySignals`], and inside request-decompression if you have one (a compressed body
 //! is not read). The sticky layer and the inner service see `Request<BufferedBody<B>>`.
+//! Put client authentication and rate limiting *outside* it too: a request whose body is
+//! read reaches the inner service only once its last byte has arrived, so a request that
+//! is going to be refused should be refused before it is buffered. A timeout outside it
+//! also bounds how long a slow client may take to send its body.
 //!
 //! # Which value wins
 //!
