@@ -11,6 +11,7 @@ use pin_project_lite::pin_project;
 use sync_wrapper::SyncWrapper;
 
 use crate::core::{Core, StoreOp};
+use crate::learn::{Fed, Learner};
 use crate::stats::ClearReason;
 use crate::store::{BindingStore, MokaStore};
 use crate::types::{AuthId, BindingKey};
@@ -42,6 +43,8 @@ pin_project! {
         #[pin]
         kind: Kind<B>,
         state: State<B::Data, B::Error, St>,
+        // Response-id learning (opt-in): fed the first data frames until it is done.
+        learner: Option<SyncWrapper<Box<Learner<St>>>>,
     }
 }
 
@@ -62,9 +65,11 @@ enum State<D, E, St: BindingStore> {
     Passthrough,
     /// Success: commit to `served` on the first data frame, clear on a premature end.
     AwaitFirst(Watch<St>),
-    /// Committing; `frame` is handed on once the commit is done.
+    /// Committing (the session's binding, a learned response id, or both); `frame` is
+    /// handed on once both are done.
     Committing {
-        op: SyncWrapper<StoreOp<St>>,
+        op: Option<SyncWrapper<StoreOp<St>>>,
+        learned: Option<SyncWrapper<StoreOp<St>>>,
         frame: Option<Frame<D>>,
     },
     /// The inner body ended (after a clear); it is not polled again.
@@ -88,6 +93,7 @@ impl<B: Body, St: BindingStore> ResponseBody<B, St> {
         Self {
             kind: Kind::Inner { body },
             state: State::Passthrough,
+            learner: None,
         }
     }
 
@@ -95,7 +101,14 @@ impl<B: Body, St: BindingStore> ResponseBody<B, St> {
         Self {
             kind: Kind::Inner { body },
             state: State::AwaitFirst(watch),
+            learner: None,
         }
+    }
+
+    /// Also learns the response id from the first data frames.
+    pub(crate) fn learning(mut self, learner: Option<Box<Learner<St>>>) -> Self {
+        self.learner = learner.map(SyncWrapper::new);
+        self
     }
 
     pub(crate) fn message(msg: impl Into<Bytes>) -> Self {
@@ -104,6 +117,7 @@ impl<B: Body, St: BindingStore> ResponseBody<B, St> {
                 msg: Some(msg.into()),
             },
             state: State::Passthrough,
+            learner: None,
         }
     }
 }
@@ -133,9 +147,45 @@ where
         };
         loop {
             match this.state {
-                State::Passthrough => return body.poll_frame(cx),
-                State::Committing { op, frame } => {
-                    ready!(op.get_mut().poll(cx));
+                State::Passthrough if this.learner.is_none() => return body.poll_frame(cx),
+                State::Passthrough => {
+                    let out = ready!(body.as_mut().poll_frame(cx));
+                    let learned = match &out {
+                        Some(Ok(frame)) => match frame.data_ref() {
+                            Some(d) if d.has_remaining() => feed(this.learner, d),
+                            // Empty data frames carry nothing; trailers end the stream.
+                            Some(_) => None,
+                            None => {
+                                *this.learner = None;
+                                None
+                            }
+                        },
+                        _ => {
+                            *this.learner = None;
+                            None
+                        }
+                    };
+                    match (learned, out) {
+                        (Some(op), Some(Ok(frame))) => {
+                            *this.state = State::Committing {
+                                op: None,
+                                learned: Some(op),
+                                frame: Some(frame),
+                            };
+                        }
+                        (_, out) => return Poll::Ready(out),
+                    }
+                }
+                State::Committing { op, learned, frame } => {
+                    // Both in flight at once; each is ready at once once finished.
+                    let a = op
+                        .as_mut()
+                        .map_or(Poll::Ready(()), |op| op.get_mut().poll(cx));
+                    let b = learned
+                        .as_mut()
+                        .map_or(Poll::Ready(()), |op| op.get_mut().poll(cx));
+                    ready!(a);
+                    ready!(b);
                     let frame = frame.take();
                     *this.state = State::Passthrough;
                     return Poll::Ready(frame.map(Ok));
@@ -171,8 +221,10 @@ where
                                 &watch.served,
                                 &watch.span,
                             );
+                            let learned = frame.data_ref().and_then(|d| feed(this.learner, d));
                             *this.state = State::Committing {
-                                op: SyncWrapper::new(op),
+                                op: Some(SyncWrapper::new(op)),
+                                learned,
                                 frame: Some(frame),
                             };
                             continue;
@@ -180,6 +232,8 @@ where
                         None => (ClearReason::EmptyStream, None),
                         Some(Err(e)) => (ClearReason::StreamError, Some(Err(e))),
                     };
+                    // Not a success after all: nothing to learn from it.
+                    *this.learner = None;
                     let op =
                         StoreOp::clear(&watch.core, &watch.key, &watch.served, reason, &watch.span);
                     *this.state = State::Clearing {
@@ -219,6 +273,25 @@ where
             }
             (_, State::Ended) => SizeHint::with_exact(0),
             (Kind::Inner { body }, _) => body.size_hint(),
+        }
+    }
+}
+
+/// Feeds a data frame to the learner, if any; drops the learner once it is done.
+fn feed<St: BindingStore>(
+    learner: &mut Option<SyncWrapper<Box<Learner<St>>>>,
+    data: &impl Buf,
+) -> Option<SyncWrapper<StoreOp<St>>> {
+    let l = learner.as_mut()?;
+    match l.get_mut().feed(data) {
+        Fed::More => None,
+        Fed::Done => {
+            *learner = None;
+            None
+        }
+        Fed::Learned(op) => {
+            *learner = None;
+            Some(SyncWrapper::new(op))
         }
     }
 }

@@ -83,6 +83,8 @@ pub(crate) struct StoreOp<St: BindingStore> {
 enum OpKind<St: BindingStore> {
     Commit(St::CommitFuture),
     Clear(St::ClearFuture),
+    /// The commit of a learned response id.
+    Learn(St::CommitFuture),
 }
 
 impl<St: BindingStore> OpKind<St> {
@@ -90,6 +92,7 @@ impl<St: BindingStore> OpKind<St> {
         match self {
             OpKind::Commit(_) => "commit",
             OpKind::Clear(_) => "clear",
+            OpKind::Learn(_) => "learn_response_id",
         }
     }
 }
@@ -127,6 +130,23 @@ impl<St: BindingStore> StoreOp<St> {
         Self::new(core, OpKind::Clear(core.store.clear_if(key, auth)))
     }
 
+    /// Commits a learned response id's binding (`key` is a response-id key). Leaves the
+    /// span's `outcome` and `auth` (the session's) alone.
+    pub(crate) fn learn(
+        core: &Arc<Core<St>>,
+        key: &BindingKey,
+        auth: &AuthId,
+        span: &Span,
+    ) -> Self {
+        tracing::debug!(
+            parent: span,
+            response_id = %key.session().redacted(),
+            auth = %auth,
+            "sticky session: learned response id"
+        );
+        Self::new(core, OpKind::Learn(core.store.commit(key, auth)))
+    }
+
     fn new(core: &Arc<Core<St>>, kind: OpKind<St>) -> Self {
         Self {
             core: core.clone(),
@@ -144,6 +164,10 @@ impl<St: BindingStore> StoreOp<St> {
             Some(OpKind::Commit(fut)) => match std::task::ready!(Pin::new(fut).poll(cx)) {
                 Ok(()) => Counters::inc(&counters.commits),
                 Err(e) => self.core.store_error("commit", &e),
+            },
+            Some(OpKind::Learn(fut)) => match std::task::ready!(Pin::new(fut).poll(cx)) {
+                Ok(()) => Counters::inc(&counters.response_ids_learned),
+                Err(e) => self.core.store_error("learn_response_id", &e),
             },
             Some(OpKind::Clear(fut)) => match std::task::ready!(Pin::new(fut).poll(cx)) {
                 Ok(true) => Counters::inc(&counters.cleared),

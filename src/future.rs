@@ -16,21 +16,28 @@ use crate::body::{ResponseBody, Watch};
 use crate::classify::{ClassifyResponse, ResponseClass, StatusClassifier};
 use crate::core::{Core, StoreOp};
 use crate::layer::Shared;
+use crate::learn::{LearnCtx, Learner};
 use crate::stats::{ClearReason, Counters, DECISION_HEADER, Decision};
 use crate::store::{BindingStore, MokaStore, StoreError};
-use crate::types::{AuthId, BindingKey, PinnedAuth, ServedBy};
+use crate::types::{
+    AuthId, BindingKey, HardPin, PinnedAuth, ServedBy, SessionSource, SessionSourceKind,
+};
 
 /// What the response side needs to know about a request with a valid session id.
 pub(crate) struct Tracking<St, C> {
     shared: Arc<Shared<St, C>>,
     key: BindingKey,
     /// The account the request was pinned to (explicitly or by the store).
-    pinned: Option<AuthId>,
+    pub(crate) pinned: Option<AuthId>,
     /// A `HEAD` request: its response never carries a body, whatever the body type says.
     is_head: bool,
 }
 
 impl<St, C> Tracking<St, C> {
+    pub(crate) fn key(&self) -> &BindingKey {
+        &self.key
+    }
+
     pub(crate) fn new(
         shared: Arc<Shared<St, C>>,
         key: BindingKey,
@@ -82,6 +89,56 @@ pub(crate) fn apply_lookup<St>(
     (decision, pinned)
 }
 
+/// Accounts for the lookup of a request's `previous_response_id` among learned response
+/// ids. On a hit, inserts the hard pin (and, for a request without a session of its own,
+/// the response id as its session) and returns the account. `own_session`: the request
+/// has a session of its own, counted as a lookup (a miss then goes on to that session's
+/// lookup, which counts itself).
+pub(crate) fn apply_response_id<St>(
+    core: &Core<St>,
+    span: &Span,
+    result: Result<Option<AuthId>, StoreError>,
+    extensions: &mut Extensions,
+    key: BindingKey,
+    own_session: bool,
+    deferred: bool,
+) -> Option<AuthId> {
+    let counters = core.counters();
+    let auth = match result {
+        Ok(Some(auth)) => auth,
+        Ok(None) => {
+            Counters::inc(&counters.response_ids_unknown);
+            return None;
+        }
+        Err(e) => {
+            Counters::inc(&counters.response_ids_unknown);
+            core.store_error("lookup_response_id", &e);
+            return None;
+        }
+    };
+    Counters::inc(&counters.hard_pins);
+    if own_session {
+        Counters::inc(if deferred {
+            &counters.deferred_hits
+        } else {
+            &counters.hits
+        });
+    } else {
+        counters.source(SessionSourceKind::ResponseId);
+        span.record("session", tracing::field::display(key.session().redacted()));
+        span.record("source", SessionSourceKind::ResponseId.as_str());
+        extensions.insert(key.session().clone());
+        extensions.insert(SessionSource::ResponseId);
+        extensions.insert(key);
+    }
+    span.record("decision", Decision::Hit.as_str());
+    span.record("hard_pin", true);
+    span.record("auth", tracing::field::display(&auth));
+    extensions.insert(PinnedAuth(auth.clone()));
+    extensions.insert(HardPin);
+    Some(auth)
+}
+
 pin_project! {
     /// Response future of [`StickySession`](crate::StickySession).
     ///
@@ -101,6 +158,8 @@ pin_project! {
         #[pin]
         state: State<S, ReqB, St>,
         tracking: Option<Tracking<St, C>>,
+        // Response-id learning, when on: becomes the body's learner on a success.
+        learn: Option<LearnCtx<St, C>>,
         span: Span,
         decision: Decision,
         report: bool,
@@ -118,6 +177,9 @@ pin_project! {
             lookup: St::LookupFuture,
             svc: Option<S>,
             req: Option<Request<ReqB>>,
+            // `Some`: this is the lookup of the request's `previous_response_id` (its key);
+            // on a miss the session's own lookup follows.
+            response_id: Option<BindingKey>,
         },
         Inner {
             #[pin]
@@ -126,6 +188,7 @@ pin_project! {
         Finishing {
             op: StoreOp<St>,
             result: Option<Result<S::Response, S::Error>>,
+            learner: Option<Box<Learner<St>>>,
         },
         Rejected {
             msg: Option<Bytes>,
@@ -138,38 +201,36 @@ where
     S: Service<Request<ReqB>>,
     St: BindingStore,
 {
-    pub(crate) fn untracked(fut: S::Future, span: Span, decision: Decision, report: bool) -> Self {
-        Self {
-            state: State::Inner { fut },
-            tracking: None,
-            span,
-            decision,
-            report,
-        }
-    }
-
-    pub(crate) fn tracked(
+    pub(crate) fn inner(
         fut: S::Future,
-        tracking: Tracking<St, C>,
+        tracking: Option<Tracking<St, C>>,
+        learn: Option<LearnCtx<St, C>>,
         span: Span,
         decision: Decision,
         report: bool,
     ) -> Self {
         Self {
             state: State::Inner { fut },
+            tracking,
+            learn,
             span,
-            tracking: Some(tracking),
             decision,
             report,
         }
     }
 
+    /// A lookup still pending in `call`. `response_id`: the lookup is the request's
+    /// `previous_response_id`'s (then `decision` is the one without a pin).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn lookup(
         lookup: St::LookupFuture,
+        response_id: Option<BindingKey>,
         svc: S,
         req: Request<ReqB>,
-        tracking: Tracking<St, C>,
+        tracking: Option<Tracking<St, C>>,
+        learn: Option<LearnCtx<St, C>>,
         span: Span,
+        decision: Decision,
         report: bool,
     ) -> Self {
         Self {
@@ -177,10 +238,12 @@ where
                 lookup,
                 svc: Some(svc),
                 req: Some(req),
+                response_id,
             },
             span,
-            tracking: Some(tracking),
-            decision: Decision::Miss,
+            tracking,
+            learn,
+            decision,
             report,
         }
     }
@@ -191,6 +254,7 @@ where
                 msg: Some(Bytes::from(msg)),
             },
             tracking: None,
+            learn: None,
             span,
             decision: Decision::Invalid,
             report,
@@ -213,6 +277,7 @@ where
         let mut out = ready!(poll_state(
             this.state,
             this.tracking,
+            this.learn,
             this.span,
             this.decision,
             cx
@@ -229,6 +294,7 @@ where
 fn poll_state<S, ReqB, ResB, St, C>(
     mut state: Pin<&mut State<S, ReqB, St>>,
     tracking: &mut Option<Tracking<St, C>>,
+    learn: &mut Option<LearnCtx<St, C>>,
     span: &Span,
     decision: &mut Decision,
     cx: &mut Context<'_>,
@@ -241,38 +307,88 @@ where
 {
     loop {
         match state.as_mut().project() {
-            StateProj::Lookup { lookup, svc, req } => {
-                let result = ready!(Pin::new(lookup).poll(cx));
-                let mut req = req.take().expect("ResponseFuture polled after completion");
-                let mut svc = svc.take().expect("ResponseFuture polled after completion");
-                if let Some(t) = tracking.as_mut() {
+            StateProj::Lookup {
+                lookup,
+                svc,
+                req,
+                response_id,
+            } => {
+                let result = ready!(Pin::new(&mut *lookup).poll(cx));
+                let r = req
+                    .as_mut()
+                    .expect("ResponseFuture polled after completion");
+                if let Some(key) = response_id.take() {
+                    let core = match (tracking.as_ref(), learn.as_ref()) {
+                        (Some(t), _) => &t.shared.core,
+                        (None, Some(l)) => &l.shared.core,
+                        (None, None) => {
+                            unreachable!("a response id is looked up only when learning")
+                        }
+                    };
+                    let own = tracking.is_some();
+                    let ext = r.extensions_mut();
+                    match apply_response_id(core, span, result, ext, key, own, true) {
+                        Some(auth) => {
+                            *decision = Decision::Hit;
+                            if let Some(t) = tracking.as_mut() {
+                                t.pinned = Some(auth);
+                            }
+                        }
+                        None => {
+                            if let Some(t) = tracking.as_ref() {
+                                // Unknown: the session's own binding decides.
+                                *lookup = t.shared.core.store.lookup(&t.key);
+                                continue;
+                            }
+                        }
+                    }
+                } else if let Some(t) = tracking.as_mut() {
                     let (d, pinned) =
-                        apply_lookup(&t.shared.core, span, result, req.extensions_mut(), true);
+                        apply_lookup(&t.shared.core, span, result, r.extensions_mut(), true);
                     *decision = d;
                     t.pinned = pinned;
                 }
+                let req = req.take().expect("ResponseFuture polled after completion");
+                let mut svc = svc.take().expect("ResponseFuture polled after completion");
                 let fut = svc.call(req);
                 state.set(State::Inner { fut });
             }
             StateProj::Inner { fut } => {
                 let result = ready!(fut.poll(cx));
+                let learner = match (learn.take(), &result) {
+                    (Some(l), Ok(res)) => l.learner(res, span),
+                    _ => None,
+                };
                 let Some(tracking) = tracking.take() else {
-                    return Poll::Ready(result.map(|res| res.map(ResponseBody::passthrough)));
+                    return Poll::Ready(
+                        result
+                            .map(|res| res.map(|b| ResponseBody::passthrough(b).learning(learner))),
+                    );
                 };
                 match judge(tracking, span, result) {
-                    Judged::Done(out) => return Poll::Ready(out),
+                    Judged::Done(out) => {
+                        return Poll::Ready(out.map(|res| res.map(|b| b.learning(learner))));
+                    }
                     Judged::Store(op, result) => state.set(State::Finishing {
                         op,
                         result: Some(result),
+                        learner,
                     }),
                 }
             }
-            StateProj::Finishing { op, result } => {
+            StateProj::Finishing {
+                op,
+                result,
+                learner,
+            } => {
                 ready!(op.poll(cx));
                 let result = result
                     .take()
                     .expect("ResponseFuture polled after completion");
-                return Poll::Ready(result.map(|res| res.map(ResponseBody::passthrough)));
+                let learner = learner.take();
+                return Poll::Ready(
+                    result.map(|res| res.map(|b| ResponseBody::passthrough(b).learning(learner))),
+                );
             }
             StateProj::Rejected { msg } => {
                 let msg = msg.take().expect("ResponseFuture polled after completion");

@@ -8,7 +8,9 @@ use tower_layer::Layer;
 
 use crate::classify::{ClassifyResponse, StatusClassifier};
 use crate::core::Core;
-use crate::extract::{DEFAULT_MAX_SESSION_ID_LEN, DEFAULT_SESSION_HEADER, Source};
+use crate::extract::{
+    DEFAULT_MAX_SESSION_ID_LEN, DEFAULT_SESSION_HEADER, KNOWN_CLIENT_HEADERS, Source,
+};
 use crate::service::StickySession;
 use crate::stats::Stats;
 use crate::store::{BindingStore, MokaStore};
@@ -25,6 +27,7 @@ pub(crate) struct Shared<St, C> {
     pub(crate) max_len: usize,
     pub(crate) strict: bool,
     pub(crate) report_decision: bool,
+    pub(crate) learn: bool,
 }
 
 impl<St, C: Clone> Clone for Shared<St, C> {
@@ -37,6 +40,7 @@ impl<St, C: Clone> Clone for Shared<St, C> {
             max_len: self.max_len,
             strict: self.strict,
             report_decision: self.report_decision,
+            learn: self.learn,
         }
     }
 }
@@ -101,6 +105,7 @@ impl<St: BindingStore> StickySessionLayer<St> {
                 max_len: DEFAULT_MAX_SESSION_ID_LEN,
                 strict: false,
                 report_decision: false,
+                learn: false,
             },
         }
     }
@@ -125,6 +130,80 @@ impl<St: BindingStore, C> StickySessionLayer<St, C> {
             "at least one session header name is required"
         );
         self.shared.source = Source::Headers(names);
+        self
+    }
+
+    /// Reads the session id from the headers real clients send, in the priority order of
+    /// [`KNOWN_CLIENT_HEADERS`] (Claude Code, Codex, OpenCode, Kilo Code, LiteLLM, and this
+    /// crate's own `sticky-session-id` first). The same as
+    /// `.headers(KNOWN_CLIENT_HEADERS)`.
+    ///
+    /// ```
+    /// use tower_sticky_session::{SessionFromBodyLayer, StickySessionLayer};
+    /// use tower::ServiceBuilder;
+    ///
+    /// // Headers of known clients first, then session fields of JSON bodies
+    /// // (`SessionFromBodyLayer` reads the same header list by default).
+    /// let stack = ServiceBuilder::new()
+    ///     .layer(SessionFromBodyLayer::new())
+    ///     .layer(StickySessionLayer::new().known_client_headers());
+    /// # let _ = stack;
+    /// ```
+    pub fn known_client_headers(self) -> Self {
+        self.headers(KNOWN_CLIENT_HEADERS)
+    }
+
+    /// Learns which account created which Responses API response, and pins a request that
+    /// continues one (`previous_response_id`) to that account. Off by default.
+    ///
+    /// A response id (`resp_…`) only resolves on the account that created it: any other
+    /// account answers "not found". With learning on:
+    ///
+    /// - **Learning.** On a success whose inner service reported [`ServedBy`](crate::ServedBy)`(A)`
+    ///   (whether or not the request had a session), the response body's first data
+    ///   frame is scanned for the id ([`find_response_id`](crate::body_session::find_response_id):
+    ///   the top-level `"id"` of a JSON body, or `response.id` of a first SSE event
+    ///   `response.created`). The scan borrows the frame: the stream is neither delayed
+    ///   nor copied. Only when the first frame ends before the id does the layer keep a
+    ///   copy of the body's first bytes, at most 8 KiB, and scan again as frames arrive;
+    ///   past 8 KiB it gives up (nothing learned). When found, `resp_… → A` is committed
+    ///   to the layer's store *before* the frame that completed the id is handed on
+    ///   (so a client that has the id finds the binding), under the request's scope,
+    ///   with the store's TTL, in a key namespace of its own
+    ///   ([`BindingKey::response_id`](crate::BindingKey::response_id)): a client's
+    ///   session id equal to a learned `resp_…` string is a different key.
+    /// - **Pinning.** A request whose [`BodySignals`](crate::BodySignals) (put there by
+    ///   [`SessionFromBodyLayer`](crate::SessionFromBodyLayer) in front of this layer)
+    ///   carry a `previous_response_id` that was learned is pinned to its account with
+    ///   [`PinnedAuth`](crate::PinnedAuth) *and* [`HardPin`](crate::HardPin), ahead of any
+    ///   session header or body field: the inner service must not serve it with another
+    ///   account. An explicit `PinnedAuth` set before this layer still wins. An unknown
+    ///   id falls back to the usual sources (headers, body field, fingerprint).
+    /// - **Failures never clear a learned id.** Only the creating account can resolve the
+    ///   chain, so moving the binding cannot help; it expires by the store's TTL (for
+    ///   [`MokaStore`], between 15/16 of the TTL and the TTL after it was learned). A
+    ///   failure clears the *session's* binding as usual.
+    /// - **What a hard-pinned request commits.** Its own session (header, body field,
+    ///   fingerprint), if it has one, exactly as any pinned request: committed to
+    ///   `ServedBy` on success, compare-and-delete on failure. Without a session of its
+    ///   own it commits nothing (its [`SessionSource`](crate::SessionSource) is
+    ///   `ResponseId` and its `SessionId` is the response id); the response it gets
+    ///   teaches the next id of the chain.
+    ///
+    /// Each learned id is one binding in the store: size the store for sessions *and*
+    /// responses created within one TTL. With [`MokaStore`] a learned id starts in the
+    /// probation segment (one success) and is promoted only if a later response carries
+    /// the same id, which does not happen: a flood of one-off session ids can evict
+    /// learned ids, never proven sessions.
+    ///
+    /// ```
+    /// use tower_sticky_session::StickySessionLayer;
+    ///
+    /// let layer = StickySessionLayer::new().known_client_headers().learn_response_ids(true);
+    /// # let _ = layer;
+    /// ```
+    pub fn learn_response_ids(mut self, on: bool) -> Self {
+        self.shared.learn = on;
         self
     }
 
@@ -196,6 +275,7 @@ impl<St: BindingStore, C> StickySessionLayer<St, C> {
                 max_len: s.max_len,
                 strict: s.strict,
                 report_decision: s.report_decision,
+                learn: s.learn,
             },
         }
     }
@@ -234,6 +314,7 @@ impl<St, C> std::fmt::Debug for StickySessionLayer<St, C> {
             .field("scoped", &self.shared.scope.is_some())
             .field("max_len", &self.shared.max_len)
             .field("strict", &self.shared.strict)
+            .field("learn_response_ids", &self.shared.learn)
             .finish_non_exhaustive()
     }
 }

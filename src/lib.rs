@@ -106,6 +106,45 @@
 //! [`SessionId::redacted`] (a 4-byte prefix and the length), an invalid value as an
 //! escaped prefix of at most 8 bytes.
 //!
+//! # Where the session comes from
+//!
+//! First valid source wins; every source gets the same validation:
+//!
+//! 1. **A learned response id** (opt-in, [`StickySessionLayer::learn_response_ids`]): a
+//!    request whose body's `previous_response_id` names a response this layer saw
+//!    account A create is pinned to A with [`PinnedAuth`] *and* [`HardPin`] (only A can
+//!    resolve the chain), ahead of every other source.
+//! 2. **Headers**, in the configured order ([`StickySessionLayer::headers`];
+//!    [`StickySessionLayer::known_client_headers`] for the headers real clients send,
+//!    [`KNOWN_CLIENT_HEADERS`]), or the [session function](StickySessionLayer::session_fn).
+//! 3. **A JSON body field**, read by [`SessionFromBodyLayer`] in front of this layer,
+//!    which puts what it found into the [`BodySignals`] request extension.
+//! 4. **The conversation fingerprint**, when `SessionFromBodyLayer` computes one.
+//!
+//! An invalid header value falls through to the next source, like an invalid alias. The
+//! layer inserts [`SessionSource`] next to [`SessionId`] (`Header(name)`,
+//! `BodyField(field)`, `Fingerprint`, `Function`, or `ResponseId` for a hard-pinned
+//! request without a session of its own), records it as the span's `source` field and
+//! counts it in [`StatsSnapshot::sources`].
+//!
+//! ```
+//! use tower::ServiceBuilder;
+//! use tower_sticky_session::{SessionFromBodyLayer, StickySessionLayer};
+//!
+//! # let picker = tower::service_fn(|_: http::Request<tower_sticky_session::BufferedBody<http_body_util::Full<bytes::Bytes>>>| async {
+//! #     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::new())))
+//! # });
+//! let svc = ServiceBuilder::new()
+//!     .layer(SessionFromBodyLayer::new())            // body fields, previous_response_id
+//!     .layer(
+//!         StickySessionLayer::new()
+//!             .known_client_headers()                // Claude Code, Codex, OpenCode, ...
+//!             .learn_response_ids(true),             // resp_… → the account that made it
+//!     )
+//!     .service(picker);
+//! # let _ = svc;
+//! ```
+//!
 //! # Scopes
 //!
 //! Bindings are keyed by `(scope, session)`. The scope is a function of the request parts
@@ -215,6 +254,7 @@ mod core;
 mod extract;
 mod future;
 mod layer;
+mod learn;
 mod service;
 mod stats;
 pub mod store;
@@ -234,7 +274,9 @@ pub use crate::stats::{ClearReason, DECISION_HEADER, Decision, Stats, StatsSnaps
 #[cfg(feature = "redis")]
 pub use crate::store::RedisStore;
 pub use crate::store::{BindingStore, BoxStoreFuture, MokaStore, StoreError, StoreErrorKind};
-pub use crate::types::{AuthId, BindingKey, PinnedAuth, Scope, ServedBy};
+pub use crate::types::{
+    AuthId, BindingKey, HardPin, PinnedAuth, Scope, ServedBy, SessionSource, SessionSourceKind,
+};
 
 /// Compiles the README's examples.
 #[cfg(doctest)]

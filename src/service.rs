@@ -10,14 +10,19 @@ use http_body::Body;
 use tower_service::Service;
 use tracing::field::Empty;
 
+use crate::SessionId;
 use crate::body::ResponseBody;
+use crate::body_session::BodySignals;
 use crate::classify::{ClassifyResponse, StatusClassifier};
 use crate::extract::{EscapedPrefix, Found};
-use crate::future::{ResponseFuture, Tracking, apply_lookup};
+use crate::future::{ResponseFuture, Tracking, apply_lookup, apply_response_id};
 use crate::layer::{Shared, StickySessionLayer};
+use crate::learn::LearnCtx;
 use crate::stats::{Counters, Decision};
 use crate::store::{BindingStore, MokaStore};
-use crate::types::{BindingKey, PinnedAuth};
+use crate::types::{BindingKey, PinnedAuth, SessionSource};
+use http::request::Parts;
+use tracing::Span;
 
 /// Sticky session middleware; made by [`StickySessionLayer`].
 ///
@@ -132,52 +137,99 @@ where
         let span = tracing::debug_span!(
             "sticky_session",
             session = Empty,
+            source = Empty,
             decision = Empty,
+            hard_pin = Empty,
             auth = Empty,
             outcome = Empty,
         );
         let (mut parts, body) = req.into_parts();
         let is_head = parts.method == http::Method::HEAD;
 
-        let session = match shared.source.extract(&parts, shared.max_len) {
-            Found::Valid(id) => id,
-            Found::None => {
-                Counters::inc(&counters.no_session);
-                span.record("decision", Decision::NoSession.as_str());
-                let req = Request::from_parts(parts, body);
-                let fut = self.inner.call(req);
-                return ResponseFuture::untracked(fut, span, Decision::NoSession, report);
-            }
-            Found::Invalid {
-                reason,
-                header,
-                value,
-            } => {
-                counters.invalid(reason);
-                span.record("decision", Decision::Invalid.as_str());
-                let header = header.as_ref().map_or("(session function)", |h| h.as_str());
-                tracing::debug!(
-                    parent: &span,
-                    header,
-                    reason = reason.as_str(),
-                    value_prefix = %EscapedPrefix(value.as_bytes()),
-                    "sticky session: invalid session id; request is not sticky"
-                );
-                if shared.strict {
-                    Counters::inc(&counters.rejected);
-                    let msg = reject(header, reason, shared.max_len);
-                    return ResponseFuture::rejected(msg, span, report);
+        // Sources, first valid one wins: (a learned previous_response_id, below), the
+        // headers or the session function, the body's session field, its fingerprint.
+        let (found, mut source) = shared.source.extract_sourced(&parts, shared.max_len);
+        let signals = parts.extensions.get::<BodySignals>();
+        let response_id = match signals {
+            Some(s) if shared.learn => s.previous_response_id.clone(),
+            _ => None,
+        };
+        let found = match found {
+            Found::Valid(id) => Found::Valid(id),
+            other => match signals.and_then(body_session) {
+                Some((id, from)) => {
+                    source = Some(from);
+                    Found::Valid(id)
                 }
-                let req = Request::from_parts(parts, body);
-                let fut = self.inner.call(req);
-                return ResponseFuture::untracked(fut, span, Decision::Invalid, report);
+                None => other,
+            },
+        };
+        // The scope, computed once, when something needs it.
+        let scope = match (&found, &response_id) {
+            (Found::Valid(_), _) | (_, Some(_)) => shared.scope.as_ref().and_then(|f| f(&parts)),
+            _ if shared.learn => shared.scope.as_ref().and_then(|f| f(&parts)),
+            _ => None,
+        };
+        let learn = shared.learn.then(|| LearnCtx {
+            shared: self.shared.clone(),
+            scope: scope.clone(),
+        });
+        // An explicit pin wins over learned response ids, as over the store.
+        let response_id = response_id
+            .filter(|_| parts.extensions.get::<PinnedAuth>().is_none())
+            .map(|id| BindingKey::response_id(scope.clone(), id));
+
+        let (session, source) = match (found, source) {
+            (Found::Valid(id), Some(source)) => (id, source),
+            (found, _) => {
+                let decision = match found {
+                    Found::Invalid {
+                        reason,
+                        header,
+                        value,
+                    } => {
+                        counters.invalid(reason);
+                        let header = header.as_ref().map_or("(session function)", |h| h.as_str());
+                        tracing::debug!(
+                            parent: &span,
+                            header,
+                            reason = reason.as_str(),
+                            value_prefix = %EscapedPrefix(value.as_bytes()),
+                            "sticky session: invalid session id; request is not sticky"
+                        );
+                        if shared.strict {
+                            span.record("decision", Decision::Invalid.as_str());
+                            Counters::inc(&counters.rejected);
+                            let msg = reject(header, reason, shared.max_len);
+                            return ResponseFuture::rejected(msg, span, report);
+                        }
+                        Decision::Invalid
+                    }
+                    _ => {
+                        Counters::inc(&counters.no_session);
+                        Decision::NoSession
+                    }
+                };
+                span.record("decision", decision.as_str());
+                // No session of its own; a learned previous_response_id still pins it.
+                return match response_id {
+                    Some(key) => self
+                        .lookup_response_id(key, parts, body, None, learn, span, decision, report),
+                    None => {
+                        let req = Request::from_parts(parts, body);
+                        let fut = self.inner.call(req);
+                        ResponseFuture::inner(fut, None, learn, span, decision, report)
+                    }
+                };
             }
         };
         span.record("session", tracing::field::display(session.redacted()));
+        span.record("source", tracing::field::display(&source));
+        counters.source(source.kind());
 
-        let scope = shared.scope.as_ref().and_then(|f| f(&parts));
         let key = BindingKey::new(scope, session.clone());
         parts.extensions.insert(session);
+        parts.extensions.insert(source);
         parts.extensions.insert(key.clone());
 
         if let Some(PinnedAuth(explicit)) = parts.extensions.get::<PinnedAuth>() {
@@ -188,10 +240,51 @@ where
             let tracking = Tracking::new(self.shared.clone(), key, pinned, is_head);
             let req = Request::from_parts(parts, body);
             let fut = self.inner.call(req);
-            return ResponseFuture::tracked(fut, tracking, span, Decision::Pinned, report);
+            return ResponseFuture::inner(
+                fut,
+                Some(tracking),
+                learn,
+                span,
+                Decision::Pinned,
+                report,
+            );
         }
 
-        let mut lookup = shared.core.store.lookup(&key);
+        let tracking = Tracking::new(self.shared.clone(), key, None, is_head);
+        if let Some(rkey) = response_id {
+            return self.lookup_response_id(
+                rkey,
+                parts,
+                body,
+                Some(tracking),
+                learn,
+                span,
+                Decision::Miss,
+                report,
+            );
+        }
+        self.lookup_session(parts, body, tracking, learn, span, report)
+    }
+}
+
+impl<S: Clone, St: BindingStore, C: ClassifyResponse> StickySession<S, St, C> {
+    /// Looks the session's binding up and calls the inner service (at once when the
+    /// store answers at once).
+    fn lookup_session<ReqB, ResB>(
+        &mut self,
+        mut parts: Parts,
+        body: ReqB,
+        mut tracking: Tracking<St, C>,
+        learn: Option<LearnCtx<St, C>>,
+        span: Span,
+        report: bool,
+    ) -> ResponseFuture<S, ReqB, St, C>
+    where
+        S: Service<Request<ReqB>, Response = Response<ResB>>,
+        ResB: Body,
+    {
+        let shared = &*self.shared;
+        let mut lookup = shared.core.store.lookup(tracking.key());
         // In-memory stores answer at once: poll once without a real waker and, when the
         // answer is there, call the inner service now (no clone of it is needed).
         let mut noop = Context::from_waker(Waker::noop());
@@ -199,25 +292,114 @@ where
             Poll::Ready(result) => {
                 let (decision, pinned) =
                     apply_lookup(&shared.core, &span, result, &mut parts.extensions, false);
-                let tracking = Tracking::new(self.shared.clone(), key, pinned, is_head);
+                tracking.pinned = pinned;
                 let req = Request::from_parts(parts, body);
                 let fut = self.inner.call(req);
-                ResponseFuture::tracked(fut, tracking, span, decision, report)
+                ResponseFuture::inner(fut, Some(tracking), learn, span, decision, report)
             }
             Poll::Pending => {
                 // A networked store: the inner service is called once the lookup is done.
                 // The request is counted now: its future may be dropped before then.
-                Counters::inc(&counters.deferred_lookups);
-                // Take the service that was polled ready and leave a clone in its place
-                // (see tower's "Be careful when cloning inner services").
-                let clone = self.inner.clone();
-                let svc = std::mem::replace(&mut self.inner, clone);
-                let tracking = Tracking::new(self.shared.clone(), key, None, is_head);
+                Counters::inc(&shared.core.counters().deferred_lookups);
+                let svc = self.take_ready();
                 let req = Request::from_parts(parts, body);
-                ResponseFuture::lookup(lookup, svc, req, tracking, span, report)
+                ResponseFuture::lookup(
+                    lookup,
+                    None,
+                    svc,
+                    req,
+                    Some(tracking),
+                    learn,
+                    span,
+                    Decision::Miss,
+                    report,
+                )
             }
         }
     }
+
+    /// Looks the request's `previous_response_id` up among learned response ids: a hit
+    /// hard-pins the request; a miss goes on to the session's own lookup, if any.
+    /// `decision`: the decision without a hard pin (for a request without a session).
+    #[allow(clippy::too_many_arguments)]
+    fn lookup_response_id<ReqB, ResB>(
+        &mut self,
+        key: BindingKey,
+        mut parts: Parts,
+        body: ReqB,
+        mut tracking: Option<Tracking<St, C>>,
+        learn: Option<LearnCtx<St, C>>,
+        span: Span,
+        decision: Decision,
+        report: bool,
+    ) -> ResponseFuture<S, ReqB, St, C>
+    where
+        S: Service<Request<ReqB>, Response = Response<ResB>>,
+        ResB: Body,
+    {
+        let shared = &*self.shared;
+        let mut lookup = shared.core.store.lookup(&key);
+        let mut noop = Context::from_waker(Waker::noop());
+        let own = tracking.is_some();
+        match Pin::new(&mut lookup).poll(&mut noop) {
+            Poll::Ready(result) => {
+                let ext = &mut parts.extensions;
+                match apply_response_id(&shared.core, &span, result, ext, key, own, false) {
+                    Some(auth) => {
+                        if let Some(t) = tracking.as_mut() {
+                            t.pinned = Some(auth);
+                        }
+                        let req = Request::from_parts(parts, body);
+                        let fut = self.inner.call(req);
+                        ResponseFuture::inner(fut, tracking, learn, span, Decision::Hit, report)
+                    }
+                    None => match tracking {
+                        Some(t) => self.lookup_session(parts, body, t, learn, span, report),
+                        None => {
+                            let req = Request::from_parts(parts, body);
+                            let fut = self.inner.call(req);
+                            ResponseFuture::inner(fut, None, learn, span, decision, report)
+                        }
+                    },
+                }
+            }
+            Poll::Pending => {
+                if own {
+                    // Counted as the request's one lookup, whichever resolves it.
+                    Counters::inc(&shared.core.counters().deferred_lookups);
+                }
+                let svc = self.take_ready();
+                let req = Request::from_parts(parts, body);
+                ResponseFuture::lookup(
+                    lookup,
+                    Some(key),
+                    svc,
+                    req,
+                    tracking,
+                    learn,
+                    span,
+                    decision,
+                    report,
+                )
+            }
+        }
+    }
+
+    /// Takes the service that was polled ready and leaves a clone in its place (see
+    /// tower's "Be careful when cloning inner services").
+    fn take_ready(&mut self) -> S {
+        let clone = self.inner.clone();
+        std::mem::replace(&mut self.inner, clone)
+    }
+}
+
+/// The session a body's signals carry: its session field, else its fingerprint.
+fn body_session(signals: &BodySignals) -> Option<(SessionId, SessionSource)> {
+    if let Some(s) = &signals.session {
+        return Some((s.id.clone(), SessionSource::BodyField(s.field)));
+    }
+    let fp = signals.fingerprint.as_ref()?;
+    Some((fp.clone(), SessionSource::Fingerprint))
 }
 
 fn reject(header: &str, reason: crate::InvalidSessionId, max_len: usize) -> String {

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::extract::InvalidSessionId;
+use crate::types::SessionSourceKind;
 
 /// Why a binding was cleared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -72,6 +73,10 @@ pub(crate) struct Counters {
     pub(crate) clear_attempts: [AtomicU64; 4],
     pub(crate) cleared: AtomicU64,
     pub(crate) store_errors: AtomicU64,
+    pub(crate) sources: [AtomicU64; 5],
+    pub(crate) hard_pins: AtomicU64,
+    pub(crate) response_ids_unknown: AtomicU64,
+    pub(crate) response_ids_learned: AtomicU64,
 }
 
 impl Counters {
@@ -86,6 +91,11 @@ impl Counters {
 
     pub(crate) fn clear_attempt(&self, reason: ClearReason) {
         Self::inc(&self.clear_attempts[reason.index()]);
+    }
+
+    #[inline]
+    pub(crate) fn source(&self, kind: SessionSourceKind) {
+        Self::inc(&self.sources[kind.index()]);
     }
 }
 
@@ -138,6 +148,10 @@ impl Stats {
             clear_attempts: ClearReason::ALL.map(|r| (r, get(&c.clear_attempts[r.index()]))),
             cleared: get(&c.cleared),
             store_errors: get(&c.store_errors),
+            sources: SessionSourceKind::ALL.map(|k| (k, get(&c.sources[k.index()]))),
+            hard_pins: get(&c.hard_pins),
+            response_ids_unknown: get(&c.response_ids_unknown),
+            response_ids_learned: get(&c.response_ids_learned),
         }
     }
 }
@@ -156,6 +170,15 @@ impl std::fmt::Debug for Stats {
 ///
 /// - `requests == no_session + invalid_total() + explicit_pins + lookups`
 /// - `lookups == hits + misses + unresolved`
+///
+/// A request is classed by its *own* session (header, body field, fingerprint, session
+/// function). With [response-id learning](crate::StickySessionLayer::learn_response_ids)
+/// on, a request whose `previous_response_id` is looked up counts that lookup in
+/// `hard_pins` or `response_ids_unknown`; with a session of its own, the request is one
+/// lookup (a hard pin is its hit; an unknown id goes on to the session's lookup, which
+/// decides hit or miss); without one, it stays under `no_session` (or `invalid`) even when
+/// hard pinned, and its [`SessionSource::ResponseId`](crate::SessionSource::ResponseId)
+/// is counted in `sources`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StatsSnapshot {
@@ -188,6 +211,18 @@ pub struct StatsSnapshot {
     pub cleared: u64,
     /// Store operations that failed (the request was served unsticky).
     pub store_errors: u64,
+    /// Requests with a valid session id, by where it came from (the
+    /// [`SessionSource`](crate::SessionSource) the layer inserted). Each such request is
+    /// counted once, whatever the store said.
+    pub sources: [(SessionSourceKind, u64); 5],
+    /// Requests pinned by a learned `previous_response_id` ([`HardPin`](crate::HardPin)).
+    /// Those with a session of their own are also counted in `hits`.
+    pub hard_pins: u64,
+    /// Requests whose `previous_response_id` was looked up and not found among learned
+    /// response ids (they fell back to the other sources).
+    pub response_ids_unknown: u64,
+    /// Response ids learned (committed as `resp_… → account`) from successful responses.
+    pub response_ids_learned: u64,
 }
 
 impl StatsSnapshot {
@@ -204,6 +239,11 @@ impl StatsSnapshot {
     /// Clear attempts of one reason.
     pub fn clear_attempts(&self, reason: ClearReason) -> u64 {
         self.clear_attempts[reason.index()].1
+    }
+
+    /// Requests whose session came from one kind of source.
+    pub fn sessions_from(&self, kind: SessionSourceKind) -> u64 {
+        self.sources[kind.index()].1
     }
 }
 

@@ -164,16 +164,73 @@ impl fmt::Debug for Scope {
 /// receive it by reference and derive their own fixed-size key from it (the in-memory
 /// store a keyed 64-bit hash, the Redis store a cryptographic digest), so raw session ids
 /// are never kept.
+///
+/// A key is either a session's key ([`BindingKey::new`]) or a learned response id's
+/// ([`BindingKey::response_id`]): the two are separate namespaces in every store, so a
+/// client that sends a session id equal to a learned `resp_…` string never reads or
+/// overwrites the response id's binding.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct BindingKey {
     scope: Option<Scope>,
     session: SessionId,
+    kind: KeyKind,
+}
+
+/// Which namespace a [`BindingKey`] belongs to.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum KeyKind {
+    Session,
+    ResponseId,
+}
+
+impl KeyKind {
+    /// The first byte of the key's encoding: 0/1 (no scope / scope) for sessions, as
+    /// before response ids existed (so existing Redis keys stay valid), 2/3 for
+    /// response ids.
+    #[inline]
+    fn marker(self, scoped: bool) -> u8 {
+        let base = match self {
+            KeyKind::Session => 0,
+            KeyKind::ResponseId => 2,
+        };
+        base + u8::from(scoped)
+    }
 }
 
 impl BindingKey {
     /// A key for `session` under an optional `scope`.
     pub fn new(scope: Option<Scope>, session: SessionId) -> Self {
-        Self { scope, session }
+        Self {
+            scope,
+            session,
+            kind: KeyKind::Session,
+        }
+    }
+
+    /// The key of a learned Responses API id (`resp_…`) under an optional `scope`: which
+    /// account created that response (see
+    /// [`StickySessionLayer::learn_response_ids`](crate::StickySessionLayer::learn_response_ids)).
+    /// Never equal to, and never hashed like, a session's key with the same string.
+    ///
+    /// ```
+    /// use tower_sticky_session::{BindingKey, SessionId};
+    ///
+    /// let id = SessionId::new("resp_123").unwrap();
+    /// let learned = BindingKey::response_id(None, id.clone());
+    /// assert!(learned.is_response_id());
+    /// assert_ne!(learned, BindingKey::new(None, id));
+    /// ```
+    pub fn response_id(scope: Option<Scope>, id: SessionId) -> Self {
+        Self {
+            scope,
+            session: id,
+            kind: KeyKind::ResponseId,
+        }
+    }
+
+    /// Whether this is a learned response id's key rather than a session's.
+    pub fn is_response_id(&self) -> bool {
+        self.kind == KeyKind::ResponseId
     }
 
     /// The scope, if the layer was configured with one and it applied to the request.
@@ -187,16 +244,13 @@ impl BindingKey {
     }
 
     /// Feeds the key into a hasher in an unambiguous encoding: a scope marker and length
-    /// prefix keep `("a", "bc")` and `("ab", "c")` apart, and "no scope" apart from an
-    /// empty scope.
+    /// prefix keep `("a", "bc")` and `("ab", "c")` apart, "no scope" apart from an
+    /// empty scope, and a session apart from a learned response id.
     pub fn hash_into(&self, state: &mut impl std::hash::Hasher) {
-        match &self.scope {
-            None => state.write_u8(0),
-            Some(s) => {
-                state.write_u8(1);
-                state.write_usize(s.0.len());
-                state.write(&s.0);
-            }
+        state.write_u8(self.kind.marker(self.scope.is_some()));
+        if let Some(s) = &self.scope {
+            state.write_usize(s.0.len());
+            state.write(&s.0);
         }
         let id = self.session.as_str().as_bytes();
         state.write_usize(id.len());
@@ -209,13 +263,10 @@ impl BindingKey {
         let id = self.session.as_str().as_bytes();
         let scope_len = self.scope.as_ref().map_or(0, |s| s.0.len());
         let mut out = Vec::with_capacity(18 + scope_len + id.len());
-        match &self.scope {
-            None => out.push(0),
-            Some(s) => {
-                out.push(1);
-                out.extend_from_slice(&(s.0.len() as u64).to_be_bytes());
-                out.extend_from_slice(&s.0);
-            }
+        out.push(self.kind.marker(self.scope.is_some()));
+        if let Some(s) = &self.scope {
+            out.extend_from_slice(&(s.0.len() as u64).to_be_bytes());
+            out.extend_from_slice(&s.0);
         }
         out.extend_from_slice(&(id.len() as u64).to_be_bytes());
         out.extend_from_slice(id);
@@ -225,9 +276,178 @@ impl BindingKey {
 
 impl fmt::Debug for BindingKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BindingKey")
-            .field("scope", &self.scope)
-            .field("session", &self.session)
-            .finish()
+        let mut d = f.debug_struct("BindingKey");
+        d.field("scope", &self.scope)
+            .field("session", &self.session);
+        if self.is_response_id() {
+            d.field("response_id", &true);
+        }
+        d.finish()
+    }
+}
+
+/// Request extension: where the request's [`SessionId`] came from.
+///
+/// Inserted by the layer next to `SessionId`; also the `source` field of the layer's
+/// tracing span and the label of [`StatsSnapshot::sources`](crate::StatsSnapshot::sources).
+/// Sources are tried in this order, first valid one wins: a learned response id (only
+/// when it pins the request and the request has no session of its own), the headers
+/// (or the session function), the body's session field, the body's fingerprint.
+///
+/// ```
+/// use http::HeaderName;
+/// use tower_sticky_session::SessionSource;
+///
+/// let s = SessionSource::Header(HeaderName::from_static("x-claude-code-session-id"));
+/// assert_eq!(s.to_string(), "header:x-claude-code-session-id");
+/// assert_eq!(SessionSource::BodyField("prompt_cache_key").to_string(), "body:prompt_cache_key");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SessionSource {
+    /// A request header, by name.
+    Header(http::HeaderName),
+    /// A JSON body field read by [`SessionFromBodyLayer`](crate::SessionFromBodyLayer),
+    /// one of [`BODY_FIELDS`](crate::body_session::BODY_FIELDS).
+    BodyField(&'static str),
+    /// The body's `previous_response_id`, learned from a response of the account it now
+    /// pins to ([`HardPin`]). Only for a request with no session of its own; a request
+    /// with one keeps that session's source and carries [`HardPin`].
+    ResponseId,
+    /// The conversation fingerprint computed by
+    /// [`SessionFromBodyLayer::fingerprint`](crate::SessionFromBodyLayer::fingerprint).
+    Fingerprint,
+    /// The layer's [`session_fn`](crate::StickySessionLayer::session_fn).
+    Function,
+}
+
+impl SessionSource {
+    /// The kind of source, without its detail (a stats label).
+    pub fn kind(&self) -> SessionSourceKind {
+        match self {
+            Self::Header(_) => SessionSourceKind::Header,
+            Self::BodyField(_) => SessionSourceKind::BodyField,
+            Self::ResponseId => SessionSourceKind::ResponseId,
+            Self::Fingerprint => SessionSourceKind::Fingerprint,
+            Self::Function => SessionSourceKind::Function,
+        }
+    }
+}
+
+impl fmt::Display for SessionSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Header(h) => write!(f, "header:{}", h.as_str()),
+            Self::BodyField(field) => write!(f, "body:{field}"),
+            other => f.write_str(other.kind().as_str()),
+        }
+    }
+}
+
+/// The kind of a [`SessionSource`]: what [`StatsSnapshot::sources`](crate::StatsSnapshot::sources)
+/// counts by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SessionSourceKind {
+    /// [`SessionSource::Header`].
+    Header,
+    /// [`SessionSource::BodyField`].
+    BodyField,
+    /// [`SessionSource::ResponseId`].
+    ResponseId,
+    /// [`SessionSource::Fingerprint`].
+    Fingerprint,
+    /// [`SessionSource::Function`].
+    Function,
+}
+
+impl SessionSourceKind {
+    /// All kinds, in a fixed order.
+    pub const ALL: [SessionSourceKind; 5] = [
+        Self::Header,
+        Self::BodyField,
+        Self::ResponseId,
+        Self::Fingerprint,
+        Self::Function,
+    ];
+
+    /// A short machine-readable name (`header`, `body`, `response_id`, `fingerprint`,
+    /// `function`), used as a metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Header => "header",
+            Self::BodyField => "body",
+            Self::ResponseId => "response_id",
+            Self::Fingerprint => "fingerprint",
+            Self::Function => "function",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Self::Header => 0,
+            Self::BodyField => 1,
+            Self::ResponseId => 2,
+            Self::Fingerprint => 3,
+            Self::Function => 4,
+        }
+    }
+}
+
+impl fmt::Display for SessionSourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Request extension: the request's [`PinnedAuth`] is a *hard* pin.
+///
+/// Inserted next to `PinnedAuth` when the pin comes from a learned
+/// `previous_response_id` (see
+/// [`StickySessionLayer::learn_response_ids`](crate::StickySessionLayer::learn_response_ids)):
+/// the response it continues lives only on the pinned account, so another account would
+/// answer "not found". The inner service must serve the request with the pinned account
+/// or not at all — no failover to another account. (A pinned account that is down or
+/// rate limited cannot resolve the chain either; the client sees its error.)
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HardPin;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_key_encoding_is_unchanged_and_response_ids_are_apart() {
+        let id = SessionId::new("resp_1").unwrap();
+        let session = BindingKey::new(None, id.clone());
+        let mut expected = vec![0u8];
+        expected.extend_from_slice(&6u64.to_be_bytes());
+        expected.extend_from_slice(b"resp_1");
+        assert_eq!(session.encode(), expected, "existing Redis keys stay valid");
+        let learned = BindingKey::response_id(None, id.clone());
+        assert_eq!(learned.encode()[0], 2);
+        assert_eq!(learned.encode()[1..], session.encode()[1..]);
+        let scoped = BindingKey::response_id(Some(Scope::from_static("p")), id.clone());
+        assert_eq!(scoped.encode()[0], 3);
+        assert_eq!(
+            BindingKey::new(Some(Scope::from_static("p")), id).encode()[0],
+            1
+        );
+    }
+
+    #[test]
+    fn response_id_keys_hash_apart_from_session_keys() {
+        use std::hash::{BuildHasher, Hasher};
+        let state = std::hash::RandomState::new();
+        let digest = |k: &BindingKey| {
+            let mut h = state.build_hasher();
+            k.hash_into(&mut h);
+            h.finish()
+        };
+        let id = SessionId::new("resp_1").unwrap();
+        assert_ne!(
+            digest(&BindingKey::new(None, id.clone())),
+            digest(&BindingKey::response_id(None, id))
+        );
     }
 }

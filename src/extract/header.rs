@@ -7,6 +7,7 @@ use http::request::Parts;
 use http::{HeaderName, HeaderValue};
 
 use super::{InvalidSessionId, SessionId, validate};
+use crate::types::SessionSource;
 
 /// A user function that finds the raw session id in the request parts.
 pub(crate) type SessionFn = Arc<dyn Fn(&Parts) -> Option<HeaderValue> + Send + Sync>;
@@ -53,6 +54,15 @@ fn escaped_prefix(bytes: &[u8]) -> String {
 
 impl Source {
     pub(crate) fn extract(&self, parts: &Parts, max_len: usize) -> Found {
+        self.extract_sourced(parts, max_len).0
+    }
+
+    /// What the request carries, and for a valid id where it came from.
+    pub(crate) fn extract_sourced(
+        &self,
+        parts: &Parts,
+        max_len: usize,
+    ) -> (Found, Option<SessionSource>) {
         match self {
             Source::Headers(names) => {
                 let mut first_invalid = None;
@@ -69,7 +79,12 @@ impl Source {
                         validate(first.as_bytes(), max_len)
                     };
                     match result {
-                        Ok(()) => return Found::Valid(SessionId(first.clone())),
+                        Ok(()) => {
+                            return (
+                                Found::Valid(SessionId(first.clone())),
+                                Some(SessionSource::Header(name.clone())),
+                            );
+                        }
                         Err(reason) => {
                             if first_invalid.is_none() {
                                 first_invalid = Some(Found::Invalid {
@@ -81,17 +96,20 @@ impl Source {
                         }
                     }
                 }
-                first_invalid.unwrap_or(Found::None)
+                (first_invalid.unwrap_or(Found::None), None)
             }
             Source::Fn(f) => match f(parts) {
-                None => Found::None,
+                None => (Found::None, None),
                 Some(v) => match validate(v.as_bytes(), max_len) {
-                    Ok(()) => Found::Valid(SessionId(v)),
-                    Err(reason) => Found::Invalid {
-                        reason,
-                        header: None,
-                        value: v,
-                    },
+                    Ok(()) => (Found::Valid(SessionId(v)), Some(SessionSource::Function)),
+                    Err(reason) => (
+                        Found::Invalid {
+                            reason,
+                            header: None,
+                            value: v,
+                        },
+                        None,
+                    ),
                 },
             },
         }

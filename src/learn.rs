@@ -1,0 +1,129 @@
+//! Response-id learning: which account created which Responses API response.
+//!
+//! See [`StickySessionLayer::learn_response_ids`](crate::StickySessionLayer::learn_response_ids).
+//! The response side gets a [`Learner`] on a success with `ServedBy`; the body feeds it
+//! its data frames until it has found the id, found none, or given up.
+
+use std::io::IoSlice;
+use std::sync::Arc;
+
+use bytes::Buf;
+use http::{HeaderValue, Response};
+use tracing::Span;
+
+use crate::body_session::{ResponseIdScan, find_response_id};
+use crate::classify::{ClassifyResponse, ResponseClass};
+use crate::core::{Core, StoreOp};
+use crate::extract::SessionId;
+use crate::layer::Shared;
+use crate::store::BindingStore;
+use crate::types::{AuthId, BindingKey, Scope, ServedBy};
+
+/// The most of a body's first bytes kept when its first frame ends before the id (a
+/// `response.created` event split across frames). Past it, nothing is learned.
+pub(crate) const MAX_PREFIX: usize = 8 * 1024;
+
+/// The longest id learned (the same bound as [`find_response_id`]'s).
+const MAX_ID_LEN: usize = 256;
+
+/// What the request side hands the response side when learning is on.
+pub(crate) struct LearnCtx<St, C> {
+    pub(crate) shared: Arc<Shared<St, C>>,
+    pub(crate) scope: Option<Scope>,
+}
+
+impl<St, C: ClassifyResponse> LearnCtx<St, C> {
+    /// A learner for a success that the inner service says `ServedBy` served.
+    pub(crate) fn learner<B>(self, res: &Response<B>, span: &Span) -> Option<Box<Learner<St>>> {
+        let served = res.extensions().get::<ServedBy>()?;
+        if self.shared.classifier.classify(res.status(), res.headers()) != ResponseClass::Success {
+            return None;
+        }
+        Some(Box::new(Learner {
+            core: self.shared.core.clone(),
+            scope: self.scope,
+            served: served.0.clone(),
+            span: span.clone(),
+            prefix: Vec::new(),
+        }))
+    }
+}
+
+/// Looks for the response id in a success's first data frames.
+pub(crate) struct Learner<St> {
+    core: Arc<Core<St>>,
+    scope: Option<Scope>,
+    served: AuthId,
+    span: Span,
+    /// The body's first bytes, kept only once the first frame ended before the answer.
+    prefix: Vec<u8>,
+}
+
+/// What one data frame told a [`Learner`].
+pub(crate) enum Fed<St: BindingStore> {
+    /// No answer yet: feed the next data frame.
+    More,
+    /// Nothing to learn (no id where one is looked for, or the bound was reached).
+    Done,
+    /// The id: its commit, to finish before the frame is handed on.
+    Learned(StoreOp<St>),
+}
+
+impl<St: BindingStore> Learner<St> {
+    /// Scans the body's next data frame. The first frame is scanned in place; only if it
+    /// ends before the answer are bytes copied (at most [`MAX_PREFIX`] in all).
+    pub(crate) fn feed(&mut self, data: &impl Buf) -> Fed<St> {
+        let chunk = data.chunk();
+        if self.prefix.is_empty() && chunk.len() == data.remaining() {
+            match find_response_id(chunk) {
+                ResponseIdScan::Found(id) => return self.learned(id),
+                ResponseIdScan::Absent => return Fed::Done,
+                ResponseIdScan::NeedMore if chunk.len() >= MAX_PREFIX => return Fed::Done,
+                ResponseIdScan::NeedMore => {}
+            }
+        }
+        let room = MAX_PREFIX - self.prefix.len();
+        let mut slices = [IoSlice::new(&[]); 16];
+        let n = data.chunks_vectored(&mut slices);
+        let mut copied = 0;
+        for s in &slices[..n] {
+            let take = s.len().min(room - copied);
+            self.prefix.extend_from_slice(&s[..take]);
+            copied += take;
+            if copied == room {
+                break;
+            }
+        }
+        if copied < room && copied < data.remaining() {
+            // More chunks than the slices could show: the prefix would have a hole.
+            return Fed::Done;
+        }
+        let found = match find_response_id(&self.prefix) {
+            ResponseIdScan::Found(id) => Some(id_of(id)),
+            ResponseIdScan::Absent => None,
+            ResponseIdScan::NeedMore if self.prefix.len() >= MAX_PREFIX => None,
+            ResponseIdScan::NeedMore => return Fed::More,
+        };
+        match found.flatten() {
+            Some(id) => self.commit(id),
+            None => Fed::Done,
+        }
+    }
+
+    fn learned(&mut self, id: &str) -> Fed<St> {
+        match id_of(id) {
+            Some(id) => self.commit(id),
+            None => Fed::Done,
+        }
+    }
+
+    fn commit(&mut self, id: SessionId) -> Fed<St> {
+        let key = BindingKey::response_id(self.scope.take(), id);
+        Fed::Learned(StoreOp::learn(&self.core, &key, &self.served, &self.span))
+    }
+}
+
+/// The id as a `SessionId` (a copy of its few bytes, not of the frame).
+fn id_of(id: &str) -> Option<SessionId> {
+    SessionId::from_header_value(HeaderValue::from_str(id).ok()?, MAX_ID_LEN).ok()
+}
