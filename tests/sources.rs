@@ -506,3 +506,17 @@ async fn deferred_store_learned_response_id_beats_the_session_and_unknown_falls_
     assert_eq!(s.unresolved, 0);
     assert_eq!(s.requests, 3);
 }
+
+#[tokio::test]
+async fn openai_sdk_fixture_with_a_learned_previous_response_id_is_hard_pinned() {
+    let st = default_stack();
+    let body = include_str!("fixtures/clients/openai_responses_previous.json");
+    learn(&st.store, "resp_68af4c1e2b3c8190a1b2c3d4e5f60718", "a");
+    let seen = send(&st, post(&[], body)).await;
+    assert_eq!(seen.pinned.as_deref(), Some("a"));
+    assert!(seen.hard);
+    // Codex sends its session both as a header and as prompt_cache_key: the header wins.
+    let body = include_str!("fixtures/clients/codex_current.json");
+    let seen = send(&st, post(&[("session-id", "codex-hdr")], body)).await;
+    assert_eq!(seen.source, header("session-id"));
+}
