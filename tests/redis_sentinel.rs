@@ -48,7 +48,11 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let primary = RedisServer::start();
+    // No 5 s wait for more replicas before the first sync (Redis 7's default).
+    let primary = RedisServer::start_with(
+        RedisServer::unused_port(),
+        &["--repl-diskless-sync-delay", "0"],
+    );
     let replica = RedisServer::start_with(
         RedisServer::unused_port(),
         &["--replicaof", "127.0.0.1", &primary.port().to_string()],

@@ -40,6 +40,17 @@ fn assert_breaker_never_opened(stats: &RedisStoreStats) {
     assert_eq!(stats.errors, 0, "connection errors: {stats:?}");
 }
 
+fn used_memory(server: &RedisServer) -> u64 {
+    server
+        .command(&["INFO", "memory"])
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .expect("used_memory in INFO")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 fn account(i: usize) -> AuthId {
     AuthId::from(format!("acct-{}", i % 3))
 }
@@ -105,14 +116,7 @@ async fn full_redis_under_noeviction_keeps_existing_bindings_and_never_opens_the
 
     // Leave Redis about 64 KiB (a few hundred bindings): an empty Redis 7 already uses
     // about 0.9 MB, so a fixed `maxmemory 1mb` would leave a varying, tiny headroom.
-    let info = server.command(&["INFO", "memory"]);
-    let used: u64 = info
-        .lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .expect("used_memory in INFO")
-        .trim()
-        .parse()
-        .unwrap();
+    let used = used_memory(&server);
     server.command(&[
         "CONFIG",
         "SET",
@@ -142,6 +146,10 @@ async fn full_redis_under_noeviction_keeps_existing_bindings_and_never_opens_the
         }
         next += 100;
     }
+    // Keep it full with a wide margin: Redis shrinks its clients' buffers once the flood
+    // is over (tens of KiB), and a dip under `maxmemory` would let writes through.
+    let used = used_memory(&server);
+    server.command(&["CONFIG", "SET", "maxmemory", &(used / 2).to_string()]);
     let stats = store.stats();
     assert!(stats.oom_errors >= 300, "{stats:?}");
     assert_eq!(stats.server_errors, stats.oom_errors, "{stats:?}");
@@ -185,7 +193,11 @@ async fn full_redis_under_noeviction_keeps_existing_bindings_and_never_opens_the
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_replica_refuses_writes_serves_reads_and_keeps_the_breaker_closed() {
-    let primary = RedisServer::start();
+    // No 5 s wait for more replicas before the first sync (Redis 7's default).
+    let primary = RedisServer::start_with(
+        RedisServer::unused_port(),
+        &["--repl-diskless-sync-delay", "0"],
+    );
     let replica = RedisServer::start_with(
         RedisServer::unused_port(),
         &["--replicaof", "127.0.0.1", &primary.port().to_string()],
