@@ -143,7 +143,11 @@ const SET_UNLESS_FRESH_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] 
 /// connection to it fails or it answers `READONLY`, `LOADING` or `MASTERDOWN` — which
 /// is what a failover looks like from a client: Sentinel cuts the old primary's clients
 /// and turns it into a replica. Until the new primary is found, requests are served
-/// without stickiness as in any outage (timeouts, breaker). Bindings written after the
+/// without stickiness as in any outage (timeouts, breaker). Because a forced failover
+/// leaves the old primary accepting writes until Sentinel reconfigures it (up to 10 s),
+/// the store also asks Sentinel once a second which node is the primary (one query to
+/// a sentinel and redis-rs's `ROLE` check on the primary, on a short-lived connection)
+/// and reconnects when the answer changes. Bindings written after the
 /// failover are shared again as soon as the replicas reach the new primary
 /// (RELIABILITY.md has the measured time); bindings the old primary had not replicated
 /// yet are lost, which costs those sessions one unsticky request.
