@@ -255,3 +255,66 @@ async fn primary_killed_under_load_fails_no_request_and_stickiness_returns_after
     assert!(slowest < HANG_GUARD, "a request took {slowest:?}");
     assert!(sent.load(Ordering::Relaxed) > 100);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_near_cache_follows_another_replicas_rebind_promptly() {
+    let cluster = RedisCluster::start(2000);
+    let replica = || {
+        RedisStore::builder(&cluster.url())
+            .timeout(Duration::from_millis(500))
+            // Far longer than the test: following a move means Redis told us.
+            .near_cache(Duration::from_secs(60), 1000)
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (replica(), replica());
+    wait_connected(&a).await;
+    wait_connected(&b).await;
+    // Sessions on every primary.
+    let keys: Vec<_> = (0..12).map(|i| key(&format!("near-{i}"))).collect();
+    for k in &keys {
+        a.commit(k, &AuthId::from("acct-0")).await.unwrap();
+        assert_eq!(b.lookup(k).await.unwrap(), Some(AuthId::from("acct-0")));
+    }
+    assert!(b.stats().near_tracking, "{:?}", b.stats());
+    let hits = b.stats().near_hits;
+    for k in &keys {
+        assert_eq!(b.lookup(k).await.unwrap(), Some(AuthId::from("acct-0")));
+    }
+    assert_eq!(
+        b.stats().near_hits,
+        hits + keys.len() as u64,
+        "answered locally"
+    );
+
+    let mut lags = Vec::new();
+    for round in 1..=5 {
+        let next = AuthId::from(format!("acct-{round}"));
+        for k in &keys {
+            a.commit(k, &next).await.unwrap();
+            let moved = Instant::now();
+            loop {
+                if b.lookup(k).await.unwrap().as_ref() == Some(&next) {
+                    break;
+                }
+                assert!(
+                    moved.elapsed() < Duration::from_secs(2),
+                    "B did not follow a move: {:?}",
+                    b.stats()
+                );
+                tokio::time::sleep(Duration::from_micros(100)).await;
+            }
+            lags.push(moved.elapsed());
+        }
+    }
+    lags.sort();
+    eprintln!(
+        "cluster near-cache invalidation lag over {} moves: p50 {:?}, p99 {:?}, max {:?}; B: {:?}",
+        lags.len(),
+        lags[lags.len() / 2],
+        lags[(lags.len() * 99 / 100).min(lags.len() - 1)],
+        lags[lags.len() - 1],
+        b.stats()
+    );
+    assert!(b.stats().near_invalidations >= 60, "{:?}", b.stats());
+}

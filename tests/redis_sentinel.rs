@@ -91,6 +91,7 @@ async fn sentinel_store_finds_the_primary_and_shares_bindings() {
     .build()
     .unwrap();
     let b = RedisStore::sentinel_builder([s.sentinel.url()], MASTER)
+        .near_cache(Duration::from_secs(60), 100)
         .build()
         .unwrap();
     wait_connected(&a).await;
@@ -101,6 +102,16 @@ async fn sentinel_store_finds_the_primary_and_shares_bindings() {
     // Written to the primary, replicated to the replica.
     assert_eq!(s.primary.command(&["GET", &a.redis_key(&k)]), "acct-1\n");
     let _ = &s.replica;
+
+    // B's near cache is told by the primary when A moves the session.
+    assert_eq!(b.lookup(&k).await.unwrap(), Some(AuthId::from("acct-1")));
+    assert!(b.stats().near_tracking, "{:?}", b.stats());
+    a.commit(&k, &AuthId::from("acct-2")).await.unwrap();
+    eventually(Duration::from_secs(2), "B follows the move", || async {
+        (b.lookup(&k).await.unwrap() == Some(AuthId::from("acct-2"))).then_some(())
+    })
+    .await;
+    assert!(b.stats().near_invalidations >= 1, "{:?}", b.stats());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,9 @@ use ::redis::aio::{
 };
 use ::redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
 use ::redis::cluster_async::ClusterConnection;
-use ::redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use ::redis::cluster_routing::{
+    MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo, SingleNodeRoutingInfo,
+};
 use ::redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use ::redis::{AsyncConnectionConfig, IntoConnectionInfo};
 use ::redis::{Client, Cmd, Pipeline, ProtocolVersion, PushInfo, RedisError, RedisFuture, Value};
@@ -209,7 +211,7 @@ impl Spec {
                 node,
             } => sentinel_target(sentinels, master, node, limits, push, on_new),
             Spec::Url(url) if url.starts_with(CLUSTER_SCHEME) => {
-                cluster_target(&split_cluster_url(url)?, limits)
+                cluster_target(&split_cluster_url(url)?, limits, push)
             }
             Spec::Url(url) => {
                 let mut client =
@@ -235,7 +237,7 @@ impl Spec {
                 }
                 Ok((Target::Single { client, config }, addr))
             }
-            Spec::Cluster(nodes) => cluster_target(nodes, limits),
+            Spec::Cluster(nodes) => cluster_target(nodes, limits, push),
         }
     }
 }
@@ -337,7 +339,11 @@ fn sentinel_target(
     ))
 }
 
-fn cluster_target(nodes: &[String], limits: Limits) -> Result<(Target, String), String> {
+fn cluster_target(
+    nodes: &[String],
+    limits: Limits,
+    push: Option<impl Fn(PushInfo) -> Result<(), Infallible> + Send + Sync + 'static>,
+) -> Result<(Target, String), String> {
     if nodes.is_empty() {
         return Err("invalid Redis Cluster: no seed node".into());
     }
@@ -347,7 +353,15 @@ fn cluster_target(nodes: &[String], limits: Limits) -> Result<(Target, String), 
             .map_err(|e| format!("invalid Redis Cluster node URL: {e}"))?;
         addrs.push(info.addr().to_string());
     }
-    let client = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+    let mut builder = ClusterClientBuilder::new(nodes.iter().map(String::as_str));
+    let mut config = ClusterConfig::new()
+        .set_connection_timeout(limits.connect)
+        .set_response_timeout(limits.response);
+    if let Some(push) = push {
+        builder = builder.use_protocol(ProtocolVersion::RESP3);
+        config = config.set_push_sender(push);
+    }
+    let client = builder
         // A MOVED after a failover or a resharding is one retry; more would only run
         // into the call's own time limit.
         .retries(2)
@@ -357,9 +371,6 @@ fn cluster_target(nodes: &[String], limits: Limits) -> Result<(Target, String), 
         .response_timeout(limits.response)
         .build()
         .map_err(|e| format!("invalid Redis Cluster settings: {e}"))?;
-    let config = ClusterConfig::new()
-        .set_connection_timeout(limits.connect)
-        .set_response_timeout(limits.response);
     Ok((
         Target::Cluster { client, config },
         format!("cluster {}", addrs.join(",")),
@@ -408,6 +419,26 @@ impl Conn {
                 .route_command(cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
                 .await
                 .map(drop),
+        }
+    }
+
+    /// `CLIENT TRACKING ON NOLOOP` on every node of a Cluster (each node tracks the keys
+    /// read from it), or on the one connection otherwise.
+    pub(super) async fn enable_tracking(&mut self) -> Result<(), RedisError> {
+        let mut cmd = Cmd::new();
+        cmd.arg("CLIENT").arg("TRACKING").arg("ON").arg("NOLOOP");
+        match self {
+            Conn::Cluster(c) => c
+                .route_command(
+                    cmd,
+                    RoutingInfo::MultiNode((
+                        MultipleNodeRoutingInfo::AllNodes,
+                        Some(ResponsePolicy::AllSucceeded),
+                    )),
+                )
+                .await
+                .map(drop),
+            _ => cmd.query_async::<()>(self).await,
         }
     }
 

@@ -39,6 +39,9 @@ pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
 /// Default minimum interval between two fault warnings in the log: 10 seconds.
 pub const DEFAULT_FAULT_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How often a Cluster-mode store turns tracking on again on every node.
+const CLUSTER_TRACKING_REFRESH: Duration = Duration::from_secs(5);
+
 /// Version of the key layout, part of every key: a change of hashing or encoding gets a
 /// new version, so replicas of two versions never misread each other's bindings.
 const KEY_VERSION: &str = "v1:";
@@ -158,7 +161,7 @@ const SET_UNLESS_FRESH_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] 
 /// [`MokaStore`](crate::store::MokaStore) in front of Redis: a lookup it answers costs no
 /// round trip. Entries are filled from Redis lookups only and never renewed locally.
 ///
-/// **Invalidation by Redis** (on by default for one node; Redis ≥ 6 or Valkey): the
+/// **Invalidation by Redis** (on by default, in every mode; Redis ≥ 6 or Valkey): the
 /// connection speaks RESP3, and the first lookup on each connection turns on
 /// server-assisted client-side caching (`CLIENT TRACKING ON NOLOOP`, in the same round
 /// trip as its `GET`). Redis then remembers which bindings this replica read and pushes
@@ -173,9 +176,15 @@ const SET_UNLESS_FRESH_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] 
 /// When the channel is down (connection lost, Redis restarting) or Redis refuses
 /// `CLIENT TRACKING`, entries live for the near cache's TTL, as without invalidation, and
 /// tracking resumes with the first lookup on the next connection. So keep the TTL one you
-/// would accept as the worst case (seconds). In a Cluster, or with
-/// [`near_cache_invalidation(false)`](RedisStoreBuilder::near_cache_invalidation), the
+/// would accept as the worst case (seconds). With
+/// [`near_cache_invalidation(false)`](RedisStoreBuilder::near_cache_invalidation) the
 /// TTL is the only bound. [`RedisStoreStats::near_tracking`] says which applies now.
+///
+/// In a Cluster each node tracks the keys read from it and pushes its own
+/// invalidations. Tracking is turned on on every node (one round trip routed to all
+/// nodes) on the first lookup and again every 5 s, because the cluster client opens
+/// connections to new nodes (after a failover or a resharding) on its own; keys read
+/// from such a node in between are bounded by the TTL.
 ///
 /// Locally, a commit that changes a session's account drops the local entry; a clear
 /// runs in Redis first, then in the local tier, and stops in-flight lookups from
@@ -337,9 +346,8 @@ impl RedisStoreBuilder {
     }
 
     /// Whether Redis itself tells the near cache when a binding it holds changes
-    /// (RESP3 `CLIENT TRACKING`; default on, one node or Sentinel; Redis ≥ 6 or Valkey).
-    /// Off, or in a Cluster, entries live for the near cache's TTL. See "Near cache" on
-    /// [`RedisStore`].
+    /// (RESP3 `CLIENT TRACKING`; default on, in every mode; Redis ≥ 6 or Valkey). Off,
+    /// entries live for the near cache's TTL. See "Near cache" on [`RedisStore`].
     pub fn near_cache_invalidation(mut self, on: bool) -> Self {
         self.near_invalidation = on;
         self
@@ -359,7 +367,16 @@ impl RedisStoreBuilder {
         let runtime = Handle::try_current().map_err(|_| {
             config_error("RedisStore::build must be called inside a Tokio runtime".into())
         })?;
-        let tracking = self.near_invalidation && !self.spec.is_cluster();
+        let tracking = self.near_invalidation.then(|| {
+            // A Cluster client opens connections to new nodes on its own (a failover, a
+            // resharding) without telling us: tracking is turned on again on every node
+            // every few seconds. One node, Sentinel: only after a reconnect.
+            if self.spec.is_cluster() {
+                Some(CLUSTER_TRACKING_REFRESH)
+            } else {
+                None
+            }
+        });
         let near = self
             .near
             .map(|(ttl, max)| Arc::new(Near::new(ttl, max, tracking)));
@@ -502,9 +519,8 @@ pub struct RedisStoreStats {
     /// (`CLIENT TRACKING` invalidations).
     pub near_invalidations: u64,
     /// Whether Redis is telling the near cache about changes now (tracking on for the
-    /// current connection). `false` without a near cache, in a Cluster, with
-    /// invalidation turned off, or while the channel is down: entries then live for the
-    /// near cache's TTL.
+    /// current connection). `false` without a near cache, with invalidation turned off,
+    /// or while the channel is down: entries then live for the near cache's TTL.
     pub near_tracking: bool,
 }
 
@@ -886,6 +902,18 @@ impl Inner {
         let Some(near) = &self.near else {
             return Ok(None);
         };
+        if self.target.is_cluster() {
+            // Routed to every node: a separate round trip, once per refresh interval.
+            match self.request(conn.enable_tracking()).await {
+                Ok(()) => near.tracking_enabled(),
+                Err(e) => {
+                    tracing::debug!(redis = %self.addr, error = %e, "sticky session store: cannot turn on CLIENT TRACKING on every node");
+                }
+            }
+            let mut cmd = Cmd::new();
+            cmd.arg("GET").arg(redis_key);
+            return self.request(cmd.query_async(conn)).await;
+        }
         let mut pipe = ::redis::pipe();
         pipe.cmd("CLIENT")
             .arg("TRACKING")

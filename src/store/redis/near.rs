@@ -13,11 +13,15 @@
 //! When the channel is down (the connection dropped, Redis restarted, tracking refused)
 //! entries are not flushed: they expire on the near cache's TTL, as without tracking,
 //! and tracking is re-enabled by the first lookup on the next connection.
+//!
+//! In a Cluster the `CLIENT TRACKING` command is routed to every node in its own round
+//! trip, and repeated every few seconds (the cluster client connects to new nodes on its
+//! own).
 
 use std::convert::Infallible;
 use std::sync::Weak;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ::redis::{PushInfo, PushKind, Value};
 
@@ -29,7 +33,7 @@ pub(super) struct Near {
     /// Bumped by every clear, invalidation and commit that changes the local entry: a
     /// lookup whose Redis reply arrives after a bump does not fill the local tier.
     generation: AtomicU64,
-    /// Server-assisted invalidation; `None` when off (a Cluster, or turned off).
+    /// Server-assisted invalidation; `None` when turned off.
     pub(super) tracking: Option<Tracking>,
 }
 
@@ -39,6 +43,11 @@ pub(super) struct Tracking {
     index: moka::sync::Cache<Box<str>, BindingKey>,
     /// Tracking is on for the current connection.
     on: AtomicBool,
+    /// Turn tracking on again this often (a Cluster); `None`: only after a reconnect.
+    refresh: Option<Duration>,
+    epoch: Instant,
+    /// Milliseconds after `epoch` when tracking was last turned on.
+    enabled_at_ms: AtomicU64,
     /// Redis refused `CLIENT TRACKING` (too old, or the command is disabled): TTL only.
     refused: AtomicBool,
     pub(super) invalidations: AtomicU64,
@@ -46,19 +55,28 @@ pub(super) struct Tracking {
 }
 
 impl Near {
-    pub(super) fn new(ttl: Duration, max_bindings: u64, tracking: bool) -> Self {
+    /// `tracking`: `None` off; `Some(refresh)` on, and turned on again every `refresh`
+    /// if given.
+    pub(super) fn new(
+        ttl: Duration,
+        max_bindings: u64,
+        tracking: Option<Option<Duration>>,
+    ) -> Self {
         Self {
             cache: MokaStore::builder()
                 .ttl(ttl)
                 .max_bindings(max_bindings)
                 .build(),
             generation: AtomicU64::new(0),
-            tracking: tracking.then(|| Tracking {
+            tracking: tracking.map(|refresh| Tracking {
                 index: moka::sync::Cache::builder()
                     .max_capacity(max_bindings)
                     .time_to_live(ttl)
                     .build(),
                 on: AtomicBool::new(false),
+                refresh,
+                epoch: Instant::now(),
+                enabled_at_ms: AtomicU64::new(0),
                 refused: AtomicBool::new(false),
                 invalidations: AtomicU64::new(0),
                 channel_drops: AtomicU64::new(0),
@@ -100,9 +118,19 @@ impl Near {
 
     /// Whether the next lookup must (re-)enable tracking on the connection.
     pub(super) fn needs_tracking(&self) -> bool {
-        self.tracking
-            .as_ref()
-            .is_some_and(|t| !t.on.load(Relaxed) && !t.refused.load(Relaxed))
+        self.tracking.as_ref().is_some_and(|t| {
+            if t.refused.load(Relaxed) {
+                return false;
+            }
+            if !t.on.load(Relaxed) {
+                return true;
+            }
+            t.refresh.is_some_and(|every| {
+                t.since_epoch_ms()
+                    .saturating_sub(t.enabled_at_ms.load(Relaxed))
+                    >= u64::try_from(every.as_millis()).unwrap_or(u64::MAX)
+            })
+        })
     }
 
     pub(super) fn invalidations(&self) -> u64 {
@@ -118,6 +146,7 @@ impl Near {
 
     pub(super) fn tracking_enabled(&self) {
         if let Some(t) = &self.tracking {
+            t.enabled_at_ms.store(t.since_epoch_ms(), Relaxed);
             t.on.store(true, Relaxed);
         }
     }
@@ -175,6 +204,12 @@ impl Near {
             }
             _ => {}
         }
+    }
+}
+
+impl Tracking {
+    fn since_epoch_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 }
 
