@@ -64,14 +64,14 @@ fn default_probation(max_bindings: u64) -> u64 {
 /// sets it. `max_bindings` stays the bound on the total. Why a tenth: protected holds the
 /// sessions that matter (conversations with more than one turn), so it gets most of the
 /// room; probation only has to hold a new session from its first success until its
-/// second request. That takes **`probation / r`** seconds at most, where `r` is the rate
-/// of *other* new bindings (one-off ids of a flood included) per second: a new session's
-/// second request finds its binding if fewer than `probation` other first successes
-/// happened since its first one (or since it was last looked up). With the defaults,
-/// against a flood of 1 000 one-off ids/s that is 10 s, against 10 000/s, 1 s. A session
-/// that misses the window is bound again at its next success, and proven by the one after
-/// if that comes within the window. The floor of 1 024 keeps that window usable in small
-/// stores.
+/// second request, which must therefore come within **`probation / r`** seconds, where
+/// `r` is the rate of *other* new bindings (one-off ids of a flood included) per second:
+/// a new session's second request finds its binding if fewer than `probation` other first
+/// successes happened since its first one (or since it was last looked up). With the
+/// defaults, against a flood of 1 000 one-off ids/s that is 10 s, against 10 000/s, 1 s.
+/// A session that misses the window is bound again at its next success, and proven by
+/// the one after if that comes within the window. The floor of 1 024 keeps that window
+/// usable in small stores.
 ///
 /// **When protected is full**, the proven binding that was least recently read or written
 /// makes room for the newly promoted one (LRU within protected). It is dropped, not
