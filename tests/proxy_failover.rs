@@ -461,7 +461,7 @@ async fn hard_pin_is_never_retried_elsewhere() {
     let svc = built.service.map_request(|mut req: Request<Incoming>| {
         req.extensions_mut()
             .insert(tower_sticky_session::PinnedAuth(AuthId::from("a")));
-        req.extensions_mut().insert(app::failover::HardPin);
+        req.extensions_mut().insert(tower_sticky_session::HardPin);
         req
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -525,4 +525,70 @@ async fn account_key_replaces_the_client_credentials_and_reaches_only_its_accoun
     let seen_b = &b.seen()[0].headers;
     assert_eq!(seen_b["authorization"], "Bearer client-own");
     assert_eq!(seen_b["x-api-key"], "client-x");
+}
+
+/// POST `body` as JSON; (x-served-by, status).
+async fn post_json(proxy: &Proxy, body: &'static str) -> (String, StatusCode) {
+    let req = proxy
+        .req(None)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    let res = proxy.send(req).await;
+    let (by, status) = (served_by(&res), res.status());
+    within("body", res.into_body().collect()).await.unwrap();
+    (by, status)
+}
+
+#[tokio::test]
+async fn session_field_in_the_json_body_keeps_its_account() {
+    let a = Account::start("a", Mode::Stream).await;
+    let b = Account::start("b", Mode::Stream).await;
+    let proxy = Proxy::start(config(ups(&[&a, &b]))).await;
+    let body = r#"{"model":"gpt-5","prompt_cache_key":"019a-codex-thread","input":"hi"}"#;
+    for _ in 0..3 {
+        assert_eq!(post_json(&proxy, body).await, ("a".into(), StatusCode::OK));
+    }
+    assert_eq!(proxy.bound("019a-codex-thread").as_deref(), Some("a"));
+    // Without the body reader the field is not read: round-robin.
+    let mut cfg = config(ups(&[&a, &b]));
+    cfg.body_session = false;
+    let proxy = Proxy::start(cfg).await;
+    assert_eq!(post_json(&proxy, body).await.0, "a");
+    assert_eq!(post_json(&proxy, body).await.0, "b");
+}
+
+#[tokio::test]
+async fn learned_response_id_pins_hard_to_its_account_without_failover() {
+    let a = Account::start(
+        "a",
+        Mode::Json(r#"{"id":"resp_0a1b2c","object":"response"}"#),
+    )
+    .await;
+    let b = Account::start(
+        "b",
+        Mode::Json(r#"{"id":"resp_9z8y7x","object":"response"}"#),
+    )
+    .await;
+    let proxy = Proxy::start(config(ups(&[&a, &b]))).await;
+    // A first response, created by a (round-robin).
+    let first = r#"{"model":"gpt-5","input":"hi"}"#;
+    assert_eq!(post_json(&proxy, first).await, ("a".into(), StatusCode::OK));
+    // Its continuation goes to a, though round-robin would pick b.
+    let next = r#"{"model":"gpt-5","previous_response_id":"resp_0a1b2c","input":"more"}"#;
+    assert_eq!(post_json(&proxy, next).await, ("a".into(), StatusCode::OK));
+    assert_eq!(b.count(), 0);
+    // a fails: the chain cannot move, the client gets a's answer and b is not tried.
+    a.set(Mode::Status(503, None));
+    assert_eq!(
+        post_json(&proxy, next).await,
+        ("a".into(), StatusCode::SERVICE_UNAVAILABLE)
+    );
+    assert_eq!(b.count(), 0);
+    // An unknown id falls back to the usual routing, with failover.
+    let unknown = r#"{"model":"gpt-5","previous_response_id":"resp_unknown","input":"x"}"#;
+    assert_eq!(
+        post_json(&proxy, unknown).await,
+        ("b".into(), StatusCode::OK)
+    );
 }

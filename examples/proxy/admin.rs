@@ -357,6 +357,36 @@ impl Collector for StatsCollector {
             ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
         }
 
+        let mut m = enc.encode_descriptor(
+            "sticky_session_sources",
+            "Requests with a session id, by where it came from.",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (source, v) in s.sources {
+            let labels = [("source", source.as_str())];
+            ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+        }
+        for (name, help, v) in [
+            (
+                "sticky_session_hard_pins",
+                "Requests pinned by a learned previous_response_id.",
+                s.hard_pins,
+            ),
+            (
+                "sticky_session_response_ids_learned",
+                "Response ids learned from successes.",
+                s.response_ids_learned,
+            ),
+            (
+                "sticky_session_response_ids_unknown",
+                "previous_response_id values that were not learned.",
+                s.response_ids_unknown,
+            ),
+        ] {
+            Self::counter(&mut enc, name, help, v)?;
+        }
+
         if let Some(n) = self.entries {
             let g = ConstGauge::new(n as i64);
             let m = enc.encode_descriptor(

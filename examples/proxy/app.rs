@@ -327,6 +327,9 @@ pub(crate) fn build<St: BindingStore + Clone>(
     let stats = layer.stats();
     let mut body_stats = None;
     let stack = if cfg.body_session {
+        // A learned `previous_response_id` pins (hard) to the account that created it:
+        // the pin needs the body reader's signals, so learning goes with it.
+        let layer = layer.learn_response_ids(true);
         // Bodies up to --max-body-buffer are read once, for session fields; failover
         // replays the same buffer (a body buffered whole is one `Bytes`, never copied).
         let body = SessionFromBodyLayer::new()

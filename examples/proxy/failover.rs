@@ -46,7 +46,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::Service;
-use tower_sticky_session::{BindingKey, BindingStore, PinnedAuth, ServedBy, SessionId};
+use tower_sticky_session::{
+    BindingKey, BindingStore, HardPin, PinnedAuth, ServedBy, SessionId, SessionSource,
+};
 
 use super::auth::X_API_KEY;
 use super::cooldown::retry_after;
@@ -54,13 +56,9 @@ use super::picker::Picker;
 use super::timeouts::{First, ProxyBody, first_data};
 use super::{BoxError, ErrorChain, LogSession, Upstream, X_SERVED_BY, strip_hop_by_hop};
 
-/// Stand-in for the crate's hard-pin request extension (response-id affinity): present
-/// next to [`PinnedAuth`] when only the pinned account can serve the request.
-/// `hard_pinned` is the one place that reads it.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct HardPin;
-
-/// Whether the request must be served by its pinned account or not at all.
+/// Whether the request must be served by its pinned account or not at all: the sticky
+/// layer puts [`HardPin`] next to [`PinnedAuth`] when the pin comes from a learned
+/// `previous_response_id`, which only that account can resolve.
 fn hard_pinned(ext: &http::Extensions) -> bool {
     ext.get::<HardPin>().is_some()
 }
@@ -198,6 +196,8 @@ where
     async fn handle(&self, req: Request<B>) -> Response<ProxyBody> {
         let (mut parts, body) = req.into_parts();
         let session = parts.extensions.remove::<SessionId>();
+        let source = parts.extensions.remove::<SessionSource>();
+        let source = LogSource(source.as_ref());
         let key = parts.extensions.remove::<BindingKey>();
         let pinned = parts.extensions.remove::<PinnedAuth>().map(|p| p.0);
         let hard = pinned.is_some() && hard_pinned(&parts.extensions);
@@ -294,8 +294,8 @@ where
         }
         tracing::info!(
             method = %parts.method, path = parts.uri.path(), session = %LogSession(session.as_ref()),
-            upstream = %final_name, pick = plan.how.as_str(), status = res.status().as_u16(),
-            "proxied"
+            %source, upstream = %final_name, pick = plan.how.as_str(),
+            status = res.status().as_u16(), "proxied"
         );
         res
     }
@@ -597,6 +597,18 @@ where
                 }
                 hint
             }
+        }
+    }
+}
+
+/// Where a request's session id came from, for the log (`-` without one).
+struct LogSource<'a>(Option<&'a SessionSource>);
+
+impl std::fmt::Display for LogSource<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(s) => std::fmt::Display::fmt(s, f),
+            None => f.write_str("-"),
         }
     }
 }

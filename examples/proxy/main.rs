@@ -23,7 +23,10 @@
 //! - Routing: a request whose session header (the first of `--session-header` present;
 //!   default: the headers known clients send, `KNOWN_CLIENT_HEADERS`) names a bound session goes to the bound account, unless that
 //!   account is cooling down or (with `--max-load-factor F`) overloaded; any other request
-//!   goes round-robin (command-line order, one counter). `x-served-by: NAME` names the
+//!   goes round-robin (command-line order, one counter). Without a session header, a
+//!   session field of a JSON body (`prompt_cache_key`, `metadata.user_id`, …; off with
+//!   `--no-body-session`) is used; a `previous_response_id` the proxy saw being created
+//!   pins hard to its account (never failed over). `x-served-by: NAME` names the
 //!   account that served.
 //! - Failover (`--attempts N`, default 3): a 429/5xx, an unreachable account, no response
 //!   head or first data chunk within `--upstream-timeout`, or a body that ends before its

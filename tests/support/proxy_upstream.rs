@@ -47,6 +47,8 @@ pub(crate) enum Mode {
     FirstThenBreak,
     /// 200, the request body echoed back (content-length).
     Echo,
+    /// 200 `application/json` with this body (content-length).
+    Json(&'static str),
     /// 200 `text/event-stream`: `chunks` events `data: i\n\n`, `gap` apart, then
     /// `data: [DONE]\n\n`.
     Sse { chunks: u32, gap: Duration },
@@ -200,6 +202,13 @@ async fn respond(
                 }
                 let _ = tx.send(data("data: [DONE]\n\n".into())).await;
             });
+        }
+        Mode::Json(json) => {
+            res.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            res.headers_mut()
+                .insert("content-length", json.len().into());
+            let _ = tx.try_send(Ok(Frame::data(Bytes::from_static(json.as_bytes()))));
         }
         Mode::Echo => {
             res.headers_mut()
