@@ -546,6 +546,19 @@ impl RedisStore {
     /// A builder for a store on a Redis Cluster, given the URLs of some of its nodes (the
     /// client learns the others from them), e.g. `["redis://10.0.0.1:6379",
     /// "redis://10.0.0.2:6379"]`.
+    ///
+    /// ```no_run
+    /// use tower_sticky_session::store::RedisStore;
+    ///
+    /// # async fn run() -> Result<(), tower_sticky_session::StoreError> {
+    /// let store = RedisStore::cluster_builder(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"])
+    ///     .build()?; // the cluster may be unreachable: requests are then served unsticky
+    /// // The same, as one URL (e.g. from a command-line flag):
+    /// let same = RedisStore::builder("redis+cluster://10.0.0.1:6379,10.0.0.2:6379").build()?;
+    /// # let _ = (store, same);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn cluster_builder<I, S>(nodes: I) -> RedisStoreBuilder
     where
         I: IntoIterator<Item = S>,
@@ -561,6 +574,25 @@ impl RedisStore {
     /// For the primary's password or database use the URL form,
     /// `redis+sentinel://:password@s1:26379,s2:26379/master/db`, with
     /// [`builder`](Self::builder). See "Redis Sentinel" on [`RedisStore`].
+    ///
+    /// ```no_run
+    /// use tower_sticky_session::store::RedisStore;
+    ///
+    /// # async fn run() -> Result<(), tower_sticky_session::StoreError> {
+    /// let store = RedisStore::sentinel_builder(
+    ///     ["redis://10.0.0.1:26379", "redis://10.0.0.2:26379"],
+    ///     "mymaster",
+    /// )
+    /// .build()?;
+    /// // With the primary's password and database 0, as one URL:
+    /// let same = RedisStore::builder(
+    ///     "redis+sentinel://:secret@10.0.0.1:26379,10.0.0.2:26379/mymaster/0",
+    /// )
+    /// .build()?;
+    /// # let _ = (store, same);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn sentinel_builder<I, S>(sentinels: I, master: &str) -> RedisStoreBuilder
     where
         I: IntoIterator<Item = S>,
