@@ -331,6 +331,10 @@ async fn keys_tokens_and_logs(key_header: Option<&str>) {
         "{body}"
     );
     assert!(body.contains("sticky_proxy_retries_total 0"), "{body}");
+    assert!(
+        body.contains(r#"sticky_session_sources_total{source="header"} 4"#),
+        "{body}"
+    );
     for s in SECRETS {
         assert!(!body.contains(s));
     }
