@@ -1,0 +1,203 @@
+//! Cost of learning a Responses API id per response
+//! ([`StickySessionLayer::learn_response_ids`]).
+//!
+//! Run: `cargo bench --bench response_id` (about 40 s). See `BENCHMARKS.md`.
+//!
+//! - `response_id/scan/*`: `find_response_id` on a response's first frame alone: a JSON
+//!   body (`json`, 0.4 KiB) and the first SSE event `response.created` of a streaming
+//!   response (`sse_created`, 4.6 KiB: the event repeats the request's instructions and
+//!   tools after the id).
+//! - `response_id/request/*`: one whole request through the layer (no session id, as an
+//!   OpenAI SDK app sends): `ready`, `call`, poll the future, drain the body; the inner
+//!   service answers at once with the SSE stream in one frame (or, `*_split`, the first
+//!   event cut in two frames inside the id) and `ServedBy`, each response with a new id.
+//!   `off`: learning off (the baseline); `learn_noop_store`: learning on over a store
+//!   whose operations do nothing, so `learn_noop_store − off` is the layer's own cost of
+//!   learning (scan, id, key, the learner); `learn_moka`: over `MokaStore` (the commit of
+//!   a new binding into the probation segment included); `learn_noop_store_split`
+//!   against `off_split`: the bounded prefix copy.
+//!
+//! The `request/*` cases build the response body (a new id) the same way in every case,
+//! so differences are the layer's.
+
+use std::convert::Infallible;
+use std::future::{Future, Ready, ready};
+use std::hint::black_box;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use futures_util::stream::{self, Iter};
+use http::{Request, Response};
+use http_body::{Body, Frame};
+use http_body_util::StreamBody;
+use tower::{Layer, Service};
+use tower_sticky_session::body_session::find_response_id;
+use tower_sticky_session::store::{BindingStore, StoreError};
+use tower_sticky_session::{AuthId, BindingKey, MokaStore, ServedBy, StickySessionLayer};
+
+const INSTRUCTIONS: usize = 4096;
+
+fn sse_created(id: &str) -> String {
+    format!(
+        "event: response.created\ndata: {{\"type\":\"response.created\",\"sequence_number\":0,\"response\":{{\"id\":\"{id}\",\"object\":\"response\",\"created_at\":1764626400,\"status\":\"in_progress\",\"model\":\"gpt-5\",\"instructions\":\"{}\",\"tools\":[]}}}}\n\n",
+        "x".repeat(INSTRUCTIONS)
+    )
+}
+
+fn json_body(id: &str) -> String {
+    format!(
+        "{{\"id\":\"{id}\",\"object\":\"response\",\"created_at\":1764626400,\"status\":\"completed\",\"model\":\"gpt-5\",\"output\":[{{\"type\":\"message\",\"id\":\"msg_68af4c1e\",\"status\":\"completed\",\"role\":\"assistant\",\"content\":[{{\"type\":\"output_text\",\"text\":\"{}\"}}]}}],\"usage\":{{\"input_tokens\":12,\"output_tokens\":90}}}}",
+        "y".repeat(200)
+    )
+}
+
+fn scan(c: &mut Criterion) {
+    let id = "resp_68af4c1e2b3c8190a1b2c3d4e5f60718";
+    let json = json_body(id);
+    let sse = sse_created(id);
+    c.bench_function("response_id/scan/json", |b| {
+        b.iter(|| black_box(find_response_id(black_box(json.as_bytes()))))
+    });
+    c.bench_function("response_id/scan/sse_created", |b| {
+        b.iter(|| black_box(find_response_id(black_box(sse.as_bytes()))))
+    });
+}
+
+/// A store whose operations do nothing (the layer's own cost, without the store's).
+#[derive(Clone, Copy)]
+struct NoopStore;
+
+impl BindingStore for NoopStore {
+    type LookupFuture = Ready<Result<Option<AuthId>, StoreError>>;
+    type CommitFuture = Ready<Result<(), StoreError>>;
+    type ClearFuture = Ready<Result<bool, StoreError>>;
+
+    fn lookup(&self, _: &BindingKey) -> Self::LookupFuture {
+        ready(Ok(None))
+    }
+    fn commit(&self, key: &BindingKey, _: &AuthId) -> Self::CommitFuture {
+        black_box(key);
+        ready(Ok(()))
+    }
+    fn clear_if(&self, _: &BindingKey, _: &AuthId) -> Self::ClearFuture {
+        ready(Ok(false))
+    }
+}
+
+type Frames = Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>;
+
+/// Answers at once with `ServedBy` and a first SSE event carrying a new id, in one
+/// frame or cut in two inside the id.
+#[derive(Clone)]
+struct Upstream {
+    n: u64,
+    split: bool,
+    account: AuthId,
+    /// The event with a placeholder id of fixed length, patched per response.
+    template: Vec<u8>,
+    at: usize,
+}
+
+impl Upstream {
+    fn new(split: bool) -> Self {
+        let template = sse_created("resp_0000000000000000").into_bytes();
+        let at = template.windows(5).position(|w| w == b"resp_").unwrap() + 5;
+        Self {
+            n: 0,
+            split,
+            account: AuthId::from("acct-a"),
+            template,
+            at,
+        }
+    }
+}
+
+impl<B> Service<Request<B>> for Upstream {
+    type Response = Response<StreamBody<Frames>>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: Request<B>) -> Self::Future {
+        self.n += 1;
+        let mut event = self.template.clone();
+        let hex = format!("{:016x}", self.n);
+        event[self.at..self.at + 16].copy_from_slice(hex.as_bytes());
+        let event = Bytes::from(event);
+        let frames = if self.split {
+            let cut = self.at + 8;
+            vec![
+                Ok(Frame::data(event.slice(..cut))),
+                Ok(Frame::data(event.slice(cut..))),
+            ]
+        } else {
+            vec![Ok(Frame::data(event))]
+        };
+        let mut res = Response::new(StreamBody::new(stream::iter(frames)));
+        res.extensions_mut().insert(ServedBy(self.account.clone()));
+        ready(Ok(res))
+    }
+}
+
+/// One whole request: ready, call, poll the future, drain the body.
+fn drive<S, B>(svc: &mut S)
+where
+    S: Service<Request<()>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: Body,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(svc.poll_ready(&mut cx).is_ready());
+    let fut = pin!(svc.call(Request::new(())));
+    let Poll::Ready(Ok(res)) = fut.poll(&mut cx) else {
+        panic!("answers at once")
+    };
+    let mut body = pin!(res.into_body());
+    while let Poll::Ready(Some(frame)) = body.as_mut().poll_frame(&mut cx) {
+        black_box(frame.is_ok());
+    }
+}
+
+fn request(c: &mut Criterion) {
+    for split in [false, true] {
+        let tail = if split { "_split" } else { "" };
+        let mut off = StickySessionLayer::with_store(NoopStore).layer(Upstream::new(split));
+        c.bench_function(&format!("response_id/request/off{tail}"), |b| {
+            b.iter(|| drive(&mut off))
+        });
+        let mut noop = StickySessionLayer::with_store(NoopStore)
+            .learn_response_ids(true)
+            .layer(Upstream::new(split));
+        c.bench_function(
+            &format!("response_id/request/learn_noop_store{tail}"),
+            |b| b.iter(|| drive(&mut noop)),
+        );
+    }
+    let store = MokaStore::new();
+    let layer = StickySessionLayer::with_store(store.clone()).learn_response_ids(true);
+    let mut moka = layer.layer(Upstream::new(false));
+    c.bench_function("response_id/request/learn_moka", |b| {
+        b.iter(|| drive(&mut moka))
+    });
+    assert!(layer.stats().snapshot().response_ids_learned > 0, "learned");
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(40)
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = scan, request
+}
+criterion_main!(benches);
