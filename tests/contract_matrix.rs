@@ -17,14 +17,14 @@
 //!
 //! | row / failure mode | covered before | gap |
 //! |---|---|---|
-//! | failure status, compare-and-delete | T·S `layer_behaviour` (`failure_status_clears_binding_of_served_account`, `failure_of_another_account_keeps_binding`, `failure_without_served_by_clears_pinned_account`); H1·I `failure_injection::upstream_429_500_503_*`; `proxy_e2e` | H2, AX; T·I, H1·S |
+//! | failure status, compare-and-delete | T·S `layer_behaviour` (`failure_status_clears_binding_of_served_account`, `failure_of_another_account_keeps_binding`, `failure_without_served_by_clears_pinned_account`); H1·I `failure_injection::upstream_429_500_503_*`; `proxy_e2e` | H2, AX; T·I, H1·S; the head waiting for a slow store's clear, every cell |
 //! | inner `Err` clears the pinned | T·S `inner_error_clears_pinned_account`; H1 `failure_injection::inner_service_error_*` | H2, AX (behind `HandleErrorLayer`), I |
 //! | first data frame commits before it is handed on | T·S `first_data_frame_commits_before_it_is_handed_on`; H1·S `whole_stack::hyper_server_streaming_pins_only_after_first_chunk`; H1·I `failure_injection::slow_first_chunk_*`, `proxy_e2e::request_during_pending_first_chunk_*` | H2, AX, T·I |
 //! | empty stream clears | T·S `empty_stream_clears_binding`; H1·I `upstream_empty_stream_clears_the_binding` | H2, AX, H1·S, T·I |
 //! | error before first data clears | T·S `error_before_first_frame_clears_binding`; H1·I `upstream_reset_before_first_chunk_*` | H2, AX, H1·S, T·I |
 //! | error after first data keeps | T·S `error_after_first_frame_keeps_binding`; H1·I `upstream_reset_mid_stream_keeps_the_binding` | H2, AX, H1·S, T·I |
 //! | body dropped before first data does nothing | T·S `drop_before_first_frame_neither_commits_nor_clears`; H1·I `client_disconnect_before_first_chunk_*` | H2, AX, H1·S, T·I |
-//! | known-empty success commits at once | T/H1/H2 × S × {HEAD,204,304,CL0} and AX HEAD `contract_known_empty`; H1·I CL0, HEAD `failure_injection`; T `is_end_stream` `known_empty_success_commits_at_once` | every transport × I; AX × {204,304,CL0}; `is_end_stream` without a header over H1/H2/AX |
+//! | known-empty success commits at once | T/H1/H2 × S × {HEAD,204,304,CL0} and AX HEAD `contract_known_empty`; H1·I CL0, HEAD `failure_injection`; T `is_end_stream` `known_empty_success_commits_at_once` | every transport × I; AX × {204,304,CL0}; `is_end_stream` without a header over H1/H2/AX; the head waiting for a slow store's commit |
 //! | other statuses do nothing | T·S `neutral_status_keeps_existing_and_creates_none`; H1·I `upstream_neutral_404_keeps_the_binding` | H2, AX, H1·S, T·I |
 //! | trailers / empty data frames are not the first chunk | T·S `empty_data_frames_and_trailers_do_not_commit`, `trailers_without_data_clear_*`; H1·I `stream_ending_in_trailers_*` | H2, AX, H1·S, T·I |
 //! | size_hint / is_end_stream forwarded (content-length stays) | T·S `size_hint_and_end_of_stream_are_forwarded_exactly`; H1·F `whole_stack::content_length_response_stays_content_length_*` | H2, AX, I (length known only from the body) |
@@ -401,6 +401,44 @@ async fn size_hint_and_end_of_stream_are_forwarded_so_content_length_stays() {
             "{cell:?}: end of stream after the data"
         );
         assert_eq!(env.probe("s-1").await.as_deref(), Some(B), "{cell:?}");
+    }
+}
+
+/// With a store that takes its time (a networked one), the head still waits for the
+/// clear (failure) or the commit (known-empty success) it decided.
+#[tokio::test]
+async fn head_decisions_finish_before_the_client_gets_the_head() {
+    for cell in cells() {
+        for (session, status, served, want) in [
+            ("h-503", 503, Served::Pinned, None),
+            ("h-204", 204, Served::Account(B), Some(B)),
+        ] {
+            let env = Arc::new(Env::start(cell).await);
+            env.bind(session, A).await;
+            env.gate.close();
+            let (plan, tx) = Plan::stream(status, served);
+            let e = env.clone();
+            let head =
+                tokio::spawn(async move { e.send(e.get(session), plan).await.map(|r| r.status) });
+            env.gate.started(1).await;
+            // Give a head sent too early every chance to arrive (this can only miss a
+            // bug, never fail a correct layer).
+            for _ in 0..50 {
+                tokio::task::yield_now().await;
+            }
+            assert!(
+                !head.is_finished(),
+                "{cell:?} {status}: the head did not wait for the store"
+            );
+            env.gate.open();
+            assert_eq!(guard("head", head).await.unwrap().unwrap(), status);
+            assert_eq!(
+                env.bound(session).await.as_deref(),
+                want,
+                "{cell:?} {status}"
+            );
+            drop(tx);
+        }
     }
 }
 
