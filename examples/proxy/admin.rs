@@ -108,8 +108,33 @@ impl StoreMetrics for tower_sticky_session::store::RedisStore {
             ),
             (
                 "sticky_session_redis_errors",
-                "Redis calls that failed otherwise.",
+                "Redis calls that failed for want of a connection (these count toward the breaker).",
                 s.errors,
+            ),
+            (
+                "sticky_session_redis_server_errors",
+                "Redis calls answered with an error reply (OOM, READONLY, NOPERM, a script error); they fail that call only.",
+                s.server_errors,
+            ),
+            (
+                "sticky_session_redis_oom_errors",
+                "Redis calls refused because Redis is full (maxmemory under noeviction).",
+                s.oom_errors,
+            ),
+            (
+                "sticky_session_redis_readonly_errors",
+                "Redis writes refused by a read-only replica.",
+                s.readonly_errors,
+            ),
+            (
+                "sticky_session_redis_oom_renewals",
+                "Same-account commits that renewed a binding's TTL while Redis was full.",
+                s.oom_renewals,
+            ),
+            (
+                "sticky_session_redis_near_invalidations",
+                "Near-cache entries dropped on Redis's invalidation messages.",
+                s.near_invalidations,
             ),
             (
                 "sticky_session_redis_breaker_skips",
