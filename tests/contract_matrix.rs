@@ -58,8 +58,8 @@ const B: &str = "acct-b";
 /// connection or resets the stream), or axum's `HandleErrorLayer` answer.
 fn assert_inner_failure(env: &Env, r: Result<Reply, String>, axum_status: u16) {
     match (env.cell.transport, r) {
-        (Transport::Axum, Ok(r)) => assert_eq!(r.status, axum_status, "{:?}", env.cell),
-        (Transport::Axum, Err(e)) => panic!("{:?}: axum answers, got {e}", env.cell),
+        (t, Ok(r)) if t.is_axum() => assert_eq!(r.status, axum_status, "{:?}", env.cell),
+        (t, Err(e)) if t.is_axum() => panic!("{:?}: axum answers, got {e}", env.cell),
         (_, Ok(r)) => panic!("{:?}: expected an error, got {}", env.cell, r.status),
         (_, Err(_)) => {}
     }
@@ -275,7 +275,7 @@ async fn known_empty_success_commits_at_once_though_the_body_is_never_polled() {
             // Streaming bodies with a status/method/header through tower and hyper are
             // `contract_known_empty.rs`.
             if cell.body == BodyKind::Stream
-                && cell.transport != Transport::Axum
+                && !cell.transport.is_axum()
                 && !matches!(case, EndStream)
             {
                 continue;
@@ -311,8 +311,11 @@ async fn known_empty_success_commits_at_once_though_the_body_is_never_polled() {
                 Some(B),
                 "{cell:?} {case:?}: not committed when the client had the head"
             );
+            // HTTP/2 servers poll a HEAD response's body (hyper's h2 server has no HEAD
+            // rule): end the stream so that it can finish, then read to the end.
+            drop(tx);
             assert_eq!(r.finish().await.unwrap(), b"", "{cell:?} {case:?}");
-            drop((r, tx));
+            drop(r);
             assert_eq!(
                 env.bound(session).await.as_deref(),
                 Some(B),

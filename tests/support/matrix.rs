@@ -74,8 +74,24 @@ pub(crate) enum Transport {
     H1,
     /// hyper 1 server and client, HTTP/2 (prior knowledge) over TCP.
     H2,
-    /// `axum::serve` over TCP, hyper client over HTTP/1.1.
+    /// `axum::serve` over TCP, hyper client over HTTP/1.1; the layered service is the
+    /// router's fallback service (behind `HandleErrorLayer`), so the layer sees the
+    /// picker's own body type.
     Axum,
+    /// The same axum stack, hyper client over HTTP/2 (prior knowledge).
+    AxumH2,
+    /// `axum::Router::layer`, HTTP/1.1: the layer sees `axum::body::Body` (the picker's
+    /// body boxed by axum), and an inner error reaches it as `HandleErrorLayer`'s 502.
+    AxumLayer,
+}
+
+impl Transport {
+    pub(crate) fn is_axum(self) -> bool {
+        matches!(
+            self,
+            Transport::Axum | Transport::AxumH2 | Transport::AxumLayer
+        )
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +116,8 @@ pub(crate) fn cells() -> Vec<Cell> {
         Transport::H1,
         Transport::H2,
         Transport::Axum,
+        Transport::AxumH2,
+        Transport::AxumLayer,
     ] {
         for body in [BodyKind::Stream, BodyKind::Incoming] {
             v.push(Cell { transport, body });
@@ -637,7 +655,7 @@ impl Env {
             }
             (t, _) => {
                 let io = TokioIo::new(TcpStream::connect(self.addr.unwrap()).await.unwrap());
-                if t == Transport::H2 {
+                if matches!(t, Transport::H2 | Transport::AxumH2) {
                     let (mut tx, conn) =
                         hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
                             .await
@@ -710,12 +728,39 @@ impl Env {
     }
 }
 
+/// `HandleErrorLayer`'s answer: 504 for an outer timeout, 502 for the picker's error.
+async fn axum_error(e: BoxError) -> StatusCode {
+    if e.is::<tower::timeout::error::Elapsed>() {
+        StatusCode::GATEWAY_TIMEOUT
+    } else {
+        StatusCode::BAD_GATEWAY
+    }
+}
+
 async fn serve<U: Upstream>(
     transport: Transport,
     layer: Sticky,
     picker: Picker<U>,
     outer_timeout: Option<Duration>,
 ) -> (Option<TowerSvc>, Option<SocketAddr>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    if transport == Transport::AxumLayer {
+        let inner = ServiceBuilder::new()
+            .layer(axum::error_handling::HandleErrorLayer::new(axum_error))
+            .map_response(|res: Response<U::Body>| res.map(axum::body::Body::new))
+            .service(picker);
+        let mut app = axum::Router::new().fallback_service(inner).layer(layer);
+        if let Some(d) = outer_timeout {
+            app = app.layer(
+                ServiceBuilder::new()
+                    .layer(axum::error_handling::HandleErrorLayer::new(axum_error))
+                    .layer(tower::timeout::TimeoutLayer::new(d)),
+            );
+        }
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        return (None, Some(addr));
+    }
     let svc = ServiceBuilder::new()
         .option_layer(outer_timeout.map(tower::timeout::TimeoutLayer::new))
         .layer(layer)
@@ -726,20 +771,10 @@ async fn serve<U: Upstream>(
         });
         return (Some(BoxCloneService::new(svc)), None);
     }
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    if transport == Transport::Axum {
+    if transport.is_axum() {
         let app = axum::Router::new().fallback_service(
             ServiceBuilder::new()
-                .layer(axum::error_handling::HandleErrorLayer::new(
-                    |e: BoxError| async move {
-                        if e.is::<tower::timeout::error::Elapsed>() {
-                            StatusCode::GATEWAY_TIMEOUT
-                        } else {
-                            StatusCode::BAD_GATEWAY
-                        }
-                    },
-                ))
+                .layer(axum::error_handling::HandleErrorLayer::new(axum_error))
                 .service(svc),
         );
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
