@@ -12,7 +12,8 @@
 //!
 //! # Inventory (before this file)
 //!
-//! Cells are transport (T tower, H1, H2, AX axum) × body (S StreamBody/channel, I hyper
+//! Cells are transport (T tower, H1, H2, AX axum: `fallback_service` over HTTP/1 and
+//! HTTP/2, and `Router::layer`) × body (S StreamBody/channel, I hyper
 //! `Incoming` passed through, F `Full`). "gap" = filled here.
 //!
 //! | row / failure mode | covered before | gap |
@@ -46,6 +47,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::join_all;
 use http::Method;
 use http_body::Body;
 use matrix::*;
@@ -475,7 +477,8 @@ async fn commit_decided_on_the_first_chunk_takes_effect_though_the_client_left()
 
 #[tokio::test]
 async fn clear_and_commit_decided_at_the_head_take_effect_though_an_outer_timeout_fired() {
-    for cell in cells() {
+    // Timer-bound: the cells run concurrently.
+    join_all(cells().into_iter().map(|cell| async move {
         let env = Env::start_with(
             cell,
             Options {
@@ -504,7 +507,50 @@ async fn clear_and_commit_decided_at_the_head_take_effect_though_an_outer_timeou
         env.gate.open();
         env.eventually("to-1", None).await;
         env.eventually("to-2", Some(B)).await;
-    }
+    }))
+    .await;
+}
+
+/// Failure mode 4 with the documented remedy for a stalled upstream: an idle timeout on
+/// the upstream body *inside* the sticky layer turns "200, then nothing" into a body
+/// error before the first chunk, which clears; after the first chunk it keeps.
+#[tokio::test]
+async fn stall_timed_out_inside_the_layer_clears_before_the_first_chunk_and_keeps_after() {
+    // Timer-bound: the cells run concurrently.
+    join_all(cells().into_iter().map(|cell| async move {
+        let env = Env::start_with(
+            cell,
+            Options {
+                body_timeout: Some(Duration::from_millis(150)),
+                ..Options::default()
+            },
+        )
+        .await;
+        env.bind("st-1", A).await;
+        let (plan, tx) = Plan::stream(200, Served::Pinned);
+        let mut r = env.send(env.get("st-1"), plan).await.unwrap();
+        assert!(
+            r.finish().await.is_err(),
+            "{cell:?}: the stall ends in an error"
+        );
+        assert_eq!(
+            env.probe("st-1").await,
+            None,
+            "{cell:?}: stalled account still bound"
+        );
+        drop(tx);
+        let (plan, tx) = Plan::stream(200, Served::Account(B));
+        let mut r = env.send(env.get("st-2"), plan).await.unwrap();
+        tx.send(data(b"x")).await.unwrap();
+        r.first_data().await;
+        assert!(
+            r.finish().await.is_err(),
+            "{cell:?}: the stall ends in an error"
+        );
+        assert_eq!(env.probe("st-2").await.as_deref(), Some(B), "{cell:?}");
+        drop(tx);
+    }))
+    .await;
 }
 
 // ------------------------------------------------------------------ failure modes

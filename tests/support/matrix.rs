@@ -106,9 +106,12 @@ pub(crate) enum BodyKind {
 pub(crate) struct Cell {
     pub(crate) transport: Transport,
     pub(crate) body: BodyKind,
+    /// `learn_response_ids(true)`: the body wrapper also scans first data frames for a
+    /// response id, a second path through it that must keep every row.
+    pub(crate) learn: bool,
 }
 
-/// Every (transport × body type) cell.
+/// Every (transport × body type) cell, and each once more with response-id learning on.
 pub(crate) fn cells() -> Vec<Cell> {
     let mut v = Vec::new();
     for transport in [
@@ -120,7 +123,13 @@ pub(crate) fn cells() -> Vec<Cell> {
         Transport::AxumLayer,
     ] {
         for body in [BodyKind::Stream, BodyKind::Incoming] {
-            v.push(Cell { transport, body });
+            for learn in [false, true] {
+                v.push(Cell {
+                    transport,
+                    body,
+                    learn,
+                });
+            }
         }
     }
     v
@@ -269,6 +278,31 @@ impl Upstream for Direct {
     ) -> Answer<Self::Body> {
         let res = plan_response(status, content_length, body);
         Box::pin(async move { Ok(res) })
+    }
+}
+
+/// An upstream whose body ends with an error after an idle period (tower-http's
+/// `TimeoutBody`, as `ResponseBodyTimeoutLayer` puts it), inside the sticky layer.
+#[derive(Clone)]
+pub(crate) struct Timed<U>(U, Duration);
+
+impl<U: Upstream> Upstream for Timed<U> {
+    type Body = tower_http::timeout::TimeoutBody<U::Body>;
+
+    fn respond(
+        &self,
+        method: Method,
+        status: u16,
+        content_length: Option<u64>,
+        body: PlanBody,
+    ) -> Answer<Self::Body> {
+        let idle = self.1;
+        let res = self.0.respond(method, status, content_length, body);
+        Box::pin(async move {
+            Ok(res
+                .await?
+                .map(|b| tower_http::timeout::TimeoutBody::new(idle, b)))
+        })
     }
 }
 
@@ -507,8 +541,11 @@ pub(crate) type Sticky = StickySessionLayer<GatedStore>;
 pub(crate) struct Options {
     pub(crate) store: MokaStore,
     pub(crate) layer: fn(Sticky) -> Sticky,
-    /// An outer `tower::timeout::TimeoutLayer` around the sticky layer.
+    /// An outer timeout around the sticky layer: `tower::timeout::TimeoutLayer`, or
+    /// tower-http's `TimeoutLayer` (504) for `Transport::AxumLayer`.
     pub(crate) outer_timeout: Option<Duration>,
+    /// An idle timeout on the picker's response body, inside the sticky layer.
+    pub(crate) body_timeout: Option<Duration>,
 }
 
 impl Default for Options {
@@ -517,6 +554,7 @@ impl Default for Options {
             store: MokaStore::new(),
             layer: |l| l,
             outer_timeout: None,
+            body_timeout: None,
         }
     }
 }
@@ -546,23 +584,39 @@ impl Env {
             inner: opts.store.clone(),
             gate: gate.clone(),
         };
-        let layer = (opts.layer)(StickySessionLayer::with_store(store));
+        let layer =
+            (opts.layer)(StickySessionLayer::with_store(store).learn_response_ids(cell.learn));
         let stats = layer.stats();
         let plans: Plans = Arc::default();
-        let (tower, addr) = match cell.body {
-            BodyKind::Stream => {
-                let picker = Picker {
+        let (t, outer) = (cell.transport, opts.outer_timeout);
+        let (tower, addr) = match (cell.body, opts.body_timeout) {
+            (BodyKind::Stream, None) => {
+                let p = Picker {
                     plans: plans.clone(),
                     upstream: Direct,
                 };
-                serve(cell.transport, layer, picker, opts.outer_timeout).await
+                serve(t, layer, p, outer).await
             }
-            BodyKind::Incoming => {
-                let picker = Picker {
+            (BodyKind::Incoming, None) => {
+                let p = Picker {
                     plans: plans.clone(),
                     upstream: Relay::start().await,
                 };
-                serve(cell.transport, layer, picker, opts.outer_timeout).await
+                serve(t, layer, p, outer).await
+            }
+            (BodyKind::Stream, Some(d)) => {
+                let p = Picker {
+                    plans: plans.clone(),
+                    upstream: Timed(Direct, d),
+                };
+                serve(t, layer, p, outer).await
+            }
+            (BodyKind::Incoming, Some(d)) => {
+                let p = Picker {
+                    plans: plans.clone(),
+                    upstream: Timed(Relay::start().await, d),
+                };
+                serve(t, layer, p, outer).await
             }
         };
         Env {
@@ -752,11 +806,10 @@ async fn serve<U: Upstream>(
             .service(picker);
         let mut app = axum::Router::new().fallback_service(inner).layer(layer);
         if let Some(d) = outer_timeout {
-            app = app.layer(
-                ServiceBuilder::new()
-                    .layer(axum::error_handling::HandleErrorLayer::new(axum_error))
-                    .layer(tower::timeout::TimeoutLayer::new(d)),
-            );
+            app = app.layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                StatusCode::GATEWAY_TIMEOUT,
+                d,
+            ));
         }
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         return (None, Some(addr));
