@@ -33,12 +33,15 @@
 //! | FM1 flood / bounded entries | T `flood.rs` (store capacity, proven sessions) | over every transport |
 //! | FM2 id length/content | T and H1 `hostile_input.rs` | H2, AX |
 //! | FM3 scope keying | T `same_session_under_two_scopes_is_two_bindings`; proxy `scope_header_keeps_one_binding_per_scope` | H1, H2, AX, I |
-//! | FM4 bound at headers (200 then nothing / break) | T·S, H1·I (see rows above) | H2, AX, I: head seen, nothing bound; break before first chunk |
+//! | FM4 bound at headers (200 then nothing / break) | T·S, H1·I (see rows above) | H2, AX, I: head seen, nothing bound; break before first chunk; a stall ended by a body idle timeout inside the layer |
 //! | FM5 late failure vs newer binding | T `late_failure_of_old_request_keeps_newer_binding`, `concurrency.rs`, `model.rs` | over every transport, late status, late error, late stream break |
 //! | FM6 generic header not read | none (`x-session-id` appears only in proxy/known-client tests) | every transport |
 //!
-//! Each test below runs its scenario in every cell of `cells()` unless it says why not
-//! (cells already covered exactly by `contract_known_empty.rs` are skipped there).
+//! Each test below runs its scenario in every cell of `cells()` — six transports (tower,
+//! hyper HTTP/1, hyper HTTP/2, axum `fallback_service` over HTTP/1 and HTTP/2, axum
+//! `Router::layer`) × two body types × response-id learning off and on — unless it says
+//! why not (cells already covered exactly by `contract_known_empty.rs` are skipped there;
+//! FM2 and FM6 read request headers only and run with one body type).
 
 #[path = "support/matrix.rs"]
 mod matrix;
