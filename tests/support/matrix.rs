@@ -109,9 +109,14 @@ pub(crate) struct Cell {
     /// `learn_response_ids(true)`: the body wrapper also scans first data frames for a
     /// response id, a second path through it that must keep every row.
     pub(crate) learn: bool,
+    /// Every store operation is pending once before it takes effect (a networked store's
+    /// round trip): lookups take the layer's deferred path, and commits and clears are
+    /// in flight when the response head or first frame waits for them.
+    pub(crate) deferred: bool,
 }
 
-/// Every (transport × body type) cell, and each once more with response-id learning on.
+/// Every (transport × body type) cell, each plain, with response-id learning on, and with
+/// a store whose operations are pending once.
 pub(crate) fn cells() -> Vec<Cell> {
     let mut v = Vec::new();
     for transport in [
@@ -123,11 +128,12 @@ pub(crate) fn cells() -> Vec<Cell> {
         Transport::AxumLayer,
     ] {
         for body in [BodyKind::Stream, BodyKind::Incoming] {
-            for learn in [false, true] {
+            for (learn, deferred) in [(false, false), (true, false), (false, true)] {
                 v.push(Cell {
                     transport,
                     body,
                     learn,
+                    deferred,
                 });
             }
         }
@@ -456,6 +462,8 @@ impl<U: Upstream, B: Send + 'static> Service<Request<B>> for Picker<U> {
 pub(crate) struct GatedStore {
     inner: MokaStore,
     gate: Gate,
+    /// Every operation is pending once (see [`Cell::deferred`]).
+    deferred: bool,
 }
 
 /// Open by default. `started` counts operations that began waiting on the closed gate.
@@ -491,9 +499,16 @@ impl Gate {
 
     fn wait<T: Send + 'static>(
         &self,
+        deferred: bool,
         op: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
     ) -> BoxStoreFuture<T> {
         if *self.open.borrow() {
+            if deferred {
+                return Box::pin(async move {
+                    tokio::task::yield_now().await;
+                    op()
+                });
+            }
             let out = op();
             return Box::pin(std::future::ready(out));
         }
@@ -519,17 +534,25 @@ impl BindingStore for GatedStore {
     type ClearFuture = BoxStoreFuture<bool>;
 
     fn lookup(&self, key: &BindingKey) -> Self::LookupFuture {
+        if self.deferred {
+            let (s, k) = (self.inner.clone(), key.clone());
+            return Box::pin(async move {
+                tokio::task::yield_now().await;
+                now(s.lookup(&k))
+            });
+        }
         Box::pin(std::future::ready(now(self.inner.lookup(key))))
     }
 
     fn commit(&self, key: &BindingKey, auth: &AuthId) -> Self::CommitFuture {
         let (s, k, a) = (self.inner.clone(), key.clone(), auth.clone());
-        self.gate.wait(move || now(s.commit(&k, &a)))
+        self.gate.wait(self.deferred, move || now(s.commit(&k, &a)))
     }
 
     fn clear_if(&self, key: &BindingKey, expected: &AuthId) -> Self::ClearFuture {
         let (s, k, a) = (self.inner.clone(), key.clone(), expected.clone());
-        self.gate.wait(move || now(s.clear_if(&k, &a)))
+        self.gate
+            .wait(self.deferred, move || now(s.clear_if(&k, &a)))
     }
 }
 
@@ -583,6 +606,7 @@ impl Env {
         let store = GatedStore {
             inner: opts.store.clone(),
             gate: gate.clone(),
+            deferred: cell.deferred,
         };
         let layer =
             (opts.layer)(StickySessionLayer::with_store(store).learn_response_ids(cell.learn));
