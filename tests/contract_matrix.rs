@@ -39,7 +39,8 @@
 //!
 //! Each test below runs its scenario in every cell of `cells()` — six transports (tower,
 //! hyper HTTP/1, hyper HTTP/2, axum `fallback_service` over HTTP/1 and HTTP/2, axum
-//! `Router::layer`) × two body types × response-id learning off and on — unless it says
+//! `Router::layer`) × two body types × three variants (plain; response-id learning on; a
+//! store whose every operation is pending once, as a networked one is) — unless it says
 //! why not (cells already covered exactly by `contract_known_empty.rs` are skipped there;
 //! FM2 and FM6 read request headers only and run with one body type).
 
