@@ -398,6 +398,10 @@ async fn span_records_the_source() {
     let fields = Fields::default();
     let subscriber = tracing_subscriber::registry().with(fields.clone());
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Other tests of this binary run on other threads with no subscriber: a callsite
+    // they registered first has its interest cached as "never", which would hide the
+    // span from this thread's subscriber. Recompute every callsite's interest now.
+    tracing::callsite::rebuild_interest_cache();
     let st = default_stack();
     learn(&st.store, "resp_t", "a");
     send(&st, post(&[], r#"{"prompt_cache_key":"pck-span"}"#)).await;
