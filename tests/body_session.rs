@@ -392,6 +392,9 @@ async fn debug_event_names_the_field_and_never_logs_the_whole_id() {
         .with_ansi(false)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
+    // This binary's other tests run on other threads without a subscriber; an event
+    // callsite they register first caches "never". Recompute interests for this one.
+    tracing::callsite::rebuild_interest_cache();
     let layer = SessionFromBodyLayer::new();
     call(&layer, json_request().body(full(CODEX)).unwrap()).await;
     let long = "x".repeat(300);
