@@ -215,6 +215,17 @@
 //!   service returns an error or a 5xx to it.
 //! - **Compression** outside: the sticky body then judges the upstream's real frames, and
 //!   the commit happens before the first compressed byte can leave.
+//!   tower-http's `TimeoutLayer` builds its 408/504 response with `Default::default()`,
+//!   so it needs a response body type with `Default` (`Full`, axum's `Body`).
+//!   [`ResponseBody`] is `Default` when its inner body is; hyper's `Incoming` (a
+//!   forwarding proxy's body) and `StreamBody` are not. There, use
+//!   `tower::timeout::TimeoutLayer` (an error, turned into a response by axum's
+//!   `HandleErrorLayer` or your own `map_result`), or map the body to
+//!   `axum::body::Body` first.
+//! - **[`SessionFromBodyLayer`]** (session ids from JSON bodies) goes *outside* the
+//!   sticky layer, directly in front of it, and *inside* authentication and request-body
+//!   limits: it buffers up to its limit, and an unauthenticated client should not be able
+//!   to make it do so.
 //! - With `axum::Router::layer`, layers run bottom to top: call `.layer(StickySessionLayer)`
 //!   *before* (below) the tower-http layers, or pass one `ServiceBuilder` as above.
 //!
