@@ -13,6 +13,22 @@ use crate::stats::{ClearReason, Counters, Stats};
 use crate::store::{BindingStore, StoreError, StoreErrorKind};
 use crate::types::{AuthId, BindingKey};
 
+/// `Span::record` only when the span is enabled: on a disabled span `record` still looks
+/// the field up by name among the span's fields (a string comparison per field), a cost
+/// every request paid with tracing off.
+pub(crate) trait RecordEnabled {
+    fn rec<V: tracing::Value>(&self, field: &'static str, value: V);
+}
+
+impl RecordEnabled for Span {
+    #[inline]
+    fn rec<V: tracing::Value>(&self, field: &'static str, value: V) {
+        if !self.is_disabled() {
+            self.record(field, value);
+        }
+    }
+}
+
 /// The store and the counters, shared by every service and response body of a layer.
 pub(crate) struct Core<St> {
     pub(crate) store: St,
@@ -104,8 +120,8 @@ impl<St: BindingStore> StoreOp<St> {
         auth: &AuthId,
         span: &Span,
     ) -> Self {
-        span.record("outcome", "committed");
-        span.record("auth", tracing::field::display(auth));
+        span.rec("outcome", "committed");
+        span.rec("auth", tracing::field::display(auth));
         tracing::debug!(parent: span, session = %key.session().redacted(), auth = %auth, "sticky session: commit");
         Self::new(core, OpKind::Commit(core.store.commit(key, auth)))
     }
@@ -118,8 +134,8 @@ impl<St: BindingStore> StoreOp<St> {
         span: &Span,
     ) -> Self {
         core.counters().clear_attempt(reason);
-        span.record("outcome", "cleared");
-        span.record("auth", tracing::field::display(auth));
+        span.rec("outcome", "cleared");
+        span.rec("auth", tracing::field::display(auth));
         tracing::debug!(
             parent: span,
             session = %key.session().redacted(),

@@ -14,7 +14,7 @@ use tracing::Span;
 
 use crate::body::{ResponseBody, Watch};
 use crate::classify::{ClassifyResponse, ResponseClass, StatusClassifier};
-use crate::core::{Core, StoreOp};
+use crate::core::{Core, RecordEnabled, StoreOp};
 use crate::layer::Shared;
 use crate::learn::{LearnCtx, Learner};
 use crate::stats::{ClearReason, Counters, DECISION_HEADER, Decision};
@@ -71,7 +71,7 @@ pub(crate) fn apply_lookup<St>(
     let (decision, pinned) = match result {
         Ok(Some(auth)) => {
             Counters::inc(hits);
-            span.record("auth", tracing::field::display(&auth));
+            span.rec("auth", tracing::field::display(&auth));
             extensions.insert(PinnedAuth(auth.clone()));
             (Decision::Hit, Some(auth))
         }
@@ -85,7 +85,7 @@ pub(crate) fn apply_lookup<St>(
             (Decision::Miss, None)
         }
     };
-    span.record("decision", decision.as_str());
+    span.rec("decision", decision.as_str());
     (decision, pinned)
 }
 
@@ -125,15 +125,15 @@ pub(crate) fn apply_response_id<St>(
         });
     } else {
         counters.source(SessionSourceKind::ResponseId);
-        span.record("session", tracing::field::display(key.session().redacted()));
-        span.record("source", SessionSourceKind::ResponseId.as_str());
+        span.rec("session", tracing::field::display(key.session().redacted()));
+        span.rec("source", SessionSourceKind::ResponseId.as_str());
         extensions.insert(key.session().clone());
         extensions.insert(SessionSource::ResponseId);
         extensions.insert(key);
     }
-    span.record("decision", Decision::Hit.as_str());
-    span.record("hard_pin", true);
-    span.record("auth", tracing::field::display(&auth));
+    span.rec("decision", Decision::Hit.as_str());
+    span.rec("hard_pin", true);
+    span.rec("auth", tracing::field::display(&auth));
     extensions.insert(PinnedAuth(auth.clone()));
     extensions.insert(HardPin);
     Some(auth)
@@ -431,7 +431,7 @@ where
                     Judged::Store(op, Err(err))
                 }
                 None => {
-                    span.record("outcome", "kept");
+                    span.rec("outcome", "kept");
                     Judged::Done(Err(err))
                 }
             };
@@ -445,7 +445,7 @@ where
                 Judged::Store(op, Ok(res))
             }
             None => {
-                span.record("outcome", "kept");
+                span.rec("outcome", "kept");
                 Judged::Done(Ok(res.map(ResponseBody::passthrough)))
             }
         },
@@ -457,7 +457,7 @@ where
                 Judged::Store(op, Ok(res))
             }
             Some(served) => {
-                span.record("outcome", "awaiting_first_chunk");
+                span.rec("outcome", "awaiting_first_chunk");
                 let watch = Watch {
                     span: span.clone(),
                     core: core.clone(),
@@ -467,12 +467,12 @@ where
                 Judged::Done(Ok(res.map(|body| ResponseBody::watching(body, watch))))
             }
             None => {
-                span.record("outcome", "kept");
+                span.rec("outcome", "kept");
                 Judged::Done(Ok(res.map(ResponseBody::passthrough)))
             }
         },
         ResponseClass::Neutral => {
-            span.record("outcome", "kept");
+            span.rec("outcome", "kept");
             Judged::Done(Ok(res.map(ResponseBody::passthrough)))
         }
     }

@@ -14,6 +14,7 @@ use crate::SessionId;
 use crate::body::ResponseBody;
 use crate::body_session::BodySignals;
 use crate::classify::{ClassifyResponse, StatusClassifier};
+use crate::core::RecordEnabled;
 use crate::extract::{EscapedPrefix, Found};
 use crate::future::{ResponseFuture, Tracking, apply_lookup, apply_response_id};
 use crate::layer::{Shared, StickySessionLayer};
@@ -198,7 +199,7 @@ where
                             "sticky session: invalid session id; request is not sticky"
                         );
                         if shared.strict {
-                            span.record("decision", Decision::Invalid.as_str());
+                            span.rec("decision", Decision::Invalid.as_str());
                             Counters::inc(&counters.rejected);
                             let msg = reject(header, reason, shared.max_len);
                             return ResponseFuture::rejected(msg, span, report);
@@ -210,7 +211,7 @@ where
                         Decision::NoSession
                     }
                 };
-                span.record("decision", decision.as_str());
+                span.rec("decision", decision.as_str());
                 // No session of its own; a learned previous_response_id still pins it.
                 return match response_id {
                     Some(key) => self
@@ -223,8 +224,8 @@ where
                 };
             }
         };
-        span.record("session", tracing::field::display(session.redacted()));
-        span.record("source", tracing::field::display(&source));
+        span.rec("session", tracing::field::display(session.redacted()));
+        span.rec("source", tracing::field::display(&source));
         counters.source(source.kind());
 
         let key = BindingKey::new(scope, session.clone());
@@ -234,8 +235,8 @@ where
 
         if let Some(PinnedAuth(explicit)) = parts.extensions.get::<PinnedAuth>() {
             Counters::inc(&counters.explicit_pins);
-            span.record("decision", Decision::Pinned.as_str());
-            span.record("auth", tracing::field::display(explicit));
+            span.rec("decision", Decision::Pinned.as_str());
+            span.rec("auth", tracing::field::display(explicit));
             let pinned = Some(explicit.clone());
             let tracking = Tracking::new(self.shared.clone(), key, pinned, is_head);
             let req = Request::from_parts(parts, body);

@@ -93,9 +93,15 @@ impl Counters {
         Self::inc(&self.clear_attempts[reason.index()]);
     }
 
+    /// Counts a request's session source. Headers, the common case, are not counted:
+    /// every request under `explicit_pins` or `lookups` has exactly one source of its own,
+    /// so the header count is derived in [`Stats::snapshot`] (one shared-line increment
+    /// less per request).
     #[inline]
     pub(crate) fn source(&self, kind: SessionSourceKind) {
-        Self::inc(&self.sources[kind.index()]);
+        if kind != SessionSourceKind::Header {
+            Self::inc(&self.sources[kind.index()]);
+        }
     }
 }
 
@@ -133,6 +139,17 @@ impl Stats {
         let unresolved = deferred.saturating_sub(deferred_hits + deferred_misses);
         let lookups = hits + misses + unresolved;
         let invalid_total: u64 = invalid.iter().map(|(_, n)| n).sum();
+        // Every request with a session of its own (`explicit_pins + lookups`) has one
+        // source; all but headers are counted, read here after the totals they are part
+        // of, so the difference never goes below the truth by more than in-flight counts.
+        let mut sources = SessionSourceKind::ALL.map(|k| (k, get(&c.sources[k.index()])));
+        let own = sources
+            .iter()
+            .filter(|(k, _)| !matches!(k, SessionSourceKind::ResponseId))
+            .map(|(_, n)| n)
+            .sum::<u64>();
+        sources[SessionSourceKind::Header.index()].1 =
+            (explicit_pins + lookups).saturating_sub(own);
         StatsSnapshot {
             // Every request is exactly one of these, counted when the layer's `call` ran.
             requests: no_session + invalid_total + explicit_pins + lookups,
@@ -148,7 +165,7 @@ impl Stats {
             clear_attempts: ClearReason::ALL.map(|r| (r, get(&c.clear_attempts[r.index()]))),
             cleared: get(&c.cleared),
             store_errors: get(&c.store_errors),
-            sources: SessionSourceKind::ALL.map(|k| (k, get(&c.sources[k.index()]))),
+            sources,
             hard_pins: get(&c.hard_pins),
             response_ids_unknown: get(&c.response_ids_unknown),
             response_ids_learned: get(&c.response_ids_learned),
