@@ -158,8 +158,10 @@ pin_project! {
         #[pin]
         state: State<S, ReqB, St>,
         tracking: Option<Tracking<St, C>>,
-        // Response-id learning, when on: becomes the body's learner on a success.
-        learn: Option<LearnCtx<St, C>>,
+        // Response-id learning, when on: becomes the body's learner on a success. Boxed,
+        // like the pending response-id lookup's key: both are opt-in, and every request
+        // moves this future around.
+        learn: Option<Box<LearnCtx<St, C>>>,
         span: Span,
         decision: Decision,
         report: bool,
@@ -179,7 +181,7 @@ pin_project! {
             req: Option<Request<ReqB>>,
             // `Some`: this is the lookup of the request's `previous_response_id` (its key);
             // on a miss the session's own lookup follows.
-            response_id: Option<BindingKey>,
+            response_id: Option<Box<BindingKey>>,
         },
         Inner {
             #[pin]
@@ -204,7 +206,7 @@ where
     pub(crate) fn inner(
         fut: S::Future,
         tracking: Option<Tracking<St, C>>,
-        learn: Option<LearnCtx<St, C>>,
+        learn: Option<Box<LearnCtx<St, C>>>,
         span: Span,
         decision: Decision,
         report: bool,
@@ -224,11 +226,11 @@ where
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn lookup(
         lookup: St::LookupFuture,
-        response_id: Option<BindingKey>,
+        response_id: Option<Box<BindingKey>>,
         svc: S,
         req: Request<ReqB>,
         tracking: Option<Tracking<St, C>>,
-        learn: Option<LearnCtx<St, C>>,
+        learn: Option<Box<LearnCtx<St, C>>>,
         span: Span,
         decision: Decision,
         report: bool,
@@ -294,7 +296,7 @@ where
 fn poll_state<S, ReqB, ResB, St, C>(
     mut state: Pin<&mut State<S, ReqB, St>>,
     tracking: &mut Option<Tracking<St, C>>,
-    learn: &mut Option<LearnCtx<St, C>>,
+    learn: &mut Option<Box<LearnCtx<St, C>>>,
     span: &Span,
     decision: &mut Decision,
     cx: &mut Context<'_>,
@@ -327,7 +329,7 @@ where
                     };
                     let own = tracking.is_some();
                     let ext = r.extensions_mut();
-                    match apply_response_id(core, span, result, ext, key, own, true) {
+                    match apply_response_id(core, span, result, ext, *key, own, true) {
                         Some(auth) => {
                             *decision = Decision::Hit;
                             if let Some(t) = tracking.as_mut() {

@@ -171,9 +171,11 @@ where
             _ if shared.learn => shared.scope.as_ref().and_then(|f| f(&parts)),
             _ => None,
         };
-        let learn = shared.learn.then(|| LearnCtx {
-            shared: self.shared.clone(),
-            scope: scope.clone(),
+        let learn = shared.learn.then(|| {
+            Box::new(LearnCtx {
+                shared: self.shared.clone(),
+                scope: scope.clone(),
+            })
         });
         // An explicit pin wins over learned response ids, as over the store.
         let response_id = response_id
@@ -276,7 +278,7 @@ impl<S: Clone, St: BindingStore, C: ClassifyResponse> StickySession<S, St, C> {
         mut parts: Parts,
         body: ReqB,
         mut tracking: Tracking<St, C>,
-        learn: Option<LearnCtx<St, C>>,
+        learn: Option<Box<LearnCtx<St, C>>>,
         span: Span,
         report: bool,
     ) -> ResponseFuture<S, ReqB, St, C>
@@ -329,7 +331,7 @@ impl<S: Clone, St: BindingStore, C: ClassifyResponse> StickySession<S, St, C> {
         mut parts: Parts,
         body: ReqB,
         mut tracking: Option<Tracking<St, C>>,
-        learn: Option<LearnCtx<St, C>>,
+        learn: Option<Box<LearnCtx<St, C>>>,
         span: Span,
         decision: Decision,
         report: bool,
@@ -373,7 +375,7 @@ impl<S: Clone, St: BindingStore, C: ClassifyResponse> StickySession<S, St, C> {
                 let req = Request::from_parts(parts, body);
                 ResponseFuture::lookup(
                     lookup,
-                    Some(key),
+                    Some(Box::new(key)),
                     svc,
                     req,
                     tracking,
