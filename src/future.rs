@@ -464,7 +464,13 @@ where
                     span: span.clone(),
                     core: core.clone(),
                     key: t.key,
-                    served: served.clone(),
+                    // On a hit served by its pinned account (the common case) the
+                    // lookup's `AuthId` moves on: no refcount traffic on the account's
+                    // shared `Arc`.
+                    served: match t.pinned {
+                        Some(pinned) if pinned.same(served) => pinned,
+                        _ => served.clone(),
+                    },
                 };
                 Judged::Done(Ok(res.map(|body| ResponseBody::watching(body, watch))))
             }
