@@ -11,6 +11,8 @@
 #[allow(dead_code, unused_imports)]
 #[path = "../examples/proxy/app.rs"]
 mod app;
+#[path = "support/proxy_harness.rs"]
+mod harness;
 #[path = "support/proxy_upstream.rs"]
 mod upstream;
 
@@ -26,13 +28,14 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower_sticky_session::{BindingKey, MokaStore, SessionId};
 
 use app::{Drained, ProxyConfig, ServeConfig, Upstream};
+use harness::Spawned;
 use upstream::{Account, BOUND, Mode, within};
 
 /// How many times a session's request is repeated, each after a request of another session.
@@ -71,22 +74,13 @@ impl Proxy {
         assert!(cfg.body_session, "the proxy's default reads bodies");
         let store = MokaStore::new();
         let built = app::build(&cfg, store.clone()).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(app::serve(
-            listener,
-            built.service,
-            async {
-                let _ = stopped.await;
-            },
-            ServeConfig::new(BOUND),
-        ));
+        let Spawned { addr, stop, server } =
+            harness::spawn(built.service, ServeConfig::new(BOUND)).await;
         Self {
             addr,
             store,
             accounts,
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: harness::client(),
             others: std::cell::Cell::new(0),
             _stop: stop,
             server,
@@ -549,19 +543,12 @@ async fn a_response_id_learned_from_a_response_created_event_beats_header_and_bo
         Upstream::new("c", &c.url()).unwrap(),
     ];
     let built = app::build(&ProxyConfig::new(upstreams), MokaStore::new()).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (_stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(app::serve(
-        listener,
-        built.service,
-        async {
-            let _ = stopped.await;
-        },
-        ServeConfig::new(BOUND),
-    ));
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let Spawned {
+        addr,
+        stop: _stop,
+        server,
+    } = harness::spawn(built.service, ServeConfig::new(BOUND)).await;
+    let client = harness::client();
     let send = |headers: &'static [(&'static str, &'static str)], body: Bytes| {
         let client = client.clone();
         async move {

@@ -17,6 +17,8 @@
 #[allow(dead_code, unused_imports)]
 #[path = "../examples/proxy/app.rs"]
 mod app;
+#[path = "support/proxy_harness.rs"]
+mod harness;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -40,6 +42,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tower_sticky_session::{AuthId, BindingKey, BindingStore, MokaStore, Scope, SessionId, Stats};
 
 use app::{Drained, ProxyConfig, ServeConfig, Upstream};
+use harness::Spawned;
 
 /// Bound on every wait, so that a bug fails the test instead of hanging it.
 const BOUND: Duration = Duration::from_secs(20);
@@ -343,22 +346,13 @@ impl Proxy {
         // answer directly (failover has its own tests in proxy_failover.rs).
         cfg.failover.attempts = 1;
         let built = app::build(&cfg, store.clone()).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(app::serve(
-            listener,
-            built.service,
-            async {
-                let _ = stopped.await;
-            },
-            ServeConfig::new(BOUND),
-        ));
+        let Spawned { addr, stop, server } =
+            harness::spawn(built.service, ServeConfig::new(BOUND)).await;
         Self {
             addr,
             store,
             stats: built.stats,
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: harness::client(),
             stop: Some(stop),
             server,
         }

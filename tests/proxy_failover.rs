@@ -7,6 +7,8 @@
 #[allow(dead_code, unused_imports)]
 #[path = "../examples/proxy/app.rs"]
 mod app;
+#[path = "support/proxy_harness.rs"]
+mod harness;
 #[path = "support/proxy_upstream.rs"]
 mod upstream;
 
@@ -19,14 +21,14 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower_sticky_session::{AuthId, BindingKey, BindingStore, MokaStore, SessionId};
 
 use app::{Drained, ProxyConfig, ServeConfig, Upstream};
+use harness::Spawned;
 use upstream::{Account, BOUND, Mode, unreachable_url, within};
 
 struct Proxy {
@@ -62,21 +64,12 @@ impl Proxy {
     async fn start(cfg: ProxyConfig) -> Self {
         let store = MokaStore::new();
         let built = app::build(&cfg, store.clone()).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(app::serve(
-            listener,
-            built.service,
-            async {
-                let _ = stopped.await;
-            },
-            ServeConfig::new(BOUND),
-        ));
+        let Spawned { addr, stop, server } =
+            harness::spawn(built.service, ServeConfig::new(BOUND)).await;
         Self {
             addr,
             store,
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: harness::client(),
             _stop: stop,
             server,
         }
@@ -464,16 +457,12 @@ async fn hard_pin_is_never_retried_elsewhere() {
         req.extensions_mut().insert(tower_sticky_session::HardPin);
         req
     });
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(app::serve(
-        listener,
-        svc,
-        std::future::pending(),
-        ServeConfig::new(BOUND),
-    ));
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let Spawned {
+        addr,
+        stop: _stop,
+        server,
+    } = harness::spawn(svc, ServeConfig::new(BOUND)).await;
+    let client = harness::client();
     let res = within(
         "head",
         client.request(

@@ -4,6 +4,8 @@
 #[allow(dead_code, unused_imports)]
 #[path = "../examples/proxy/app.rs"]
 mod app;
+#[path = "support/proxy_harness.rs"]
+mod harness;
 #[path = "support/proxy_upstream.rs"]
 mod upstream;
 
@@ -11,12 +13,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower_sticky_session::MokaStore;
 
 use app::{Drained, ProxyConfig, ServeConfig, Upstream};
+use harness::Spawned;
 use upstream::{Account, Mode, within};
 
 const HEADER_TIMEOUT: Duration = Duration::from_millis(300);
@@ -31,17 +34,7 @@ async fn start(account: &Account, serve: ServeConfig, upstream_timeout: Duration
     let mut cfg = ProxyConfig::new(vec![Upstream::new(account.name, &account.url()).unwrap()]);
     cfg.failover.upstream_timeout = upstream_timeout;
     let built = app::build(&cfg, MokaStore::new()).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(app::serve(
-        listener,
-        built.service,
-        async {
-            let _ = stopped.await;
-        },
-        serve,
-    ));
+    let Spawned { addr, stop, server } = harness::spawn(built.service, serve).await;
     Proxy {
         addr,
         stop: Some(stop),

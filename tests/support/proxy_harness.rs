@@ -1,0 +1,63 @@
+//! The example proxy's service served in-process for the proxy tests: [`spawn`] binds
+//! 127.0.0.1:0 and runs `app::serve` until the returned stop sender fires (or is
+//! dropped), and [`client`] is the plain HTTP/1 client the tests send requests with.
+//!
+//! The including test file declares `mod app` (`examples/proxy/app.rs`) next to this one.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tower::Service;
+
+use crate::app::{self, Drained, ServeConfig};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A proxy serving on `addr` in a task of its own.
+pub(crate) struct Spawned {
+    pub(crate) addr: SocketAddr,
+    /// Send (or drop) to stop accepting and drain.
+    pub(crate) stop: oneshot::Sender<()>,
+    /// The serving task; it ends with the drain result.
+    pub(crate) server: JoinHandle<Drained>,
+}
+
+/// Serves `service` with `cfg` on a fresh loopback port until `stop` fires.
+pub(crate) async fn spawn<S, B>(service: S, cfg: ServeConfig) -> Spawned
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(app::serve(
+        listener,
+        service,
+        async {
+            let _ = stopped.await;
+        },
+        cfg,
+    ));
+    Spawned { addr, stop, server }
+}
+
+/// A plain HTTP/1 client for requests to the proxy.
+pub(crate) fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
