@@ -3,6 +3,8 @@
 //! accounts on loopback. Exit codes, keys, client and admin tokens, and that no secret
 //! reaches its output, even with `RUST_LOG=trace`.
 
+#[path = "support/proxy_bin.rs"]
+mod bin;
 #[path = "support/proxy_upstream.rs"]
 mod upstream;
 
@@ -20,6 +22,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::process::{Child, Command};
 
+use bin::{feature_args, scrub_cargo_env};
 use upstream::{Account, Mode, within};
 
 const KEY_A: &str = "sk-alpha-7f3a9c0e1b2d";
@@ -419,37 +422,4 @@ async fn exit_code_is_non_zero_when_the_grace_period_cuts_a_stream() {
     let status = within("exit", child.wait()).await.unwrap();
     assert_eq!(status.code(), Some(3));
     drop(res);
-}
-
-/// Removes what cargo set in this test's environment for the test itself (CARGO_PKG_NAME,
-/// CARGO_MANIFEST_DIR, ...): build scripts (ring's) re-run when those change, so a
-/// nested `cargo build` that inherited them would rebuild dependencies, and the next
-/// ordinary build would rebuild them back.
-fn scrub_cargo_env(cmd: &mut std::process::Command) {
-    const KEEP: [&str; 8] = [
-        "CARGO_HOME",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_",
-        "CARGO_REGISTRIES_",
-        "CARGO_NET_",
-        "CARGO_HTTP_",
-        "CARGO_TERM_",
-        "CARGO_PROFILE_",
-    ];
-    for (k, _) in std::env::vars_os() {
-        let Some(k) = k.to_str() else { continue };
-        if (k.starts_with("CARGO_") && !KEEP.iter().any(|p| k.starts_with(p))) || k == "OUT_DIR" {
-            cmd.env_remove(k);
-        }
-    }
-}
-
-/// The crate's features as this test was built with them, for the nested `cargo build`:
-/// it then reuses the library `cargo test` already built (`--all-features` or not).
-fn feature_args() -> Vec<&'static str> {
-    let mut args = vec!["--no-default-features"];
-    if cfg!(feature = "redis") {
-        args.extend(["--features", "redis"]);
-    }
-    args
 }

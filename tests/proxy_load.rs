@@ -17,6 +17,8 @@
 //! the time to the response head of proxied requests (p50/p99) is printed for that window
 //! and for the window of the same length before it.
 
+#[path = "support/proxy_bin.rs"]
+mod bin;
 #[path = "support/proxy_upstream.rs"]
 mod upstream;
 
@@ -33,6 +35,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use bin::{feature_args, scrub_cargo_env};
 use upstream::{Account, Mode};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -248,37 +251,4 @@ async fn thousand_streaming_clients_see_no_failure_while_one_account_fails() {
     let _ = child.start_kill();
     assert_eq!(failed, 0, "client-visible failures");
     assert!(ok > 0);
-}
-
-/// Removes what cargo set in this test's environment for the test itself (CARGO_PKG_NAME,
-/// CARGO_MANIFEST_DIR, ...): build scripts (ring's) re-run when those change, so a
-/// nested `cargo build` that inherited them would rebuild dependencies, and the next
-/// ordinary build would rebuild them back.
-fn scrub_cargo_env(cmd: &mut std::process::Command) {
-    const KEEP: [&str; 8] = [
-        "CARGO_HOME",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_",
-        "CARGO_REGISTRIES_",
-        "CARGO_NET_",
-        "CARGO_HTTP_",
-        "CARGO_TERM_",
-        "CARGO_PROFILE_",
-    ];
-    for (k, _) in std::env::vars_os() {
-        let Some(k) = k.to_str() else { continue };
-        if (k.starts_with("CARGO_") && !KEEP.iter().any(|p| k.starts_with(p))) || k == "OUT_DIR" {
-            cmd.env_remove(k);
-        }
-    }
-}
-
-/// The crate's features as this test was built with them, for the nested `cargo build`:
-/// it then reuses the library `cargo test` already built (`--all-features` or not).
-fn feature_args() -> Vec<&'static str> {
-    let mut args = vec!["--no-default-features"];
-    if cfg!(feature = "redis") {
-        args.extend(["--features", "redis"]);
-    }
-    args
 }
