@@ -6,26 +6,20 @@
 
 #[path = "support/redis_cluster.rs"]
 mod redis_cluster;
+#[path = "support/redis_load.rs"]
+mod redis_load;
 #[path = "support/redis_server.rs"]
 mod redis_server;
 #[path = "support/redis_store_util.rs"]
 mod redis_store_util;
 
-use std::convert::Infallible;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
-use tower::{Layer, ServiceExt};
 use tower_sticky_session::store::RedisStore;
-use tower_sticky_session::{
-    AuthId, BindingStore, DEFAULT_SESSION_HEADER, PinnedAuth, ServedBy, StickySessionLayer,
-};
+use tower_sticky_session::{AuthId, BindingStore};
 
 use redis_cluster::RedisCluster;
+use redis_load::{Load, replicas, request};
 use redis_store_util::{eventually, key, wait_connected};
 
 /// A hang guard, not a performance figure: generous for a busy 2-core machine.
@@ -127,25 +121,6 @@ async fn start_up_while_the_cluster_is_unreachable_succeeds_and_the_store_recove
 }
 
 /// One request through the sticky layer: returns the account that served it.
-async fn request<S>(svc: &S, session: &str) -> (Option<AuthId>, AuthId)
-where
-    S: tower::Service<
-            Request<Full<Bytes>>,
-            Response = Response<tower_sticky_session::ResponseBody<Full<Bytes>, RedisStore>>,
-            Error = Infallible,
-        > + Clone,
-{
-    let req = Request::get("/v1/responses")
-        .header(DEFAULT_SESSION_HEADER, session)
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let res = svc.clone().oneshot(req).await.unwrap();
-    let served = res.extensions().get::<ServedBy>().unwrap().0.clone();
-    let pinned = res.extensions().get::<PinnedAuth>().map(|p| p.0.clone());
-    res.into_body().collect().await.unwrap();
-    (pinned, served)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_killed_under_load_fails_no_request_and_stickiness_returns_after_recovery() {
     let mut cluster = RedisCluster::start(1000);
@@ -155,57 +130,10 @@ async fn primary_killed_under_load_fails_no_request_and_stickiness_returns_after
     }
     // Two replicas of a proxy, each an inner service that honours the pin and otherwise
     // picks its own account ("replica-0"/"replica-1" accounts differ on purpose).
-    let services: Vec<_> = stores
-        .iter()
-        .enumerate()
-        .map(|(r, s)| {
-            let inner = tower::service_fn(move |req: Request<Full<Bytes>>| {
-                let pinned = req.extensions().get::<PinnedAuth>().map(|p| p.0.clone());
-                let auth = pinned
-                    .clone()
-                    .unwrap_or_else(|| AuthId::from(format!("acct-r{r}")));
-                async move {
-                    let mut res = Response::new(Full::new(Bytes::from_static(b"ok")));
-                    // Reported back so the test can see whether the request was pinned.
-                    if let Some(p) = pinned {
-                        res.extensions_mut().insert(PinnedAuth(p));
-                    }
-                    res.extensions_mut().insert(ServedBy(auth));
-                    Ok::<_, Infallible>(res)
-                }
-            });
-            StickySessionLayer::with_store(s.clone()).layer(inner)
-        })
-        .collect();
+    let services = replicas(&stores);
 
     // Load: 8 sessions, alternating replicas, one request after the other.
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
-    let slowest = Arc::new(AtomicU64::new(0));
-    let mut load = Vec::new();
-    for w in 0..8 {
-        let (services, stop, sent, slowest) = (
-            services.clone(),
-            stop.clone(),
-            sent.clone(),
-            slowest.clone(),
-        );
-        load.push(tokio::spawn(async move {
-            let session = format!("load-{w}");
-            let mut n = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                let started = Instant::now();
-                let _ = tokio::time::timeout(HANG_GUARD * 5, request(&services[n % 2], &session))
-                    .await
-                    .expect("request hung");
-                let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-                slowest.fetch_max(us, Ordering::Relaxed);
-                sent.fetch_add(1, Ordering::Relaxed);
-                n += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }));
-    }
+    let load = Load::start(&services, HANG_GUARD * 5);
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Sticky before the fault: one session's requests on both replicas, same account.
     let (_, first) = request(&services[0], "probe-before").await;
@@ -240,20 +168,15 @@ async fn primary_killed_under_load_fails_no_request_and_stickiness_returns_after
         }
     })
     .await;
-    stop.store(true, Ordering::Relaxed);
-    for l in load {
-        l.await
-            .expect("a load task panicked (a request failed or hung)");
-    }
-    let slowest = Duration::from_micros(slowest.load(Ordering::Relaxed));
+    let (sent, slowest) = load.finish().await;
     eprintln!(
         "cluster failover: requests {}, slowest {slowest:?}, cluster ok {cluster_ok:?} after restart, sharing back {back:?} after restart; stats {:?} / {:?}",
-        sent.load(Ordering::Relaxed),
+        sent,
         stores[0].stats(),
         stores[1].stats()
     );
     assert!(slowest < HANG_GUARD, "a request took {slowest:?}");
-    assert!(sent.load(Ordering::Relaxed) > 100);
+    assert!(sent > 100);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

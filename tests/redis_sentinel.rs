@@ -3,6 +3,8 @@
 //! load: no request fails, and bindings written after the failover are shared again.
 #![cfg(feature = "redis")]
 
+#[path = "support/redis_load.rs"]
+mod redis_load;
 #[path = "support/redis_sentinel.rs"]
 mod redis_sentinel;
 #[path = "support/redis_server.rs"]
@@ -10,20 +12,12 @@ mod redis_server;
 #[path = "support/redis_store_util.rs"]
 mod redis_store_util;
 
-use std::convert::Infallible;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
-use tower::{Layer, ServiceExt};
 use tower_sticky_session::store::RedisStore;
-use tower_sticky_session::{
-    AuthId, BindingStore, DEFAULT_SESSION_HEADER, PinnedAuth, ServedBy, StickySessionLayer,
-};
+use tower_sticky_session::{AuthId, BindingStore};
 
+use redis_load::{Load, replicas, request};
 use redis_sentinel::RedisSentinel;
 use redis_server::RedisServer;
 use redis_store_util::{eventually, key, wait_connected};
@@ -129,25 +123,6 @@ async fn start_up_while_sentinel_is_unreachable_succeeds() {
     }
 }
 
-async fn request<S>(svc: &S, session: &str) -> (Option<AuthId>, AuthId)
-where
-    S: tower::Service<
-            Request<Full<Bytes>>,
-            Response = Response<tower_sticky_session::ResponseBody<Full<Bytes>, RedisStore>>,
-            Error = Infallible,
-        > + Clone,
-{
-    let req = Request::get("/v1/responses")
-        .header(DEFAULT_SESSION_HEADER, session)
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let res = svc.clone().oneshot(req).await.unwrap();
-    let served = res.extensions().get::<ServedBy>().unwrap().0.clone();
-    let pinned = res.extensions().get::<PinnedAuth>().map(|p| p.0.clone());
-    res.into_body().collect().await.unwrap();
-    (pinned, served)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forced_failover_under_load_fails_no_request_and_sharing_resumes() {
     let s = setup();
@@ -164,55 +139,9 @@ async fn forced_failover_under_load_fails_no_request_and_sharing_resumes() {
     for st in &stores {
         wait_connected(st).await;
     }
-    let services: Vec<_> = stores
-        .iter()
-        .enumerate()
-        .map(|(r, st)| {
-            let inner = tower::service_fn(move |req: Request<Full<Bytes>>| {
-                let pinned = req.extensions().get::<PinnedAuth>().map(|p| p.0.clone());
-                let auth = pinned
-                    .clone()
-                    .unwrap_or_else(|| AuthId::from(format!("acct-r{r}")));
-                async move {
-                    let mut res = Response::new(Full::new(Bytes::from_static(b"ok")));
-                    if let Some(p) = pinned {
-                        res.extensions_mut().insert(PinnedAuth(p));
-                    }
-                    res.extensions_mut().insert(ServedBy(auth));
-                    Ok::<_, Infallible>(res)
-                }
-            });
-            StickySessionLayer::with_store(st.clone()).layer(inner)
-        })
-        .collect();
+    let services = replicas(&stores);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
-    let slowest = Arc::new(AtomicU64::new(0));
-    let mut load = Vec::new();
-    for w in 0..8 {
-        let (services, stop, sent, slowest) = (
-            services.clone(),
-            stop.clone(),
-            sent.clone(),
-            slowest.clone(),
-        );
-        load.push(tokio::spawn(async move {
-            let session = format!("load-{w}");
-            let mut n = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                let started = Instant::now();
-                tokio::time::timeout(HANG_GUARD * 5, request(&services[n % 2], &session))
-                    .await
-                    .expect("request hung");
-                let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-                slowest.fetch_max(us, Ordering::Relaxed);
-                sent.fetch_add(1, Ordering::Relaxed);
-                n += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }));
-    }
+    let load = Load::start(&services, HANG_GUARD * 5);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let old_port = s.primary.port();
@@ -256,15 +185,10 @@ async fn forced_failover_under_load_fails_no_request_and_sharing_resumes() {
         },
     )
     .await;
-    stop.store(true, Ordering::Relaxed);
-    for l in load {
-        l.await
-            .expect("a load task panicked (a request failed or hung)");
-    }
-    let slowest = Duration::from_micros(slowest.load(Ordering::Relaxed));
+    let (sent, slowest) = load.finish().await;
     eprintln!(
         "sentinel failover: requests {}, slowest {slowest:?}, sentinel switched after {switched:?}, sharing on the new primary after {shared:?}; old primary {old_port} role: {:?}; stats {:?} / {:?}",
-        sent.load(Ordering::Relaxed),
+        sent,
         s.primary
             .command(&["ROLE"])
             .lines()
@@ -274,5 +198,5 @@ async fn forced_failover_under_load_fails_no_request_and_sharing_resumes() {
         stores[1].stats()
     );
     assert!(slowest < HANG_GUARD, "a request took {slowest:?}");
-    assert!(sent.load(Ordering::Relaxed) > 50);
+    assert!(sent > 50);
 }
