@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower_sticky_session::{AuthId, BindingKey, BindingStore, MokaStore, SessionId};
@@ -457,11 +457,14 @@ async fn hard_pin_is_never_retried_elsewhere() {
         req.extensions_mut().insert(tower_sticky_session::HardPin);
         req
     });
-    let Spawned {
-        addr,
-        stop: _stop,
-        server,
-    } = harness::spawn(svc, ServeConfig::new(BOUND)).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(app::serve(
+        listener,
+        svc,
+        std::future::pending(),
+        ServeConfig::new(BOUND),
+    ));
     let client = harness::client();
     let res = within(
         "head",

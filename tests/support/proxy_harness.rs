@@ -8,21 +8,16 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use http::{Request, Response};
-use http_body::Body;
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tower::Service;
+use tower_sticky_session::MokaStore;
 
-use crate::app::{self, Drained, ServeConfig};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::app::{self, Drained, ProxyService, ServeConfig};
 
 /// A proxy serving on `addr` in a task of its own.
 pub(crate) struct Spawned {
@@ -33,16 +28,8 @@ pub(crate) struct Spawned {
     pub(crate) server: JoinHandle<Drained>,
 }
 
-/// Serves `service` with `cfg` on a fresh loopback port until `stop` fires.
-pub(crate) async fn spawn<S, B>(service: S, cfg: ServeConfig) -> Spawned
-where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
+/// Serves the proxy's `service` with `cfg` on a fresh loopback port until `stop` fires.
+pub(crate) async fn spawn(service: ProxyService<MokaStore>, cfg: ServeConfig) -> Spawned {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
