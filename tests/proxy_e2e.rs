@@ -19,9 +19,10 @@
 mod app;
 #[path = "support/proxy_harness.rs"]
 mod harness;
+#[path = "support/proxy_upstream.rs"]
+mod upstream;
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,15 +44,7 @@ use tower_sticky_session::{AuthId, BindingKey, BindingStore, MokaStore, Scope, S
 
 use app::{Drained, ProxyConfig, ServeConfig, Upstream};
 use harness::Spawned;
-
-/// Bound on every wait, so that a bug fails the test instead of hanging it.
-const BOUND: Duration = Duration::from_secs(20);
-
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(BOUND, fut)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
+use upstream::{BOUND, unreachable_url, within};
 
 // ---------------------------------------------------------------------------------------
 // Upstream accounts owned by the tests.
@@ -282,14 +275,6 @@ async fn respond(
         }
     }
     Ok(res)
-}
-
-/// An address where nothing listens (bound, then released).
-async fn unreachable_url() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    format!("http://{addr}")
 }
 
 // ---------------------------------------------------------------------------------------
