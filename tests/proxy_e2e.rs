@@ -344,18 +344,12 @@ impl Proxy {
     }
 
     fn request(&self, session: Option<&str>) -> http::request::Builder {
-        let mut b = Request::get(format!("http://{}/v1/chat", self.addr));
-        if let Some(s) = session {
-            b = b.header("x-session-id", s);
-        }
-        b
+        harness::chat(Method::GET, self.addr, session)
     }
 
     /// Sends `req` and returns the response as soon as its head arrives.
     async fn send(&self, req: Request<Full<Bytes>>) -> Response<Incoming> {
-        within("response head", self.client.request(req))
-            .await
-            .expect("the proxy answers")
+        harness::send(&self.client, req).await
     }
 
     /// GET with an optional session id; the response head.

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -76,17 +76,11 @@ impl Proxy {
     }
 
     fn req(&self, session: Option<&str>) -> http::request::Builder {
-        let mut b = Request::post(format!("http://{}/v1/chat", self.addr));
-        if let Some(s) = session {
-            b = b.header("x-session-id", s);
-        }
-        b
+        harness::chat(Method::POST, self.addr, session)
     }
 
     async fn send(&self, req: Request<Full<Bytes>>) -> Response<Incoming> {
-        within("response head", self.client.request(req))
-            .await
-            .expect("the proxy answers")
+        harness::send(&self.client, req).await
     }
 
     /// (x-served-by, status, body) of a request with `session`.

@@ -1,14 +1,18 @@
 //! The example proxy's service served in-process for the proxy tests: [`spawn`] binds
 //! 127.0.0.1:0 and runs `app::serve` until the returned stop sender fires (or is
-//! dropped), and [`client`] is the plain HTTP/1 client the tests send requests with.
+//! dropped), [`client`] is the plain HTTP/1 client the tests send requests with,
+//! [`chat`] starts a request with an optional session id and [`send`] waits for the head.
 //!
-//! The including test file declares `mod app` (`examples/proxy/app.rs`) next to this one.
+//! The including test file declares `mod app` (`examples/proxy/app.rs`) and `mod upstream`
+//! (`tests/support/proxy_upstream.rs`) next to this one.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
 
 use bytes::Bytes;
+use http::{Method, Request, Response};
 use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -18,6 +22,7 @@ use tokio::task::JoinHandle;
 use tower_sticky_session::MokaStore;
 
 use crate::app::{self, Drained, ProxyService, ServeConfig};
+use crate::upstream::within;
 
 /// A proxy serving on `addr` in a task of its own.
 pub(crate) struct Spawned {
@@ -47,4 +52,30 @@ pub(crate) async fn spawn(service: ProxyService<MokaStore>, cfg: ServeConfig) ->
 /// A plain HTTP/1 client for requests to the proxy.
 pub(crate) fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A `method` request for `http://{addr}/v1/chat`, with `x-session-id: session` when
+/// there is a session.
+pub(crate) fn chat(
+    method: Method,
+    addr: SocketAddr,
+    session: Option<&str>,
+) -> http::request::Builder {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}/v1/chat"));
+    if let Some(s) = session {
+        b = b.header("x-session-id", s);
+    }
+    b
+}
+
+/// Sends `req` with `client` and returns the response as soon as its head arrives.
+pub(crate) async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> Response<Incoming> {
+    within("response head", client.request(req))
+        .await
+        .expect("the proxy answers")
 }
