@@ -73,9 +73,7 @@ impl Proxy {
         let cfg = ProxyConfig::new(upstreams);
         assert!(cfg.body_session, "the proxy's default reads bodies");
         let store = MokaStore::new();
-        let built = app::build(&cfg, store.clone()).unwrap();
-        let Spawned { addr, stop, server } =
-            harness::spawn(built.service, ServeConfig::new(BOUND)).await;
+        let (Spawned { addr, stop, server }, _) = harness::start(&cfg, store.clone()).await;
         Self {
             addr,
             store,

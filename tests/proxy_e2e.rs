@@ -42,9 +42,9 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tower_sticky_session::{AuthId, BindingKey, BindingStore, MokaStore, Scope, SessionId, Stats};
 
-use app::{Drained, ProxyConfig, ServeConfig, Upstream};
+use app::{Drained, ProxyConfig, Upstream};
 use harness::Spawned;
-use upstream::{BOUND, unreachable_url, within};
+use upstream::{unreachable_url, within};
 
 // ---------------------------------------------------------------------------------------
 // Upstream accounts owned by the tests.
@@ -330,13 +330,11 @@ impl Proxy {
         // One attempt per request: these tests watch the sticky layer judge each account's
         // answer directly (failover has its own tests in proxy_failover.rs).
         cfg.failover.attempts = 1;
-        let built = app::build(&cfg, store.clone()).unwrap();
-        let Spawned { addr, stop, server } =
-            harness::spawn(built.service, ServeConfig::new(BOUND)).await;
+        let (Spawned { addr, stop, server }, stats) = harness::start(&cfg, store.clone()).await;
         Self {
             addr,
             store,
-            stats: built.stats,
+            stats,
             client: harness::client(),
             stop: Some(stop),
             server,

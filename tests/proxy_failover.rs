@@ -63,9 +63,7 @@ fn ups(accounts: &[&Account]) -> Vec<Upstream> {
 impl Proxy {
     async fn start(cfg: ProxyConfig) -> Self {
         let store = MokaStore::new();
-        let built = app::build(&cfg, store.clone()).unwrap();
-        let Spawned { addr, stop, server } =
-            harness::spawn(built.service, ServeConfig::new(BOUND)).await;
+        let (Spawned { addr, stop, server }, _) = harness::start(&cfg, store.clone()).await;
         Self {
             addr,
             store,

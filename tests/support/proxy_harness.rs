@@ -1,6 +1,6 @@
 //! The example proxy's service served in-process for the proxy tests: [`spawn`] binds
 //! 127.0.0.1:0 and runs `app::serve` until the returned stop sender fires (or is
-//! dropped), [`client`] is the plain HTTP/1 client the tests send requests with,
+//! dropped), [`start`] builds the proxy for a configuration and spawns it, [`client`] is the plain HTTP/1 client the tests send requests with,
 //! [`chat`] starts a request with an optional session id and [`send`] waits for the head.
 //!
 //! The including test file declares `mod app` (`examples/proxy/app.rs`) and `mod upstream`
@@ -19,10 +19,10 @@ use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tower_sticky_session::MokaStore;
+use tower_sticky_session::{MokaStore, Stats};
 
-use crate::app::{self, Drained, ProxyService, ServeConfig};
-use crate::upstream::within;
+use crate::app::{self, Drained, ProxyConfig, ProxyService, ServeConfig};
+use crate::upstream::{BOUND, within};
 
 /// A proxy serving on `addr` in a task of its own.
 pub(crate) struct Spawned {
@@ -47,6 +47,16 @@ pub(crate) async fn spawn(service: ProxyService<MokaStore>, cfg: ServeConfig) ->
         cfg,
     ));
     Spawned { addr, stop, server }
+}
+
+/// Builds the proxy for `cfg` with its bindings in `store` and serves it with a
+/// [`BOUND`] grace period; also returns the sticky layer's counters.
+pub(crate) async fn start(cfg: &ProxyConfig, store: MokaStore) -> (Spawned, Stats) {
+    let built = app::build(cfg, store).unwrap();
+    (
+        spawn(built.service, ServeConfig::new(BOUND)).await,
+        built.stats,
+    )
 }
 
 /// A plain HTTP/1 client for requests to the proxy.
