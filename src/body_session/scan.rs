@@ -2,8 +2,10 @@
 //!
 //! It builds no DOM and copies nothing but the values it returns (and only those that
 //! hold escapes). Strings are skipped by searching for quotes only (inline eight bytes
-//! at a time for short strings, `memchr` for long ones) and looking back at the
-//! backslashes before each; structure between strings is walked byte by byte.
+//! at a time for the first 64 bytes, `memchr` beyond) and looking back at the
+//! backslashes before a quote only when a backslash precedes it. A value being skipped
+//! is crossed from one quote or bracket to the next (found eight bytes at a time), not
+//! byte by byte; where the scanner reads, structure is walked byte by byte.
 //!
 //! It is a scanner, not a validator. Where it reads (the top-level object and the
 //! objects it descends into: `metadata`, `request`, `conversation`, and for the
@@ -128,33 +130,101 @@ pub(crate) fn unescape(raw: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// High bit set in each byte of `x` that is zero. Bytes above a zero byte may be flagged
+/// falsely (borrows run upwards), but the lowest flagged byte is always a true zero, and
+/// it is the first in memory order.
+#[inline(always)]
+fn zero_bytes(x: u64) -> u64 {
+    x.wrapping_sub(LO) & !x & HI
+}
+
+#[inline(always)]
+fn word(b: &[u8], i: usize) -> Option<u64> {
+    let w = <[u8; 8]>::try_from(b.get(i..i + 8)?).ok()?;
+    Some(u64::from_le_bytes(w))
+}
+
+/// How far [`find_quote`] searches inline before handing over to `memchr`.
+const INLINE_QUOTE_SEARCH: usize = 64;
+
 /// The position of the first `"` at or after `from`.
 ///
 /// Only quotes stop the search (whether one is escaped is decided by looking back), so
 /// the `\n` escapes prompt text has on every line cost nothing. Most JSON strings are
-/// short: the first 16 bytes are searched inline, eight at a time (SWAR), which costs
-/// less than a `memchr` call; longer runs go to `memchr`, which is faster per byte.
+/// short, and in source code or prose quoted inside a string the next `\"` is a few
+/// dozen bytes away: the first 64 bytes are searched inline, eight at a time (SWAR),
+/// which costs less than a `memchr` call; longer runs go to `memchr`, which is faster
+/// per byte.
 #[inline]
 fn find_quote(b: &[u8], from: usize) -> Option<usize> {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
     const QUOTE: u64 = LO * b'"' as u64;
     let mut i = from;
-    let inline_end = from.saturating_add(16).min(b.len());
+    let inline_end = from.saturating_add(INLINE_QUOTE_SEARCH).min(b.len());
     while i + 8 <= inline_end {
-        let Ok(word) = <[u8; 8]>::try_from(&b[i..i + 8]) else {
+        let Some(w) = word(b, i) else {
             break;
         };
-        let q = u64::from_le_bytes(word) ^ QUOTE;
-        // A zero byte of q is a quote. The lowest flagged byte is always a true quote
-        // (borrows only run upwards), and it is the first in memory order.
-        let m = q.wrapping_sub(LO) & !q & HI;
+        let m = zero_bytes(w ^ QUOTE);
         if m != 0 {
             return Some(i + (m.trailing_zeros() / 8) as usize);
         }
         i += 8;
     }
     memchr::memchr(b'"', b.get(i..)?).map(|p| i + p)
+}
+
+/// The position of the first `"`, `{`, `}`, `[` or `]` at or after `from`: the bytes that
+/// matter when skipping a container (searched eight at a time, then byte by byte for the
+/// last few).
+#[inline]
+fn find_structural(b: &[u8], from: usize) -> Option<usize> {
+    const QUOTE: u64 = LO * b'"' as u64;
+    // `[` and `]` are `{` and `}` without bit 0x20; no other byte becomes `{` or `}` with it.
+    const CASE: u64 = LO * 0x20;
+    const OPEN: u64 = LO * b'{' as u64;
+    const CLOSE: u64 = LO * b'}' as u64;
+    let mut i = from;
+    while let Some(w) = word(b, i) {
+        let folded = w | CASE;
+        // Each mask's lowest flag is a true match, so the lowest flag of the three is too.
+        let m = zero_bytes(w ^ QUOTE) | zero_bytes(folded ^ OPEN) | zero_bytes(folded ^ CLOSE);
+        if m != 0 {
+            return Some(i + (m.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    b.get(i..)?
+        .iter()
+        .position(|c| matches!(c, b'"' | b'{' | b'}' | b'[' | b']'))
+        .map(|p| i + p)
+}
+
+/// The position of the quote that ends the string whose contents start at `start`.
+#[inline]
+fn string_end(b: &[u8], start: usize) -> R<usize> {
+    let mut from = start;
+    loop {
+        let Some(at) = find_quote(b, from) else {
+            return Err(Stop::Eof);
+        };
+        // The quote ends the string unless an odd run of backslashes precedes it; most
+        // quotes have no backslash before them at all. Each run is walked once, by the
+        // quote that follows it.
+        if at == start || b[at - 1] != b'\\' {
+            return Ok(at);
+        }
+        let mut j = at - 1;
+        while j > start && b[j - 1] == b'\\' {
+            j -= 1;
+        }
+        if (at - j) % 2 == 0 {
+            return Ok(at);
+        }
+        from = at + 1;
+    }
 }
 
 /// Whether a bare word is a number or `true`/`false`/`null` (numbers loosely: their
@@ -218,25 +288,11 @@ impl<'a> Cursor<'a> {
     #[inline]
     fn string_body(&mut self) -> R<RawStr<'a>> {
         let start = self.i;
-        let mut from = start;
-        loop {
-            let Some(at) = find_quote(self.b, from) else {
-                return Err(Stop::Eof);
-            };
-            // The quote ends the string unless an odd run of backslashes precedes it.
-            // Each run is walked once, by the quote that follows it.
-            let mut j = at;
-            while j > start && self.b[j - 1] == b'\\' {
-                j -= 1;
-            }
-            if (at - j) % 2 == 0 {
-                self.i = at + 1;
-                return Ok(RawStr {
-                    raw: &self.b[start..at],
-                });
-            }
-            from = at + 1;
-        }
+        let at = string_end(self.b, start)?;
+        self.i = at + 1;
+        Ok(RawStr {
+            raw: &self.b[start..at],
+        })
     }
 
     fn string(&mut self) -> R<RawStr<'a>> {
@@ -297,16 +353,20 @@ impl<'a> Cursor<'a> {
         let b = self.b;
         let mut i = self.i;
         loop {
-            let Some(&c) = b.get(i) else {
-                self.i = i;
+            // Only quotes and brackets matter here: jump from one to the next.
+            let Some(at) = find_structural(b, i) else {
+                self.i = b.len();
                 return Err(Stop::Eof);
             };
-            i += 1;
+            let c = b[at];
+            i = at + 1;
             match c {
                 b'"' => {
-                    self.i = i;
-                    self.string_body()?;
-                    i = self.i;
+                    let Ok(end) = string_end(b, i) else {
+                        self.i = b.len();
+                        return Err(Stop::Eof);
+                    };
+                    i = end + 1;
                 }
                 b'{' | b'[' => {
                     if depth == MAX_DEPTH {
@@ -315,7 +375,7 @@ impl<'a> Cursor<'a> {
                     stack = (stack << 1) | u128::from(c == b'{');
                     depth += 1;
                 }
-                b'}' | b']' => {
+                _ => {
                     if depth == 0 || (stack & 1 == 1) != (c == b'}') {
                         return Err(Stop::Invalid);
                     }
@@ -326,7 +386,6 @@ impl<'a> Cursor<'a> {
                         return Ok(());
                     }
                 }
-                _ => {}
             }
         }
     }
@@ -757,6 +816,12 @@ const CREATED: &[u8] = b"response.created";
 fn sse_response_id(mut rest: &[u8]) -> ResponseIdScan<'_> {
     let mut named = false;
     loop {
+        if let Some(data) = rest.strip_prefix(b"data:") {
+            let data = data.strip_prefix(b" ").unwrap_or(data);
+            if let Some(found) = sse_data_unbounded(data, named) {
+                return found;
+            }
+        }
         let (line, next) = match memchr::memchr(b'\n', rest) {
             Some(n) => (&rest[..n], Some(&rest[n + 1..])),
             None => (rest, None),
@@ -798,11 +863,51 @@ fn sse_response_id(mut rest: &[u8]) -> ResponseIdScan<'_> {
     }
 }
 
+/// [`sse_data`] on a `data:` line whose end has not been looked for: the walk runs over
+/// the rest of the input and its answer stands if it stopped without crossing a line
+/// break (it then read the same bytes the line-bounded walk would). `None`: walk the line.
+///
+/// This spares the search for the end of a line that may be many KiB long (a
+/// `response.created` event repeats the request's instructions and tools) when the id is
+/// near its start.
+fn sse_data_unbounded(data: &[u8], named: bool) -> Option<ResponseIdScan<'_>> {
+    let walk = sse_walk(data);
+    walk.result.ok()?;
+    if memchr::memchr(b'\n', &data[..walk.end]).is_some() {
+        return None;
+    }
+    Some(walk.answer(named))
+}
+
 fn sse_data(data: &[u8], named: bool) -> ResponseIdScan<'_> {
+    sse_walk(data).answer(named)
+}
+
+/// A walk of the first event's data for `type` and `response.id`.
+struct SseWalk<'a> {
+    result: R<()>,
+    typed: bool,
+    found: Option<R<Option<RawStr<'a>>>>,
+    /// Where the walk stopped.
+    end: usize,
+}
+
+impl<'a> SseWalk<'a> {
+    fn answer(self, named: bool) -> ResponseIdScan<'a> {
+        match (self.result, self.found) {
+            (Err(Stop::Eof), _) => ResponseIdScan::NeedMore,
+            (Err(Stop::Invalid), _) => ResponseIdScan::Absent,
+            (Ok(()), Some(f)) if named || self.typed => response_id(f),
+            _ => ResponseIdScan::Absent,
+        }
+    }
+}
+
+fn sse_walk(data: &[u8]) -> SseWalk<'_> {
     let mut c = Cursor::new(data);
     let mut typed = false;
     let mut found = None;
-    let walk = c.object(|c, k| {
+    let result = c.object(|c, k| {
         if k.is(b"type") {
             match c.string_value()? {
                 Some(t) if t.is(CREATED) => typed = true,
@@ -816,11 +921,11 @@ fn sse_data(data: &[u8], named: bool) -> ResponseIdScan<'_> {
             c.skip_value().map(|_| false)
         }
     });
-    match (walk, found) {
-        (Err(Stop::Eof), _) => ResponseIdScan::NeedMore,
-        (Err(Stop::Invalid), _) => ResponseIdScan::Absent,
-        (Ok(()), Some(f)) if named || typed => response_id(f),
-        _ => ResponseIdScan::Absent,
+    SseWalk {
+        result,
+        typed,
+        found,
+        end: c.i,
     }
 }
 
@@ -1258,6 +1363,80 @@ mod tests {
         }
     }
 
+    #[test]
+    fn quotes_after_even_and_odd_backslash_runs() {
+        // In skipped values (inside a container) and in read values (at the top level),
+        // with runs of every length from 0 to 6 and at every distance from the opening
+        // quote, so the inline search and memchr both see them.
+        for run in 0..=6 {
+            for pad in [0, 7, 8, 63, 64, 65, 200] {
+                let text = format!("{}{}", "x".repeat(pad), "\\".repeat(run));
+                if run % 2 == 0 {
+                    // An even run: the quote after it ends the string.
+                    let body =
+                        format!(r#"{{"messages":[{{"content":"{text}"}}],"session_id":"s{run}"}}"#);
+                    assert_eq!(session(&body), Some(("session_id", format!("s{run}"))));
+                    let body = format!(r#"{{"prompt_cache_key":"{text}","session_id":"s"}}"#);
+                    let s = scan(body.as_bytes(), false).unwrap();
+                    let want = "\\".repeat(run / 2);
+                    let want = format!("{}{want}", "x".repeat(pad));
+                    assert_eq!(
+                        s.candidates[PROMPT_CACHE_KEY].as_deref(),
+                        Some(want.as_bytes())
+                    );
+                } else {
+                    // An odd run: the quote is escaped and the string goes on.
+                    let body = format!(
+                        r#"{{"messages":[{{"content":"{text}" ]}} tail"}}],"session_id":"s"}}"#
+                    );
+                    assert_eq!(session(&body), Some(("session_id", "s".into())), "{body}");
+                    let body = format!(r#"{{"session_id":"{text}" x","sessionId":"c"}}"#);
+                    let s = scan(body.as_bytes(), false).unwrap();
+                    let want = "\\".repeat(run / 2);
+                    let want = format!("{}{want}\" x", "x".repeat(pad));
+                    assert_eq!(s.candidates[SESSION_ID].as_deref(), Some(want.as_bytes()));
+                    assert_eq!(s.candidates[SESSION_ID_CAMEL].as_deref(), Some(&b"c"[..]));
+                }
+            }
+        }
+        // A string that is all backslashes up to its end is unterminated.
+        assert!(invalid(br#"{"a":["\\\"]}"#));
+        assert!(!invalid(br#"{"a":["\\\\"]}"#));
+    }
+
+    #[test]
+    fn brackets_inside_strings_are_text() {
+        for text in ["]", "}", "[[[", "{{{", "]}]}", "[{\\\"]}", "a]b}c[d{e"] {
+            let body = format!(
+                r#"{{"messages":[{{"content":"{text}","x":["{text}",{{"{text}":"{text}"}}]}}],"session_id":"s"}}"#
+            );
+            assert_eq!(session(&body), Some(("session_id", "s".into())), "{body}");
+        }
+        // Brackets of both kinds, nested to the limit, across the eight-byte words.
+        let nested = format!(
+            r#"{{"a":{}1{},"session_id":"s"}}"#,
+            "[{\"k\":".repeat(40),
+            "}]".repeat(40)
+        );
+        assert_eq!(session(&nested), Some(("session_id", "s".into())));
+        // Mismatched brackets around a string holding the matching one.
+        assert!(invalid(br#"{"a":["}"}}"#));
+        assert!(invalid(br#"{"a":{"]":1]}"#));
+    }
+
+    #[test]
+    fn sse_data_that_crosses_a_line_break_is_judged_by_its_line() {
+        // The object goes on after a line break: the data line alone is incomplete.
+        let split = "data: {\"type\":\"response.created\",\n\"response\":{\"id\":\"resp_1\"}}\n\n";
+        assert_eq!(found(split.as_bytes()), ResponseIdScan::NeedMore);
+        let split = "data: {\"type\":\"response.created\",\"response\":{\"object\":1\n,\"id\":\"resp_1\"}}\n\n";
+        assert_eq!(found(split.as_bytes()), ResponseIdScan::NeedMore);
+        // A `type` after `response` is not read: the walk stops at the id.
+        let typed_late =
+            "data: {\"response\":{\"id\":\"resp_2\"},\"type\":\"response.created\"}\n\n";
+        assert_eq!(found(typed_late.as_bytes()), ResponseIdScan::Absent);
+    }
+
     mod prop {
         use super::*;
         use proptest::prelude::{
@@ -1339,7 +1518,7 @@ mod tests {
 
 #[cfg(test)]
 mod search_tests {
-    use super::find_quote;
+    use super::{find_quote, find_structural};
     use proptest::prelude::{any, proptest};
 
     proptest! {
@@ -1354,6 +1533,25 @@ mod search_tests {
             let from = from.min(bytes.len());
             let naive = bytes[from..].iter().position(|&c| c == b'"').map(|p| from + p);
             proptest::prop_assert_eq!(find_quote(&bytes, from), naive);
+        }
+
+        #[test]
+        fn structural_search_agrees_with_a_naive_one(
+            bytes in proptest::collection::vec(
+                proptest::prop_oneof![
+                    any::<u8>(),
+                    proptest::sample::select(&b"\"{}[]\\;=]}\xfb\xdb\xfd"[..]),
+                ],
+                0..200,
+            ),
+            from in 0usize..200,
+        ) {
+            let from = from.min(bytes.len());
+            let naive = bytes[from..]
+                .iter()
+                .position(|c| matches!(c, b'"' | b'{' | b'}' | b'[' | b']'))
+                .map(|p| from + p);
+            proptest::prop_assert_eq!(find_structural(&bytes, from), naive);
         }
     }
 }
