@@ -6,14 +6,16 @@ mod accounts;
 use std::future::{Ready, ready};
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use moka::notification::RemovalCause;
 use moka::ops::compute::Op;
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 
 use self::accounts::Accounts;
-use super::{BindingInfo, BindingStore, StoreError, StoreErrorKind};
+use super::{BindingInfo, BindingStore, CommitHint, HintedLookup, StoreError, StoreErrorKind};
 use crate::types::{AuthId, BindingKey};
 
 /// Default capacity of a [`MokaStore`], in bindings.
@@ -36,6 +38,10 @@ const PROBATION_FLOOR: u64 = 1024;
 /// built: 2⁴⁰ ms is 34 years); the 24 above them hold the interned account.
 const TIME_BITS: u32 = 40;
 const TIME_MASK: u64 = (1 << TIME_BITS) - 1;
+
+/// Generation counters per store: one per stripe of keys (indexed by the key digest's low
+/// bits), 16 KiB per store.
+const STRIPES: usize = 1 << 12;
 
 /// The default probation size for a store of `max_bindings`.
 fn default_probation(max_bindings: u64) -> u64 {
@@ -164,6 +170,43 @@ struct Inner {
     ttl_ms: u64,
     /// Same-account commits of a protected binding younger than this are skipped.
     renew_ms: u64,
+    /// Bumped after every write of a key of the stripe and every eviction from protected:
+    /// a [`CommitHint`] holds the generation read before its lookup.
+    gens: Arc<Generations>,
+}
+
+/// One generation counter per stripe of keys, and a per-store salt mixed into the value a
+/// hint carries (so a hint from another store is stale with probability 1 − 2⁻³²).
+struct Generations {
+    counters: Box<[AtomicU32]>,
+    salt: u32,
+}
+
+impl Generations {
+    fn new(salt: u32) -> Self {
+        Self {
+            counters: (0..STRIPES).map(|_| AtomicU32::new(0)).collect(),
+            salt,
+        }
+    }
+
+    #[inline]
+    fn slot(&self, k: u64) -> &AtomicU32 {
+        &self.counters[(k as usize) & (STRIPES - 1)]
+    }
+
+    /// The stripe's generation, read before the binding (`Acquire`: a reader that sees a
+    /// bump also sees the write that preceded it).
+    #[inline]
+    fn read(&self, k: u64) -> u32 {
+        self.slot(k).load(Ordering::Acquire) ^ self.salt
+    }
+
+    /// Called *after* a write or eviction of `k` took effect, before the operation returns.
+    #[inline]
+    fn bump(&self, k: u64) {
+        self.slot(k).fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 /// A binding: interned account (24 bits) and write time (40 bits, ms since `epoch`).
@@ -262,21 +305,31 @@ impl MokaStoreBuilder {
                 // enforces the TTL since the last write, never later than the last touch.
                 .time_to_idle(self.ttl)
                 .eviction_policy(EvictionPolicy::lru())
-                .build_with_hasher(U64Hasher)
         };
+        let keys = RandomState::new();
+        let gens = Arc::new(Generations::new(keys.hash_one(0u8) as u32));
+        let evicted = gens.clone();
         let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
         MokaStore {
             inner: Arc::new(Inner {
-                protected: cache(n - probation),
-                probation: cache(probation),
+                // A protected binding's hint goes stale when moka evicts it, too.
+                protected: cache(n - probation)
+                    .eviction_listener(move |k: Arc<u64>, _, cause: RemovalCause| {
+                        if cause.was_evicted() {
+                            evicted.bump(*k);
+                        }
+                    })
+                    .build_with_hasher(U64Hasher),
+                probation: cache(probation).build_with_hasher(U64Hasher),
                 promote: n > probation,
                 promote_after_ms: u64::try_from(self.promote_after.as_millis()).unwrap_or(u64::MAX),
                 accounts: Accounts::new(),
-                keys: RandomState::new(),
+                keys,
                 epoch: Instant::now(),
                 ttl: self.ttl,
                 ttl_ms,
                 renew_ms: ttl_ms / u64::from(RENEW_DIVISOR),
+                gens,
             }),
         }
     }
@@ -405,6 +458,47 @@ impl Inner {
         self.accounts.get(b.account()).cloned()
     }
 
+    /// [`find`](Self::find), with a hint that is valid only for a proven binding: the
+    /// stripe's generation is read *before* the binding, so any write or eviction of the
+    /// key that the read may have missed shows as a changed generation.
+    fn lookup_hinted_digest(&self, k: u64) -> Option<(AuthId, CommitHint)> {
+        let generation = self.gens.read(k);
+        let now = self.now_ms();
+        let (b, proven) = match self.protected.get(&k) {
+            Some(b) => (b, true),
+            None => (
+                self.probation.get(&k).or_else(|| self.protected.get(&k))?,
+                false,
+            ),
+        };
+        if !self.live(b, now) {
+            return None;
+        }
+        let auth = self.accounts.get(b.account())?.clone();
+        let hint = CommitHint {
+            a: k,
+            b: b.0,
+            c: generation,
+            valid: proven,
+        };
+        Some((auth, hint))
+    }
+
+    /// Whether a commit of `auth` given `hint` can be skipped without a store access: the
+    /// hint is of a proven binding on `auth`, nothing wrote or evicted a key of its stripe
+    /// since the lookup read it, and it is younger than `ttl / 16` now. Then the binding is
+    /// still exactly what the lookup read, and [`commit_digest`](Self::commit_digest)
+    /// would take its fast path: skipping is that commit. A probation binding's hint is
+    /// never valid (its commit is the promotion).
+    #[inline]
+    fn hint_says_skip(&self, hint: CommitHint, auth: &AuthId) -> bool {
+        let b = Binding(hint.b);
+        hint.valid
+            && self.gens.read(hint.a) == hint.c
+            && self.now_ms().saturating_sub(b.at_ms()) < self.renew_ms
+            && self.is(b, auth)
+    }
+
     fn commit_digest(&self, k: u64, auth: &AuthId) -> Result<(), StoreError> {
         let now = self.now_ms();
         // Fast path: a proven binding already on `auth`, renewed recently. Skipping is the
@@ -465,6 +559,7 @@ impl Inner {
                 _ => Op::Put(fresh),
             }
         });
+        self.gens.bump(k);
         Ok(())
     }
 
@@ -487,6 +582,7 @@ impl Inner {
                 _ => Op::Nop,
             }
         });
+        self.gens.bump(k);
         removed
     }
 
@@ -502,6 +598,7 @@ impl Inner {
             removed = found.and_then(|b| self.accounts.get(b.account()).cloned());
             Op::Remove
         });
+        self.gens.bump(k);
         removed
     }
 }
@@ -537,6 +634,25 @@ impl BindingStore for MokaStore {
 
     fn clear_if(&self, key: &BindingKey, expected: &AuthId) -> Self::ClearFuture {
         ready(Ok(self.inner.clear_digest(self.digest(key), expected)))
+    }
+
+    fn lookup_hinted(&self, key: &BindingKey) -> HintedLookup<Self::LookupFuture> {
+        HintedLookup::ready(Ok(self.inner.lookup_hinted_digest(self.digest(key))))
+    }
+
+    /// Returns at once, with no hash and no cache read, when the hint says the binding
+    /// is proven, on `auth`, younger than `ttl / 16`, and its key's stripe has not been
+    /// written since the lookup; otherwise it is [`commit`](BindingStore::commit).
+    fn commit_hinted(
+        &self,
+        key: &BindingKey,
+        auth: &AuthId,
+        hint: CommitHint,
+    ) -> Self::CommitFuture {
+        if self.inner.hint_says_skip(hint, auth) {
+            return ready(Ok(()));
+        }
+        self.commit(key, auth)
     }
 }
 
@@ -617,6 +733,213 @@ mod tests {
     fn segments(store: &MokaStore) -> (u64, u64) {
         store.run_pending_tasks();
         (store.protected_count(), store.probation_count())
+    }
+
+    fn hinted(store: &MokaStore, s: &str) -> Option<(AuthId, CommitHint)> {
+        store.lookup_hinted(&key(s)).into_plain_ready()
+    }
+
+    fn commit_hinted(store: &MokaStore, s: &str, a: &AuthId, hint: CommitHint) {
+        store.commit_hinted(&key(s), a, hint).into_inner().unwrap();
+    }
+
+    impl<F> HintedLookup<F>
+    where
+        F: std::future::Future<Output = Result<Option<AuthId>, StoreError>> + Unpin,
+    {
+        fn into_plain_ready(mut self) -> Option<(AuthId, CommitHint)> {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match std::pin::Pin::new(&mut self).poll(&mut cx) {
+                std::task::Poll::Ready(r) => r.unwrap(),
+                std::task::Poll::Pending => panic!("MokaStore answers at once"),
+            }
+        }
+    }
+
+    #[test]
+    fn hinted_commit_of_a_young_proven_binding_on_its_account_writes_nothing() {
+        let store = store(Duration::from_secs(3600));
+        let a = AuthId::from("a");
+        commit(&store, "s", &a);
+        commit(&store, "s", &a);
+        let (found, hint) = hinted(&store, "s").unwrap();
+        assert_eq!(found, a);
+        assert!(store.inner.hint_says_skip(hint, &a));
+        assert!(!store.inner.hint_says_skip(hint, &AuthId::from("b")));
+        assert!(!store.inner.hint_says_skip(CommitHint::NONE, &a));
+        commit_hinted(&store, "s", &a, hint);
+        assert_eq!(bound(&store, "s"), Some(a));
+    }
+
+    #[test]
+    fn a_probation_hint_never_skips_its_commit_is_the_promotion() {
+        let store = store(Duration::from_secs(3600));
+        let a = AuthId::from("a");
+        commit(&store, "s", &a);
+        let (_, hint) = hinted(&store, "s").unwrap();
+        assert!(!store.inner.hint_says_skip(hint, &a));
+        commit_hinted(&store, "s", &a, hint);
+        assert_eq!(segments(&store), (1, 0), "promoted");
+    }
+
+    #[test]
+    fn a_clear_between_lookup_and_hinted_commit_leads_to_a_real_write() {
+        let store = store(Duration::from_secs(3600));
+        let a = AuthId::from("a");
+        commit(&store, "s", &a);
+        commit(&store, "s", &a);
+        let (_, hint) = hinted(&store, "s").unwrap();
+        // Another request's failure clears the binding while this one streams.
+        assert!(clear(&store, "s", &a));
+        assert!(!store.inner.hint_says_skip(hint, &a), "stale hint");
+        commit_hinted(&store, "s", &a, hint);
+        assert_eq!(
+            bound(&store, "s"),
+            Some(a.clone()),
+            "the success wrote again"
+        );
+        assert_eq!(segments(&store), (0, 1), "a first success again");
+    }
+
+    #[test]
+    fn any_write_or_eviction_of_the_key_makes_its_hint_stale() {
+        let a = AuthId::from("a");
+        // Another account committed meanwhile: the hinted commit moves it back.
+        let store = store(Duration::from_secs(3600));
+        commit(&store, "s", &a);
+        commit(&store, "s", &a);
+        let (_, hint) = hinted(&store, "s").unwrap();
+        commit(&store, "s", &AuthId::from("b"));
+        commit_hinted(&store, "s", &a, hint);
+        assert_eq!(bound(&store, "s"), Some(a.clone()));
+        // Removed meanwhile.
+        let (_, hint) = hinted(&store, "s").unwrap();
+        store.remove(&key("s"));
+        commit_hinted(&store, "s", &a, hint);
+        assert_eq!(bound(&store, "s"), Some(a.clone()));
+        // Evicted from protected meanwhile (full, least recently used).
+        let store = small(30, 10);
+        for i in 0..20 {
+            commit(&store, &format!("p-{i}"), &a);
+            commit(&store, &format!("p-{i}"), &a);
+        }
+        let (_, hint) = hinted(&store, "p-0").unwrap();
+        store.run_pending_tasks();
+        for i in 1..20 {
+            assert!(bound(&store, &format!("p-{i}")).is_some());
+        }
+        store.run_pending_tasks();
+        commit(&store, "late", &a);
+        commit(&store, "late", &a);
+        store.run_pending_tasks();
+        assert_eq!(bound(&store, "p-0"), None, "evicted");
+        commit_hinted(&store, "p-0", &a, hint);
+        assert_eq!(bound(&store, "p-0"), Some(a), "written again");
+    }
+
+    #[test]
+    fn a_hinted_commit_renews_once_the_binding_is_older_than_ttl_over_16() {
+        let store = store(Duration::from_millis(1600));
+        let (k, a) = (key("s"), AuthId::from("a"));
+        commit(&store, "s", &a);
+        commit(&store, "s", &a);
+        let (_, hint) = hinted(&store, "s").unwrap();
+        // The response comes after ttl/16 (100 ms): the commit renews.
+        sleep(Duration::from_millis(300));
+        commit_hinted(&store, "s", &a, hint);
+        assert!(age(&store, &k) < Duration::from_millis(300), "renewed");
+    }
+
+    #[test]
+    fn a_hint_from_another_store_is_stale() {
+        let (one, two) = (
+            store(Duration::from_secs(3600)),
+            store(Duration::from_secs(3600)),
+        );
+        let a = AuthId::from("a");
+        for st in [&one, &two] {
+            commit(st, "s", &a);
+            commit(st, "s", &a);
+        }
+        let (_, hint) = hinted(&one, "s").unwrap();
+        assert!(!two.inner.hint_says_skip(hint, &a));
+    }
+
+    #[test]
+    fn a_clear_on_another_thread_between_lookup_and_hinted_commit_is_never_undone() {
+        // Lookup, then a clear that finishes, then the hinted commit: the binding must be
+        // there at the end of every round, from whichever thread's point of view.
+        use std::sync::Barrier;
+        let store = store(Duration::from_secs(3600));
+        let a = AuthId::from("a");
+        let barrier = Barrier::new(2);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for round in 0..2_000 {
+                    let k = format!("race-{}", round % 7);
+                    barrier.wait(); // lookups done
+                    clear(&store, &k, &a);
+                    barrier.wait(); // clear done
+                }
+            });
+            for round in 0..2_000 {
+                let k = format!("race-{}", round % 7);
+                commit(&store, &k, &a);
+                commit(&store, &k, &a);
+                let (_, hint) = hinted(&store, &k).unwrap();
+                barrier.wait();
+                barrier.wait();
+                commit_hinted(&store, &k, &a, hint);
+                assert_eq!(bound(&store, &k), Some(a.clone()), "round {round}");
+            }
+        });
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Any sequence of lookups, commits (plain, or with the key's last hint, stale or
+        /// not), clears and removals leaves a store with hints bound exactly like one
+        /// without.
+        #[test]
+        fn hinted_commits_bind_exactly_like_plain_ones(
+            ops in proptest::collection::vec((0u8..5, 0usize..3, 0usize..2), 1..80)
+        ) {
+            let (with, without) = (small(8, 4), small(8, 4));
+            let accounts = [AuthId::from("a"), AuthId::from("b")];
+            // A hint is only ever used with the key it was looked up with (a stale one
+            // included).
+            let mut hints = [CommitHint::NONE; 3];
+            for (op, k, acct) in ops {
+                let (s, a) = (format!("k{k}"), &accounts[acct]);
+                match op {
+                    0 => {
+                        let got = hinted(&with, &s);
+                        let plain = bound(&without, &s);
+                        proptest::prop_assert_eq!(got.as_ref().map(|g| &g.0), plain.as_ref());
+                        hints[k] = got.map_or(CommitHint::NONE, |g| g.1);
+                    }
+                    1 => {
+                        commit_hinted(&with, &s, a, hints[k]);
+                        commit(&without, &s, a);
+                    }
+                    2 => {
+                        proptest::prop_assert_eq!(clear(&with, &s, a), clear(&without, &s, a));
+                    }
+                    3 => {
+                        proptest::prop_assert_eq!(with.remove(&key(&s)), without.remove(&key(&s)));
+                    }
+                    _ => {
+                        commit(&with, &s, a);
+                        commit(&without, &s, a);
+                    }
+                }
+                for k in 0..3 {
+                    let s = format!("k{k}");
+                    proptest::prop_assert_eq!(bound(&with, &s), bound(&without, &s), "{}", s);
+                }
+                proptest::prop_assert_eq!(segments(&with), segments(&without));
+            }
+        }
     }
 
     #[test]
