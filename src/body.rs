@@ -86,6 +86,9 @@ pub(crate) struct Watch<St> {
     pub(crate) core: Arc<Core<St>>,
     pub(crate) key: BindingKey,
     pub(crate) served: AuthId,
+    /// The lookup's hint for the commit (`CommitHint::NONE` unless the pinned account
+    /// served).
+    pub(crate) hint: crate::store::CommitHint,
 }
 
 impl<B: Body, St: BindingStore> ResponseBody<B, St> {
@@ -219,6 +222,7 @@ where
                                 &watch.core,
                                 &watch.key,
                                 &watch.served,
+                                watch.hint,
                                 &watch.span,
                             );
                             let learned = frame.data_ref().and_then(|d| feed(this.learner, d));

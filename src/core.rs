@@ -10,7 +10,7 @@ use std::time::Instant;
 use tracing::Span;
 
 use crate::stats::{ClearReason, Counters, Stats};
-use crate::store::{BindingStore, StoreError, StoreErrorKind};
+use crate::store::{BindingStore, CommitHint, StoreError, StoreErrorKind};
 use crate::types::{AuthId, BindingKey};
 
 /// `Span::record` only when the span is enabled: on a disabled span `record` still looks
@@ -118,12 +118,16 @@ impl<St: BindingStore> StoreOp<St> {
         core: &Arc<Core<St>>,
         key: &BindingKey,
         auth: &AuthId,
+        hint: CommitHint,
         span: &Span,
     ) -> Self {
         span.rec("outcome", "committed");
         span.rec("auth", tracing::field::display(auth));
         tracing::debug!(parent: span, session = %key.session().redacted(), auth = %auth, "sticky session: commit");
-        Self::new(core, OpKind::Commit(core.store.commit(key, auth)))
+        Self::new(
+            core,
+            OpKind::Commit(core.store.commit_hinted(key, auth, hint)),
+        )
     }
 
     pub(crate) fn clear(

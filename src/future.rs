@@ -18,7 +18,7 @@ use crate::core::{Core, RecordEnabled, StoreOp};
 use crate::layer::Shared;
 use crate::learn::{LearnCtx, Learner};
 use crate::stats::{ClearReason, Counters, DECISION_HEADER, Decision};
-use crate::store::{BindingStore, MokaStore, StoreError};
+use crate::store::{BindingStore, CommitHint, MokaStore, StoreError};
 use crate::types::{
     AuthId, BindingKey, HardPin, PinnedAuth, ServedBy, SessionSource, SessionSourceKind,
 };
@@ -31,6 +31,9 @@ pub(crate) struct Tracking<St, C> {
     pub(crate) pinned: Option<AuthId>,
     /// A `HEAD` request: its response never carries a body, whatever the body type says.
     is_head: bool,
+    /// What the session's lookup told the store's commit (only ever used with `pinned`,
+    /// when the pinned account served).
+    pub(crate) hint: CommitHint,
 }
 
 impl<St, C> Tracking<St, C> {
@@ -49,6 +52,7 @@ impl<St, C> Tracking<St, C> {
             key,
             pinned,
             is_head,
+            hint: CommitHint::NONE,
         }
     }
 }
@@ -455,15 +459,17 @@ where
             Some(served) if t.is_head || known_empty(&res) => {
                 // No data frame will ever come (and a server may never poll this body):
                 // the account has proved itself now.
-                let op = StoreOp::commit(core, &t.key, served, span);
+                let op = StoreOp::commit(core, &t.key, served, hint_for(&t, served), span);
                 Judged::Store(op, Ok(res))
             }
             Some(served) => {
                 span.rec("outcome", "awaiting_first_chunk");
+                let hint = hint_for(&t, served);
                 let watch = Watch {
                     span: span.clone(),
                     core: core.clone(),
                     key: t.key,
+                    hint,
                     // On a hit served by its pinned account (the common case) the
                     // lookup's `AuthId` moves on: no refcount traffic on the account's
                     // shared `Arc`.
@@ -483,6 +489,15 @@ where
             span.rec("outcome", "kept");
             Judged::Done(Ok(res.map(ResponseBody::passthrough)))
         }
+    }
+}
+
+/// The lookup's hint, for a commit of `served`: only when the pinned account served (a
+/// hint describes the binding the lookup found, on the pinned account).
+fn hint_for<St, C>(t: &Tracking<St, C>, served: &AuthId) -> CommitHint {
+    match &t.pinned {
+        Some(pinned) if pinned.same(served) => t.hint,
+        _ => CommitHint::NONE,
     }
 }
 

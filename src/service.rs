@@ -287,12 +287,18 @@ impl<S: Clone, St: BindingStore, C: ClassifyResponse> StickySession<S, St, C> {
         ResB: Body,
     {
         let shared = &*self.shared;
-        let mut lookup = shared.core.store.lookup(tracking.key());
+        let mut lookup = shared.core.store.lookup_hinted(tracking.key());
         // In-memory stores answer at once: poll once without a real waker and, when the
         // answer is there, call the inner service now (no clone of it is needed).
         let mut noop = Context::from_waker(Waker::noop());
         match Pin::new(&mut lookup).poll(&mut noop) {
             Poll::Ready(result) => {
+                let result = result.map(|found| {
+                    found.map(|(auth, hint)| {
+                        tracking.hint = hint;
+                        auth
+                    })
+                });
                 let (decision, pinned) =
                     apply_lookup(&shared.core, &span, result, &mut parts.extensions, false);
                 tracking.pinned = pinned;
@@ -303,6 +309,10 @@ impl<S: Clone, St: BindingStore, C: ClassifyResponse> StickySession<S, St, C> {
             Poll::Pending => {
                 // A networked store: the inner service is called once the lookup is done.
                 // The request is counted now: its future may be dropped before then.
+                // Only a plain lookup can be pending; the deferred path commits unhinted.
+                let lookup = lookup
+                    .into_plain()
+                    .expect("an answered hinted lookup is never pending");
                 Counters::inc(&shared.core.counters().deferred_lookups);
                 let svc = self.take_ready();
                 let req = Request::from_parts(parts, body);
