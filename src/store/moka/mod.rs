@@ -135,6 +135,21 @@ fn default_probation(max_bindings: u64) -> u64 {
 /// and the renewal check take no lock. moka's own evictions and expiries only ever
 /// remove.
 ///
+/// # A hit's commit without a store access
+///
+/// [`lookup_hinted`](BindingStore::lookup_hinted) returns a [`CommitHint`]: the key's
+/// digest, the binding it read, and the generation of the key's stripe (one of 4 096
+/// counters per store, read *before* the binding; every commit, compare-and-delete and
+/// removal of a key of the stripe bumps it after writing, and so does moka's eviction of
+/// a protected binding). [`commit_hinted`](BindingStore::commit_hinted) returns at once —
+/// no hash, no moka read — when the hint is of a *proven* binding on the committed
+/// account, younger than `ttl / 16` now, and the generation is unchanged: the binding is
+/// then exactly what the lookup read, and [`commit`](BindingStore::commit) would have
+/// left it as it is too. Otherwise (a probation binding, whose commit is the promotion;
+/// anything written, cleared or evicted in the stripe since the lookup; another account;
+/// time to renew) it is a plain commit. So a compare-and-delete between a hit's lookup
+/// and its commit is never undone by a skip: the commit writes the binding again.
+///
 /// Cloning is cheap and clones share the caches: keep a clone to inspect or edit bindings.
 ///
 /// ```
