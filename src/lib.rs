@@ -15,14 +15,19 @@
 //!               └─ ResponseBody<B> wraps the body: commits or clears the binding
 //! ```
 //!
-//! 1. The layer reads the session id (an ordered list of header names, or your function
-//!    over the request parts), validates it and inserts [`SessionId`] and [`BindingKey`]
-//!    into the request extensions.
+//! 1. The layer reads the session id (an ordered list of header names or your function
+//!    over the request parts, a JSON body field, a learned response id: see
+//!    [where the session comes from](#where-the-session-comes-from)), validates it and
+//!    inserts [`SessionId`], [`SessionSource`] and [`BindingKey`] into the request
+//!    extensions.
 //! 2. Unless the request already carries an explicit [`PinnedAuth`], it looks the
-//!    `(scope, session)` binding up in the store and, on a hit, inserts `PinnedAuth`.
+//!    `(scope, session)` binding up in the store and, on a hit, inserts `PinnedAuth`. A
+//!    request that continues a learned response id is pinned instead to the account that
+//!    created it, with [`HardPin`] next to `PinnedAuth`.
 //! 3. Your inner service uses the pinned account if it can serve the request (otherwise it
-//!    picks normally — a stale pin must never fail a request) and reports the account that
-//!    served as the response extension [`ServedBy`].
+//!    picks normally — a stale pin must never fail a request; a [`HardPin`] is the
+//!    exception: that request is served by the pinned account or not at all) and reports
+//!    the account that served as the response extension [`ServedBy`].
 //! 4. The layer commits or clears the binding from what the response does:
 //!
 //! | what happens | binding for (scope, session) |
@@ -156,10 +161,11 @@
 //!
 //! The default store, [`MokaStore`], holds at most 100 000 bindings (configurable) for
 //! one hour (configurable) after the last successful response; there is no sweeper
-//! thread and no global lock. To keep the hit path a read, a commit that finds the
+//! thread and no global lock. To keep the hit path a read, a commit that finds a proven
 //! binding already on the same account rewrites it only once it is older than a
 //! sixteenth of the TTL, so a binding expires between 15/16 of the TTL and the TTL after
-//! the session's last success. Keys are a keyed 64-bit hash of `(scope, session)`: a
+//! the session's last success; after a hit's lookup, that commit usually needs no store
+//! access at all (the hinted commit, [`BindingStore::commit_hinted`]). Keys are a keyed 64-bit hash of `(scope, session)`: a
 //! binding costs the same whatever the session id's length, and session ids are not kept
 //! in memory (the collision odds and their benign effect are on [`MokaStore`]).
 //!

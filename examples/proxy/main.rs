@@ -16,8 +16,7 @@
 //!     --listen 127.0.0.1:8080 \
 //!     --upstream acct-1=https://api.openai.com --upstream-key acct-1=OPENAI_KEY_1 \
 //!     --upstream acct-2=https://api.openai.com --upstream-key acct-2=OPENAI_KEY_2 \
-//!     --client-token PROXY_TOKEN \
-//!     --session-header session-id --session-header x-session-id
+//!     --client-token PROXY_TOKEN
 //! ```
 //!
 //! - Routing: a request whose session header (the first of `--session-header` present;
@@ -49,7 +48,8 @@
 //!   64 KiB write buffers per connection.
 //! - `--scope-header NAME` keeps separate bindings per value of that header (e.g. a model).
 //! - `--redis URL` keeps the bindings in Redis, shared by every replica that names the same
-//!   server (e.g. `redis://127.0.0.1:6379`). Redis down or slow: requests are served
+//!   server (e.g. `redis://127.0.0.1:6379`; a Cluster as `redis+cluster://h1:p1,h2:p2`, a
+//!   primary behind Sentinel as `redis+sentinel://s1:p1,s2:p2/master-name`). Redis down or slow: requests are served
 //!   without stickiness, never failed; sharing resumes when it is back. `--max-sessions`
 //!   applies to the in-memory store only (Redis bounds memory with its own `maxmemory`).
 //! - `--admin ADDR` serves metrics and binding control on a second listener (see
@@ -147,7 +147,8 @@ struct Cli {
     max_sessions: u64,
 
     /// Accounts tried per request (at most the number of accounts): a request is retried
-    /// on another account while no response byte has reached the client.
+    /// on another account while no response byte has reached the client. A hard pin (a
+    /// learned response id) and a body over --max-body-buffer get one attempt.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     attempts: u64,
 
@@ -175,7 +176,8 @@ struct Cli {
     max_connections: u64,
 
     /// A pin is not honoured when its account has more than F × the mean in-flight
-    /// requests of the available accounts (+1); off unless given.
+    /// requests of the available accounts (+1); off unless given. A hard pin (a learned
+    /// response id) is always honoured.
     #[arg(long = "max-load-factor", value_name = "F", value_parser = parse_factor)]
     max_load_factor: Option<f64>,
 
@@ -199,7 +201,9 @@ struct Cli {
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
     grace: Duration,
 
-    /// Keep bindings in Redis (shared by several proxy replicas).
+    /// Keep bindings in Redis (shared by several proxy replicas): redis://HOST:PORT[/DB],
+    /// redis+cluster://H1:P1,H2:P2 for a Cluster, or
+    /// redis+sentinel://S1:P1,S2:P2/MASTER[/DB] for a primary behind Sentinel.
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
 

@@ -145,7 +145,8 @@ pub trait BindingStore: Send + Sync + 'static {
 
     /// Binds `key` to `auth`, replacing any binding and renewing its time to live. A store
     /// may treat a commit of the account the binding already holds as a renewal it can
-    /// defer for a bounded fraction of the TTL ([`MokaStore`] does, for at most 1/16 of it).
+    /// defer for a bounded fraction of the TTL ([`MokaStore`] does, for at most 1/16 of it;
+    /// so does the Redis store when its near cache is invalidated by Redis).
     fn commit(&self, key: &BindingKey, auth: &AuthId) -> Self::CommitFuture;
 
     /// Removes the binding of `key` only if it points at `expected`, atomically.

@@ -22,7 +22,8 @@ use crate::types::{AuthId, BindingKey};
 pub const DEFAULT_MAX_BINDINGS: u64 = 100_000;
 /// Default time to live of a binding: one hour, renewed by commits ([`MokaStore`] renews
 /// a same-account binding at most once every sixteenth of it; the Redis store on every
-/// commit).
+/// commit, or likewise at most once every sixteenth when its near cache is invalidated by
+/// Redis).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 
 /// A commit of the account a binding already points at rewrites it (renewing its TTL)

@@ -30,7 +30,8 @@ pub(super) const SENTINEL_SCHEME: &str = "redis+sentinel://";
 /// Where the store's Redis is, as the user gave it.
 #[derive(Clone, Debug)]
 pub(super) enum Spec {
-    /// A URL: one node (`redis://`, `redis+unix://`) or `redis+cluster://`.
+    /// A URL: one node (`redis://`, `redis+unix://`), `redis+cluster://` or
+    /// `redis+sentinel://`.
     Url(String),
     /// A Cluster, by the URLs of some of its nodes.
     Cluster(Vec<String>),
@@ -80,7 +81,8 @@ pub(super) struct SentinelTarget {
 }
 
 /// A connection to the primary Sentinel names, resolved on first use and again after
-/// the connection fails or the node answers `READONLY` (it was demoted by a failover).
+/// the connection fails or the node answers `READONLY` (it was demoted by a failover),
+/// `LOADING` or `MASTERDOWN`, or when the once-a-second watch sees another primary.
 pub(super) struct SentinelConn {
     target: Arc<SentinelTarget>,
     /// The connection and the primary's address it leads to.
@@ -192,8 +194,9 @@ impl Spec {
 
     /// The client for this spec, and how logs name the Redis (never with a password).
     ///
-    /// With `push`, a single node's connection speaks RESP3 and hands every push message
-    /// (tracking invalidations, disconnections) to it. Ignored for a Cluster.
+    /// With `push`, the connection (one node, the Sentinel-named primary, or every
+    /// Cluster node) speaks RESP3 and hands every push message (tracking invalidations,
+    /// disconnections) to it.
     pub(super) fn target(
         &self,
         limits: Limits,

@@ -72,10 +72,12 @@ const SET_UNLESS_FRESH_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] 
 /// One string key per binding: `{prefix}v1:{hex}`, where `hex` is the first 128 bits of
 /// the SHA-256 digest of the [`BindingKey`]'s unambiguous [encoding](BindingKey::encode)
 /// (scope and session id). The value is the [`AuthId`]'s name; the key expires after the
-/// store's TTL (`SET key auth PX ttl`, renewed by every commit). No raw session id or
-/// scope ever reaches Redis, and every replica computes the same key for the same session.
+/// store's TTL (`SET key auth PX ttl`, renewed by commits). No raw session id or scope
+/// ever reaches Redis, and every replica computes the same key for the same session.
 ///
-/// - **commit**: `SET key auth PX ttl`.
+/// - **commit**: `SET key auth PX ttl`; with a [near cache](#near-cache) that Redis
+///   invalidates, a script that skips a same-account renewal while the binding has more
+///   than 15/16 of its TTL left (see "Near cache" below).
 /// - **clear_if**: a Lua script that deletes the key only if it still holds the failed
 ///   account, atomically inside Redis, so a late failure on one replica never removes a
 ///   binding another replica has just committed.
@@ -117,8 +119,8 @@ const SET_UNLESS_FRESH_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] 
 /// with Redis's per-key overhead) living for the TTL, so a flood of one-off session ids
 /// becomes a flood of keys. Give
 /// the Redis that holds bindings a `maxmemory` and an evicting policy — `volatile-lfu`
-/// (every binding has an expiry; LFU keeps sessions in use, as the in-memory store's
-/// TinyLFU does) or `allkeys-lfu` on a Redis of its own. Under the default
+/// (every binding has an expiry; LFU keeps the sessions in use over one-off ids, much as
+/// the in-memory store's probation segment does) or `allkeys-lfu` on a Redis of its own. Under the default
 /// `noeviction`, a full Redis refuses writes with an `OOM` reply. Then requests are
 /// still served, existing bindings are still read and honoured, and a commit that
 /// renews a binding to the same account extends its TTL with `PEXPIRE` (which a full
@@ -570,7 +572,9 @@ impl RedisStore {
     /// A builder for a store on the primary that Redis Sentinel names `master`, given
     /// the URLs of one or more sentinels (e.g. `["redis://10.0.0.1:26379",
     /// "redis://10.0.0.2:26379"]`). The primary is looked up on first use and again
-    /// whenever its connection fails or it answers `READONLY` (a failover demoted it).
+    /// whenever its connection fails or it answers `READONLY` (a failover demoted it),
+    /// `LOADING` or `MASTERDOWN`; the store also asks Sentinel once a second which node
+    /// is the primary.
     /// For the primary's password or database use the URL form,
     /// `redis+sentinel://:password@s1:26379,s2:26379/master/db`, with
     /// [`builder`](Self::builder). See "Redis Sentinel" on [`RedisStore`].
@@ -692,7 +696,8 @@ impl RedisStore {
     /// Walks the keys with `SCAN` (never `KEYS`), in batches, without blocking Redis;
     /// each round trip is limited by [`admin_timeout`](RedisStoreBuilder::admin_timeout).
     /// Also drops this replica's near-cache entries of `auth` (other replicas' near
-    /// caches expire on their own).
+    /// caches are told by Redis when their invalidation is on, and otherwise expire on
+    /// their own TTL).
     pub async fn remove_account(&self, auth: &AuthId) -> Result<usize, StoreError> {
         let inner = &self.inner;
         let pattern = format!("{}*", glob_escape(&inner.key_prefix));
