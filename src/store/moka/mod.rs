@@ -462,11 +462,20 @@ impl Inner {
     /// a proven binding costs one read, a probation one two, a miss three.
     #[inline]
     fn find(&self, k: u64, now: u64) -> Option<Binding> {
-        self.protected
-            .get(&k)
-            .or_else(|| self.probation.get(&k))
-            .or_else(|| self.protected.get(&k))
-            .filter(|&b| self.live(b, now))
+        self.read(k).map(|(b, _)| b).filter(|&b| self.live(b, now))
+    }
+
+    /// The binding of `k`, live or not, in [`find`](Self::find)'s order, and whether the
+    /// first read (protected) found it: only then is it known to be proven.
+    #[inline]
+    fn read(&self, k: u64) -> Option<(Binding, bool)> {
+        match self.protected.get(&k) {
+            Some(b) => Some((b, true)),
+            None => Some((
+                self.probation.get(&k).or_else(|| self.protected.get(&k))?,
+                false,
+            )),
+        }
     }
 
     fn lookup_digest(&self, k: u64) -> Option<AuthId> {
@@ -480,13 +489,7 @@ impl Inner {
     fn lookup_hinted_digest(&self, k: u64) -> Option<(AuthId, CommitHint)> {
         let generation = self.gens.read(k);
         let now = self.now_ms();
-        let (b, proven) = match self.protected.get(&k) {
-            Some(b) => (b, true),
-            None => (
-                self.probation.get(&k).or_else(|| self.protected.get(&k))?,
-                false,
-            ),
-        };
+        let (b, proven) = self.read(k)?;
         if !self.live(b, now) {
             return None;
         }
