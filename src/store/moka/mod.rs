@@ -511,11 +511,16 @@ impl Inner {
     /// never valid (its commit is the promotion).
     #[inline]
     fn hint_says_skip(&self, hint: CommitHint, auth: &AuthId) -> bool {
-        let b = Binding(hint.b);
         hint.valid
             && self.gens.read(hint.a) == hint.c
-            && self.now_ms().saturating_sub(b.at_ms()) < self.renew_ms
-            && self.is(b, auth)
+            && self.needs_no_renewal(Binding(hint.b), auth, self.now_ms())
+    }
+
+    /// Whether a commit of `auth` may leave the proven binding `b` as it is at `now`: it
+    /// already points at `auth` and was written less than `ttl / 16` ago.
+    #[inline]
+    fn needs_no_renewal(&self, b: Binding, auth: &AuthId, now: u64) -> bool {
+        now.saturating_sub(b.at_ms()) < self.renew_ms && self.is(b, auth)
     }
 
     fn commit_digest(&self, k: u64, auth: &AuthId) -> Result<(), StoreError> {
@@ -525,8 +530,7 @@ impl Inner {
         // bar the TTL renewal, so compare-and-delete stays atomic: a clear that runs after
         // the read removes the binding, as it would after a real commit.
         if let Some(b) = self.protected.get(&k)
-            && now.saturating_sub(b.at_ms()) < self.renew_ms
-            && self.is(b, auth)
+            && self.needs_no_renewal(b, auth, now)
         {
             return Ok(());
         }
