@@ -416,12 +416,11 @@ impl Conn {
         let mut cmd = Cmd::new();
         cmd.arg("PING");
         match self {
-            Conn::Single(c) => cmd.query_async::<String>(c).await.map(drop),
-            Conn::Sentinel(_) => cmd.query_async::<String>(self).await.map(drop),
             Conn::Cluster(c) => c
                 .route_command(cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
                 .await
                 .map(drop),
+            _ => cmd.query_async::<String>(self).await.map(drop),
         }
     }
 
