@@ -131,7 +131,7 @@ impl SentinelConn {
     /// primary keeps accepting writes until Sentinel reconfigures it (up to its 10 s
     /// `INFO` period); without this watch the store would keep writing there, and those
     /// bindings would be lost when it resyncs as a replica.
-    fn watch(this: &Arc<Self>, limit: Duration) {
+    fn watch(this: &Arc<Self>) {
         let weak = Arc::downgrade(this);
         tokio::spawn(async move {
             loop {
@@ -140,7 +140,7 @@ impl SentinelConn {
                 let Some(current) = this.current_addr() else {
                     continue;
                 };
-                let named = tokio::time::timeout(limit, async {
+                let named = tokio::time::timeout(this.target.limit, async {
                     this.target.client.lock().await.async_get_client().await
                 })
                 .await;
@@ -398,7 +398,7 @@ impl Target {
                     current: RwLock::new(None),
                     resolving: tokio::sync::Mutex::new(()),
                 });
-                SentinelConn::watch(&conn, target.limit);
+                SentinelConn::watch(&conn);
                 Ok(Conn::Sentinel(conn))
             }
         }
