@@ -241,8 +241,8 @@ where
             &plan.order[..1]
         };
         let mut pinned_failed = false;
+        // The last attempt's answer and the index of its account.
         let mut answer = None;
-        let mut served_by = 0;
         for (k, &i) in tries.iter().enumerate() {
             let up = &self.picker.upstreams()[i];
             let body = match &replay {
@@ -252,10 +252,9 @@ where
                 },
                 None => streamed.take().expect("a streamed body gets one attempt"),
             };
-            served_by = i;
             match self.attempt(i, up, &parts, body, &client_failed).await {
                 Attempt::Served(res) => {
-                    answer = Some(res);
+                    answer = Some((res, i));
                     break;
                 }
                 Attempt::ClientBody => {
@@ -278,11 +277,11 @@ where
                         pick = plan.how.as_str(), attempt = k + 1, status = res.status().as_u16(),
                         why, last, "attempt failed"
                     );
-                    answer = Some(res);
+                    answer = Some((res, i));
                 }
             }
         }
-        let res = answer.expect("at least one attempt");
+        let (res, served_by) = answer.expect("at least one attempt");
         let final_name = self.picker.upstreams()[served_by].name();
         if let (true, Some(key), Some(pin)) = (pinned_failed, &key, &pinned)
             && pin != final_name
