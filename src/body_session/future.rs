@@ -54,11 +54,14 @@ where
         }
     }
 
-    pub(crate) fn reading(parts: Parts, body: B, inner: S, config: Arc<Config>) -> Self {
-        let expected = parts
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    /// `expected` is the request's `Content-Length`, as the service parsed it.
+    pub(crate) fn reading(
+        parts: Parts,
+        body: B,
+        expected: Option<u64>,
+        inner: S,
+        config: Arc<Config>,
+    ) -> Self {
         Self {
             state: State::Reading {
                 read: Some(Reading {

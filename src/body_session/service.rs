@@ -59,28 +59,33 @@ fn is_json(content_type: &[u8]) -> bool {
             && essence.contains(&b'/'))
 }
 
-/// Why the body is passed on unread, or `None` to read it.
-fn skip<B: Body>(config: &Config, parts: &http::request::Parts, body: &B) -> Option<Skip> {
+/// Why the body is passed on unread (`Err`), or `Ok` with the request's
+/// `Content-Length`, if any, to read it.
+fn skip<B: Body>(
+    config: &Config,
+    parts: &http::request::Parts,
+    body: &B,
+) -> Result<Option<u64>, Skip> {
     let length = parts
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if body.is_end_stream() || length == Some(0) {
-        return Some(Skip::Empty);
+        return Err(Skip::Empty);
     }
     if parts
         .headers
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
     {
-        return Some(Skip::NotJson);
+        return Err(Skip::NotJson);
     }
     if parts
         .headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| !is_json(v.as_bytes()))
     {
-        return Some(Skip::NotJson);
+        return Err(Skip::NotJson);
     }
     if !config.response_id_with_header
         && matches!(
@@ -88,13 +93,13 @@ fn skip<B: Body>(config: &Config, parts: &http::request::Parts, body: &B) -> Opt
             Found::Valid(_)
         )
     {
-        return Some(Skip::HeaderSession);
+        return Err(Skip::HeaderSession);
     }
     let max = config.max_buffer as u64;
     if length.is_some_and(|l| l > max) || body.size_hint().lower() > max {
-        return Some(Skip::TooLarge);
+        return Err(Skip::TooLarge);
     }
-    None
+    Ok(length)
 }
 
 impl<S, B> Service<Request<B>> for SessionFromBody<S>
@@ -113,18 +118,18 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let (parts, body) = req.into_parts();
         match skip(&self.config, &parts, &body) {
-            Some(why) => {
+            Err(why) => {
                 self.config.stats.skipped(why);
                 tracing::trace!(reason = ?why, "request body not read for a session id");
                 let req = Request::from_parts(parts, BufferedBody::new(body));
                 ResponseFuture::called(self.inner.call(req))
             }
-            None => {
+            Ok(length) => {
                 // The body must be read before the inner service is called: the service
                 // that was polled ready goes into the future.
                 let clone = self.inner.clone();
                 let inner = mem::replace(&mut self.inner, clone);
-                ResponseFuture::reading(parts, body, inner, self.config.clone())
+                ResponseFuture::reading(parts, body, length, inner, self.config.clone())
             }
         }
     }
