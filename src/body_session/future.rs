@@ -275,10 +275,12 @@ impl Buffer {
         }
         let need = len + chunk.len();
         // Never allocate more than the limit, nor (while it holds) more than the
-        // Content-Length; otherwise double, so copies stay linear.
+        // Content-Length; otherwise double, so copies stay linear. A body that outgrows
+        // its Content-Length grows by doubling too, not one chunk at a time.
         let cap_for = |current: usize| {
             let ceiling = expected
                 .and_then(|e| usize::try_from(e).ok())
+                .filter(|&e| e >= need)
                 .map_or(limit, |e| e.min(limit));
             need.max(current.saturating_mul(2))
                 .max(MIN_GROWTH)
@@ -367,6 +369,13 @@ mod tests {
         match &b {
             Buffer::Many(v) => assert_eq!(v.capacity(), 30),
             _ => panic!("two chunks are gathered"),
+        }
+        // Once the body outgrows its Content-Length, the buffer doubles again rather
+        // than growing by exactly one chunk per push.
+        b.push(Bytes::from(vec![0; 20]), limit, Some(30)).unwrap();
+        match &b {
+            Buffer::Many(v) => assert!(v.capacity() >= MIN_GROWTH.min(limit)),
+            _ => panic!("three chunks are gathered"),
         }
     }
 }
