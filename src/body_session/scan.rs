@@ -378,26 +378,42 @@ impl<'a> Cursor<'a> {
     /// Walks an object's members (cursor at `{`); `f` gets each key with the cursor at its
     /// value and must consume the value. `f` returns `true` to stop the walk early (then the
     /// cursor is left wherever `f` left it).
-    fn object(&mut self, mut f: impl FnMut(&mut Self, RawStr<'a>) -> R<bool>) -> R<()> {
+    fn object(&mut self, f: impl FnMut(&mut Self, RawStr<'a>) -> R<bool>) -> R<()> {
         self.eat(b'{')?;
         if self.peek()? == b'}' {
             self.i += 1;
             return Ok(());
         }
+        self.members(f)
+    }
+
+    /// The members of an object from the cursor (at a key) to its closing `}`, as
+    /// [`object`](Self::object) walks them.
+    #[inline]
+    fn members(&mut self, mut f: impl FnMut(&mut Self, RawStr<'a>) -> R<bool>) -> R<()> {
         loop {
             let key = self.string()?;
             self.eat(b':')?;
-            if f(self, key)? {
+            if f(self, key)? || self.member_end()? {
                 return Ok(());
             }
-            match self.peek()? {
-                b',' => self.i += 1,
-                b'}' => {
-                    self.i += 1;
-                    return Ok(());
-                }
-                _ => return Err(Stop::Invalid),
+        }
+    }
+
+    /// After a member's value: consumes a `,` (`false`: a member follows) or the
+    /// closing `}` (`true`).
+    #[inline]
+    fn member_end(&mut self) -> R<bool> {
+        match self.peek()? {
+            b',' => {
+                self.i += 1;
+                Ok(false)
             }
+            b'}' => {
+                self.i += 1;
+                Ok(true)
+            }
+            _ => Err(Stop::Invalid),
         }
     }
 
@@ -637,21 +653,10 @@ pub(crate) fn scan(body: &[u8], fingerprint: bool) -> Result<Scanned<'_>, Stop> 
 impl<'a> Cursor<'a> {
     /// Skips the rest of an object after a member's value (cursor after that value).
     fn finish_object(&mut self) -> R<()> {
-        loop {
-            match self.peek()? {
-                b'}' => {
-                    self.i += 1;
-                    return Ok(());
-                }
-                b',' => {
-                    self.i += 1;
-                    self.string()?;
-                    self.eat(b':')?;
-                    self.skip_value()?;
-                }
-                _ => return Err(Stop::Invalid),
-            }
+        if self.member_end()? {
+            return Ok(());
         }
+        self.members(|c, _| c.skip_value().map(|_| false))
     }
 
     /// Walks a `messages` / `input` array, recording the content of the first
