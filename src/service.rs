@@ -165,11 +165,12 @@ where
                 None => other,
             },
         };
-        // The scope, computed once, when something needs it.
-        let scope = match (&found, &response_id) {
-            (Found::Valid(_), _) | (_, Some(_)) => shared.scope.as_ref().and_then(|f| f(&parts)),
-            _ if shared.learn => shared.scope.as_ref().and_then(|f| f(&parts)),
-            _ => None,
+        // The scope, computed once, when something needs it: the session's key, or
+        // learning (which keys both a looked-up and a learned response id by it).
+        let scope = if shared.learn || matches!(found, Found::Valid(_)) {
+            shared.scope.as_ref().and_then(|f| f(&parts))
+        } else {
+            None
         };
         let learn = shared.learn.then(|| {
             Box::new(LearnCtx {
