@@ -404,6 +404,39 @@ async fn malformed_chunked_request_body_gets_400_and_clears_nothing() {
     assert_eq!(proxy.bound("conv-1").as_deref(), Some("a"));
 }
 
+/// A client that sends its request head and part of its body, then nothing (but keeps
+/// the connection open), is answered 400 once `--idle-timeout` passes without a body frame
+/// — with and without the JSON-body reader in front — and no binding is touched.
+#[tokio::test]
+async fn request_body_that_stalls_past_the_idle_timeout_gets_400_and_clears_nothing() {
+    for body_session in [true, false] {
+        let a = Account::start("a", Mode::Echo).await;
+        let mut cfg = config(ups(&[&a]));
+        cfg.body_session = body_session;
+        let proxy = Proxy::start(cfg).await;
+        proxy.bind("conv-1", "a").await;
+
+        let mut conn = TcpStream::connect(proxy.addr).await.unwrap();
+        conn.write_all(
+            b"POST /v1/chat HTTP/1.1\r\nhost: p\r\nx-session-id: conv-1\r\n\
+              content-type: application/json\r\ncontent-length: 100\r\n\r\n{\"model\":",
+        )
+        .await
+        .unwrap();
+        // The write side stays open: only the idle timeout can end the wait.
+        let mut raw = Vec::new();
+        let _ = within("answer", conn.read_to_end(&mut raw)).await;
+        let raw = String::from_utf8_lossy(&raw).to_lowercase();
+        assert!(
+            raw.starts_with("http/1.1 400"),
+            "body_session={body_session}: {raw}"
+        );
+        assert!(!raw.contains("x-served-by"), "{raw}");
+        assert_eq!(a.count(), 0, "a stalled body was forwarded");
+        assert_eq!(proxy.bound("conv-1").as_deref(), Some("a"));
+    }
+}
+
 #[tokio::test]
 async fn overloaded_pin_moves_to_the_least_loaded_account() {
     let a = Account::start("a", Mode::FirstThenHang).await;

@@ -42,7 +42,6 @@ use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme, Uri};
-use hyper::body::Incoming;
 use tower::Layer;
 use tower::util::Either;
 use tower_sticky_session::body_session::{
@@ -59,6 +58,7 @@ pub(crate) use self::serve::{Drained, ServeConfig, serve};
 use self::auth::ClientAuth;
 use self::failover::Failover;
 use self::picker::Picker;
+use self::timeouts::{ClientBody, ClientBodyTimeout};
 
 /// The response header that names the account that served a request.
 pub(crate) const X_SERVED_BY: HeaderName = HeaderName::from_static("x-served-by");
@@ -285,10 +285,14 @@ impl fmt::Display for ErrorChain<'_> {
 /// The sticky-session layer around failover, for request bodies of type `B`.
 pub(crate) type Sticky<St, B> = StickySession<Failover<St, B>, St>;
 
-/// The whole proxy service: client authentication, then (unless `--no-body-session`) the
-/// JSON-body session reader, then the sticky-session layer around failover.
-pub(crate) type ProxyService<St> =
-    ClientAuth<Either<SessionFromBody<Sticky<St, BufferedBody<Incoming>>>, Sticky<St, Incoming>>>;
+/// The whole proxy service: client authentication, the request body's `--idle-timeout`,
+/// then (unless `--no-body-session`) the JSON-body session reader, then the sticky-session
+/// layer around failover.
+pub(crate) type ProxyService<St> = ClientAuth<
+    ClientBodyTimeout<
+        Either<SessionFromBody<Sticky<St, BufferedBody<ClientBody>>>, Sticky<St, ClientBody>>,
+    >,
+>;
 
 /// The built proxy: its service and the sticky layer's counters.
 pub(crate) struct App<St: BindingStore> {
@@ -344,7 +348,10 @@ pub(crate) fn build<St: BindingStore + Clone>(
     };
     Ok(App {
         stats,
-        service: ClientAuth::new(stack, cfg.client_token.clone()),
+        service: ClientAuth::new(
+            ClientBodyTimeout::new(stack, cfg.failover.idle_timeout),
+            cfg.client_token.clone(),
+        ),
         picker,
         body_stats,
     })

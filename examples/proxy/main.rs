@@ -43,7 +43,7 @@
 //!   `x-api-key: TOKEN` (else 401, nothing forwarded). A malformed request body gets 400
 //!   and no binding is touched.
 //! - Timeouts: `--upstream-timeout` (60 s), `--idle-timeout` (300 s, silence inside a
-//!   response body), `--header-timeout` (30 s, any connection without a complete request
+//!   response body, and inside a client's request body: then 400), `--header-timeout` (30 s, any connection without a complete request
 //!   head, whatever its protocol). `--max-connections` (10 000), HTTP/2 keep-alive pings,
 //!   64 KiB write buffers per connection.
 //! - `--scope-header NAME` keeps separate bindings per value of that header (e.g. a model).
@@ -163,7 +163,7 @@ struct Cli {
     upstream_timeout: Duration,
 
     /// Longest silence, in seconds, inside a response body (then the client's stream
-    /// ends with an error).
+    /// ends with an error) or inside a client's request body (then 400).
     #[arg(long = "idle-timeout", value_name = "SECS", default_value = "300", value_parser = parse_positive_secs)]
     idle_timeout: Duration,
 

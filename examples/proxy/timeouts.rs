@@ -1,5 +1,6 @@
 //! The response side of an attempt: peeking the first data chunk under
-//! `--upstream-timeout`, and the body handed to the client under `--idle-timeout`.
+//! `--upstream-timeout`, and the body handed to the client under `--idle-timeout`; and
+//! the client's request body, each frame under `--idle-timeout` too.
 
 use std::fmt;
 use std::future::poll_fn;
@@ -8,9 +9,12 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::Request;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
+use tower::Service;
+use tower_http::timeout::TimeoutBody;
 use tower_sticky_session::AuthId;
 
 use super::picker::InFlight;
@@ -196,5 +200,45 @@ impl Body for ProxyBody {
                 SizeHint::with_exact(msg.as_ref().map_or(0, |m| m.len() as u64))
             }
         }
+    }
+}
+
+/// A client's request body as the proxy reads it: each frame must arrive within
+/// `--idle-timeout` of the previous one (tower-http's `TimeoutBody`, boxed so that the
+/// body reader and the replay buffer can poll it in place). A client that stops sending
+/// its body mid-way then fails like a broken body: 400, no binding touched — instead of
+/// holding its request, and up to `--max-body-buffer` of memory, open for good.
+pub(crate) type ClientBody = Pin<Box<TimeoutBody<Incoming>>>;
+
+/// Wraps every request body in [`ClientBody`] before the rest of the stack runs.
+#[derive(Clone)]
+pub(crate) struct ClientBodyTimeout<S> {
+    inner: S,
+    idle: Duration,
+}
+
+impl<S> ClientBodyTimeout<S> {
+    /// `inner` gets request bodies whose frames each arrive within `idle`.
+    pub(crate) fn new(inner: S, idle: Duration) -> Self {
+        Self { inner, idle }
+    }
+}
+
+impl<S> Service<Request<Incoming>> for ClientBodyTimeout<S>
+where
+    S: Service<Request<ClientBody>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let idle = self.idle;
+        self.inner
+            .call(req.map(|body| Box::pin(TimeoutBody::new(idle, body))))
     }
 }
