@@ -252,7 +252,7 @@ impl BindingKey {
             state.write_usize(s.0.len());
             state.write(&s.0);
         }
-        let id = self.session.as_str().as_bytes();
+        let id = self.session.as_bytes();
         state.write_usize(id.len());
         state.write(id);
     }
@@ -260,7 +260,7 @@ impl BindingKey {
     /// The same unambiguous encoding as bytes, for stores that hash with a digest
     /// function rather than a [`std::hash::Hasher`] (e.g. a cryptographic hash).
     pub fn encode(&self) -> Vec<u8> {
-        let id = self.session.as_str().as_bytes();
+        let id = self.session.as_bytes();
         let scope_len = self.scope.as_ref().map_or(0, |s| s.0.len());
         let mut out = Vec::with_capacity(18 + scope_len + id.len());
         out.push(self.kind.marker(self.scope.is_some()));

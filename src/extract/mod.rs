@@ -66,6 +66,12 @@ impl SessionId {
         self.0.to_str().unwrap_or_default()
     }
 
+    /// The session id's bytes (visible ASCII), without the UTF-8 check of
+    /// [`as_str`](Self::as_str): what stores hash.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
     /// A form that is safe to log: a four-byte prefix and the length.
     pub fn redacted(&self) -> Redacted<'_> {
         Redacted(self.as_str())
@@ -162,8 +168,45 @@ pub(crate) fn validate(bytes: &[u8], max_len: usize) -> Result<(), InvalidSessio
     if bytes.len() > max_len {
         return Err(InvalidSessionId::TooLong);
     }
-    if !bytes.iter().all(|b| (0x21..=0x7e).contains(b)) {
+    // Without an early exit, so the compiler checks many bytes per instruction: ids are
+    // short and almost always valid, and this runs on every request.
+    if !bytes
+        .iter()
+        .fold(true, |ok, &b| ok & (b.wrapping_sub(0x21) < 0x5e))
+    {
         return Err(InvalidSessionId::Byte);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_admits_exactly_visible_ascii_at_every_position() {
+        for b in 0..=u8::MAX {
+            let visible = (0x21..=0x7e).contains(&b);
+            // Alone, first, last and in the middle of an otherwise valid id.
+            for id in [
+                vec![b],
+                vec![b, b'a', b'b'],
+                vec![b'a', b'b', b],
+                vec![b'a', b, b'b'],
+            ] {
+                let expected = if visible {
+                    Ok(())
+                } else {
+                    Err(InvalidSessionId::Byte)
+                };
+                assert_eq!(validate(&id, 256), expected, "byte {b:#04x} in {id:?}");
+            }
+        }
+        // A long id with one bad byte far from either end is still caught.
+        let mut long = vec![b'x'; 200];
+        long[137] = b' ';
+        assert_eq!(validate(&long, 256), Err(InvalidSessionId::Byte));
+        assert_eq!(validate(&[], 256), Err(InvalidSessionId::Empty));
+        assert_eq!(validate(&[b'a'; 5], 4), Err(InvalidSessionId::TooLong));
+    }
 }
