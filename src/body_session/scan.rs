@@ -20,8 +20,13 @@
 //!
 //! Escapes: a string the scanner *reads* (a key it compares, a value it returns) is
 //! unescaped exactly (`\uXXXX` with surrogate pairs included); one with an invalid escape
-//! or a lone surrogate never matches a field name and is never a session id. Duplicate
-//! keys: the last occurrence wins, as in most JSON parsers.
+//! or a lone surrogate never matches a field name and is never a session id.
+//!
+//! Duplicate keys: the last occurrence wins, as in most JSON parsers, at every level the
+//! scanner reads (`conversation.id`, `metadata.*`, `request.session_id`, the `session_id`
+//! inside Claude's `user_id` string), and a repeated object replaces the earlier one
+//! whole. The one exception is [`find_response_id`]: it stops at the first `id` of a
+//! response, so that it can answer from a response's first bytes.
 
 use std::borrow::Cow;
 use std::hash::Hasher;
@@ -487,8 +492,26 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// The value of `key` in the object at the cursor, if it is a string; stops reading at it.
-    fn find_string(&mut self, key: &[u8]) -> R<Option<RawStr<'a>>> {
+    /// The value of `key` in the object at the cursor, if it is a string; the whole object
+    /// is walked and the last occurrence of `key` wins (a later non-string value hides an
+    /// earlier string).
+    fn last_string(&mut self, key: &[u8]) -> R<Option<RawStr<'a>>> {
+        let mut found = None;
+        self.object(|c, k| {
+            if k.is(key) {
+                found = c.string_value()?;
+            } else {
+                c.skip_value()?;
+            }
+            Ok(false)
+        })?;
+        Ok(found)
+    }
+
+    /// The first string value of `key` in the object at the cursor; stops reading there,
+    /// so what follows need not have arrived (only for response ids: see
+    /// [`find_response_id`]).
+    fn first_string(&mut self, key: &[u8]) -> R<Option<RawStr<'a>>> {
         let mut found = None;
         self.object(|c, k| {
             if k.is(key) {
@@ -579,7 +602,7 @@ fn claude_session(user_id: &[u8]) -> Option<Cow<'static, [u8]>> {
     let trimmed = user_id.trim_ascii_start();
     if trimmed.first() == Some(&b'{') {
         let mut c = Cursor::new(trimmed);
-        let s = c.find_string(b"session_id").ok()??;
+        let s = c.last_string(b"session_id").ok()??;
         return read(Some(s)).map(|v| Cow::Owned(v.into_owned()));
     }
     let at = memchr::memmem::rfind(user_id, b"_session_")?;
@@ -626,24 +649,28 @@ pub(crate) fn scan(body: &[u8], fingerprint: bool) -> Result<Scanned<'_>, Stop> 
             Cow::Borrowed(key.raw)
         };
         match &*k {
+            // A repeated object key replaces the earlier value whole, as in a DOM: what an
+            // earlier `conversation`, `metadata` or `request` held is forgotten first.
             b"conversation" => {
+                out.candidates[CONVERSATION] = None;
+                out.candidates[CONVERSATION_ID] = None;
                 if c.peek()? == b'{' {
-                    let id = c.find_string(b"id")?;
-                    if id.is_some() {
-                        // find_string stops at `id`: skip the rest of the object.
-                        c.finish_object()?;
-                    }
-                    out.candidates[CONVERSATION_ID] = read(id);
+                    out.candidates[CONVERSATION_ID] = read(c.last_string(b"id")?);
                 } else {
                     out.candidates[CONVERSATION] = read(c.string_value()?);
                 }
             }
-            b"metadata" if c.peek()? == b'{' => {
+            b"metadata" => {
+                out.candidates[METADATA_USER_ID] = None;
+                out.candidates[METADATA_SESSION_ID] = None;
+                if c.peek()? != b'{' {
+                    c.skip_value()?;
+                    return Ok(false);
+                }
                 c.object(|c, k| {
                     if k.is(b"user_id") {
-                        if let Some(v) = read(c.string_value()?) {
-                            out.candidates[METADATA_USER_ID] = claude_session(&v);
-                        }
+                        out.candidates[METADATA_USER_ID] =
+                            read(c.string_value()?).and_then(|v| claude_session(&v));
                     } else if k.is(b"session_id") {
                         out.candidates[METADATA_SESSION_ID] = read(c.string_value()?);
                     } else {
@@ -652,7 +679,12 @@ pub(crate) fn scan(body: &[u8], fingerprint: bool) -> Result<Scanned<'_>, Stop> 
                     Ok(false)
                 })?;
             }
-            b"request" if c.peek()? == b'{' => {
+            b"request" => {
+                out.candidates[REQUEST_SESSION_ID] = None;
+                if c.peek()? != b'{' {
+                    c.skip_value()?;
+                    return Ok(false);
+                }
                 c.object(|c, k| {
                     if k.is(b"session_id") {
                         out.candidates[REQUEST_SESSION_ID] = read(c.string_value()?);
@@ -701,14 +733,6 @@ pub(crate) fn scan(body: &[u8], fingerprint: bool) -> Result<Scanned<'_>, Stop> 
 }
 
 impl<'a> Cursor<'a> {
-    /// Skips the rest of an object after a member's value (cursor after that value).
-    fn finish_object(&mut self) -> R<()> {
-        if self.member_end()? {
-            return Ok(());
-        }
-        self.members(|c, _| c.skip_value().map(|_| false))
-    }
-
     /// Walks a `messages` / `input` array, recording the content of the first
     /// `system`/`developer` message and of the first `user` message.
     fn opening_messages(
@@ -805,8 +829,9 @@ pub enum ResponseIdScan<'a> {
 /// stream's first event when that event is `response.created` (by its `event:` line or its
 /// `type` member). The scan stops at the id, so the rest of the event (a
 /// `response.created` event repeats the request's instructions and tools, often many KiB)
-/// need not have arrived. An id that is not 1–256 bytes of visible ASCII, or that holds a
-/// JSON escape, counts as absent.
+/// need not have arrived; for the same reason the first `id` counts, not a repeated one
+/// after it (an upstream's response does not repeat its id). An id that is not 1–256
+/// bytes of visible ASCII, or that holds a JSON escape, counts as absent.
 ///
 /// [`NeedMore`](ResponseIdScan::NeedMore) asks for the bytes seen so far plus the next
 /// frame; bound what you keep for it (OpenAI's streams name the id within their first
@@ -829,7 +854,7 @@ pub fn find_response_id(prefix: &[u8]) -> ResponseIdScan<'_> {
     let rest = &prefix[start..];
     if rest[0] == b'{' {
         let mut c = Cursor::new(rest);
-        return response_id(c.find_string(b"id"));
+        return response_id(c.first_string(b"id"));
     }
     sse_response_id(rest)
 }
@@ -955,7 +980,7 @@ fn sse_walk(data: &[u8]) -> SseWalk<'_> {
             }
             Ok(false)
         } else if k.is(b"response") && c.peek()? == b'{' {
-            found = Some(c.find_string(b"id"));
+            found = Some(c.first_string(b"id"));
             Ok(true)
         } else {
             c.skip_value().map(|_| false)
@@ -1188,6 +1213,79 @@ mod tests {
         assert_eq!(
             session(r#"{"session_id":"first","session_id":"second"}"#),
             Some(("session_id", "second".into()))
+        );
+        // Inside the objects the scanner reads, too.
+        assert_eq!(
+            session(r#"{"conversation":{"id":"c1","object":"conversation","id":"c2"}}"#),
+            Some(("conversation.id", "c2".into()))
+        );
+        assert_eq!(
+            session(r#"{"metadata":{"session_id":"m1","session_id":"m2"}}"#),
+            Some(("metadata.session_id", "m2".into()))
+        );
+        assert_eq!(
+            session(r#"{"request":{"session_id":"r1","session_id":"r2"}}"#),
+            Some(("request.session_id", "r2".into()))
+        );
+        // ... and inside Claude's JSON-string `user_id`.
+        let inner = r#"{"session_id":"u1","device_id":"d","session_id":"u2"}"#;
+        let body = serde_json::json!({"metadata": {"user_id": inner}}).to_string();
+        assert_eq!(session(&body), Some(("metadata.user_id", "u2".into())));
+        // A later value that is not a string hides an earlier one.
+        assert_eq!(
+            session(r#"{"conversation":{"id":"c1","id":null},"session_id":"s"}"#),
+            Some(("session_id", "s".into()))
+        );
+        assert_eq!(
+            session(
+                r#"{"metadata":{"user_id":"user_a_account_b_session_u1","user_id":7},"session_id":"s"}"#
+            ),
+            Some(("session_id", "s".into()))
+        );
+    }
+
+    #[test]
+    fn a_repeated_object_replaces_the_earlier_one_whole() {
+        // As in a DOM: the second `metadata` has no `session_id`, so there is none.
+        assert_eq!(
+            session(
+                r#"{"metadata":{"session_id":"m1"},"metadata":{"user_id":"x"},"sessionId":"c"}"#
+            ),
+            Some(("sessionId", "c".into()))
+        );
+        assert_eq!(
+            session(r#"{"request":{"session_id":"r1"},"request":null}"#),
+            None
+        );
+        // `conversation` as a string, then as an object: the object's id.
+        assert_eq!(
+            session(r#"{"conversation":"conv_a","conversation":{"id":"conv_b"}}"#),
+            Some(("conversation.id", "conv_b".into()))
+        );
+        assert_eq!(
+            session(r#"{"conversation":{"id":"conv_b"},"conversation":"conv_a"}"#),
+            Some(("conversation", "conv_a".into()))
+        );
+        // The same bodies through serde_json agree.
+        for body in [
+            r#"{"metadata":{"session_id":"m1"},"metadata":{"user_id":"x"}}"#,
+            r#"{"conversation":"conv_a","conversation":{"id":"conv_b"}}"#,
+        ] {
+            let v: serde_json::Value = serde_json::from_str(body).unwrap();
+            let dom = v["metadata"]["session_id"]
+                .as_str()
+                .or(v["conversation"]["id"].as_str());
+            let ours = session(body).map(|(_, id)| id);
+            assert_eq!(ours.as_deref(), dom, "{body}");
+        }
+    }
+
+    #[test]
+    fn a_response_id_is_the_first_one() {
+        // The documented exception: the scan stops at the first `id`.
+        assert_eq!(
+            found(br#"{"id":"resp_1","object":"response","id":"resp_2"}"#),
+            ResponseIdScan::Found("resp_1")
         );
     }
 
