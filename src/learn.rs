@@ -24,7 +24,7 @@ use crate::types::{AuthId, BindingKey, Scope, ServedBy};
 pub(crate) const MAX_PREFIX: usize = 8 * 1024;
 
 /// The longest id learned (the same bound as [`find_response_id`]'s).
-const MAX_ID_LEN: usize = 256;
+const MAX_ID_LEN: usize = crate::extract::DEFAULT_MAX_SESSION_ID_LEN;
 
 /// What the request side hands the response side when learning is on.
 pub(crate) struct LearnCtx<St, C> {

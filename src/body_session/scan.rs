@@ -31,7 +31,9 @@
 use std::borrow::Cow;
 use std::hash::Hasher;
 
-use crate::extract::{InvalidSessionId, validate};
+use http::HeaderValue;
+
+use crate::extract::{DEFAULT_MAX_SESSION_ID_LEN, InvalidSessionId, SessionId, validate};
 
 /// The deepest nesting the scanner follows (the limit `serde_json` applies by default).
 pub(crate) const MAX_DEPTH: usize = 128;
@@ -569,17 +571,17 @@ pub(crate) struct Scanned<'a> {
 }
 
 impl<'a> Scanned<'a> {
-    /// The first candidate in priority order that passes validation, and the first
+    /// The first candidate in priority order that is a valid session id, and the first
     /// rejected one before it (for a debug event).
     pub(crate) fn session(
         &self,
         max_len: usize,
-    ) -> (Option<(&[u8], &'static str)>, Option<Rejected>) {
+    ) -> (Option<(SessionId, &'static str)>, Option<Rejected>) {
         let mut rejected = None;
         for (i, c) in self.candidates.iter().enumerate() {
             let Some(v) = c else { continue };
-            match validate(v, max_len) {
-                Ok(()) => return (Some((v, FIELDS[i])), rejected),
+            match session_id(v, max_len) {
+                Ok(id) => return (Some((id, FIELDS[i])), rejected),
                 Err(reason) => {
                     rejected.get_or_insert((FIELDS[i], reason));
                 }
@@ -587,6 +589,18 @@ impl<'a> Scanned<'a> {
         }
         (None, rejected)
     }
+}
+
+/// `bytes` as a session id of at most `max_len` bytes, validated once (by
+/// [`SessionId::from_header_value`]; `HeaderValue`'s own check rejects nothing it would
+/// accept).
+pub(crate) fn session_id(bytes: &[u8], max_len: usize) -> Result<SessionId, InvalidSessionId> {
+    // Too long: rejected before `HeaderValue` copies it.
+    if bytes.len() > max_len {
+        return Err(InvalidSessionId::TooLong);
+    }
+    let value = HeaderValue::from_bytes(bytes).map_err(|_| InvalidSessionId::Byte)?;
+    SessionId::from_header_value(value, max_len)
 }
 
 /// A read string's value, unescaped (a copy only if it holds escapes; its length is
@@ -864,7 +878,10 @@ fn response_id(found: R<Option<RawStr<'_>>>) -> ResponseIdScan<'_> {
         Err(Stop::Eof) => ResponseIdScan::NeedMore,
         Err(Stop::Invalid) | Ok(None) => ResponseIdScan::Absent,
         Ok(Some(s)) => {
-            if s.escaped() || !s.raw.starts_with(b"resp_") || validate(s.raw, 256).is_err() {
+            if s.escaped()
+                || !s.raw.starts_with(b"resp_")
+                || validate(s.raw, DEFAULT_MAX_SESSION_ID_LEN).is_err()
+            {
                 return ResponseIdScan::Absent;
             }
             // Visible ASCII, so valid UTF-8.
@@ -1002,7 +1019,7 @@ mod tests {
     fn session(body: &str) -> Option<(&'static str, String)> {
         let s = scan(body.as_bytes(), false).expect("valid JSON");
         let (found, _) = s.session(256);
-        found.map(|(v, f)| (f, String::from_utf8(v.to_vec()).unwrap()))
+        found.map(|(v, f)| (f, v.as_str().to_owned()))
     }
 
     fn invalid(body: &[u8]) -> bool {
@@ -1134,7 +1151,7 @@ mod tests {
             Some(InvalidSessionId::TooLong)
         );
         let (found, _) = scanned.session(2000);
-        assert_eq!(found.map(|(v, _)| v.len()), Some(1000));
+        assert_eq!(found.map(|(v, _)| v.as_str().len()), Some(1000));
     }
 
     #[test]

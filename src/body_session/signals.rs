@@ -2,10 +2,8 @@
 
 use std::fmt::Write as _;
 
-use http::HeaderValue;
-
 use super::scan::{self, FIELDS, Stop};
-use crate::extract::{DEFAULT_MAX_SESSION_ID_LEN, InvalidSessionId, SessionId, validate};
+use crate::extract::{DEFAULT_MAX_SESSION_ID_LEN, InvalidSessionId, SessionId};
 
 /// The body fields a session id is read from, in priority order: the values
 /// [`BodySession::field`] takes, and the labels of [`BodySessionStatsSnapshot::found`](super::BodySessionStatsSnapshot::found).
@@ -115,20 +113,14 @@ pub(crate) struct Outcome {
     pub(crate) rejected: Option<(&'static str, InvalidSessionId)>,
 }
 
-fn id(bytes: &[u8], max_len: usize) -> Option<SessionId> {
-    validate(bytes, max_len).ok()?;
-    SessionId::from_header_value(HeaderValue::from_bytes(bytes).ok()?, max_len).ok()
-}
-
 pub(crate) fn scan_body(body: &[u8], config: &ScanConfig) -> Result<Outcome, InvalidJson> {
     let scanned = scan::scan(body, config.fingerprint.is_some()).map_err(|_: Stop| InvalidJson)?;
     let (found, rejected) = scanned.session(config.max_len);
-    let session =
-        found.and_then(|(v, field)| Some(BodySession::new(id(v, config.max_len)?, field)));
+    let session = found.map(|(id, field)| BodySession::new(id, field));
     let previous_response_id = scanned
         .previous_response_id
         .as_deref()
-        .and_then(|v| id(v, config.max_len));
+        .and_then(|v| scan::session_id(v, config.max_len).ok());
     let fingerprint = match (config.fingerprint, scanned.first_user) {
         (Some(key), Some(user)) => fingerprint(&key, scanned.system, user),
         _ => None,
@@ -197,7 +189,7 @@ mod tests {
 
     fn fp(body: &str, key: FingerprintKey) -> Option<String> {
         let config = ScanConfig {
-            max_len: 256,
+            max_len: DEFAULT_MAX_SESSION_ID_LEN,
             fingerprint: Some(key),
         };
         let out = scan_body(body.as_bytes(), &config).unwrap();
