@@ -181,8 +181,10 @@ pin_project! {
     {
         Lookup {
             lookup: St::LookupFuture,
-            svc: Option<S>,
-            req: Option<Request<ReqB>>,
+            // The service and the request, boxed: only a networked store's lookup is
+            // pending, next to a round trip, while every request's future carries and
+            // moves this state's size (a `Request` alone is ≈ 220 bytes).
+            call: Option<Box<(S, Request<ReqB>)>>,
             // `Some`: this is the lookup of the request's `previous_response_id` (its key);
             // on a miss the session's own lookup follows.
             response_id: Option<Box<BindingKey>>,
@@ -242,8 +244,7 @@ where
         Self {
             state: State::Lookup {
                 lookup,
-                svc: Some(svc),
-                req: Some(req),
+                call: Some(Box::new((svc, req))),
                 response_id,
             },
             span,
@@ -315,14 +316,14 @@ where
         match state.as_mut().project() {
             StateProj::Lookup {
                 lookup,
-                svc,
-                req,
+                call,
                 response_id,
             } => {
                 let result = ready!(Pin::new(&mut *lookup).poll(cx));
-                let r = req
+                let r = &mut call
                     .as_mut()
-                    .expect("ResponseFuture polled after completion");
+                    .expect("ResponseFuture polled after completion")
+                    .1;
                 if let Some(key) = response_id.take() {
                     let core = match (tracking.as_ref(), learn.as_ref()) {
                         (Some(t), _) => &t.shared.core,
@@ -354,8 +355,7 @@ where
                     *decision = d;
                     t.pinned = pinned;
                 }
-                let req = req.take().expect("ResponseFuture polled after completion");
-                let mut svc = svc.take().expect("ResponseFuture polled after completion");
+                let (mut svc, req) = *call.take().expect("ResponseFuture polled after completion");
                 let fut = svc.call(req);
                 state.set(State::Inner { fut });
             }

@@ -2,10 +2,10 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 
-use http::{Request, Response};
+use http::{Extensions, Request, Response};
 use http_body::Body;
 use tower_service::Service;
 use tracing::field::Empty;
@@ -232,9 +232,11 @@ where
         counters.source(source.kind());
 
         let key = BindingKey::new(scope, session.clone());
-        parts.extensions.insert(session);
-        parts.extensions.insert(source);
-        parts.extensions.insert(key.clone());
+        let mut ours = presized_extensions();
+        ours.insert(session);
+        ours.insert(source);
+        ours.insert(key.clone());
+        parts.extensions.extend(ours);
 
         if let Some(PinnedAuth(explicit)) = parts.extensions.get::<PinnedAuth>() {
             Counters::inc(&counters.explicit_pins);
@@ -408,6 +410,34 @@ impl<S: Clone, St: BindingStore, C: ClassifyResponse> StickySession<S, St, C> {
 }
 
 /// The session a body's signals carry: its session field, else its fingerprint.
+/// An empty [`Extensions`] whose map already has room for seven values.
+///
+/// A hit inserts four (`SessionId`, `SessionSource`, `BindingKey`, `PinnedAuth`). Into
+/// an empty `Extensions` the first insert allocates a map with room for three and the
+/// fourth reallocates and rehashes it: ≈ 600 instructions, a tenth of what the layer adds
+/// to a hit (`BENCHMARKS.md`). A clone of a map that once held four values keeps its
+/// eight slots (`HashMap::clone` copies the table as it is), so cloning this prototype
+/// costs one allocation and no rehash. When the request already has extensions (hyper
+/// with upgrades, axum's `MatchedPath`), `Extensions::extend` inserts ours into its map
+/// one by one, as plain inserts would.
+fn presized_extensions() -> Extensions {
+    static PROTO: OnceLock<Extensions> = OnceLock::new();
+    PROTO
+        .get_or_init(|| {
+            let mut e = Extensions::new();
+            e.insert(0u8);
+            e.insert(0u16);
+            e.insert(0u32);
+            e.insert(0u64);
+            e.remove::<u8>();
+            e.remove::<u16>();
+            e.remove::<u32>();
+            e.remove::<u64>();
+            e
+        })
+        .clone()
+}
+
 fn body_session(signals: &BodySignals) -> Option<(SessionId, SessionSource)> {
     if let Some(s) = &signals.session {
         return Some((s.id.clone(), SessionSource::BodyField(s.field)));

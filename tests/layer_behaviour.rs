@@ -801,3 +801,76 @@ fn service_future_and_body_are_send_and_sync() {
         http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send>>;
     assert_send_sync::<ResponseBody<SendOnlyError>>();
 }
+
+/// The layer adds its extensions next to whatever the request already carries (hyper's
+/// upgrade handle, axum's `MatchedPath`, an outer layer's values), with or without a map
+/// already there, and a hit's `PinnedAuth` lands in the same map.
+#[tokio::test]
+async fn extensions_already_on_the_request_are_kept_next_to_ours() {
+    #[derive(Clone, Debug, PartialEq)]
+    struct Outer(u32);
+    #[derive(Clone, Debug, PartialEq)]
+    struct Another(&'static str);
+
+    type Seen = Arc<
+        Mutex<
+            Vec<(
+                Option<Outer>,
+                Option<Another>,
+                bool,
+                bool,
+                bool,
+                Option<AuthId>,
+            )>,
+        >,
+    >;
+    let seen: Seen = Arc::default();
+    let layer = StickySessionLayer::new();
+    let s = seen.clone();
+    let mut svc = tower::Layer::layer(
+        &layer,
+        tower::service_fn(move |req: Request<()>| {
+            let e = req.extensions();
+            s.lock().unwrap().push((
+                e.get::<Outer>().cloned(),
+                e.get::<Another>().cloned(),
+                e.get::<SessionId>().is_some(),
+                e.get::<BindingKey>().is_some(),
+                e.get::<SessionSource>().is_some(),
+                e.get::<PinnedAuth>().map(|p| p.0.clone()),
+            ));
+            let mut res = Response::new(Full::new(Bytes::from_static(b"x")));
+            res.extensions_mut()
+                .insert(ServedBy(AuthId::from("acct-a")));
+            std::future::ready(Ok::<_, Infallible>(res))
+        }),
+    );
+    let send = |with: bool| {
+        let mut r = req("ext-session");
+        if with {
+            r.extensions_mut().insert(Outer(7));
+            r.extensions_mut().insert(Another("kept"));
+        }
+        r
+    };
+    for with in [false, true, true] {
+        let res = svc.ready().await.unwrap().call(send(with)).await.unwrap();
+        res.into_body().collect().await.unwrap();
+    }
+    let seen = seen.lock().unwrap();
+    // First request: no map on the request, a miss (no pin); then two hits with a map.
+    assert_eq!(seen[0], (None, None, true, true, true, None));
+    for s in &seen[1..] {
+        assert_eq!(
+            *s,
+            (
+                Some(Outer(7)),
+                Some(Another("kept")),
+                true,
+                true,
+                true,
+                Some(AuthId::from("acct-a"))
+            )
+        );
+    }
+}
