@@ -5,7 +5,9 @@
 //! at a time for the first 64 bytes, `memchr` beyond) and looking back at the
 //! backslashes before a quote only when a backslash precedes it; once a string has
 //! shown an escaped quote, the rest of it is skipped 64 bytes at a time by a
-//! branch-free test that the compiler vectorises (see `skip_blocks`). Structure
+//! branch-free test that the compiler vectorises (see `skip_blocks`). Inside a value
+//! that is skipped whole, the quotes of the next 64 bytes are known as a bitmask
+//! (`QuoteWindow`), so a short string's end is found without a search. Structure
 //! between strings is walked byte by byte (between strings it is a few bytes: a
 //! word-at-a-time search for the next quote or bracket measured slower than the plain
 //! loop).
@@ -274,6 +276,76 @@ fn skip_blocks(b: &[u8], mut i: usize) -> usize {
     }
 }
 
+/// The quotes of 64 bytes of the input, one bit per byte, for [`Cursor::skip_container`]:
+/// where an unread array holds many short strings (`{"role":"user","content":"ok"}`),
+/// finding each string's end is a shift and a count of trailing zeros instead of a search,
+/// and the next window's bits do not wait for the previous string's end.
+#[derive(Default)]
+struct QuoteWindow {
+    /// The window is `base..base + 64`.
+    base: usize,
+    /// Bit `k`: the byte at `base + k` is a quote. No bits: nothing known (then the
+    /// search decides).
+    bits: u64,
+}
+
+impl QuoteWindow {
+    /// Loads the window at `base`; `false` if fewer than 64 bytes are left.
+    #[inline(always)]
+    fn load(&mut self, b: &[u8], base: usize) -> bool {
+        let Some(w) = b.get(base..base + 64) else {
+            return false;
+        };
+        let mut bits = 0;
+        for (k, word) in w.chunks_exact(8).enumerate() {
+            let word = <[u8; 8]>::try_from(word).map_or(0, u64::from_le_bytes);
+            bits |= quote_bits(word) << (8 * k);
+        }
+        self.base = base;
+        self.bits = bits;
+        true
+    }
+
+    /// [`string_end`]: from the window when it holds the first quote at or after `start`
+    /// and no backslash precedes that quote, otherwise by the search.
+    #[inline(always)]
+    fn string_end(&mut self, b: &[u8], start: usize) -> R<usize> {
+        let mut rel = start.wrapping_sub(self.base);
+        if rel >= 64 {
+            // The next window, whose address does not depend on this string; or, past
+            // it, the window at the string.
+            let base = if rel < 128 { self.base + 64 } else { start };
+            if !self.load(b, base) {
+                return string_end(b, start);
+            }
+            rel = start - base;
+            if rel >= 64 {
+                return string_end(b, start);
+            }
+        }
+        let after = self.bits >> rel;
+        if after != 0 {
+            let at = start + after.trailing_zeros() as usize;
+            if b[at - 1] != b'\\' {
+                return Ok(at);
+            }
+        }
+        string_end(b, start)
+    }
+}
+
+/// One bit per byte of `w` (little-endian) that is a quote, in the low eight bits.
+#[inline(always)]
+fn quote_bits(w: u64) -> u64 {
+    const QUOTE: u64 = LO * b'"' as u64;
+    const LOW7: u64 = LO * 0x7f;
+    let x = w ^ QUOTE;
+    // Exact: the high bit of each byte of x that is zero (no borrow between bytes).
+    let zero = !(((x & LOW7) + LOW7) | x) & HI;
+    // Gathers bit 8k to bit 56 + k; the partial products never overlap, so no carries.
+    (zero >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56
+}
+
 /// Whether a bare word is a number or `true`/`false`/`null` (numbers loosely: their
 /// characters, not their grammar).
 fn scalar_ok(tok: &[u8]) -> bool {
@@ -399,6 +471,7 @@ impl<'a> Cursor<'a> {
         let mut depth = 0usize;
         let b = self.b;
         let mut i = self.i;
+        let mut quotes = QuoteWindow::default();
         loop {
             let Some(&c) = b.get(i) else {
                 self.i = i;
@@ -407,7 +480,7 @@ impl<'a> Cursor<'a> {
             i += 1;
             match c {
                 b'"' => {
-                    i = string_end(b, i)? + 1;
+                    i = quotes.string_end(b, i)? + 1;
                 }
                 b'{' | b'[' => {
                     if depth == MAX_DEPTH {
@@ -1836,10 +1909,26 @@ mod tests {
 
 #[cfg(test)]
 mod search_tests {
-    use super::find_quote;
+    use super::{find_quote, quote_bits};
     use proptest::prelude::{any, proptest};
 
     proptest! {
+        #[test]
+        fn quote_bits_mark_exactly_the_quotes(
+            bytes in proptest::array::uniform8(proptest::prop_oneof![
+                any::<u8>(),
+                proptest::strategy::Just(b'"'),
+                proptest::strategy::Just(b'"' ^ 0x80),
+                proptest::strategy::Just(b'"' + 1),
+            ]),
+        ) {
+            let naive = bytes
+                .iter()
+                .enumerate()
+                .fold(0u64, |m, (k, &c)| m | (u64::from(c == b'"') << k));
+            proptest::prop_assert_eq!(quote_bits(u64::from_le_bytes(bytes)), naive);
+        }
+
         #[test]
         fn inline_search_agrees_with_a_naive_one(
             bytes in proptest::collection::vec(
