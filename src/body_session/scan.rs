@@ -14,11 +14,13 @@
 //!
 //! It is a scanner, not a validator. Where it reads (the top-level object and the
 //! objects it descends into: `metadata`, `request`, `conversation`, and for the
-//! fingerprint the opening messages) it checks the grammar fully; inside a value it only
-//! skips, it checks that strings end, brackets balance and match, nesting stays within
-//! [`MAX_DEPTH`], and bare words are numbers or `true`/`false`/`null`. A body malformed
-//! only deep inside a skipped value may thus be scanned successfully; since the body is
-//! forwarded unchanged, the upstream still judges it.
+//! fingerprint the opening messages) it checks the grammar fully, bare words included
+//! (numbers or `true`/`false`/`null`); inside an array or object it only skips, it
+//! checks that strings end, brackets balance and match and nesting stays within
+//! [`MAX_DEPTH`], and passes over whatever else lies between strings and brackets
+//! (commas, colons, words). A body malformed only inside a skipped value may thus be
+//! scanned successfully; since the body is forwarded unchanged, the upstream still
+//! judges it.
 //!
 //! Escapes: a string the scanner *reads* (a key it compares, a value it returns) is
 //! unescaped exactly (`\uXXXX` with surrogate pairs included); one with an invalid escape
@@ -1456,6 +1458,14 @@ mod tests {
         // Far deeper input fails fast, without recursion.
         let huge = format!("{{\"a\":{}", "[".repeat(1_000_000));
         assert!(invalid(huge.as_bytes()));
+    }
+
+    #[test]
+    fn a_skipped_container_is_checked_for_strings_and_brackets_only() {
+        // What lies between strings and brackets inside a skipped value is passed over...
+        assert!(!invalid(br#"{"a":[nope,:,{"k" 1}],"session_id":"s"}"#));
+        // ... but a bare word the scanner reads is checked.
+        assert!(invalid(br#"{"a":nope,"session_id":"s"}"#));
     }
 
     #[test]
