@@ -2,6 +2,7 @@
 //! one success and a protected segment for bindings proven by a second one.
 
 mod accounts;
+mod probation;
 
 use std::future::{Ready, ready};
 use std::hash::{BuildHasher, Hasher, RandomState};
@@ -10,11 +11,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use moka::notification::RemovalCause;
-use moka::ops::compute::Op;
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 
 use self::accounts::Accounts;
+use self::probation::Probation;
 use super::{BindingInfo, BindingStore, CommitHint, HintedLookup, StoreError, StoreErrorKind};
 use crate::types::{AuthId, BindingKey};
 
@@ -172,7 +173,8 @@ pub struct MokaStore {
 
 struct Inner {
     protected: Cache<u64, Binding, U64Hasher>,
-    probation: Cache<u64, Binding, U64Hasher>,
+    /// Also the per-key lock of every write, in either segment.
+    probation: Probation,
     /// Whether protected has room at all (a store of `max_bindings` ≤ the probation size
     /// has none: bindings stay in probation).
     promote: bool,
@@ -314,14 +316,6 @@ impl MokaStoreBuilder {
             .probation
             .unwrap_or_else(|| default_probation(n))
             .min(n);
-        let cache = |capacity: u64| {
-            Cache::builder()
-                .max_capacity(capacity)
-                // Reclaims bindings untouched for `ttl`; the binding's own write time
-                // enforces the TTL since the last write, never later than the last touch.
-                .time_to_idle(self.ttl)
-                .eviction_policy(EvictionPolicy::lru())
-        };
         let keys = RandomState::new();
         let gens = Arc::new(Generations::new(keys.hash_one(0u8) as u32));
         let evicted = gens.clone();
@@ -329,14 +323,22 @@ impl MokaStoreBuilder {
         MokaStore {
             inner: Arc::new(Inner {
                 // A protected binding's hint goes stale when moka evicts it, too.
-                protected: cache(n - probation)
+                protected: Cache::builder()
+                    .max_capacity(n - probation)
+                    // Reclaims bindings untouched for `ttl`; the binding's own write time
+                    // enforces the TTL since the last write, never later than the last
+                    // touch.
+                    .time_to_idle(self.ttl)
+                    .eviction_policy(EvictionPolicy::lru())
+                    // Only bumps a counter: it must never take a probation lock (moka
+                    // may run it inside a write that holds one).
                     .eviction_listener(move |k: Arc<u64>, _, cause: RemovalCause| {
                         if cause.was_evicted() {
                             evicted.bump(*k);
                         }
                     })
                     .build_with_hasher(U64Hasher),
-                probation: cache(probation).build_with_hasher(U64Hasher),
+                probation: Probation::new(probation),
                 promote: n > probation,
                 promote_after_ms: u64::try_from(self.promote_after.as_millis()).unwrap_or(u64::MAX),
                 accounts: Accounts::new(),
@@ -400,20 +402,28 @@ impl MokaStore {
     pub fn remove_account(&self, auth: &AuthId) -> usize {
         let inner = &self.inner;
         let mut removed = 0;
-        for (k, b) in inner.protected.iter().chain(inner.probation.iter()) {
+        for (k, b) in inner.protected.iter() {
             if inner.is(b, auth) && inner.clear_digest(*k, auth) {
+                removed += 1;
+            }
+        }
+        // Collected first, one shard at a time: each clear takes its key's shard lock.
+        for k in inner.probation.keys_where(|b| inner.is(b, auth)) {
+            if inner.clear_digest(k, auth) {
                 removed += 1;
             }
         }
         removed
     }
 
-    /// The number of bindings held, both segments together. moka counts lazily: call
-    /// [`run_pending_tasks`](Self::run_pending_tasks) first for an exact figure. The count
-    /// can include bindings that expired (older than `ttl`) but were read less than `ttl`
-    /// ago, until moka reclaims them.
+    /// The number of bindings held, both segments together. moka counts the protected
+    /// segment lazily: call [`run_pending_tasks`](Self::run_pending_tasks) first for an
+    /// exact figure. The count can include bindings that expired (older than `ttl`) but
+    /// whose memory is not reclaimed yet: in protected, until moka reclaims them (once
+    /// they have not been read for `ttl`); in probation, until they reach the tail of
+    /// their shard's LRU list.
     pub fn entry_count(&self) -> u64 {
-        self.inner.protected.entry_count() + self.inner.probation.entry_count()
+        self.inner.protected.entry_count() + self.inner.probation.len()
     }
 
     /// The number of bindings in the protected segment (proven by a second success); as
@@ -422,16 +432,17 @@ impl MokaStore {
         self.inner.protected.entry_count()
     }
 
-    /// The number of bindings in the probation segment (one success so far); as lazy as
-    /// [`entry_count`](Self::entry_count).
+    /// The number of bindings in the probation segment (one success so far); exact (the
+    /// probation segment is not a moka cache and has no pending work), expired bindings
+    /// included as in [`entry_count`](Self::entry_count).
     pub fn probation_count(&self) -> u64 {
-        self.inner.probation.entry_count()
+        self.inner.probation.len()
     }
 
-    /// Applies pending evictions and expiries now (moka otherwise does it as it goes).
+    /// Applies the protected segment's pending evictions and expiries now (moka otherwise
+    /// does it as it goes; the probation segment applies its own at once).
     pub fn run_pending_tasks(&self) {
         self.inner.protected.run_pending_tasks();
-        self.inner.probation.run_pending_tasks();
     }
 }
 
@@ -472,7 +483,9 @@ impl Inner {
         match self.protected.get(&k) {
             Some(b) => Some((b, true)),
             None => Some((
-                self.probation.get(&k).or_else(|| self.protected.get(&k))?,
+                self.probation
+                    .get(k)
+                    .or_else(|| self.protected.get(&k))?,
                 false,
             )),
         }
@@ -534,14 +547,6 @@ impl Inner {
         {
             return Ok(());
         }
-        // Likewise a probation binding on `auth` too young to promote (`promote_after`).
-        if self.promote_after_ms > 0
-            && let Some(b) = self.probation.get(&k)
-            && now.saturating_sub(b.at_ms()) < self.promote_after_ms
-            && self.is(b, auth)
-        {
-            return Ok(());
-        }
         let Some(account) = self.accounts.intern(auth) else {
             return Err(StoreError::new(
                 StoreErrorKind::Other,
@@ -549,39 +554,39 @@ impl Inner {
             ));
         };
         let fresh = Binding::new(account, now);
-        // Every write of `k`, in either segment, happens inside this per-key step.
-        self.probation.entry(k).and_compute_with(|current| {
+        // Every write of `k`, in either segment, happens under its probation shard's lock.
+        let mut shard = self.probation.lock(k);
+        let live = |b: Binding| self.live(b, now);
+        'write: {
             if let Some(p) = self.protected.get(&k) {
-                if self.live(p, now) {
-                    // Proven: renew, or move to another account; stays proven.
+                if live(p) {
+                    // Proven: renew, or move to another account; stays proven (and out of
+                    // probation, where a concurrent expiry may have let a first success
+                    // land before this renewal).
                     self.protected.insert(k, fresh);
-                    return if current.is_some() {
-                        Op::Remove
-                    } else {
-                        Op::Nop
-                    };
+                    shard.remove(k);
+                    break 'write;
                 }
                 // Expired: the session starts over in probation.
                 self.protected.invalidate(&k);
             }
-            match current {
+            match shard.peek(k) {
                 // A second success on the same account: promote. Into protected first,
-                // then out of probation (the `Remove`), so lookups always find it.
-                Some(e)
-                    if self.promote
-                        && e.value().account() == account
-                        && self.live(*e.value(), now) =>
-                {
-                    if now.saturating_sub(e.value().at_ms()) < self.promote_after_ms {
-                        // Too young to promote (`promote_after`): leave it as it is.
-                        return Op::Nop;
+                // then out of probation, so lookups always find it.
+                Some(b) if self.promote && b.account() == account && live(b) => {
+                    if now.saturating_sub(b.at_ms()) < self.promote_after_ms {
+                        // Too young to promote (`promote_after`): leave it as it is, but
+                        // keep it at the front of its shard.
+                        shard.get(k);
+                        break 'write;
                     }
                     self.protected.insert(k, fresh);
-                    Op::Remove
+                    shard.remove(k);
                 }
-                _ => Op::Put(fresh),
+                _ => shard.insert(k, fresh, live),
             }
-        });
+        }
+        drop(shard);
         self.gens.bump(k);
         Ok(())
     }
@@ -589,40 +594,34 @@ impl Inner {
     fn clear_digest(&self, k: u64, expected: &AuthId) -> bool {
         let now = self.now_ms();
         let mut removed = false;
-        self.probation.entry(k).and_compute_with(|current| {
-            if let Some(p) = self.protected.get(&k)
-                && self.is(p, expected)
-                && let Some(p) = self.protected.remove(&k)
-            {
-                // An expired binding is removed too, but it was not there to clear.
-                removed |= self.live(p, now);
-            }
-            match current {
-                Some(e) if self.is(*e.value(), expected) => {
-                    removed |= self.live(*e.value(), now);
-                    Op::Remove
-                }
-                _ => Op::Nop,
-            }
-        });
+        let mut shard = self.probation.lock(k);
+        if let Some(p) = self.protected.get(&k)
+            && self.is(p, expected)
+            && let Some(p) = self.protected.remove(&k)
+        {
+            // An expired binding is removed too, but it was not there to clear.
+            removed |= self.live(p, now);
+        }
+        if let Some(b) = shard.peek(k)
+            && self.is(b, expected)
+        {
+            shard.remove(k);
+            removed |= self.live(b, now);
+        }
+        drop(shard);
         self.gens.bump(k);
         removed
     }
 
     fn remove_digest(&self, k: u64) -> Option<AuthId> {
         let now = self.now_ms();
-        let mut removed = None;
-        self.probation.entry(k).and_compute_with(|current| {
-            let found = self
-                .protected
-                .remove(&k)
-                .or(current.map(|e| *e.value()))
-                .filter(|&b| self.live(b, now));
-            removed = found.and_then(|b| self.accounts.get(b.account()).cloned());
-            Op::Remove
-        });
+        let mut shard = self.probation.lock(k);
+        let protected = self.protected.remove(&k);
+        let probation = shard.remove(k);
+        drop(shard);
         self.gens.bump(k);
-        removed
+        let found = protected.or(probation).filter(|&b| self.live(b, now))?;
+        self.accounts.get(found.account()).cloned()
     }
 }
 
@@ -636,7 +635,7 @@ impl std::fmt::Debug for MokaStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MokaStore")
             .field("protected", &self.inner.protected.entry_count())
-            .field("probation", &self.inner.probation.entry_count())
+            .field("probation", &self.inner.probation.len())
             .field("ttl", &self.inner.ttl)
             .finish()
     }
@@ -1252,6 +1251,101 @@ mod tests {
             done.store(true, Ordering::Release);
         });
         assert_eq!(segments(&store), (KEYS as u64, 0));
+    }
+
+    /// Whether `k` is in both segments, read under its shard lock (every write of `k`
+    /// holds it, so what this sees is the state between two complete operations).
+    fn in_both_segments(store: &MokaStore, s: &str) -> bool {
+        let k = store.digest(&key(s));
+        let shard = store.inner.probation.lock(k);
+        shard.peek(k).is_some() && store.inner.protected.contains_key(&k)
+    }
+
+    #[test]
+    fn hammered_keys_are_never_in_both_segments_and_late_clears_never_remove_newer_bindings() {
+        use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+        const KEYS: usize = 6;
+        const ROUNDS: u32 = 300;
+        // Keys 0..KEYS are committed by their owner (one account per round, once or twice:
+        // a first success or a promotion) while other threads clear them with accounts of
+        // earlier rounds, which must never remove the owner's newer binding. Keys
+        // KEYS..2·KEYS are committed, cleared and removed by everyone at random: only the
+        // segment invariant is checked there. A probation of 64 keeps every key in one
+        // shard, so all the threads contend on one lock.
+        let store = small(1_000, 64);
+        let names: Vec<String> = (0..2 * KEYS).map(|i| format!("hammer-{i}")).collect();
+        let account = |k: usize, round: u32| AuthId::from(format!("k{k}-r{round}"));
+        let rounds: Vec<AtomicU32> = (0..KEYS).map(|_| AtomicU32::new(0)).collect();
+        // Owners that have finished (or failed: the count is kept by a drop guard, so a
+        // failing owner ends the test instead of leaving the clearers running).
+        let owners_done = AtomicUsize::new(0);
+        struct Finished<'a>(&'a AtomicUsize);
+        impl Drop for Finished<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        std::thread::scope(|s| {
+            // Owners: keys 0, 2, 4 and 1, 3, 5.
+            for owner in 0..2 {
+                let (store, names, rounds, owners_done) = (&store, &names, &rounds, &owners_done);
+                s.spawn(move || {
+                    let _finished = Finished(owners_done);
+                    for round in 1..=ROUNDS {
+                        for k in (owner..KEYS).step_by(2) {
+                            let a = account(k, round);
+                            rounds[k].store(round, Ordering::Release);
+                            commit(store, &names[k], &a);
+                            if round % 2 == 0 {
+                                commit(store, &names[k], &a);
+                            }
+                            for _ in 0..3 {
+                                assert_eq!(bound(store, &names[k]), Some(a.clone()), "{k} {round}");
+                                assert!(!in_both_segments(store, &names[k]), "{k} {round}");
+                            }
+                        }
+                    }
+                });
+            }
+            // Clearers with old accounts, and random writers of the shared keys.
+            for t in 0..2u64 {
+                let (store, names, rounds, owners_done) = (&store, &names, &rounds, &owners_done);
+                s.spawn(move || {
+                    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ t;
+                    let mut next = move |n: usize| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        (x % n as u64) as usize
+                    };
+                    while owners_done.load(Ordering::Acquire) < 2 {
+                        let k = next(KEYS);
+                        let round = rounds[k].load(Ordering::Acquire);
+                        if round > 1 {
+                            let old = round - 1 - next(round.min(4) as usize - 1) as u32;
+                            clear(store, &names[k], &account(k, old));
+                        }
+                        let shared = KEYS + next(KEYS);
+                        let a = account(shared, next(2) as u32);
+                        match next(4) {
+                            0 | 1 => commit(store, &names[shared], &a),
+                            2 => drop(clear(store, &names[shared], &a)),
+                            _ => drop(store.remove(&key(&names[shared]))),
+                        }
+                        assert!(!in_both_segments(store, &names[shared]), "{shared}");
+                    }
+                });
+            }
+        });
+        for (k, name) in names.iter().enumerate() {
+            assert!(!in_both_segments(&store, name), "{k}");
+            if k < KEYS {
+                assert_eq!(bound(&store, name), Some(account(k, ROUNDS)), "{k}");
+            }
+        }
+        let (protected, probation) = segments(&store);
+        let bound_keys = names.iter().filter(|n| bound(&store, n).is_some()).count();
+        assert_eq!((protected + probation) as usize, bound_keys);
     }
 
     #[test]
