@@ -10,14 +10,18 @@
 //! Cases: `moka` (the default store, capacity 1 000 000, one shared `AuthId` per account as
 //! the crate docs recommend), `moka_fresh_auth`
 //! (a newly allocated `AuthId` for every commit, as an inner service that builds
-//! `ServedBy(AuthId::from(name))` per response does), `naive` (shared `AuthId`s).
+//! `ServedBy(AuthId::from(name))` per response does), `naive` (shared `AuthId`s), and the
+//! cost of each `MokaStore` segment alone: `moka_all_protected` (every binding proven:
+//! 1 000 000 in the protected moka cache, beside an empty probation of 1 024) and
+//! `moka_all_probation` (`probation_bindings(1 000 000)`: every binding in the probation
+//! segment's sharded LRU).
 //!
 //! Each case runs in its own process: it builds the 1 000 000 keys first, reads
 //! `/proc/self/statm`, commits one binding per key (accounts round-robin over 8; for
-//! `MokaStore`, 900 000 of them twice, so both segments are full), lets the
-//! store finish its pending work, reads `statm` again and prints the delta per binding.
-//! Session ids are not counted (they belong to the requests), except where the store
-//! copies them (the naive store keeps each as an owned `String`).
+//! `moka` and `moka_fresh_auth`, 900 000 of them twice, so both segments are full at the
+//! default split), lets the store finish its pending work, reads `statm` again and prints
+//! the delta per binding. Session ids are not counted (they belong to the requests),
+//! except where the store copies them (the naive store keeps each as an owned `String`).
 
 use std::future::Future;
 use std::pin::pin;
@@ -36,7 +40,13 @@ mod naive_store;
 use naive_store::NaiveStore;
 
 const BINDINGS: u64 = 1_000_000;
-const CASES: [&str; 4] = ["moka", "moka_fresh_auth", "moka_no_promotion", "naive"];
+const CASES: [&str; 5] = [
+    "moka",
+    "moka_fresh_auth",
+    "moka_all_protected",
+    "moka_all_probation",
+    "naive",
+];
 
 /// Resident memory of this process, in bytes.
 fn rss() -> u64 {
@@ -100,18 +110,29 @@ fn run_case(case: &str) {
     let before = rss();
     let start = Instant::now();
     let (held, after) = match case {
-        "moka" | "moka_fresh_auth" | "moka_no_promotion" => {
-            let mut b = MokaStore::builder().max_bindings(BINDINGS).ttl(ttl);
-            if case == "moka_no_promotion" {
-                b = b.probation_bindings(BINDINGS);
-            }
-            let store = b.build();
-            // Fill both segments: 900 000 proven bindings (protected) and 100 000 with
-            // one success (probation, a tenth of the store).
-            let proven = if case == "moka_no_promotion" {
-                0
-            } else {
-                (BINDINGS - BINDINGS / 10) as usize
+        "moka" | "moka_fresh_auth" | "moka_all_protected" | "moka_all_probation" => {
+            let b = MokaStore::builder().ttl(ttl);
+            let (store, proven) = match case {
+                // Every binding proven; probation (1 024) ends empty.
+                "moka_all_protected" => (
+                    b.max_bindings(BINDINGS + 1024)
+                        .probation_bindings(1024)
+                        .build(),
+                    BINDINGS as usize,
+                ),
+                // No room for protected: every binding stays in probation.
+                "moka_all_probation" => (
+                    b.max_bindings(BINDINGS)
+                        .probation_bindings(BINDINGS)
+                        .build(),
+                    0,
+                ),
+                // The default split, both segments full: 900 000 proven bindings
+                // (protected) and 100 000 with one success (probation, a tenth).
+                _ => (
+                    b.max_bindings(BINDINGS).build(),
+                    (BINDINGS - BINDINGS / 10) as usize,
+                ),
             };
             fill(&store, &keys, case == "moka_fresh_auth", proven);
             store.run_pending_tasks();
@@ -135,7 +156,7 @@ fn run_case(case: &str) {
 fn report(case: &str, before: u64, after: u64, held: u64, took: Duration) {
     let delta = after.saturating_sub(before);
     println!(
-        "{case:<16} bindings={held:>8} rss_delta={:>7.1} MiB bytes_per_binding={:>6.1} fill_time={:.2}s",
+        "{case:<18} bindings={held:>8} rss_delta={:>7.1} MiB bytes_per_binding={:>6.1} fill_time={:.2}s",
         delta as f64 / (1024.0 * 1024.0),
         delta as f64 / held.max(1) as f64,
         took.as_secs_f64(),

@@ -72,8 +72,9 @@ pub trait InspectStore: BindingStore {
     ) -> impl Future<Output = Result<usize, StoreError>> + Send;
 
     /// The number of bindings held, if the store can count them cheaply. It may include
-    /// bindings that have expired but whose memory is not reclaimed yet ([`MokaStore`](super::MokaStore)
-    /// reclaims an expired binding once it has not been read for a TTL).
+    /// bindings that have expired but whose memory is not reclaimed yet
+    /// ([`MokaStore`](super::MokaStore) reclaims an expired proven binding once it has not
+    /// been read for a TTL, and a probation binding once its slot is reused).
     fn count(&self) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
 }
 

@@ -1,5 +1,6 @@
-//! The embedded binding store: two `moka` caches, a probation segment for bindings with
-//! one success and a protected segment for bindings proven by a second one.
+//! The embedded binding store: a probation segment for bindings with one success (a
+//! purpose-built sharded LRU, `probation.rs`) and a protected segment for bindings proven
+//! by a second one (a `moka` cache).
 
 mod accounts;
 mod probation;
@@ -52,20 +53,25 @@ fn default_probation(max_bindings: u64) -> u64 {
         .max(max_bindings.min(1))
 }
 
-/// The in-memory binding store: two bounded, expiring [`moka`] caches.
+/// The in-memory binding store: two bounded, expiring segments, the proven one a
+/// [`moka`] cache.
 ///
 /// # Segments: proven sessions are never evicted by one-off ids
 ///
-/// A binding lives in one of two segments, both LRU caches:
+/// A binding lives in one of two segments, both LRU:
 ///
 /// - **Probation** holds bindings with one success behind them. A commit that creates a
 ///   binding puts it here, so session ids that are used once — however many, however
 ///   fast — compete only with each other: the least recently used probation binding
-///   makes room.
-/// - **Protected** holds bindings proven by a *second* success: a commit of the account
-///   a probation binding already points at moves the binding here. Later commits (TTL
-///   renewals, a move to another account after a failover) keep it here. Nothing in
-///   probation can evict a protected binding.
+///   makes room. It is a churn buffer, so it is not a moka cache but a purpose-built one:
+///   a few independent LRU lists (shards, picked by the key's digest; 4 per core, at most
+///   64, at least 1 024 bindings each), each a mutex around a hash map and a slab of
+///   24-byte nodes — ≈ 45–60 bytes and a fraction of a microsecond per insert, against
+///   moka's ≈ 305 bytes and 2.5–3 µs (see `BENCHMARKS.md`).
+/// - **Protected** holds bindings proven by a *second* success, in a moka cache: a
+///   commit of the account a probation binding already points at moves the binding here.
+///   Later commits (TTL renewals, a move to another account after a failover) keep it
+///   here. Nothing in probation can evict a protected binding.
 ///
 /// The split: probation gets `max(max_bindings / 10, min(1024, max_bindings / 2))` and
 /// protected the rest (default: 10 000 and 90 000); [`MokaStoreBuilder::probation_bindings`]
@@ -75,8 +81,12 @@ fn default_probation(max_bindings: u64) -> u64 {
 /// second request, which must therefore come within **`probation / r`** seconds, where
 /// `r` is the rate of *other* new bindings (one-off ids of a flood included) per second:
 /// a new session's second request finds its binding if fewer than `probation` other first
-/// successes happened since its first one (or since it was last looked up). With the
-/// defaults, against a flood of 1 000 one-off ids/s that is 10 s, against 10 000/s, 1 s.
+/// successes happened since its first one (or since it was last looked up). Exactly so in
+/// a probation of one shard (under 2 048 bindings); with several, each shard is an exact
+/// LRU of its own share and receives a random share of the others, so the window is
+/// `probation` other new bindings within a few percent (each shard holds at least 1 024;
+/// see `probation.rs`). With the defaults, against a flood of 1 000 one-off ids/s that is
+/// 10 s, against 10 000/s, 1 s.
 /// A session that misses the window is bound again at its next success, and proven by
 /// the one after if that comes within the window. The floor of 1 024 keeps that window
 /// usable in small stores.
@@ -92,14 +102,21 @@ fn default_probation(max_bindings: u64) -> u64 {
 ///
 /// # Bounded, expiring, renewed
 ///
-/// - **Bounded.** At most `max_bindings` entries in total (default 100 000), counted
-///   after moka's pending work ([`run_pending_tasks`](Self::run_pending_tasks)).
+/// - **Bounded.** At most `max_bindings` entries in total (default 100 000): protected
+///   holds at most `max_bindings − probation`, counted after moka's pending work
+///   ([`run_pending_tasks`](Self::run_pending_tasks)), and each probation shard at most
+///   its share of `probation` (the shares add up to `probation`), at every moment. As
+///   shards fill unevenly, probation starts evicting while a fraction of a percent below
+///   its size.
 /// - **Expiring.** A binding lives `ttl` (default 1 hour) after it was last written;
 ///   successful responses renew it. Expiry is lazy: no sweeper thread, no task, no walk
 ///   over the whole map under a lock. Each binding carries its write time and reads as
-///   absent once `ttl` has passed; moka reclaims its memory once it has been neither read
-///   nor written for `ttl` (moka's time-to-idle, which needs no per-entry write-order
-///   list: 32 bytes less per binding than moka's time-to-live; see `BENCHMARKS.md`).
+///   absent once `ttl` has passed. moka reclaims a protected binding's memory once it has
+///   been neither read nor written for `ttl` (moka's time-to-idle, which needs no
+///   per-entry write-order list: 32 bytes less per binding than moka's time-to-live; see
+///   `BENCHMARKS.md`); a probation binding's slot is reused once it reaches the tail of
+///   its shard's LRU list (an insert into the shard drops an expired tail even when the
+///   shard is not full).
 /// - **Renewed at most every `ttl / 16`.** A commit that finds a protected binding
 ///   already pointing at the same account, written less than `ttl / 16` ago, leaves it as
 ///   it is: the common case — every request of a session that stays on its account
@@ -123,19 +140,30 @@ fn default_probation(max_bindings: u64) -> u64 {
 ///   distinct accounts, beyond which a commit of a new account fails with
 ///   [`StoreErrorKind::Other`]) and its write time in milliseconds. So a new `AuthId`
 ///   allocation per response costs nothing per binding.
+/// - Measured at 1 000 000 bindings (`examples/mem_per_binding`): a protected binding
+///   costs ≈ 305 bytes (moka's per-entry structure; 16 of them are the key and value), a
+///   probation binding ≈ 45–60 (the 24-byte node and its hash-map slot). At the default
+///   split, both segments full (a tenth in probation), that is ≈ 282 bytes per binding;
+///   a store whose bindings are all proven pays the protected figure.
 ///
 /// # Atomic per key across both segments
 ///
 /// Every write of a key, in either segment — commit, promotion, compare-and-delete,
-/// removal — runs inside moka's per-key `and_compute_with` on the probation cache, so
-/// writes of one key are serialized whichever segment the binding is in, and a late
-/// compare-and-delete never removes a binding committed in between, in either segment.
-/// A promotion inserts the binding into protected *before* it leaves probation, inside
-/// that serialized step; a lookup reads protected, then probation, and — only if both
-/// missed — protected once more, so it never misses a binding that is being promoted (a
-/// proven binding costs one moka read, a probation binding two, a miss three). Lookups
-/// and the renewal check take no lock. moka's own evictions and expiries only ever
-/// remove.
+/// removal — holds the lock of the key's probation shard from its first read to its last
+/// write, the protected segment's moka insert or remove included, so writes of one key
+/// are serialized whichever segment the binding is in, and a late compare-and-delete
+/// never removes a binding committed in between, in either segment. (moka's eviction
+/// listener on protected, which may run inside such a write, only bumps a counter and
+/// takes no lock, so there is no lock-order cycle.) A promotion inserts the binding into
+/// protected *before* it leaves probation, under that lock; a lookup reads protected,
+/// then probation, and — only if both missed — protected once more, so it never misses
+/// a binding that is being promoted (a proven binding costs one moka read; a probation
+/// binding a moka read and a shard lookup; a miss two moka reads and a shard lookup).
+/// Lookups of proven bindings and the renewal check take no lock; a probation lookup
+/// holds its shard's lock for the hash-map lookup and the move to the front. moka's own
+/// evictions and expiries only ever remove. A poisoned shard lock (a panic elsewhere
+/// while it was held) is taken over, not propagated: no shard operation leaves its list
+/// half-linked.
 ///
 /// # A hit's commit without a store access
 ///
@@ -152,7 +180,8 @@ fn default_probation(max_bindings: u64) -> u64 {
 /// time to renew) it is a plain commit. So a compare-and-delete between a hit's lookup
 /// and its commit is never undone by a skip: the commit writes the binding again.
 ///
-/// Cloning is cheap and clones share the caches: keep a clone to inspect or edit bindings.
+/// Cloning is cheap and clones share the segments: keep a clone to inspect or edit
+/// bindings.
 ///
 /// ```
 /// use std::time::Duration;
@@ -398,7 +427,8 @@ impl MokaStore {
 
     /// Removes every binding that points at `auth` (e.g. a revoked account), each by
     /// compare-and-delete so bindings re-committed meanwhile to another account stay.
-    /// Returns how many were removed. Walks both segments without blocking requests.
+    /// Returns how many were removed. Walks both segments without blocking requests for
+    /// long: a probation shard is locked only while its matching keys are collected.
     pub fn remove_account(&self, auth: &AuthId) -> usize {
         let inner = &self.inner;
         let mut removed = 0;
@@ -483,9 +513,7 @@ impl Inner {
         match self.protected.get(&k) {
             Some(b) => Some((b, true)),
             None => Some((
-                self.probation
-                    .get(k)
-                    .or_else(|| self.protected.get(&k))?,
+                self.probation.get(k).or_else(|| self.protected.get(&k))?,
                 false,
             )),
         }

@@ -410,7 +410,11 @@ mod tests {
         s.insert(3, b(100), live);
         assert_eq!(order(&s), [3, 2]);
         s.insert(4, b(100), live);
-        assert_eq!(order(&s), [4, 3, 2], "a live tail stays while there is room");
+        assert_eq!(
+            order(&s),
+            [4, 3, 2],
+            "a live tail stays while there is room"
+        );
     }
 
     #[test]
@@ -474,7 +478,11 @@ mod tests {
     fn a_capacity_beyond_the_slot_indexes_is_cut_per_shard() {
         let p = Probation::with_shards(u64::MAX, 4);
         assert_eq!(p.capacity(), 4 * MAX_SHARD_LEN);
-        assert!(p.shard_lens().iter().all(|&(_, c)| u64::from(c) == MAX_SHARD_LEN));
+        assert!(
+            p.shard_lens()
+                .iter()
+                .all(|&(_, c)| u64::from(c) == MAX_SHARD_LEN)
+        );
     }
 
     #[test]
