@@ -395,6 +395,28 @@ fn one_off_flood_never_unbinds_proven_sessions_touched_once_per_flood() {
 }
 
 #[test]
+fn a_sharded_probation_keeps_proven_sessions_and_its_window() {
+    // Probation 2 048: two shards of 1 024 (the store shards a probation of at least
+    // 2 048), each an LRU of its own keys. The window is still `probation` other new
+    // bindings, within the spread of a key's shard share: half of it (≈ 512 per shard)
+    // is found, twice it (≈ 2 048 per shard) is not.
+    let p = Params {
+        capacity: 20_480,
+        flood_ids: 30_000,
+        kind: FloodKind::Once,
+        hot: 100,
+        touch_period: 5_000,
+        new_during: 60,
+        checkpoints: 30,
+    };
+    let r = run(&p);
+    print("CI sharded flood", &p, &r);
+    assert_one_off_flood_survived(&p, &r);
+    assert_eq!(r.during_found_half.0, r.during_found_half.1);
+    assert_eq!(r.during_found_double.0, 0, "{:?}", r.during_found_double);
+}
+
+#[test]
 fn parallel_flood_from_several_threads_stays_within_capacity() {
     // Four threads flood through clones of one service (one shared store) while a
     // fifth checks the bound; the sequential tests above measure retention, which
@@ -473,6 +495,27 @@ fn flood_of_a_million_ids_keeps_memory_flat_and_proven_sessions_bound() {
             mib(Some(end))
         );
     }
+}
+
+#[test]
+#[ignore = "on demand (scripts/soak.sh): a flood against a probation of several shards"]
+fn flood_against_a_sharded_probation_keeps_proven_sessions_and_its_window() {
+    // Capacity 100 000: probation 10 000 in 8 shards of 1 250 on two cores or more
+    // (4 on one). The window is measured at probation / 2 and 2 × probation.
+    let p = Params {
+        capacity: 100_000,
+        flood_ids: 1_000_000,
+        kind: FloodKind::Once,
+        hot: 1_000,
+        touch_period: 10_000,
+        new_during: 1_000,
+        checkpoints: 20,
+    };
+    let r = run(&p);
+    print("sharded flood", &p, &r);
+    assert_one_off_flood_survived(&p, &r);
+    assert_eq!(r.during_found_half.0, r.during_found_half.1);
+    assert_eq!(r.during_found_double.0, 0, "{:?}", r.during_found_double);
 }
 
 /// Touch periods from `capacity / 4` to `100 × capacity`.
