@@ -65,9 +65,9 @@ fn default_probation(max_bindings: u64) -> u64 {
 ///   fast — compete only with each other: the least recently used probation binding
 ///   makes room. It is a churn buffer, so it is not a moka cache but a purpose-built one:
 ///   a few independent LRU lists (shards, picked by the key's digest; 4 per core, at most
-///   64, at least 1 024 bindings each), each a mutex around a hash map and a slab of
-///   24-byte nodes — ≈ 45–60 bytes and a fraction of a microsecond per insert, against
-///   moka's ≈ 305 bytes and 2.5–3 µs (see `BENCHMARKS.md`).
+///   64, at least 1 024 bindings each), each a mutex around an open-addressing index and
+///   a slab of 24-byte nodes — ≈ 33–43 bytes and well under a microsecond per insert,
+///   against moka's ≈ 305 bytes and 2.5–3 µs (see `BENCHMARKS.md`).
 /// - **Protected** holds bindings proven by a *second* success, in a moka cache: a
 ///   commit of the account a probation binding already points at moves the binding here.
 ///   Later commits (TTL renewals, a move to another account after a failover) keep it
@@ -142,9 +142,9 @@ fn default_probation(max_bindings: u64) -> u64 {
 ///   allocation per response costs nothing per binding.
 /// - Measured at 1 000 000 bindings (`examples/mem_per_binding`): a protected binding
 ///   costs ≈ 305 bytes (moka's per-entry structure; 16 of them are the key and value), a
-///   probation binding ≈ 45–60 (the 24-byte node and its hash-map slot). At the default
-///   split, both segments full (a tenth in probation), that is ≈ 282 bytes per binding;
-///   a store whose bindings are all proven pays the protected figure.
+///   probation binding ≈ 33–43 (the 24-byte node and its 4-byte index entries). At the
+///   default split, both segments full (a tenth in probation), that is ≈ 281 bytes per
+///   binding; a store whose bindings are all proven pays the protected figure.
 ///
 /// # Atomic per key across both segments
 ///
@@ -160,7 +160,7 @@ fn default_probation(max_bindings: u64) -> u64 {
 /// a binding that is being promoted (a proven binding costs one moka read; a probation
 /// binding a moka read and a shard lookup; a miss two moka reads and a shard lookup).
 /// Lookups of proven bindings and the renewal check take no lock; a probation lookup
-/// holds its shard's lock for the hash-map lookup and the move to the front. moka's own
+/// holds its shard's lock for the index probe and the move to the front. moka's own
 /// evictions and expiries only ever remove. A poisoned shard lock (a panic elsewhere
 /// while it was held) is taken over, not propagated: no shard operation leaves its list
 /// half-linked.
