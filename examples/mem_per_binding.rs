@@ -14,7 +14,9 @@
 //! cost of each `MokaStore` segment alone: `moka_all_protected` (every binding proven:
 //! 1 000 000 in the protected moka cache, beside an empty probation of 1 024) and
 //! `moka_all_probation` (`probation_bindings(1 000 000)`: every binding in the probation
-//! segment's sharded LRU).
+//! segment's sharded LRU), and `moka_one_off_flood` (the default split, every key
+//! committed once: 1 000 000 one-off ids through a probation of 100 000, which holds the
+//! last of them; bytes per binding held).
 //!
 //! Each case runs in its own process: it builds the 1 000 000 keys first, reads
 //! `/proc/self/statm`, commits one binding per key (accounts round-robin over 8; for
@@ -40,11 +42,12 @@ mod naive_store;
 use naive_store::NaiveStore;
 
 const BINDINGS: u64 = 1_000_000;
-const CASES: [&str; 5] = [
+const CASES: [&str; 6] = [
     "moka",
     "moka_fresh_auth",
     "moka_all_protected",
     "moka_all_probation",
+    "moka_one_off_flood",
     "naive",
 ];
 
@@ -110,7 +113,8 @@ fn run_case(case: &str) {
     let before = rss();
     let start = Instant::now();
     let (held, after) = match case {
-        "moka" | "moka_fresh_auth" | "moka_all_protected" | "moka_all_probation" => {
+        "moka" | "moka_fresh_auth" | "moka_all_protected" | "moka_all_probation"
+        | "moka_one_off_flood" => {
             let b = MokaStore::builder().ttl(ttl);
             let (store, proven) = match case {
                 // Every binding proven; probation (1 024) ends empty.
@@ -127,6 +131,8 @@ fn run_case(case: &str) {
                         .build(),
                     0,
                 ),
+                // The default split, every id used once: only probation fills.
+                "moka_one_off_flood" => (b.max_bindings(BINDINGS).build(), 0),
                 // The default split, both segments full: 900 000 proven bindings
                 // (protected) and 100 000 with one success (probation, a tenth).
                 _ => (
