@@ -456,3 +456,97 @@ async fn late_failures_of_old_requests_never_remove_a_newer_binding() {
     assert_eq!(after.cleared, before.cleared);
     assert!(samples.load(Ordering::Relaxed) > 0);
 }
+
+/// 3. The store alone, from OS threads: commits (first successes and promotions), clears
+///    and removals of the same keys. Each owner thread commits one new account per round
+///    to its keys (every other round twice, a promotion; every fourth it first clears its
+///    own previous account, so that promotion starts from probation) while two others
+///    clear those keys with accounts of earlier rounds (a late compare-and-delete must
+///    never remove the newer binding) and commit, clear and remove a shared set of keys
+///    at random. At the end, every key is counted once:
+///    protected + probation bindings = keys bound (a key left in both segments would
+///    count twice).
+#[test]
+fn store_commits_promotions_and_clears_of_the_same_keys_keep_invariants() {
+    const OWNED: usize = 4;
+    const SHARED: usize = 4;
+    const ROUNDS: u32 = 400;
+    let store = MokaStore::builder()
+        .max_bindings(10_000)
+        .probation_bindings(4_096)
+        .build();
+    let owned: Vec<BindingKey> = (0..OWNED).map(|i| key(None, &format!("own-{i}"))).collect();
+    let shared: Vec<BindingKey> = (0..SHARED)
+        .map(|i| key(None, &format!("shr-{i}")))
+        .collect();
+    let account = |k: usize, round: u32| AuthId::from(format!("k{k}-r{round}"));
+    let rounds: Vec<AtomicU64> = (0..OWNED).map(|_| AtomicU64::new(0)).collect();
+    let owners_done = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for owner in 0..2 {
+            let (store, owned, rounds, owners_done) = (&store, &owned, &rounds, &owners_done);
+            s.spawn(move || {
+                // Counted even if an assertion fails, so the other threads stop.
+                struct Done<'a>(&'a AtomicU64);
+                impl Drop for Done<'_> {
+                    fn drop(&mut self) {
+                        self.0.fetch_add(1, Ordering::AcqRel);
+                    }
+                }
+                let _done = Done(owners_done);
+                for round in 1..=ROUNDS {
+                    for k in (owner..OWNED).step_by(2) {
+                        let a = account(k, round);
+                        if round % 4 == 0 {
+                            // Start over in probation, so this round's second commit
+                            // is a promotion again.
+                            let prev = account(k, round - 1);
+                            let cleared = store.clear_if(&owned[k], &prev).now_or_never();
+                            assert!(cleared.unwrap().unwrap(), "key {k} round {round}");
+                        }
+                        rounds[k].store(u64::from(round), Ordering::Release);
+                        store.commit(&owned[k], &a).now_or_never().unwrap().unwrap();
+                        if round % 2 == 0 {
+                            store.commit(&owned[k], &a).now_or_never().unwrap().unwrap();
+                        }
+                        let got = store.lookup(&owned[k]).now_or_never().unwrap().unwrap();
+                        assert_eq!(got, Some(a), "key {k} round {round}");
+                    }
+                }
+            });
+        }
+        for t in 0..2u64 {
+            let (store, owned, shared, rounds, owners_done) =
+                (&store, &owned, &shared, &rounds, &owners_done);
+            s.spawn(move || {
+                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (t + 1));
+                while owners_done.load(Ordering::Acquire) < 2 {
+                    let k = rng.below(OWNED as u64) as usize;
+                    let round = rounds[k].load(Ordering::Acquire);
+                    if round > 1 {
+                        let old = round - 1 - rng.below(round.min(4) - 1);
+                        let old = account(k, old as u32);
+                        let _ = store.clear_if(&owned[k], &old).now_or_never();
+                    }
+                    let j = rng.below(SHARED as u64) as usize;
+                    let a = account(OWNED + j, rng.below(2) as u32);
+                    match rng.below(4) {
+                        0 | 1 => drop(store.commit(&shared[j], &a).now_or_never()),
+                        2 => drop(store.clear_if(&shared[j], &a).now_or_never()),
+                        _ => drop(store.remove(&shared[j])),
+                    }
+                }
+            });
+        }
+    });
+    for (k, key) in owned.iter().enumerate() {
+        assert_eq!(store.get(key).unwrap().auth, account(k, ROUNDS), "key {k}");
+    }
+    store.run_pending_tasks();
+    let bound = owned
+        .iter()
+        .chain(&shared)
+        .filter(|k| store.get(k).is_some())
+        .count() as u64;
+    assert_eq!(store.protected_count() + store.probation_count(), bound);
+}
