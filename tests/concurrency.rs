@@ -9,6 +9,9 @@
 //!    account fail late in every way the table knows (failure status, inner error, stream
 //!    error before the first chunk, empty stream) while newer requests keep committing
 //!    another account, and a sampler checks that the newer binding never disappears.
+//! 3. The same for the store alone, from OS threads: commits, promotions, clears and
+//!    removals of the same keys; a late clear never removes a newer binding, and no key
+//!    ends in both of `MokaStore`'s segments.
 
 mod common;
 
