@@ -3,6 +3,7 @@
 //! by a second one (a `moka` cache).
 
 mod accounts;
+mod hot;
 mod probation;
 
 use std::future::{Ready, ready};
@@ -16,6 +17,7 @@ use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 
 use self::accounts::Accounts;
+use self::hot::Hot;
 use self::probation::Probation;
 use super::{BindingInfo, BindingStore, CommitHint, HintedLookup, StoreError, StoreErrorKind};
 use crate::types::{AuthId, BindingKey};
@@ -180,6 +182,22 @@ fn default_probation(max_bindings: u64) -> u64 {
 /// time to renew) it is a plain commit. So a compare-and-delete between a hit's lookup
 /// and its commit is never undone by a skip: the commit writes the binding again.
 ///
+/// # Hits without a moka read
+///
+/// A lookup that finds a proven binding in protected also records it in a small
+/// direct-mapped table (one 32-byte slot per eight protected bindings, at most 131 072
+/// slots: 4 MiB), keyed by the digest, with the stripe generation read before the moka
+/// read. The next lookup of that key takes the binding from its slot — five atomic loads
+/// instead of a moka `get` — as long as the stripe's generation is unchanged (so no
+/// commit, clear, removal or eviction of the key happened since), the slot is younger
+/// than `ttl / 16`, and fewer than `protected / 16` protected bindings were evicted since
+/// it was filled. The last two keep moka's LRU order and idle timer honest: a session in
+/// use is still read in moka at least once per `protected / 16` evictions and per
+/// renewal period, so a flood of promotions evicts it no sooner than before (the flood
+/// figures in `RELIABILITY.md` are unchanged). A lookup that overlaps a write may return
+/// the binding as it was just before, as a moka read racing the write would; one that
+/// starts after a write has returned never does.
+///
 /// Cloning is cheap and clones share the segments: keep a clone to inspect or edit
 /// bindings.
 ///
@@ -220,6 +238,8 @@ struct Inner {
     /// Bumped after every write of a key of the stripe and every eviction from protected:
     /// a [`CommitHint`] holds the generation read before its lookup.
     gens: Arc<Generations>,
+    /// Proven bindings just read from protected, found again without a moka read.
+    hot: Hot,
 }
 
 /// One generation counter per stripe of keys, and a per-store salt mixed into the value a
@@ -349,6 +369,9 @@ impl MokaStoreBuilder {
         let gens = Arc::new(Generations::new(keys.hash_one(0u8) as u32));
         let evicted = gens.clone();
         let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+        let renew_ms = ttl_ms / u64::from(RENEW_DIVISOR);
+        let hot = Hot::new(n.saturating_sub(probation), renew_ms);
+        let evictions = hot.eviction_counter();
         MokaStore {
             inner: Arc::new(Inner {
                 // A protected binding's hint goes stale when moka evicts it, too.
@@ -364,6 +387,7 @@ impl MokaStoreBuilder {
                     .eviction_listener(move |k: Arc<u64>, _, cause: RemovalCause| {
                         if cause.was_evicted() {
                             evicted.bump(*k);
+                            evictions.fetch_add(1, Ordering::Relaxed);
                         }
                     })
                     .build_with_hasher(U64Hasher),
@@ -375,8 +399,9 @@ impl MokaStoreBuilder {
                 epoch: Instant::now(),
                 ttl: self.ttl,
                 ttl_ms,
-                renew_ms: ttl_ms / u64::from(RENEW_DIVISOR),
+                renew_ms,
                 gens,
+                hot,
             }),
         }
     }
@@ -530,7 +555,16 @@ impl Inner {
     fn lookup_hinted_digest(&self, k: u64) -> Option<(AuthId, CommitHint)> {
         let generation = self.gens.read(k);
         let now = self.now_ms();
-        let (b, proven) = self.read(k)?;
+        let (b, proven) = match self.hot.get(k, generation, now) {
+            Some(b) => (Binding(b), true),
+            None => {
+                let (b, proven) = self.read(k)?;
+                if proven {
+                    self.hot.fill(k, b.0, generation, now);
+                }
+                (b, proven)
+            }
+        };
         if !self.live(b, now) {
             return None;
         }

@@ -1,0 +1,413 @@
+//! A small direct-mapped table of proven bindings that were just read from protected,
+//! so a session in steady use is found without a moka read.
+//!
+//! A moka `get` is the largest single cost of a hit in the store (≈ 780 instructions:
+//! an epoch pin, a walk of the concurrent hash table, a read-log entry for the LRU, a
+//! clock read) and, on a server with many sessions, several cache misses along moka's
+//! pointers. A slot here is 32 bytes on one cache line, read with five atomic loads.
+//!
+//! # Why a slot is never stale in a way that matters
+//!
+//! A slot holds `(key digest, binding, stripe generation, when filled)`, written only by a
+//! lookup that found the binding in protected, with the generation of the key's stripe
+//! read *before* that moka read. Every write, clear, removal or eviction of a key bumps
+//! its stripe's generation after it takes effect (the same counters the [`CommitHint`]
+//! relies on), so:
+//!
+//! - a lookup that starts after such an operation finished reads a newer generation than
+//!   the slot's and goes to moka;
+//! - a lookup that overlaps it may return the binding as it was before: the lookup is
+//!   then ordered before that operation, which is what a moka read racing it would give.
+//!
+//! A slot is read and written under a sequence number (odd while a writer fills it;
+//! fillers take the slot with a compare-and-swap and skip it when busy), so a reader
+//! never takes a digest from one fill and a binding from another.
+//!
+//! # LRU order and moka's time-to-idle
+//!
+//! A binding served from here is not read in moka, so moka's LRU order (which protected
+//! binding to evict when a promotion needs room) and its idle timer do not see it. So a
+//! slot serves only while both of these hold, then the next lookup reads moka again (and
+//! fills the slot anew):
+//!
+//! - fewer than `window` protected evictions happened since it was filled (a sixteenth of
+//!   protected's capacity): under promotion pressure a session in use is read in moka at
+//!   least once per `capacity / 16` evictions, so its LRU position lags by at most that;
+//!   with no pressure, LRU order does not matter;
+//! - it was filled less than `max_age` ago (the store's renewal period, `ttl / 16`): moka's
+//!   idle timer is `ttl`, so it never expires a binding in use.
+//!
+//! [`CommitHint`]: crate::store::CommitHint
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+
+/// Bits of a slot's `filled` word that hold the protected-eviction count at fill time;
+/// the rest (40 bits) hold the fill time in milliseconds.
+const EVICTION_BITS: u32 = 24;
+const EVICTION_MASK: u64 = (1 << EVICTION_BITS) - 1;
+
+/// The most slots a table has (4 MiB), and the fewest a non-empty one has.
+const MAX_SLOTS: usize = 1 << 17;
+const MIN_SLOTS: usize = 64;
+
+#[derive(Default)]
+struct Slot {
+    /// Even when the slot is stable; odd while a filler writes it.
+    seq: AtomicU32,
+    /// The key's stripe generation, read before the binding was read from protected.
+    generation: AtomicU32,
+    digest: AtomicU64,
+    binding: AtomicU64,
+    /// Fill time in ms (high 40 bits) and protected evictions at fill (low 24 bits).
+    filled: AtomicU64,
+}
+
+pub(super) struct Hot {
+    slots: Box<[Slot]>,
+    /// `64 - log2(slots)`: a slot is indexed by the digest's high bits (stripes use the
+    /// low ones, so keys of one stripe spread over the table).
+    shift: u32,
+    /// Evictions from protected so far (low 24 bits compared, wrapping), counted by
+    /// protected's eviction listener.
+    evictions: Arc<AtomicU64>,
+    window: u64,
+    max_age_ms: u64,
+}
+
+impl Hot {
+    /// A table for a protected segment of `protected` bindings: one slot per eight of
+    /// them, a power of two between 64 and 131 072; none when protected has no room.
+    pub(super) fn new(protected: u64, max_age_ms: u64) -> Self {
+        let n = if protected == 0 {
+            0
+        } else {
+            let per = usize::try_from(protected / 8).unwrap_or(MAX_SLOTS);
+            per.clamp(MIN_SLOTS, MAX_SLOTS)
+                .next_power_of_two()
+                .min(MAX_SLOTS)
+        };
+        Self {
+            slots: (0..n).map(|_| Slot::default()).collect(),
+            shift: if n == 0 { 0 } else { 64 - n.trailing_zeros() },
+            evictions: Arc::default(),
+            window: (protected / 16).clamp(1, EVICTION_MASK / 2),
+            max_age_ms,
+        }
+    }
+
+    #[inline]
+    fn slot(&self, digest: u64) -> Option<&Slot> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        Some(&self.slots[(digest >> self.shift) as usize])
+    }
+
+    /// The binding of `digest` if its slot holds it, filled with `generation` (the key's
+    /// stripe generation now), recently enough in time and in protected evictions.
+    #[inline]
+    pub(super) fn get(&self, digest: u64, generation: u32, now_ms: u64) -> Option<u64> {
+        let s = self.slot(digest)?;
+        let seq = s.seq.load(Ordering::Acquire);
+        if seq & 1 == 1 {
+            return None;
+        }
+        let d = s.digest.load(Ordering::Relaxed);
+        let binding = s.binding.load(Ordering::Relaxed);
+        let g = s.generation.load(Ordering::Relaxed);
+        let filled = s.filled.load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        if s.seq.load(Ordering::Relaxed) != seq || d != digest || g != generation {
+            return None;
+        }
+        if now_ms.saturating_sub(filled >> EVICTION_BITS) >= self.max_age_ms {
+            return None;
+        }
+        let since = self.evictions.load(Ordering::Relaxed).wrapping_sub(filled) & EVICTION_MASK;
+        (since < self.window).then_some(binding)
+    }
+
+    /// Records `binding` of `digest`, just read from protected after reading
+    /// `generation`. Skipped when another filler holds the slot.
+    #[inline]
+    pub(super) fn fill(&self, digest: u64, binding: u64, generation: u32, now_ms: u64) {
+        let Some(s) = self.slot(digest) else {
+            return;
+        };
+        let seq = s.seq.load(Ordering::Relaxed);
+        if seq & 1 == 1
+            || s.seq
+                .compare_exchange(
+                    seq,
+                    seq.wrapping_add(1),
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            return;
+        }
+        fence(Ordering::Release);
+        let evictions = self.evictions.load(Ordering::Relaxed) & EVICTION_MASK;
+        s.digest.store(digest, Ordering::Relaxed);
+        s.binding.store(binding, Ordering::Relaxed);
+        s.generation.store(generation, Ordering::Relaxed);
+        s.filled
+            .store((now_ms << EVICTION_BITS) | evictions, Ordering::Relaxed);
+        s.seq.store(seq.wrapping_add(2), Ordering::Release);
+    }
+
+    /// The counter protected's eviction listener bumps on every eviction.
+    pub(super) fn eviction_counter(&self) -> Arc<AtomicU64> {
+        self.evictions.clone()
+    }
+
+    #[cfg(test)]
+    fn evicted(&self) {
+        self.evictions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    const AGE: u64 = 1_000;
+
+    #[test]
+    fn sized_from_protected_capacity() {
+        assert_eq!(Hot::new(0, AGE).len(), 0);
+        assert_eq!(Hot::new(10, AGE).len(), MIN_SLOTS);
+        assert_eq!(Hot::new(90_000, AGE).len(), 16_384);
+        assert_eq!(Hot::new(900_000, AGE).len(), MAX_SLOTS);
+        assert_eq!(Hot::new(u64::MAX, AGE).len(), MAX_SLOTS);
+        // An empty table finds nothing and fills nothing.
+        let none = Hot::new(0, AGE);
+        none.fill(1, 2, 3, 4);
+        assert_eq!(none.get(1, 3, 4), None);
+    }
+
+    #[test]
+    fn a_fill_is_found_only_with_its_generation_digest_age_and_eviction_window() {
+        let hot = Hot::new(1_600, AGE); // window: 100 evictions
+        let k = 0xdead_beef_0000_0001;
+        assert_eq!(hot.get(k, 7, 10), None);
+        hot.fill(k, 42, 7, 10);
+        assert_eq!(hot.get(k, 7, 10), Some(42));
+        assert_eq!(hot.get(k, 7, 10 + AGE - 1), Some(42));
+        // A write or eviction of the key's stripe since the fill.
+        assert_eq!(hot.get(k, 8, 10), None);
+        // Another key in the same slot.
+        assert_eq!(hot.get(k ^ 1, 7, 10), None);
+        // Too old.
+        assert_eq!(hot.get(k, 7, 10 + AGE), None);
+        // Protected churned: the binding must be read in moka again (LRU order).
+        for _ in 0..99 {
+            hot.evicted();
+        }
+        assert_eq!(hot.get(k, 7, 10), Some(42));
+        hot.evicted();
+        assert_eq!(hot.get(k, 7, 10), None);
+        // A new fill restarts the window.
+        hot.fill(k, 43, 7, 10);
+        assert_eq!(hot.get(k, 7, 10), Some(43));
+    }
+
+    #[test]
+    fn the_eviction_window_survives_the_counter_wrapping() {
+        let hot = Hot::new(1_600, AGE);
+        hot.evictions.store(EVICTION_MASK - 5, Ordering::Relaxed);
+        hot.fill(9, 1, 0, 0);
+        for _ in 0..50 {
+            hot.evicted();
+        }
+        assert_eq!(hot.get(9, 0, 0), Some(1));
+        for _ in 0..50 {
+            hot.evicted();
+        }
+        assert_eq!(hot.get(9, 0, 0), None);
+    }
+
+    #[test]
+    fn a_busy_slot_is_neither_read_nor_filled() {
+        let hot = Hot::new(1_600, AGE);
+        hot.fill(5, 1, 0, 0);
+        let s = hot.slot(5).unwrap();
+        s.seq.fetch_add(1, Ordering::Relaxed); // a filler in the middle of writing
+        assert_eq!(hot.get(5, 0, 0), None);
+        hot.fill(5, 2, 0, 0);
+        s.seq.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(hot.get(5, 0, 0), Some(1));
+    }
+
+    /// Fillers write pairs whose binding is derived from the digest; readers must never
+    /// see a binding of one fill with the digest of another.
+    #[test]
+    fn readers_never_see_a_torn_slot() {
+        let hot = Arc::new(Hot::new(MIN_SLOTS as u64 * 8, u64::MAX >> EVICTION_BITS));
+        let stop = Arc::new(AtomicBool::new(false));
+        // Small digests: their high bits are zero, so they all share slot 0.
+        let key = |i: u64| i % 1024 + 1;
+        let writers: Vec<_> = (0..2)
+            .map(|w| {
+                let (hot, stop) = (hot.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut i = w;
+                    while !stop.load(Ordering::Relaxed) {
+                        let d = key(i);
+                        hot.fill(d, d.wrapping_mul(0x9E37_79B9_7F4A_7C15), 0, 0);
+                        i += 2;
+                    }
+                })
+            })
+            .collect();
+        let mut found = 0u64;
+        for i in 0..2_000_000u64 {
+            let d = key(i);
+            if let Some(b) = hot.get(d, 0, 0) {
+                assert_eq!(b, d.wrapping_mul(0x9E37_79B9_7F4A_7C15), "torn slot");
+                found += 1;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert!(found > 0, "the readers must have hit some fills");
+    }
+
+    /// Through the store: what a lookup serves from a slot follows every write of the key.
+    mod through_the_store {
+        use std::time::Duration;
+
+        use crate::store::moka::{Inner, MokaStore};
+        use crate::types::{AuthId, BindingKey};
+        use crate::{SessionId, store::BindingStore};
+
+        fn key(s: &str) -> BindingKey {
+            BindingKey::new(None, SessionId::new(s).unwrap())
+        }
+
+        fn hinted(store: &MokaStore, k: &BindingKey) -> Option<AuthId> {
+            store
+                .inner
+                .lookup_hinted_digest(store.digest(k))
+                .map(|(a, _)| a)
+        }
+
+        fn commit(store: &MokaStore, k: &BindingKey, a: &AuthId) {
+            store.inner.commit_digest(store.digest(k), a).unwrap();
+        }
+
+        fn served_from_slot(inner: &Inner, k: u64) -> bool {
+            inner
+                .hot
+                .get(k, inner.gens.read(k), inner.now_ms())
+                .is_some()
+        }
+
+        #[test]
+        fn a_proven_binding_is_served_from_its_slot_until_the_key_is_written() {
+            let store = MokaStore::builder().ttl(Duration::from_secs(3600)).build();
+            let (a, b) = (AuthId::from("a"), AuthId::from("b"));
+            let k = key("hot-session");
+            let d = store.digest(&k);
+            commit(&store, &k, &a);
+            // Probation bindings are not cached (their next commit is the promotion).
+            assert_eq!(hinted(&store, &k), Some(a.clone()));
+            assert!(!served_from_slot(&store.inner, d));
+            commit(&store, &k, &a);
+            assert_eq!(hinted(&store, &k), Some(a.clone()));
+            assert!(served_from_slot(&store.inner, d), "filled by the moka read");
+            assert_eq!(hinted(&store, &k), Some(a.clone()));
+            // A move to another account: the slot is stale at once.
+            commit(&store, &k, &b);
+            assert!(!served_from_slot(&store.inner, d));
+            assert_eq!(hinted(&store, &k), Some(b.clone()));
+            assert_eq!(hinted(&store, &k), Some(b.clone()));
+            // A compare-and-delete, and a removal.
+            assert!(store.clear_if(&k, &b).into_inner().unwrap());
+            assert_eq!(hinted(&store, &k), None);
+            commit(&store, &k, &a);
+            commit(&store, &k, &a);
+            assert_eq!(hinted(&store, &k), Some(a.clone()));
+            assert_eq!(store.remove(&k), Some(a.clone()));
+            assert_eq!(hinted(&store, &k), None);
+            // The admin walk.
+            commit(&store, &k, &a);
+            commit(&store, &k, &a);
+            assert_eq!(hinted(&store, &k), Some(a.clone()));
+            assert_eq!(store.remove_account(&a), 1);
+            assert_eq!(hinted(&store, &k), None);
+        }
+
+        #[test]
+        fn an_evicted_proven_binding_is_not_served_from_its_slot() {
+            // Protected holds 8 (probation 8 of 16): promoting more evicts the oldest.
+            let store = MokaStore::builder()
+                .max_bindings(16)
+                .probation_bindings(8)
+                .build();
+            let a = AuthId::from("a");
+            let first = key("first");
+            commit(&store, &first, &a);
+            commit(&store, &first, &a);
+            assert_eq!(hinted(&store, &first), Some(a.clone()));
+            for i in 0..64 {
+                let k = key(&format!("other-{i}"));
+                commit(&store, &k, &a);
+                commit(&store, &k, &a);
+                store.run_pending_tasks();
+            }
+            store.run_pending_tasks();
+            assert_eq!(store.get(&first), None, "evicted by LRU");
+            assert_eq!(hinted(&store, &first), None);
+        }
+
+        /// A lookup that starts after a clear has returned never sees the cleared
+        /// binding, from moka or from a slot.
+        #[test]
+        fn a_lookup_after_a_clear_never_returns_the_cleared_binding() {
+            let store = MokaStore::builder().build();
+            let k = key("raced-session");
+            let cleared = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(-1));
+            let accounts: Vec<AuthId> = (0..2_000)
+                .map(|i| AuthId::from(format!("acct-{i}")))
+                .collect();
+            let reader = {
+                let (store, k, cleared) = (store.clone(), k.clone(), cleared.clone());
+                std::thread::spawn(move || {
+                    let mut hits = 0u64;
+                    loop {
+                        let c = cleared.load(std::sync::atomic::Ordering::Acquire);
+                        if let Some(a) = hinted(&store, &k) {
+                            let i: i64 = a.as_str()[5..].parse().unwrap();
+                            assert!(i > c, "account {i} returned after its clear ({c}) returned");
+                            hits += 1;
+                        }
+                        if c == 1_999 {
+                            return hits;
+                        }
+                    }
+                })
+            };
+            for (i, a) in accounts.iter().enumerate() {
+                commit(&store, &k, a);
+                commit(&store, &k, a);
+                for _ in 0..20 {
+                    let _ = hinted(&store, &k);
+                }
+                assert!(store.clear_if(&k, a).into_inner().unwrap());
+                cleared.store(i as i64, std::sync::atomic::Ordering::Release);
+            }
+            assert!(reader.join().unwrap() > 0, "the reader saw some bindings");
+        }
+    }
+}
