@@ -218,16 +218,22 @@ where
                             }
                         }
                         Some(Ok(frame)) => {
-                            let op = StoreOp::commit(
+                            let op = StoreOp::commit_now(
                                 &watch.core,
                                 &watch.key,
                                 &watch.served,
                                 watch.hint,
                                 &watch.span,
+                                cx,
                             );
                             let learned = frame.data_ref().and_then(|d| feed(this.learner, d));
+                            if op.is_none() && learned.is_none() {
+                                // Committed already (an in-memory store): hand the frame on.
+                                *this.state = State::Passthrough;
+                                return Poll::Ready(Some(Ok(frame)));
+                            }
                             *this.state = State::Committing {
-                                op: Some(SyncWrapper::new(op)),
+                                op: op.map(SyncWrapper::new),
                                 learned,
                                 frame: Some(frame),
                             };

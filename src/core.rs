@@ -130,6 +130,33 @@ impl<St: BindingStore> StoreOp<St> {
         )
     }
 
+    /// [`commit`](Self::commit), polled once at once: `None` when it finished then (an
+    /// in-memory store always does), so the caller needs no state of its own for it.
+    pub(crate) fn commit_now(
+        core: &Arc<Core<St>>,
+        key: &BindingKey,
+        auth: &AuthId,
+        hint: CommitHint,
+        span: &Span,
+        cx: &mut Context<'_>,
+    ) -> Option<Self> {
+        span.rec("outcome", "committed");
+        span.rec("auth", tracing::field::display(auth));
+        tracing::debug!(parent: span, session = %key.session().redacted(), auth = %auth, "sticky session: commit");
+        let mut fut = core.store.commit_hinted(key, auth, hint);
+        match Pin::new(&mut fut).poll(cx) {
+            Poll::Ready(Ok(())) => {
+                Counters::inc(&core.counters().commits);
+                None
+            }
+            Poll::Ready(Err(e)) => {
+                core.store_error("commit", &e);
+                None
+            }
+            Poll::Pending => Some(Self::new(core, OpKind::Commit(fut))),
+        }
+    }
+
     pub(crate) fn clear(
         core: &Arc<Core<St>>,
         key: &BindingKey,
