@@ -416,6 +416,34 @@ fn a_sharded_probation_keeps_proven_sessions_and_its_window() {
     assert_eq!(r.during_found_double.0, 0, "{:?}", r.during_found_double);
 }
 
+/// More sessions in steady use than probation holds, each coming back once every other
+/// one has had its turn (a cyclic pattern: an LRU alone never keeps any of them, since each
+/// binding is pushed out just before its session comes back). A session whose first
+/// success was pushed out is proven by its next one, so from the third round on every
+/// session finds its binding.
+#[test]
+fn more_sessions_in_use_than_probation_holds_are_all_proven_by_their_second_round() {
+    let mut f = Flood::new(10_000); // probation 1 024, one shard
+    let sessions: Vec<String> = (0..1_500).map(hot_id).collect();
+    let mut misses_by_round = Vec::new();
+    for _ in 0..4 {
+        let before = f.stats.snapshot().misses;
+        for s in &sessions {
+            f.request(s);
+        }
+        misses_by_round.push(f.stats.snapshot().misses - before);
+    }
+    assert_eq!(misses_by_round[0], 1_500, "first round: all new");
+    assert_eq!(
+        misses_by_round[2..],
+        [0, 0],
+        "misses by round: {misses_by_round:?}"
+    );
+    for s in &sessions {
+        assert!(f.bound(s).is_some());
+    }
+}
+
 #[test]
 fn parallel_flood_from_several_threads_stays_within_capacity() {
     // Four threads flood through clones of one service (one shared store) while a

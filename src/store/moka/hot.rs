@@ -268,13 +268,17 @@ mod tests {
                 })
             })
             .collect();
-        let mut found = 0u64;
-        for i in 0..2_000_000u64 {
-            let d = key(i);
+        // Until the readers have seen many fills (the writers may start late on a busy
+        // machine), at least 500 000 reads, at most 20 s.
+        let (mut found, mut reads) = (0u64, 0u64);
+        let start = std::time::Instant::now();
+        while (found < 500 || reads < 500_000) && start.elapsed().as_secs() < 20 {
+            let d = key(reads);
             if let Some(b) = hot.get(d, 0, 0) {
                 assert_eq!(b, d.wrapping_mul(0x9E37_79B9_7F4A_7C15), "torn slot");
                 found += 1;
             }
+            reads += 1;
         }
         stop.store(true, Ordering::Relaxed);
         for w in writers {

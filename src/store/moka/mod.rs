@@ -89,9 +89,25 @@ fn default_probation(max_bindings: u64) -> u64 {
 /// `probation` other new bindings within a few percent (each shard holds at least 1 024;
 /// see `probation.rs`). With the defaults, against a flood of 1 000 one-off ids/s that is
 /// 10 s, against 10 000/s, 1 s.
-/// A session that misses the window is bound again at its next success, and proven by
-/// the one after if that comes within the window. The floor of 1 024 keeps that window
-/// usable in small stores.
+/// The floor of 1 024 keeps that window usable in small stores.
+///
+/// **A session that misses the window is still proven by its next success.** Each shard
+/// remembers the keys it pushed out to make room (key digest and binding, 16 bytes each,
+/// in buckets of four; twice the shard's share of entries, allocated when the shard
+/// first fills): a commit of a key found there — a session whose first success's binding
+/// was pushed out before it came back — promotes it straight into protected, on whichever
+/// account served it (its old binding is gone, so the picker chose afresh), provided its
+/// first success is still within `ttl` and at least [`promote_after`] old. That request
+/// itself was not pinned (its lookup missed); the next one is. Without this, sessions
+/// that come back a little slower than the window would never be proven: more sessions
+/// in steady use than probation holds, each returning after all the others (a cyclic
+/// pattern), would each find its binding pushed out just before it returns, forever.
+/// One-off ids never come back, so they are remembered and forgotten without effect. A
+/// key pushed out `k` first successes ago is still remembered with probability ≈ 98 %
+/// for `k = probation / 2` and ≈ 86 % for `k = probation` (a bucket keeps its four
+/// newest).
+///
+/// [`promote_after`]: MokaStoreBuilder::promote_after
 ///
 /// **When protected is full**, the proven binding that was least recently read or written
 /// makes room for the newly promoted one (LRU within protected). It is dropped, not
@@ -644,6 +660,18 @@ impl Inner {
                     }
                     self.protected.insert(k, fresh);
                     shard.remove(k);
+                }
+                // A second success after the first one's binding was pushed out of
+                // probation by newer ones: a session that came back, not a one-off id.
+                // Promoted on whichever account served it (the first binding is gone,
+                // so the picker chose afresh), if the first success is still within
+                // the TTL and old enough for `promote_after`.
+                None if self.promote
+                    && shard.take_ghost(k).is_some_and(|first| {
+                        live(first) && now.saturating_sub(first.at_ms()) >= self.promote_after_ms
+                    }) =>
+                {
+                    self.protected.insert(k, fresh);
                 }
                 _ => shard.insert(k, fresh, live),
             }
@@ -1258,6 +1286,66 @@ mod tests {
         let (protected, probation) = segments(&store);
         assert_eq!(protected, 0, "no attacker id promoted");
         assert!(probation <= 100);
+    }
+
+    #[test]
+    fn a_session_pushed_out_of_probation_is_proven_by_its_next_success() {
+        // Probation 1 024 (one shard), protected the rest.
+        let store = small(10_000, 1_024);
+        let (a, b) = (AuthId::from("a"), AuthId::from("b"));
+        commit(&store, "returning", &a);
+        for i in 0..1_500 {
+            commit(&store, &format!("one-off-{i}"), &a);
+        }
+        assert_eq!(
+            bound(&store, "returning"),
+            None,
+            "pushed out by newer first successes"
+        );
+        // Its next success, on whichever account served it: proven, not a new probation
+        // binding that the next 1 024 first successes would push out again.
+        commit(&store, "returning", &b);
+        assert_eq!(segments(&store), (1, 1_024));
+        for i in 1_500..5_000 {
+            commit(&store, &format!("one-off-{i}"), &a);
+        }
+        assert_eq!(bound(&store, "returning"), Some(b));
+        // The one-off ids never came back: none of them was promoted.
+        assert_eq!(segments(&store), (1, 1_024));
+    }
+
+    #[test]
+    fn a_pushed_out_first_success_promotes_only_within_ttl_and_after_promote_after() {
+        let a = AuthId::from("a");
+        let push_out = |store: &MokaStore| {
+            for i in 0..1_100 {
+                commit(store, &format!("one-off-{i}"), &a);
+            }
+        };
+        let capped = MokaStore::builder()
+            .max_bindings(10_000)
+            .probation_bindings(1_024)
+            .promote_after(Duration::from_secs(60))
+            .build();
+        commit(&capped, "s", &a);
+        push_out(&capped);
+        commit(&capped, "s", &a);
+        assert_eq!(
+            segments(&capped).0,
+            0,
+            "first success too young for promote_after"
+        );
+
+        let short = MokaStore::builder()
+            .max_bindings(10_000)
+            .probation_bindings(1_024)
+            .ttl(Duration::from_millis(200))
+            .build();
+        commit(&short, "s", &a);
+        push_out(&short);
+        sleep(Duration::from_millis(250));
+        commit(&short, "s", &a);
+        assert_eq!(segments(&short).0, 0, "first success expired: starts over");
     }
 
     #[test]

@@ -28,7 +28,9 @@
 //!
 //! A lookup moves the binding to the front of its shard; an insert of a new key into a
 //! full shard reuses the slot of the shard's least recently used binding (its tail), and
-//! so does an insert that finds the tail expired even if the shard is not full.
+//! so does an insert that finds the tail expired even if the shard is not full. A live
+//! tail pushed out is remembered (key and binding, in a table of buckets of four) so the
+//! store can still promote its session at its next success ([`Shard::take_ghost`]).
 //!
 //! The number of shards grows with the core count (4 per core, at most 64) but keeps each
 //! shard at least [`MIN_SHARD`] bindings: each shard is an exact LRU of its own keys, so
@@ -52,6 +54,10 @@ const MIN_SHARD: u64 = 1024;
 const SHARDS_PER_CORE: usize = 4;
 /// …and at most this many.
 const MAX_SHARDS: usize = 64;
+/// Most remembered pushed-out keys per shard (16 MiB).
+const MAX_GHOSTS: usize = 1 << 20;
+/// Entries per bucket of remembered pushed-out keys (64 bytes).
+const GHOST_WAYS: usize = 4;
 /// Most nodes in one shard: slot indexes are `u32`, with `NIL` reserved.
 const MAX_SHARD_LEN: u64 = (u32::MAX - 1) as u64;
 
@@ -169,6 +175,15 @@ struct Node {
 
 /// One shard: an exact LRU of at most `cap` bindings.
 pub(super) struct Shard {
+    /// The keys this shard last pushed out to make room, with the binding each had: a key
+    /// found here at its next success is a session that came back, not a one-off id.
+    /// Buckets of [`GHOST_WAYS`] entries (one cache line), picked by bits 12.. of the
+    /// digest; a bucket keeps its newest entries (key 0 is empty). Allocated when the shard
+    /// first makes room (it is full then): twice `cap` entries rounded up to a power of
+    /// two, at most [`MAX_GHOSTS`], 16 bytes each. A key pushed out `k` evictions ago is
+    /// still here unless its bucket took four newer ones since: 98 % of them for `k = cap
+    /// / 2`, 86 % for `k = cap`.
+    ghosts: Box<[[(u64, Binding); GHOST_WAYS]]>,
     index: Index,
     nodes: Vec<Node>,
     /// Most recently used.
@@ -184,6 +199,7 @@ pub(super) struct Shard {
 impl Shard {
     fn new(cap: u32) -> Self {
         Self {
+            ghosts: Box::default(),
             index: Index::default(),
             nodes: Vec::new(),
             head: NIL,
@@ -227,11 +243,25 @@ impl Shard {
             prev: NIL,
             next: NIL,
         };
-        let i = if self.len == self.cap
-            || (self.tail != NIL && !live(self.nodes[self.tail as usize].value))
-        {
+        let tail_live = self.tail != NIL && live(self.nodes[self.tail as usize].value);
+        let i = if self.len == self.cap || (self.tail != NIL && !tail_live) {
             // Evict the tail and reuse its slot.
             let t = self.tail;
+            if tail_live {
+                // Pushed out alive: remembered, so its next success still proves it.
+                let gone = self.nodes[t as usize];
+                if self.ghosts.is_empty() {
+                    let n = (2 * self.cap as usize)
+                        .next_power_of_two()
+                        .clamp(GHOST_WAYS, MAX_GHOSTS);
+                    let empty = [(0, Binding(0)); GHOST_WAYS];
+                    self.ghosts = vec![empty; n / GHOST_WAYS].into_boxed_slice();
+                }
+                let g = self.ghost_bucket(gone.key);
+                let bucket = &mut self.ghosts[g];
+                bucket.copy_within(..GHOST_WAYS - 1, 1);
+                bucket[0] = (gone.key, gone.value);
+            }
             self.unlink(t);
             self.index.remove(self.nodes[t as usize].key, &self.nodes);
             self.len -= 1;
@@ -254,6 +284,30 @@ impl Shard {
         self.push_front(i);
         self.index.insert(k, i, &self.nodes);
         self.len += 1;
+    }
+
+    /// The binding `k` had when it was pushed out of this shard to make room, if that was
+    /// recent enough to be remembered (the last `cap` or so such keys, fewer where two
+    /// share a slot); forgets it. A session whose second success comes after its first
+    /// one's binding was pushed out can then be proven all the same.
+    #[inline]
+    pub(super) fn take_ghost(&mut self, k: u64) -> Option<Binding> {
+        if self.ghosts.is_empty() || k == 0 {
+            return None;
+        }
+        let g = self.ghost_bucket(k);
+        let bucket = &mut self.ghosts[g];
+        let i = bucket.iter().position(|&(key, _)| key == k)?;
+        let first = bucket[i].1;
+        // Forget it, keeping the others' order (newest first).
+        bucket.copy_within(i + 1.., i);
+        bucket[GHOST_WAYS - 1] = (0, Binding(0));
+        Some(first)
+    }
+
+    #[inline]
+    fn ghost_bucket(&self, k: u64) -> usize {
+        (k >> 12) as usize & (self.ghosts.len() - 1)
     }
 
     /// Removes `k`'s binding; returns it, live or not.
@@ -526,6 +580,41 @@ mod tests {
         s.insert(1, b(1), always);
         assert_eq!(s.get(1), None);
         assert_eq!(order(&s), Vec::<u64>::new());
+        assert_eq!(s.take_ghost(1), None);
+    }
+
+    #[test]
+    fn keys_pushed_out_alive_are_remembered_once_and_the_newest_win_a_bucket() {
+        let mut s = Shard::new(2);
+        s.insert(1, b(10), always);
+        s.insert(2, b(20), always);
+        assert_eq!(
+            s.take_ghost(1),
+            None,
+            "nothing pushed out yet, nothing allocated"
+        );
+        s.insert(3, b(30), always); // pushes out 1
+        assert_eq!(s.take_ghost(2), None, "still held, not a ghost");
+        assert_eq!(s.take_ghost(1), Some(b(10)));
+        assert_eq!(s.take_ghost(1), None, "taken once");
+        // An expired tail makes room without being remembered.
+        s.insert(4, b(40), |v| v != b(20)); // 2 is expired: pushed out, not remembered
+        assert_eq!(s.take_ghost(2), None);
+        // Keys sharing a bucket (same bits 12..): the newest four are kept.
+        let mut s = Shard::new(1);
+        let same = |i: u64| i << 40 | 5; // bits 12..40 zero: all in bucket 0
+        s.insert(same(0), b(0), always);
+        for i in 1..=5 {
+            s.insert(same(i), b(i), always); // pushes out same(i - 1)
+        }
+        assert_eq!(
+            s.take_ghost(same(0)),
+            None,
+            "the oldest of five left the bucket"
+        );
+        for i in 1..=4 {
+            assert_eq!(s.take_ghost(same(i)), Some(b(i)));
+        }
     }
 
     #[test]
