@@ -354,24 +354,36 @@ mod tests {
 
         #[test]
         fn an_evicted_proven_binding_is_not_served_from_its_slot() {
-            // Protected holds 8 (probation 8 of 16): promoting more evicts the oldest.
+            // Protected holds 1 600 (its slots go stale after 100 evictions): `first` is
+            // evicted by the third of a few promotions, well inside that window, so only
+            // the eviction's generation bump can make its slot stale.
             let store = MokaStore::builder()
-                .max_bindings(16)
-                .probation_bindings(8)
+                .max_bindings(1_600 + 1_024)
+                .probation_bindings(1_024)
                 .build();
             let a = AuthId::from("a");
             let first = key("first");
             commit(&store, &first, &a);
             commit(&store, &first, &a);
-            assert_eq!(hinted(&store, &first), Some(a.clone()));
-            for i in 0..64 {
+            assert_eq!(hinted(&store, &first), Some(a.clone()), "fills its slot");
+            let d = store.digest(&first);
+            for i in 0..1_599 {
                 let k = key(&format!("other-{i}"));
+                commit(&store, &k, &a);
+                commit(&store, &k, &a);
+            }
+            store.run_pending_tasks();
+            // (Not `store.get(&first)`: a moka read would make it the most recently used.)
+            assert_eq!(store.protected_count(), 1_600, "full, nothing evicted yet");
+            assert!(served_from_slot(&store.inner, d));
+            for i in 0..3 {
+                let k = key(&format!("late-{i}"));
                 commit(&store, &k, &a);
                 commit(&store, &k, &a);
                 store.run_pending_tasks();
             }
-            store.run_pending_tasks();
-            assert_eq!(store.get(&first), None, "evicted by LRU");
+            assert_eq!(store.get(&first), None, "evicted: the least recently used");
+            assert!(!served_from_slot(&store.inner, d));
             assert_eq!(hinted(&store, &first), None);
         }
 

@@ -92,12 +92,15 @@ fn default_probation(max_bindings: u64) -> u64 {
 /// The floor of 1 024 keeps that window usable in small stores.
 ///
 /// **A session that misses the window is still proven by its next success.** Each shard
-/// remembers the keys it pushed out to make room (key digest and binding, 16 bytes each,
-/// in buckets of four; twice the shard's share of entries, allocated when the shard
-/// first fills): a commit of a key found there — a session whose first success's binding
-/// was pushed out before it came back — promotes it straight into protected, on whichever
-/// account served it (its old binding is gone, so the picker chose afresh), provided its
-/// first success is still within `ttl` and at least [`promote_after`] old. That request
+/// remembers the live keys it pushed out to make room (key digest and binding, 16 bytes
+/// each, in buckets of four; twice the shard's share of entries — 32 bytes per probation
+/// binding — allocated when the shard first fills): a commit of a key found there — a
+/// session whose first success's binding was pushed out before it came back — promotes it
+/// straight into protected, on whichever account served it (its old binding is gone, so
+/// the picker chose afresh), provided its first success is still within `ttl`. With
+/// [`promote_after`] set, a key is remembered only if it was already that old when pushed
+/// out, so a remembered key, like one still held, has spent `promote_after` in probation
+/// and the bound on promotions per second stays `probation / promote_after`. That request
 /// itself was not pinned (its lookup missed); the next one is. Without this, sessions
 /// that come back a little slower than the window would never be proven: more sessions
 /// in steady use than probation holds, each returning after all the others (a cyclic
@@ -160,9 +163,10 @@ fn default_probation(max_bindings: u64) -> u64 {
 ///   allocation per response costs nothing per binding.
 /// - Measured at 1 000 000 bindings (`examples/mem_per_binding`): a protected binding
 ///   costs ≈ 305 bytes (moka's per-entry structure; 16 of them are the key and value), a
-///   probation binding ≈ 33–43 (the 24-byte node and its 4-byte index entries). At the
-///   default split, both segments full (a tenth in probation), that is ≈ 281 bytes per
-///   binding; a store whose bindings are all proven pays the protected figure.
+///   probation binding ≈ 33–43 (the 24-byte node and its 4-byte index entries), plus 32
+///   for the remembered pushed-out keys once its shard has filled (written as it churns).
+///   At the default split, both segments full (a tenth in probation), that is ≈ 282 bytes
+///   per binding; a store whose bindings are all proven pays the protected figure.
 ///
 /// # Atomic per key across both segments
 ///
@@ -209,10 +213,16 @@ fn default_probation(max_bindings: u64) -> u64 {
 /// than `ttl / 16`, and fewer than `protected / 16` protected bindings were evicted since
 /// it was filled. The last two keep moka's LRU order and idle timer honest: a session in
 /// use is still read in moka at least once per `protected / 16` evictions and per
-/// renewal period, so a flood of promotions evicts it no sooner than before (the flood
-/// figures in `RELIABILITY.md` are unchanged). A lookup that overlaps a write may return
-/// the binding as it was just before, as a moka read racing the write would; one that
-/// starts after a write has returned never does.
+/// renewal period, so its place in protected's LRU order lags by at most `protected / 16`
+/// evictions (it survives a flood of promotions about 15/16 as long as if every read went
+/// to moka; the flood figures in `RELIABILITY.md` did not move). A lookup that overlaps a
+/// write may return the binding as it was just before, as a moka read racing the write
+/// would; one that starts after a write has returned never does. An eviction by moka
+/// takes effect, for the table, when moka's eviction listener runs, a moment after moka
+/// dropped the entry: in between, a plain [`lookup`](BindingStore::lookup) may miss a
+/// binding a hinted one still serves. Under many writes (every first success of a new
+/// session bumps one of the 4 096 stripes) slots go stale sooner and lookups read moka,
+/// as before the table: it costs speed, never correctness.
 ///
 /// Cloning is cheap and clones share the segments: keep a clone to inspect or edit
 /// bindings.
@@ -673,7 +683,9 @@ impl Inner {
                 {
                     self.protected.insert(k, fresh);
                 }
-                _ => shard.insert(k, fresh, live),
+                _ => shard.insert_remembering(k, fresh, live, |b| {
+                    now.saturating_sub(b.at_ms()) >= self.promote_after_ms
+                }),
             }
         }
         drop(shard);
@@ -1346,6 +1358,31 @@ mod tests {
         sleep(Duration::from_millis(250));
         commit(&short, "s", &a);
         assert_eq!(segments(&short).0, 0, "first success expired: starts over");
+    }
+
+    /// `promote_after(age)` bounds promotions to `probation / age` per second: an id must
+    /// stay in probation for `age`. Remembering pushed-out keys must not widen that: only
+    /// keys already `age` old when pushed out are remembered.
+    #[test]
+    fn remembered_keys_do_not_let_more_ids_through_promote_after() {
+        let store = MokaStore::builder()
+            .max_bindings(100_000)
+            .probation_bindings(1_024)
+            .promote_after(Duration::from_millis(300))
+            .build();
+        let a = AuthId::from("a");
+        for i in 0..3_072 {
+            commit(&store, &format!("attacker-{i}"), &a);
+        }
+        sleep(Duration::from_millis(350));
+        for i in 0..3_072 {
+            commit(&store, &format!("attacker-{i}"), &a);
+        }
+        let (protected, _) = segments(&store);
+        assert!(
+            protected <= 1_024,
+            "{protected} promoted: more than probation / age allows"
+        );
     }
 
     #[test]

@@ -179,8 +179,8 @@ pub(super) struct Shard {
     /// found here at its next success is a session that came back, not a one-off id.
     /// Buckets of [`GHOST_WAYS`] entries (one cache line), picked by bits 12.. of the
     /// digest; a bucket keeps its newest entries (key 0 is empty). Allocated when the shard
-    /// first makes room (it is full then): twice `cap` entries rounded up to a power of
-    /// two, at most [`MAX_GHOSTS`], 16 bytes each. A key pushed out `k` evictions ago is
+    /// first makes room (it is full then): twice `cap` entries (32 bytes per binding the
+    /// shard holds), at most [`MAX_GHOSTS`], 16 bytes each. A key pushed out `k` evictions ago is
     /// still here unless its bucket took four newer ones since: 98 % of them for `k = cap
     /// / 2`, 86 % for `k = cap`.
     ghosts: Box<[[(u64, Binding); GHOST_WAYS]]>,
@@ -227,8 +227,23 @@ impl Shard {
 
     /// Sets `k`'s binding to `value` and moves it to the front. A new key takes a free
     /// slot; if the shard is full, or its least recently used binding is no longer `live`,
-    /// that binding makes room. A shard of capacity 0 keeps nothing.
+    /// that binding makes room. A shard of capacity 0 keeps nothing. A live binding pushed
+    /// out is remembered ([`take_ghost`](Self::take_ghost)).
+    #[cfg(test)]
     pub(super) fn insert(&mut self, k: u64, value: Binding, live: impl Fn(Binding) -> bool) {
+        self.insert_remembering(k, value, live, |_| true);
+    }
+
+    /// [`insert`](Self::insert), remembering a live binding it pushes out only if
+    /// `remember` says so (the store: only once it is old enough for `promote_after`, so
+    /// that a remembered key, like one still held, has spent that long in probation).
+    pub(super) fn insert_remembering(
+        &mut self,
+        k: u64,
+        value: Binding,
+        live: impl Fn(Binding) -> bool,
+        remember: impl Fn(Binding) -> bool,
+    ) {
         if let Some(i) = self.index.get(k, &self.nodes) {
             self.nodes[i as usize].value = value;
             self.touch(i);
@@ -247,15 +262,14 @@ impl Shard {
         let i = if self.len == self.cap || (self.tail != NIL && !tail_live) {
             // Evict the tail and reuse its slot.
             let t = self.tail;
-            if tail_live {
+            if tail_live && remember(self.nodes[t as usize].value) {
                 // Pushed out alive: remembered, so its next success still proves it.
                 let gone = self.nodes[t as usize];
                 if self.ghosts.is_empty() {
-                    let n = (2 * self.cap as usize)
-                        .next_power_of_two()
-                        .clamp(GHOST_WAYS, MAX_GHOSTS);
+                    let buckets = (2 * self.cap as usize).div_ceil(GHOST_WAYS);
                     let empty = [(0, Binding(0)); GHOST_WAYS];
-                    self.ghosts = vec![empty; n / GHOST_WAYS].into_boxed_slice();
+                    self.ghosts =
+                        vec![empty; buckets.clamp(1, MAX_GHOSTS / GHOST_WAYS)].into_boxed_slice();
                 }
                 let g = self.ghost_bucket(gone.key);
                 let bucket = &mut self.ghosts[g];
@@ -307,7 +321,7 @@ impl Shard {
 
     #[inline]
     fn ghost_bucket(&self, k: u64) -> usize {
-        (k >> 12) as usize & (self.ghosts.len() - 1)
+        ((k >> 12) % self.ghosts.len() as u64) as usize
     }
 
     /// Removes `k`'s binding; returns it, live or not.
