@@ -367,8 +367,17 @@ mod tests {
             commit(&store, &first, &a);
             assert_eq!(hinted(&store, &first), Some(a.clone()), "fills its slot");
             let d = store.digest(&first);
-            for i in 0..1_599 {
-                let k = key(&format!("other-{i}"));
+            // Keys outside `first`'s stripe: their commits must not bump its generation
+            // (the stripe is the digest's low 12 bits; digests are keyed per store).
+            let stripe = |d: u64| d as usize & (crate::store::moka::STRIPES - 1);
+            let mut others = (0..).map(|i| key(&format!("other-{i}")));
+            let mut other = || {
+                others
+                    .find(|k| stripe(store.digest(k)) != stripe(d))
+                    .unwrap()
+            };
+            for _ in 0..1_599 {
+                let k = other();
                 commit(&store, &k, &a);
                 commit(&store, &k, &a);
             }
@@ -376,8 +385,8 @@ mod tests {
             // (Not `store.get(&first)`: a moka read would make it the most recently used.)
             assert_eq!(store.protected_count(), 1_600, "full, nothing evicted yet");
             assert!(served_from_slot(&store.inner, d));
-            for i in 0..3 {
-                let k = key(&format!("late-{i}"));
+            for _ in 0..3 {
+                let k = other();
                 commit(&store, &k, &a);
                 commit(&store, &k, &a);
                 store.run_pending_tasks();
@@ -397,9 +406,12 @@ mod tests {
             let accounts: Vec<AuthId> = (0..2_000)
                 .map(|i| AuthId::from(format!("acct-{i}")))
                 .collect();
+            let started = std::sync::Arc::new(std::sync::Barrier::new(2));
             let reader = {
                 let (store, k, cleared) = (store.clone(), k.clone(), cleared.clone());
+                let started = started.clone();
                 std::thread::spawn(move || {
+                    started.wait();
                     let mut hits = 0u64;
                     loop {
                         let c = cleared.load(std::sync::atomic::Ordering::Acquire);
@@ -414,6 +426,7 @@ mod tests {
                     }
                 })
             };
+            started.wait();
             for (i, a) in accounts.iter().enumerate() {
                 commit(&store, &k, a);
                 commit(&store, &k, a);
