@@ -406,14 +406,17 @@ mod tests {
             let accounts: Vec<AuthId> = (0..2_000)
                 .map(|i| AuthId::from(format!("acct-{i}")))
                 .collect();
-            let started = std::sync::Arc::new(std::sync::Barrier::new(2));
+            // The reader counts its lookups; the writer waits (briefly) for two of them
+            // while each binding is in place, so the reader runs against every binding
+            // even on a busy machine.
+            let lookups = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
             let reader = {
                 let (store, k, cleared) = (store.clone(), k.clone(), cleared.clone());
-                let started = started.clone();
+                let lookups = lookups.clone();
                 std::thread::spawn(move || {
-                    started.wait();
                     let mut hits = 0u64;
                     loop {
+                        lookups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let c = cleared.load(std::sync::atomic::Ordering::Acquire);
                         if let Some(a) = hinted(&store, &k) {
                             let i: i64 = a.as_str()[5..].parse().unwrap();
@@ -426,12 +429,18 @@ mod tests {
                     }
                 })
             };
-            started.wait();
             for (i, a) in accounts.iter().enumerate() {
                 commit(&store, &k, a);
                 commit(&store, &k, a);
                 for _ in 0..20 {
                     let _ = hinted(&store, &k);
+                }
+                let seen = lookups.load(std::sync::atomic::Ordering::Relaxed);
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(1);
+                while lookups.load(std::sync::atomic::Ordering::Relaxed) < seen + 2
+                    && std::time::Instant::now() < until
+                {
+                    std::thread::yield_now();
                 }
                 assert!(store.clear_if(&k, a).into_inner().unwrap());
                 cleared.store(i as i64, std::sync::atomic::Ordering::Release);
