@@ -121,9 +121,7 @@ impl<St: BindingStore> StoreOp<St> {
         hint: CommitHint,
         span: &Span,
     ) -> Self {
-        span.rec("outcome", "committed");
-        span.rec("auth", tracing::field::display(auth));
-        tracing::debug!(parent: span, session = %key.session().redacted(), auth = %auth, "sticky session: commit");
+        announce_commit(key, auth, span);
         Self::new(
             core,
             OpKind::Commit(core.store.commit_hinted(key, auth, hint)),
@@ -140,17 +138,11 @@ impl<St: BindingStore> StoreOp<St> {
         span: &Span,
         cx: &mut Context<'_>,
     ) -> Option<Self> {
-        span.rec("outcome", "committed");
-        span.rec("auth", tracing::field::display(auth));
-        tracing::debug!(parent: span, session = %key.session().redacted(), auth = %auth, "sticky session: commit");
+        announce_commit(key, auth, span);
         let mut fut = core.store.commit_hinted(key, auth, hint);
         match Pin::new(&mut fut).poll(cx) {
-            Poll::Ready(Ok(())) => {
-                Counters::inc(&core.counters().commits);
-                None
-            }
-            Poll::Ready(Err(e)) => {
-                core.store_error("commit", &e);
+            Poll::Ready(result) => {
+                committed(core, result);
                 None
             }
             Poll::Pending => Some(Self::new(core, OpKind::Commit(fut))),
@@ -208,10 +200,9 @@ impl<St: BindingStore> StoreOp<St> {
         let counters = self.core.counters();
         match &mut self.kind {
             None => {}
-            Some(OpKind::Commit(fut)) => match std::task::ready!(Pin::new(fut).poll(cx)) {
-                Ok(()) => Counters::inc(&counters.commits),
-                Err(e) => self.core.store_error("commit", &e),
-            },
+            Some(OpKind::Commit(fut)) => {
+                committed(&self.core, std::task::ready!(Pin::new(fut).poll(cx)))
+            }
             Some(OpKind::Learn(fut)) => match std::task::ready!(Pin::new(fut).poll(cx)) {
                 Ok(()) => Counters::inc(&counters.response_ids_learned),
                 Err(e) => self.core.store_error("learn_response_id", &e),
@@ -224,6 +215,21 @@ impl<St: BindingStore> StoreOp<St> {
         }
         self.kind = None;
         Poll::Ready(())
+    }
+}
+
+/// Records a commit about to start: the span's outcome and account, a debug event.
+fn announce_commit(key: &BindingKey, auth: &AuthId, span: &Span) {
+    span.rec("outcome", "committed");
+    span.rec("auth", tracing::field::display(auth));
+    tracing::debug!(parent: span, session = %key.session().redacted(), auth = %auth, "sticky session: commit");
+}
+
+/// Accounts for a finished commit: counted, or a store error.
+fn committed<St>(core: &Core<St>, result: Result<(), StoreError>) {
+    match result {
+        Ok(()) => Counters::inc(&core.counters().commits),
+        Err(e) => core.store_error("commit", &e),
     }
 }
 
