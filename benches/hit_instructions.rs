@@ -20,10 +20,9 @@
 //! - `naive_hit`: the `layer_hit` request over the naive `RwLock<HashMap>` store.
 
 use std::convert::Infallible;
-use std::future::{Future, Ready, ready};
+use std::future::{Ready, ready};
 use std::hint::black_box;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -39,6 +38,11 @@ use tower_sticky_session::{
 #[allow(dead_code)]
 #[path = "support/naive_store.rs"]
 mod naive_store;
+
+#[path = "support/drive.rs"]
+mod drive;
+
+use drive::{drive, fresh_id, now};
 
 const HEADER: HeaderName = HeaderName::from_static("sticky-session-id");
 const SESSION: &str = "5f0c9a7e-1b2d-4c3e-8f90-a1b2c3d4e5f6";
@@ -68,58 +72,10 @@ impl<B> Service<Request<B>> for Trivial {
     }
 }
 
-#[inline(never)]
-fn drive<S, B>(svc: &mut S, req: Request<()>)
-where
-    S: Service<Request<()>, Response = Response<B>>,
-    S::Error: std::fmt::Debug,
-    B: Body,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    match svc.poll_ready(&mut cx) {
-        Poll::Ready(Ok(())) => {}
-        _ => panic!("trivial service is always ready"),
-    }
-    let fut = pin!(svc.call(req));
-    let res = match fut.poll(&mut cx) {
-        Poll::Ready(Ok(res)) => res,
-        _ => panic!("trivial service answers at once"),
-    };
-    let (parts, body) = res.into_parts();
-    black_box(&parts);
-    let mut body = pin!(body);
-    while let Poll::Ready(Some(frame)) = body.as_mut().poll_frame(&mut cx) {
-        black_box(frame.is_ok());
-    }
-}
-
 fn request(session: &HeaderValue) -> Request<()> {
     let mut req = Request::new(());
     req.headers_mut().insert(HEADER, session.clone());
     req
-}
-
-fn id(n: u64) -> HeaderValue {
-    let mut buf = *b"00000000-0000-4000-8000-000000000000";
-    let mut n = n;
-    let mut i = buf.len();
-    while n > 0 && i > 0 {
-        i -= 1;
-        if buf[i] == b'-' {
-            continue;
-        }
-        buf[i] = b"0123456789abcdef"[(n & 15) as usize];
-        n >>= 4;
-    }
-    HeaderValue::from_bytes(&buf).expect("visible ASCII")
-}
-
-fn now<F: Future>(fut: F) -> F::Output {
-    let mut cx = Context::from_waker(Waker::noop());
-    match pin!(fut).poll(&mut cx) {
-        Poll::Ready(out) => out,
-        Poll::Pending => panic!("in-memory store answers at once"),
-    }
 }
 
 fn bind<St: BindingStore>(store: &St, v: &HeaderValue, auth: &AuthId) {
@@ -156,7 +112,7 @@ fn main() {
         body: Bytes::from_static(b"data: hello\n\n"),
     };
     let one = vec![HeaderValue::from_static(SESSION)];
-    let many: Vec<HeaderValue> = (0..10_000).map(|i| id(1 << 52 | i)).collect();
+    let many: Vec<HeaderValue> = (0..10_000).map(|i| fresh_id(1 << 52 | i)).collect();
     match case.as_str() {
         "bare" => run_requests(&mut trivial.clone(), &one, iterations),
         "bare_10k" => run_requests(&mut trivial.clone(), &many, iterations),

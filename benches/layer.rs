@@ -43,12 +43,11 @@
 //!   records, and a clock read.
 
 use std::convert::Infallible;
-use std::future::{Future, Ready, ready};
+use std::future::{Ready, ready};
 use std::hint::black_box;
-use std::pin::pin;
 use std::sync::Barrier;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -65,6 +64,11 @@ use tower_sticky_session::{
 #[allow(dead_code)]
 #[path = "support/naive_store.rs"]
 mod naive_store;
+
+#[path = "support/drive.rs"]
+mod drive;
+
+use drive::{drive, fresh_id, now};
 
 use naive_store::NaiveStore;
 
@@ -126,32 +130,6 @@ impl<B> Service<Request<B>> for Trivial {
     }
 }
 
-/// One whole request: ready, call, poll the future, drain the body.
-#[inline]
-fn drive<S, B>(svc: &mut S, req: Request<()>)
-where
-    S: Service<Request<()>, Response = Response<B>>,
-    S::Error: std::fmt::Debug,
-    B: Body,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    match svc.poll_ready(&mut cx) {
-        Poll::Ready(Ok(())) => {}
-        _ => panic!("trivial service is always ready"),
-    }
-    let fut = pin!(svc.call(req));
-    let res = match fut.poll(&mut cx) {
-        Poll::Ready(Ok(res)) => res,
-        _ => panic!("trivial service answers at once"),
-    };
-    let (parts, body) = res.into_parts();
-    black_box(&parts);
-    let mut body = pin!(body);
-    while let Poll::Ready(Some(frame)) = body.as_mut().poll_frame(&mut cx) {
-        black_box(frame.is_ok());
-    }
-}
-
 fn request(session: Option<&HeaderValue>) -> Request<()> {
     let mut req = Request::new(());
     if let Some(v) = session {
@@ -160,35 +138,11 @@ fn request(session: Option<&HeaderValue>) -> Request<()> {
     req
 }
 
-/// A new 36-byte session id per call (`n` in a UUID-shaped frame).
-fn fresh_id(n: u64) -> HeaderValue {
-    let mut buf = *b"00000000-0000-4000-8000-000000000000";
-    let mut n = n;
-    let mut i = buf.len();
-    while n > 0 && i > 0 {
-        i -= 1;
-        if buf[i] == b'-' {
-            continue;
-        }
-        buf[i] = b"0123456789abcdef"[(n & 15) as usize];
-        n >>= 4;
-    }
-    HeaderValue::from_bytes(&buf).expect("visible ASCII")
-}
-
 fn key_of(v: &HeaderValue) -> BindingKey {
     BindingKey::new(
         None,
         SessionId::from_header_value(v.clone(), 256).expect("valid"),
     )
-}
-
-fn now<F: Future>(fut: F) -> F::Output {
-    let mut cx = Context::from_waker(Waker::noop());
-    match pin!(fut).poll(&mut cx) {
-        Poll::Ready(out) => out,
-        Poll::Pending => panic!("in-memory store answers at once"),
-    }
 }
 
 fn accounts() -> (AuthId, AuthId) {
