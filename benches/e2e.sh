@@ -70,32 +70,8 @@ for name in $SERVERS; do
     echo "$name server: pid $(eval echo "\$${name}_pid") on $(eval echo "\$${name}_addr")" >&2
 done
 
-# Requests are formatted once in init() and handed out round-robin: the per-request Lua
-# work is a table index, the same for both servers.
-cat >"$work/sessions.lua" <<'EOF'
-local reqs = {}
-local n = 0
-local i = 0
-function init(args)
-  n = tonumber(args[1]) or 10000
-  for k = 1, n do
-    -- 36 bytes, UUID-shaped
-    local id = string.format("%08x-%04x-4%03x-8%03x-%012x", k * 2654435761 % 4294967296, k % 65536, k % 4096, (k * 7) % 4096, k * 40503)
-    reqs[k] = wrk.format("GET", "/v1/responses", { ["sticky-session-id"] = id })
-  end
-end
-function request()
-  i = i % n + 1
-  return reqs[i]
-end
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    "RESULT requests=%d duration_us=%d errors=%d non2xx=%d p50_us=%.1f p99_us=%.1f p999_us=%.1f mean_us=%.1f\n",
-    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
-    latency:percentile(50), latency:percentile(99), latency:percentile(99.9), latency.mean))
-end
-EOF
+# Requests come from benches/e2e_sessions.lua: formatted once in init() and handed out
+# round-robin, so the per-request Lua work is a table index, the same for every server.
 
 cpu_ticks() { # pid -> utime+stime in clock ticks
     awk '{print $14 + $15}' "/proc/$1/stat"
@@ -106,7 +82,7 @@ run() { # name duration -> one result line
     pid=$(eval echo "\$${name}_pid")
     addr=$(eval echo "\$${name}_addr")
     t0=$(cpu_ticks "$pid")
-    out=$(pin "$WRK_CPU" wrk -t1 -c"$CONNS" -d"${dur}s" --latency -s "$work/sessions.lua" \
+    out=$(pin "$WRK_CPU" wrk -t1 -c"$CONNS" -d"${dur}s" --latency -s benches/e2e_sessions.lua \
         "http://$addr/" -- "$SESSIONS" | grep '^RESULT')
     t1=$(cpu_ticks "$pid")
     echo "$name ${out#RESULT } server_ticks=$((t1 - t0))"

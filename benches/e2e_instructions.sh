@@ -21,25 +21,6 @@ cargo build --release --example bench_server >&2
 SERVER=target/release/examples/bench_server
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cat >"$work/s.lua" <<'LUA'
-local reqs = {}
-local n = 0
-local i = 0
-function init(args)
-  n = tonumber(args[1]) or 10000
-  for k = 1, n do
-    local id = string.format("%08x-%04x-4%03x-8%03x-%012x", k * 2654435761 % 4294967296, k % 65536, k % 4096, (k * 7) % 4096, k * 40503)
-    reqs[k] = wrk.format("GET", "/v1/responses", { ["sticky-session-id"] = id })
-  end
-end
-function request()
-  i = i % n + 1
-  return reqs[i]
-end
-function done(summary, latency, requests)
-  io.write(string.format("RESULT requests=%d\n", summary.requests))
-end
-LUA
 
 one() { # mode seconds -> "requests instructions"
     local mode=$1 dur=$2 addr w r vp
@@ -48,8 +29,8 @@ one() { # mode seconds -> "requests instructions"
     vp=$!
     for _ in $(seq 300); do grep -q '^listening on' "$work/out" 2>/dev/null && break; sleep 0.1; done
     addr=$(sed -n 's/^listening on //p' "$work/out")
-    w=$(wrk -t1 -c4 -d10s -s "$work/s.lua" "http://$addr/" -- 10000 | sed -n 's/RESULT requests=//p')
-    r=$(wrk -t1 -c4 -d"${dur}s" -s "$work/s.lua" "http://$addr/" -- 10000 | sed -n 's/RESULT requests=//p')
+    w=$(wrk -t1 -c4 -d10s -s benches/e2e_sessions.lua "http://$addr/" -- 10000 | sed -n 's/^RESULT requests=\([0-9]*\).*/\1/p')
+    r=$(wrk -t1 -c4 -d"${dur}s" -s benches/e2e_sessions.lua "http://$addr/" -- 10000 | sed -n 's/^RESULT requests=\([0-9]*\).*/\1/p')
     kill -TERM "$vp"
     wait "$vp" 2>/dev/null || true
     echo "$((w + r)) $(sed -n 's/.*Collected : \([0-9]*\).*/\1/p' "$work/err")"
