@@ -22,6 +22,7 @@ use crate::store::{BindingStore, CommitHint, MokaStore, StoreError};
 use crate::types::{
     AuthId, BindingKey, HardPin, PinnedAuth, ServedBy, SessionSource, SessionSourceKind,
 };
+use crate::upgrade::Slot;
 
 /// What the response side needs to know about a request with a valid session id.
 pub(crate) struct Tracking<St, C> {
@@ -34,6 +35,8 @@ pub(crate) struct Tracking<St, C> {
     /// What the session's lookup told the store's commit (only ever used with `pinned`,
     /// when the pinned account served).
     pub(crate) hint: CommitHint,
+    /// An upgrade request's [`Binding`](crate::Binding) slot.
+    pub(crate) upgrade: Option<Arc<Slot<St>>>,
 }
 
 impl<St, C> Tracking<St, C> {
@@ -53,6 +56,7 @@ impl<St, C> Tracking<St, C> {
             pinned,
             is_head,
             hint: CommitHint::NONE,
+            upgrade: None,
         }
     }
 }
@@ -361,6 +365,18 @@ where
             }
             StateProj::Inner { fut } => {
                 let result = ready!(fut.poll(cx));
+                if let Ok(res) = &result {
+                    // An accepted upgrade gives the request's `Binding` its account, before
+                    // the response (and the connection) is handed on.
+                    let slot = match (tracking.as_ref(), learn.as_ref()) {
+                        (Some(t), _) => t.upgrade.as_ref(),
+                        (None, Some(l)) => l.upgrade.as_ref(),
+                        (None, None) => None,
+                    };
+                    if let Some(slot) = slot {
+                        slot.accept(res);
+                    }
+                }
                 let learner = match (learn.take(), &result) {
                     (Some(l), Ok(res)) => l.learner(res, span),
                     _ => None,
@@ -443,6 +459,12 @@ where
             };
         }
     };
+    if let Some(account) = t.upgrade.as_ref().and_then(|s| s.accepted()) {
+        // The account accepted the upgrade: committed at once, whatever the classifier
+        // says of a 1xx (no body will ever come through this response).
+        let op = StoreOp::commit(core, &t.key, account, hint_for(&t, account), span);
+        return Judged::Store(op, Ok(res));
+    }
     let served = res.extensions().get::<ServedBy>().map(|s| &s.0);
     match t.shared.classifier.classify(res.status(), res.headers()) {
         ResponseClass::Failure => match served.or(t.pinned.as_ref()) {
@@ -502,12 +524,15 @@ fn hint_for<St, C>(t: &Tracking<St, C>, served: &AuthId) -> CommitHint {
 }
 
 /// Whether a success's body is known to carry no data, whatever its type says: a
-/// response to `HEAD` is checked by the caller; here 204, 304, `Content-Length: 0` and a
-/// body that reports its end already. Servers (hyper) never poll such bodies.
+/// response to `HEAD` is checked by the caller; here 101 (the connection is handed over),
+/// 204, 304, `Content-Length: 0` and a body that reports its end already. Servers (hyper)
+/// never poll such bodies.
 fn known_empty<B: Body>(res: &Response<B>) -> bool {
     matches!(
         res.status(),
-        http::StatusCode::NO_CONTENT | http::StatusCode::NOT_MODIFIED
+        http::StatusCode::SWITCHING_PROTOCOLS
+            | http::StatusCode::NO_CONTENT
+            | http::StatusCode::NOT_MODIFIED
     ) || res
         .headers()
         .get(http::header::CONTENT_LENGTH)

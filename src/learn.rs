@@ -30,6 +30,9 @@ const MAX_ID_LEN: usize = crate::extract::DEFAULT_MAX_SESSION_ID_LEN;
 pub(crate) struct LearnCtx<St, C> {
     pub(crate) shared: Arc<Shared<St, C>>,
     pub(crate) scope: Option<Scope>,
+    /// An upgrade request's [`Binding`](crate::Binding) slot, for a request without a
+    /// session of its own (with one, the session's tracking holds it).
+    pub(crate) upgrade: Option<Arc<crate::upgrade::Slot<St>>>,
 }
 
 impl<St, C: ClassifyResponse> LearnCtx<St, C> {

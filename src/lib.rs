@@ -41,6 +41,7 @@
 //! | body dropped before the first data frame (client left) | nothing |
 //! | success known to carry no body: the request was `HEAD`, the status is 204 or 304, `Content-Length: 0`, or the body's `is_end_stream()` — whatever the body type, and even if the server never polls the body | committed at once, before the response is handed on |
 //! | other responses (e.g. 400, 404) | nothing: an existing binding is kept, none is created |
+//! | `101 Switching Protocols` (a WebSocket or other upgrade the account accepted; for an HTTP/2 `CONNECT`, a 2xx) with `ServedBy` | committed at once, whatever the classifier says; afterwards the inner service acts on the binding through the request's [`Binding`] handle: renew it while the connection lives, compare-and-delete when the account fails inside it, learn response ids seen on it |
 //!
 //! Trailers and empty data frames never count as the first chunk. Clears triggered by the
 //! response head finish before the response is handed on, so a client that retries
@@ -51,6 +52,16 @@
 //! gone, an outer timeout): the unfinished operation is handed to the tokio runtime the
 //! drop runs on, which completes it. Outside a tokio runtime it is dropped and counted as
 //! a store error. The rule, and what it asks of a custom store, is on [`BindingStore`].
+//!
+//! **Upgrades.** A request that asks for an upgrade (an HTTP/1.1 `Upgrade` header, such
+//! as a WebSocket handshake, or an HTTP/2 `CONNECT`) and has a session id, or is seen
+//! with response-id learning on, carries a [`Binding`] in its request extensions. An
+//! upgraded connection has no response body for the layer to watch, so the account's
+//! acceptance commits the binding at once and the inner service, which relays the
+//! connection, reports what happens inside it through the handle. HTTP/2 extended CONNECT
+//! (RFC 8441, WebSockets over HTTP/2) answers 200 rather than 101: the layer treats a 2xx
+//! to a `CONNECT` as the accepted upgrade. The request side is unchanged: an upgrade
+//! request is pinned like any other.
 //!
 //! # Example
 //!
@@ -276,6 +287,7 @@ mod service;
 mod stats;
 pub mod store;
 mod types;
+mod upgrade;
 
 pub use crate::body::ResponseBody;
 pub use crate::body_session::{BodySignals, BufferedBody, SessionFromBodyLayer};
@@ -294,6 +306,7 @@ pub use crate::store::{BindingStore, BoxStoreFuture, MokaStore, StoreError, Stor
 pub use crate::types::{
     AuthId, BindingKey, HardPin, PinnedAuth, Scope, ServedBy, SessionSource, SessionSourceKind,
 };
+pub use crate::upgrade::Binding;
 
 /// Compiles the README's examples.
 #[cfg(doctest)]

@@ -22,6 +22,7 @@ use crate::learn::LearnCtx;
 use crate::stats::{Counters, Decision};
 use crate::store::{BindingStore, MokaStore};
 use crate::types::{BindingKey, PinnedAuth, SessionSource};
+use crate::upgrade::{Slot, wants_upgrade};
 use http::request::Parts;
 use tracing::Span;
 
@@ -172,12 +173,14 @@ where
         } else {
             None
         };
-        let learn = shared.learn.then(|| {
+        let mut learn = shared.learn.then(|| {
             Box::new(LearnCtx {
                 shared: self.shared.clone(),
                 scope: scope.clone(),
+                upgrade: None,
             })
         });
+        let upgrade = wants_upgrade(&parts);
         // An explicit pin wins over learned response ids, as over the store.
         let response_id = response_id
             .filter(|_| parts.extensions.get::<PinnedAuth>().is_none())
@@ -215,6 +218,12 @@ where
                     }
                 };
                 span.rec("decision", decision.as_str());
+                if let (true, Some(l)) = (upgrade, learn.as_mut()) {
+                    // Without a session, an upgraded connection can still learn ids.
+                    let slot = Slot::new(shared.core.clone(), None, Some(l.scope.clone()), &parts);
+                    parts.extensions.insert(slot.handle());
+                    l.upgrade = Some(slot);
+                }
                 // No session of its own; a learned previous_response_id still pins it.
                 return match response_id {
                     Some(key) => self
@@ -237,13 +246,20 @@ where
         ours.insert(source);
         ours.insert(key.clone());
         parts.extensions.extend(ours);
+        let slot = upgrade.then(|| {
+            let learn_scope = learn.as_ref().map(|l| l.scope.clone());
+            let slot = Slot::new(shared.core.clone(), Some(key.clone()), learn_scope, &parts);
+            parts.extensions.insert(slot.handle());
+            slot
+        });
 
         if let Some(PinnedAuth(explicit)) = parts.extensions.get::<PinnedAuth>() {
             Counters::inc(&counters.explicit_pins);
             span.rec("decision", Decision::Pinned.as_str());
             span.rec("auth", tracing::field::display(explicit));
             let pinned = Some(explicit.clone());
-            let tracking = Tracking::new(self.shared.clone(), key, pinned, is_head);
+            let mut tracking = Tracking::new(self.shared.clone(), key, pinned, is_head);
+            tracking.upgrade = slot;
             let req = Request::from_parts(parts, body);
             let fut = self.inner.call(req);
             return ResponseFuture::inner(
@@ -256,7 +272,8 @@ where
             );
         }
 
-        let tracking = Tracking::new(self.shared.clone(), key, None, is_head);
+        let mut tracking = Tracking::new(self.shared.clone(), key, None, is_head);
+        tracking.upgrade = slot;
         if let Some(rkey) = response_id {
             return self.lookup_response_id(
                 rkey,

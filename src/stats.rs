@@ -18,15 +18,19 @@ pub enum ClearReason {
     EmptyStream,
     /// A successful response's body failed before its first data frame.
     StreamError,
+    /// The account failed inside an upgraded connection (a WebSocket): the inner
+    /// service called [`Binding::clear`](crate::Binding::clear).
+    Upgraded,
 }
 
 impl ClearReason {
     /// All reasons, in a fixed order.
-    pub const ALL: [ClearReason; 4] = [
+    pub const ALL: [ClearReason; 5] = [
         Self::FailureStatus,
         Self::InnerError,
         Self::EmptyStream,
         Self::StreamError,
+        Self::Upgraded,
     ];
 
     /// A short machine-readable name, used as a metrics label.
@@ -36,6 +40,7 @@ impl ClearReason {
             Self::InnerError => "inner_error",
             Self::EmptyStream => "empty_stream",
             Self::StreamError => "stream_error",
+            Self::Upgraded => "upgraded",
         }
     }
 
@@ -45,6 +50,7 @@ impl ClearReason {
             Self::InnerError => 1,
             Self::EmptyStream => 2,
             Self::StreamError => 3,
+            Self::Upgraded => 4,
         }
     }
 }
@@ -70,13 +76,14 @@ pub(crate) struct Counters {
     pub(crate) deferred_hits: AtomicU64,
     pub(crate) deferred_misses: AtomicU64,
     pub(crate) commits: AtomicU64,
-    pub(crate) clear_attempts: [AtomicU64; 4],
+    pub(crate) clear_attempts: [AtomicU64; 5],
     pub(crate) cleared: AtomicU64,
     pub(crate) store_errors: AtomicU64,
     pub(crate) sources: [AtomicU64; 5],
     pub(crate) hard_pins: AtomicU64,
     pub(crate) response_ids_unknown: AtomicU64,
     pub(crate) response_ids_learned: AtomicU64,
+    pub(crate) upgrades: AtomicU64,
 }
 
 impl Counters {
@@ -169,6 +176,7 @@ impl Stats {
             hard_pins: get(&c.hard_pins),
             response_ids_unknown: get(&c.response_ids_unknown),
             response_ids_learned: get(&c.response_ids_learned),
+            upgrades: get(&c.upgrades),
         }
     }
 }
@@ -223,7 +231,7 @@ pub struct StatsSnapshot {
     /// Bindings committed (created or renewed).
     pub commits: u64,
     /// Compare-and-delete attempts, by reason.
-    pub clear_attempts: [(ClearReason, u64); 4],
+    pub clear_attempts: [(ClearReason, u64); 5],
     /// Compare-and-delete attempts that removed a binding.
     pub cleared: u64,
     /// Store operations that failed (the request was served unsticky).
@@ -238,8 +246,12 @@ pub struct StatsSnapshot {
     /// Requests whose `previous_response_id` was looked up and not found among learned
     /// response ids (they fell back to the other sources).
     pub response_ids_unknown: u64,
-    /// Response ids learned (committed as `resp_… → account`) from successful responses.
+    /// Response ids learned (committed as `resp_… → account`) from successful responses
+    /// and through [`Binding::learn_response_id`](crate::Binding::learn_response_id).
     pub response_ids_learned: u64,
+    /// Upgrades accepted by an account (`101 Switching Protocols`, or a 2xx to an HTTP/2
+    /// `CONNECT`, with [`ServedBy`](crate::ServedBy)): each committed its binding at once.
+    pub upgrades: u64,
 }
 
 impl StatsSnapshot {
