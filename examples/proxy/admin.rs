@@ -408,6 +408,11 @@ impl Collector for StatsCollector {
                 "previous_response_id values that were not learned.",
                 s.response_ids_unknown,
             ),
+            (
+                "sticky_session_upgrades",
+                "Upgrades (WebSockets) accepted by an account; each committed its binding.",
+                s.upgrades,
+            ),
         ] {
             Self::counter(&mut enc, name, help, v)?;
         }
@@ -433,7 +438,12 @@ struct ProxyCollector {
     accounts: Vec<(String, u64, bool)>,
     retries: Option<u64>,
     body: Option<BodySessionStatsSnapshot>,
+    /// The WebSocket relay: open sockets, then `(name, help, counter)`.
+    ws: Option<(i64, Vec<NamedCounter>)>,
 }
+
+/// A counter for one scrape: `(name, help, value)`.
+type NamedCounter = (&'static str, &'static str, u64);
 
 impl From<&ProxyMetrics> for ProxyCollector {
     fn from(m: &ProxyMetrics) -> Self {
@@ -452,6 +462,21 @@ impl From<&ProxyMetrics> for ProxyCollector {
             accounts,
             retries: m.picker.as_ref().map(|p| p.retries()),
             body: m.body.as_ref().map(BodySessionStats::snapshot),
+            ws: m.picker.as_ref().map(|p| {
+                use std::sync::atomic::Ordering::Relaxed;
+                let w = &p.ws;
+                let counters = vec![
+                    ("sticky_proxy_ws_upgrades", "WebSocket upgrades accepted by an account.", w.upgrades.load(Relaxed)),
+                    ("sticky_proxy_ws_upgrades_failed_over", "WebSocket upgrade attempts that failed on one account and were tried on another.", w.failed_over.load(Relaxed)),
+                    ("sticky_proxy_ws_messages_up", "WebSocket messages relayed from clients to accounts.", w.messages_up.load(Relaxed)),
+                    ("sticky_proxy_ws_messages_down", "WebSocket messages relayed from accounts to clients.", w.messages_down.load(Relaxed)),
+                    ("sticky_proxy_ws_bytes_up", "WebSocket payload bytes relayed from clients to accounts.", w.bytes_up.load(Relaxed)),
+                    ("sticky_proxy_ws_bytes_down", "WebSocket payload bytes relayed from accounts to clients.", w.bytes_down.load(Relaxed)),
+                    ("sticky_proxy_ws_account_failures", "Accounts that failed inside a WebSocket (429/5xx events, overload close codes).", w.account_failures.load(Relaxed)),
+                    ("sticky_proxy_ws_idle_closed", "WebSockets closed by --ws-idle-timeout.", w.idle_closed.load(Relaxed)),
+                ];
+                (w.open.load(Relaxed), counters)
+            }),
         }
     }
 }
@@ -488,6 +513,19 @@ impl Collector for ProxyCollector {
                 "Attempts that failed and were retried on another account.",
                 n,
             )?;
+        }
+        if let Some((open, counters)) = &self.ws {
+            let g = ConstGauge::new(*open);
+            let m = enc.encode_descriptor(
+                "sticky_proxy_ws_open",
+                "WebSockets relayed right now.",
+                None,
+                g.metric_type(),
+            )?;
+            g.encode(m)?;
+            for (name, help, v) in counters {
+                StatsCollector::counter(&mut enc, name, help, *v)?;
+            }
         }
         if let Some(b) = &self.body {
             let mut m = enc.encode_descriptor(

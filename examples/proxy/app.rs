@@ -19,6 +19,7 @@
 //! - [`timeouts`]: the first-chunk peek and the client's body under `--idle-timeout`.
 //! - [`keys`]: account keys from the environment, URL redaction.
 //! - [`serve`]: the hardened HTTP/1 + HTTP/2 accept loop.
+//! - [`ws`]: WebSocket upgrades, failed over before the `101`, relayed after it.
 
 #[path = "auth.rs"]
 pub(crate) mod auth;
@@ -34,6 +35,8 @@ pub(crate) mod picker;
 pub(crate) mod serve;
 #[path = "timeouts.rs"]
 pub(crate) mod timeouts;
+#[path = "ws.rs"]
+pub(crate) mod ws;
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -217,6 +220,7 @@ impl ProxyConfig {
                 upstream_timeout: Duration::from_secs(60),
                 idle_timeout: Duration::from_secs(300),
                 max_body_buffer: 16 * 1024 * 1024,
+                ws: ws::WsConfig::default(),
             },
             max_load_factor: None,
             body_session: true,

@@ -41,19 +41,24 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::Service;
 use tower_sticky_session::{
-    BindingKey, BindingStore, HardPin, PinnedAuth, ServedBy, SessionId, SessionSource,
+    AuthId, Binding, BindingKey, BindingStore, HardPin, PinnedAuth, ServedBy, SessionId,
+    SessionSource,
 };
 
 use super::auth::X_API_KEY;
 use super::cooldown::retry_after;
-use super::picker::Picker;
+use super::picker::{InFlight, Pick, Picker, Plan};
 use super::timeouts::{First, ProxyBody, first_data};
+use super::ws::{self, WsConfig};
 use super::{BoxError, ErrorChain, LogSession, Upstream, X_SERVED_BY, strip_hop_by_hop};
 
 /// Whether the request must be served by its pinned account or not at all: the sticky
@@ -76,10 +81,15 @@ pub(crate) struct FailoverConfig {
     pub(crate) idle_timeout: Duration,
     /// Largest request body kept for replay.
     pub(crate) max_body_buffer: usize,
+    /// WebSocket relay limits.
+    pub(crate) ws: WsConfig,
 }
 
 /// The pooled upstream client: HTTP/1.1 and (over TLS, by ALPN) HTTP/2.
 type UpstreamClient<B> = Client<HttpsConnector<HttpConnector>, UpBody<B>>;
+
+/// The client for WebSocket upgrades (a bodyless `GET`).
+type WsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 /// Read buffer per upstream connection: bounds what an upstream can push ahead of a
 /// client that stops reading (hyper's default is about 400 KiB).
@@ -112,6 +122,24 @@ where
         .build(https))
 }
 
+/// The client for WebSocket upgrades: HTTP/1.1 only, no idle connections kept.
+fn ws_client() -> Result<WsClient, BoxError> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))?
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .timer(TokioTimer::new())
+        .http1_max_buf_size(UPSTREAM_BUF)
+        .build(https))
+}
+
 /// The failover service (see the module docs). Cheap to clone.
 pub(crate) struct Failover<St, B> {
     shared: Arc<Shared<St, B>>,
@@ -128,6 +156,9 @@ impl<St, B> Clone for Failover<St, B> {
 struct Shared<St, B> {
     picker: Arc<Picker>,
     client: UpstreamClient<B>,
+    /// WebSocket upgrades: HTTP/1.1 only (an upgrade cannot ride an HTTP/2 connection),
+    /// never pooled (an upgraded connection is the socket's own).
+    ws_client: WsClient,
     /// The sticky layer's store, to unbind a failed pinned account.
     store: St,
     cfg: FailoverConfig,
@@ -149,6 +180,7 @@ where
             shared: Arc::new(Shared {
                 picker,
                 client: client()?,
+                ws_client: ws_client()?,
                 store,
                 cfg,
             }),
@@ -201,9 +233,25 @@ where
         let key = parts.extensions.remove::<BindingKey>();
         let pinned = parts.extensions.remove::<PinnedAuth>().map(|p| p.0);
         let hard = pinned.is_some() && hard_pinned(&parts.extensions);
+        let upgrade = if ws::is_websocket(&parts) {
+            parts.extensions.remove::<OnUpgrade>()
+        } else {
+            None
+        };
+        let binding = parts.extensions.remove::<Binding>();
         // Nothing of this process's request extensions is for the upstream.
         parts.extensions = http::Extensions::new();
         let plan = self.picker.plan(pinned.as_ref(), hard, self.cfg.attempts);
+        if let Some(upgrade) = upgrade {
+            let ctx = WsRequest {
+                upgrade,
+                binding,
+                session: session.as_ref(),
+                key: key.as_ref(),
+                pinned: pinned.as_ref(),
+            };
+            return self.websocket(parts, plan, ctx).await;
+        }
 
         let client_failed = Arc::new(AtomicBool::new(false));
         let mut streamed = None;
@@ -297,6 +345,157 @@ where
             status = res.status().as_u16(), "proxied"
         );
         res
+    }
+
+    /// A WebSocket upgrade: each account of the plan in turn until one answers `101`
+    /// (see [`ws`]); then the relay runs on a task of its own.
+    async fn websocket(
+        &self,
+        mut parts: Parts,
+        plan: Plan,
+        ws: WsRequest<'_>,
+    ) -> Response<ProxyBody> {
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(header::HOST);
+        ws::upstream_headers(&mut parts.headers);
+        let session = LogSession(ws.session);
+        let mut pinned_failed = false;
+        let mut answer = None;
+        let mut upgrade = Some(ws.upgrade);
+        for (k, &i) in plan.order.iter().enumerate() {
+            let up = &self.picker.upstreams()[i];
+            let last = k + 1 == plan.order.len();
+            let (res, why) = match self.ws_attempt(i, up, &parts).await {
+                WsAttempt::Upgraded(mut res, in_flight) => {
+                    let account = hyper::upgrade::on(&mut res);
+                    let (mut head, _) = res.into_parts();
+                    ws::client_headers(&mut head.headers);
+                    let relay = ws::Relay {
+                        picker: self.picker.clone(),
+                        account: i,
+                        binding: ws.binding.clone(),
+                        cfg: self.cfg.ws.clone(),
+                        cooldown: self.cfg.cooldown,
+                        _in_flight: in_flight,
+                    };
+                    let client = upgrade.take().expect("one upgrade per request");
+                    ws::spawn(client, account, relay);
+                    tracing::info!(
+                        path = parts.uri.path(), %session, upstream = %up.name(),
+                        pick = pick_label(plan.how, k), attempt = k + 1, "websocket upgraded"
+                    );
+                    answer = Some(served(up, head, ProxyBody::message(Bytes::new())));
+                    break;
+                }
+                WsAttempt::Answered(res) => {
+                    // Not an upgrade, not a failure (e.g. 426 from an account without
+                    // WebSockets, 401): the client gets it as it is.
+                    tracing::info!(
+                        path = parts.uri.path(), %session, upstream = %up.name(),
+                        status = res.status().as_u16(), "websocket upgrade refused by the account"
+                    );
+                    answer = Some(res);
+                    break;
+                }
+                WsAttempt::Failed(res, why) => (res, why),
+            };
+            pinned_failed |= ws.pinned == Some(up.name());
+            if !last {
+                self.picker.count_retry();
+                self.picker.ws.failed_over.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::info!(
+                path = parts.uri.path(), %session, upstream = %up.name(),
+                attempt = k + 1, status = res.status().as_u16(), why, last,
+                "websocket upgrade attempt failed"
+            );
+            answer = Some(res);
+        }
+        let res = answer.expect("at least one attempt");
+        let final_name = res.extensions().get::<ServedBy>().map(|s| s.0.clone());
+        if let (true, Some(key), Some(pin)) = (pinned_failed, ws.key, ws.pinned)
+            && final_name.as_ref() != Some(pin)
+            && let Err(e) = self.store.clear_if(key, pin).await
+        {
+            tracing::debug!(error = %e, "could not unbind the failed pinned account");
+        }
+        res
+    }
+
+    /// One upgrade attempt on account `i`.
+    async fn ws_attempt(&self, i: usize, up: &Upstream, parts: &Parts) -> WsAttempt {
+        let Ok(target) = up.target(&parts.uri) else {
+            return WsAttempt::Failed(
+                proxy_error(up, StatusCode::BAD_GATEWAY, "cannot build the upstream URL"),
+                "bad URL",
+            );
+        };
+        let mut req = Request::new(Empty::<Bytes>::new());
+        *req.method_mut() = Method::GET;
+        *req.uri_mut() = target;
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = parts.headers.clone();
+        if let Some((name, value)) = up.key() {
+            let h = req.headers_mut();
+            h.remove(header::AUTHORIZATION);
+            h.remove(X_API_KEY);
+            h.insert(name.clone(), value.clone());
+        }
+        let in_flight = self.picker.start(i);
+        let timeout = self.cfg.upstream_timeout;
+        let res = match tokio::time::timeout(timeout, self.ws_client.request(req)).await {
+            Err(_) => {
+                return WsAttempt::Failed(
+                    proxy_error(
+                        up,
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "no response head within --upstream-timeout",
+                    ),
+                    "timeout before the response head",
+                );
+            }
+            Ok(Err(e)) => {
+                let why = if e.is_connect() {
+                    self.picker.cool(i, self.cfg.cooldown);
+                    "unreachable"
+                } else {
+                    "failed before its response head"
+                };
+                tracing::debug!(upstream = %up.name(), error = %ErrorChain(&e), why, "websocket upgrade request failed");
+                return WsAttempt::Failed(
+                    proxy_error(
+                        up,
+                        StatusCode::BAD_GATEWAY,
+                        "the upstream failed before sending a response",
+                    ),
+                    why,
+                );
+            }
+            Ok(Ok(res)) => res,
+        };
+        let status = res.status();
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return WsAttempt::Upgraded(res, in_flight);
+        }
+        let (mut head, body) = res.into_parts();
+        strip_hop_by_hop(&mut head.headers);
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let d = retry_after(&head.headers, SystemTime::now()).unwrap_or(self.cfg.cooldown);
+            self.picker.cool(i, d);
+        }
+        let body = ProxyBody::upstream(
+            None,
+            body,
+            self.cfg.idle_timeout,
+            up.name().clone(),
+            Some(in_flight),
+        );
+        let res = served(up, head, body);
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            WsAttempt::Failed(res, "failure status")
+        } else {
+            WsAttempt::Answered(res)
+        }
     }
 
     async fn attempt(
@@ -424,6 +623,34 @@ where
                 "timeout before the first chunk",
             ),
         }
+    }
+}
+
+/// What [`Shared::websocket`] needs of the request besides its head.
+struct WsRequest<'a> {
+    upgrade: OnUpgrade,
+    binding: Option<Binding>,
+    session: Option<&'a SessionId>,
+    key: Option<&'a BindingKey>,
+    pinned: Option<&'a AuthId>,
+}
+
+/// How one upgrade attempt ended.
+enum WsAttempt {
+    /// `101`: the account's response (its upgrade to take) and the in-flight count.
+    Upgraded(Response<Incoming>, InFlight),
+    /// Neither an upgrade nor a failure: the client's answer.
+    Answered(Response<ProxyBody>),
+    /// 429/5xx, unreachable, timed out: the next account is tried.
+    Failed(Response<ProxyBody>, &'static str),
+}
+
+/// The log's `pick`: how the first account was chosen, or `failover` for a later one.
+fn pick_label(how: Pick, attempt: usize) -> &'static str {
+    if attempt == 0 {
+        how.as_str()
+    } else {
+        "failover"
     }
 }
 

@@ -46,6 +46,11 @@
 //!   response body, and inside a client's request body: then 400), `--header-timeout` (30 s, any connection without a complete request
 //!   head, whatever its protocol). `--max-connections` (10 000), HTTP/2 keep-alive pings,
 //!   64 KiB write buffers per connection.
+//! - WebSockets (`GET` with `Upgrade: websocket`, e.g. Codex's Responses WebSocket): sticky
+//!   and failed over before the `101` like any request, then relayed message by message
+//!   (`--ws-idle-timeout`, 300 s; `--ws-max-message`, 16 MiB); an account's 429/5xx event
+//!   or overload close inside the socket unbinds the session; `response.created` ids are
+//!   learned (see `ws.rs`).
 //! - `--scope-header NAME` keeps separate bindings per value of that header (e.g. a model).
 //! - `--redis URL` keeps the bindings in Redis, shared by every replica that names the same
 //!   server (e.g. `redis://127.0.0.1:6379`; a Cluster as `redis+cluster://h1:p1,h2:p2`, a
@@ -190,6 +195,16 @@ struct Cli {
         default_value_t = 16_777_216
     )]
     max_body_buffer: usize,
+
+    /// Seconds a WebSocket may go without a message either way before the proxy closes
+    /// it (close code 1001 to both sides).
+    #[arg(long = "ws-idle-timeout", value_name = "SECS", default_value = "300", value_parser = parse_positive_secs)]
+    ws_idle_timeout: Duration,
+
+    /// Largest WebSocket message (and frame) relayed, in bytes; a larger one closes the
+    /// socket (1009 to the side that sent it).
+    #[arg(long = "ws-max-message", value_name = "BYTES", default_value_t = 16_777_216, value_parser = clap::value_parser!(u64).range(1..=1 << 32))]
+    ws_max_message: u64,
 
     /// Never read request bodies for session ids (JSON fields such as prompt_cache_key,
     /// metadata.user_id); sessions then come from headers only.
@@ -447,6 +462,8 @@ async fn main() -> ExitCode {
     proxy.failover.upstream_timeout = cli.upstream_timeout;
     proxy.failover.idle_timeout = cli.idle_timeout;
     proxy.failover.max_body_buffer = cli.max_body_buffer;
+    proxy.failover.ws.idle_timeout = cli.ws_idle_timeout;
+    proxy.failover.ws.max_message = usize::try_from(cli.ws_max_message).unwrap_or(usize::MAX);
     let mut serve = ServeConfig::new(cli.grace);
     serve.header_timeout = cli.header_timeout;
     serve.max_connections = usize::try_from(cli.max_connections).unwrap_or(usize::MAX);

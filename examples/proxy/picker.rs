@@ -18,6 +18,7 @@ use tower_sticky_session::AuthId;
 
 use super::Upstream;
 use super::cooldown::Cooldowns;
+use super::ws::WsStats;
 
 /// How a [`Picker`] chose a request's first account.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +64,8 @@ pub(crate) struct Picker {
     pub(crate) cooldowns: Cooldowns,
     max_load_factor: Option<f64>,
     retries: AtomicU64,
+    /// The WebSocket relay's counters.
+    pub(crate) ws: WsStats,
 }
 
 impl Picker {
@@ -77,6 +80,7 @@ impl Picker {
             cooldowns: Cooldowns::new(n),
             max_load_factor,
             retries: AtomicU64::new(0),
+            ws: WsStats::default(),
         }
     }
 

@@ -141,7 +141,7 @@ where
             got_head: got_head.clone(),
         });
         let conn = builder
-            .serve_connection(TokioIo::new(stream), svc)
+            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
             .into_owned();
         let conn = graceful.watch(conn);
         let header_timeout = cfg.header_timeout;
