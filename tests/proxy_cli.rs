@@ -423,3 +423,93 @@ async fn exit_code_is_non_zero_when_the_grace_period_cuts_a_stream() {
     assert_eq!(status.code(), Some(3));
     drop(res);
 }
+
+#[tokio::test]
+async fn tenants_from_flags_and_a_file_have_their_own_bindings_as_the_admin_listener_shows() {
+    let a = Account::start("a", Mode::Stream).await;
+    let b = Account::start("b", Mode::Stream).await;
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = std::env::temp_dir().join(format!("tss-tokens-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tokens");
+    std::fs::write(&file, "# tenant=ENV_VAR\n\nbolt=TSS_BOLT_TOKEN\n").unwrap();
+    let (ua, ub) = (format!("a={}", a.url()), format!("b={}", b.url()));
+    let (listen, admin_at) = (addr.to_string(), admin.to_string());
+    let mut child = proxy(&[
+        "--listen",
+        &listen,
+        "--admin",
+        &admin_at,
+        "--upstream",
+        &ua,
+        "--upstream",
+        &ub,
+        "--client-token",
+        "acme=TSS_ACME_TOKEN",
+        "--client-tokens-file",
+        file.to_str().unwrap(),
+    ])
+    .env("TSS_ACME_TOKEN", CLIENT_TOKEN)
+    .env("TSS_BOLT_TOKEN", KEY_B)
+    .spawn()
+    .unwrap();
+    wait_listening(addr).await;
+    wait_listening(admin).await;
+    let client: TestClient = Client::builder(TokioExecutor::new()).build_http();
+    let url = format!("http://{addr}/v1/chat");
+    let served = |h: &http::HeaderMap| h["x-served-by"].to_str().unwrap().to_owned();
+    for _ in 0..2 {
+        let (status, h, _) = call(
+            &client,
+            Request::post(&url)
+                .header("x-api-key", CLIENT_TOKEN)
+                .header("x-session-id", "conv-1"),
+        )
+        .await;
+        assert_eq!((status, served(&h).as_str()), (StatusCode::OK, "a"));
+        let (status, h, _) = call(
+            &client,
+            Request::post(&url)
+                .header("x-goog-api-key", KEY_B)
+                .header("x-session-id", "conv-1"),
+        )
+        .await;
+        assert_eq!((status, served(&h).as_str()), (StatusCode::OK, "b"));
+    }
+    let bindings = |scope: &str| format!("http://{admin}/bindings?session=conv-1{scope}");
+    let (status, _, body) = call(&client, Request::get(bindings("&scope=acme"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&body).contains(r#""auth":"a""#));
+    let (status, _, body) = call(&client, Request::get(bindings("&scope=bolt"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&body).contains(r#""auth":"b""#));
+    let (status, _, _) = call(&client, Request::get(bindings(""))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    drop(child.kill().await);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn one_token_for_two_tenants_or_a_bad_tenant_exits_2_without_echoing_the_token() {
+    let out = run(proxy(&[
+        "--upstream",
+        "a=http://127.0.0.1:9",
+        "--client-token",
+        "acme=TSS_T1",
+        "--client-token",
+        "bolt=TSS_T2",
+    ])
+    .env("TSS_T1", CLIENT_TOKEN)
+    .env("TSS_T2", CLIENT_TOKEN))
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("same client token"), "{}", text(&out));
+    assert!(!text(&out).contains(CLIENT_TOKEN), "{}", text(&out));
+
+    for value in ["a/b=TSS_T1", &format!("acme={CLIENT_TOKEN}")] {
+        let out = run(&mut proxy(&["--client-token", value])).await;
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(!text(&out).contains(CLIENT_TOKEN), "{}", text(&out));
+    }
+}

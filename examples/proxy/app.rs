@@ -7,7 +7,8 @@
 //!                                                 timeouts.rs; keys from keys.rs)
 //! ```
 //!
-//! - [`auth`]: `--client-token` (401 before anything else runs).
+//! - [`auth`]: `--client-token` (401 before anything else runs), one token per tenant;
+//!   sets the request's [`auth::Tenant`], which scopes its bindings.
 //! - The sticky layer reads the session, looks up its binding (`PinnedAuth`) and judges
 //!   the response it gets back: it sits *outside* failover and timeouts, so it sees the
 //!   account that finally served (`ServedBy`) and every failure as that account's.
@@ -48,14 +49,14 @@ use tower_sticky_session::body_session::{
     BodySessionStats, BufferedBody, SessionFromBody, SessionFromBodyLayer,
 };
 use tower_sticky_session::{
-    AuthId, BindingStore, Scope, SessionId, Stats, StickySession, StickySessionLayer,
+    AuthId, BindingStore, SessionId, Stats, StickySession, StickySessionLayer,
 };
 
 pub(crate) use self::failover::FailoverConfig;
-pub(crate) use self::keys::{Secret, redact_url};
+pub(crate) use self::keys::redact_url;
 pub(crate) use self::serve::{Drained, ServeConfig, serve};
 
-use self::auth::ClientAuth;
+use self::auth::{ClientAuth, ClientToken, Tenant};
 use self::failover::Failover;
 use self::picker::Picker;
 use self::timeouts::{ClientBody, ClientBodyTimeout};
@@ -189,8 +190,9 @@ pub(crate) struct ProxyConfig {
     pub(crate) session_headers: Vec<HeaderName>,
     /// If set, bindings are scoped by this header's value (e.g. provider or model).
     pub(crate) scope_header: Option<HeaderName>,
-    /// Every proxied request must present this token (`--client-token`).
-    pub(crate) client_token: Option<Secret>,
+    /// Every proxied request must present one of these tokens (`--client-token`); each
+    /// belongs to a tenant. With two tenants or more, bindings are scoped per tenant.
+    pub(crate) client_tokens: Vec<ClientToken>,
     /// Attempts, cooldown, timeouts, replay buffer.
     pub(crate) failover: FailoverConfig,
     /// `--max-load-factor`: pins to an account above F × the mean load (+1) move.
@@ -210,7 +212,7 @@ impl ProxyConfig {
             upstreams,
             session_headers: tower_sticky_session::KNOWN_CLIENT_HEADERS.to_vec(),
             scope_header: None,
-            client_token: None,
+            client_tokens: Vec::new(),
             failover: FailoverConfig {
                 attempts: 3,
                 cooldown: Duration::from_secs(10),
@@ -322,10 +324,21 @@ pub(crate) fn build<St: BindingStore + Clone>(
     if cfg.session_headers.is_empty() {
         return Err("at least one session header is required".into());
     }
+    auth::check_tokens(&cfg.client_tokens)?;
     let mut layer =
         StickySessionLayer::with_store(store.clone()).headers(cfg.session_headers.clone());
-    if let Some(name) = cfg.scope_header.clone() {
-        layer = layer.scope_fn(move |parts| parts.headers.get(&name).map(Scope::from));
+    // With two tenants or more, every scope starts with the request's tenant (set by
+    // ClientAuth, which runs first); with one tenant or none, scopes are as they were.
+    let per_tenant = auth::tenant_count(&cfg.client_tokens) > 1;
+    let scope_header = cfg.scope_header.clone();
+    if per_tenant || scope_header.is_some() {
+        layer = layer.scope_fn(move |parts| {
+            let tenant = per_tenant
+                .then(|| parts.extensions.get::<Tenant>())
+                .flatten();
+            let value = scope_header.as_ref().and_then(|h| parts.headers.get(h));
+            auth::tenant_scope(tenant, value)
+        });
     }
     let picker = Arc::new(Picker::new(cfg.upstreams.clone(), cfg.max_load_factor));
     let stats = layer.stats();
@@ -350,7 +363,7 @@ pub(crate) fn build<St: BindingStore + Clone>(
         stats,
         service: ClientAuth::new(
             ClientBodyTimeout::new(stack, cfg.failover.idle_timeout),
-            cfg.client_token.clone(),
+            cfg.client_tokens.clone(),
         ),
         picker,
         body_stats,

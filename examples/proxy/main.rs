@@ -39,9 +39,15 @@
 //!   `authorization: Bearer KEY` or `--key-header HEADER`; the client's `authorization` and
 //!   `x-api-key` are not forwarded to an account with a key. Keys and URL credentials
 //!   never appear in logs, metrics, admin answers, errors or response headers.
-//! - Clients: `--client-token ENV_VAR` requires `authorization: Bearer TOKEN` or
-//!   `x-api-key: TOKEN` (else 401, nothing forwarded). A malformed request body gets 400
-//!   and no binding is touched.
+//! - Clients: `--client-token ENV_VAR` requires the token as `authorization: Bearer
+//!   TOKEN`, `x-api-key: TOKEN`, `x-goog-api-key: TOKEN` or `?key=TOKEN` (else 401,
+//!   nothing forwarded); whichever carried it is removed before forwarding. Two of one
+//!   credential (two `authorization` headers, two `key` parameters, …): 400. Tenants:
+//!   `--client-token TENANT=ENV_VAR` (repeatable; plain `ENV_VAR` is the tenant
+//!   `default`; several tokens per tenant allowed) or `--client-tokens-file FILE` (lines
+//!   `TENANT=ENV_VAR`); with two tenants or more every binding and learned response id is
+//!   the tenant's own (scope `TENANT` or `TENANT/SCOPE-HEADER-VALUE`). A malformed request
+//!   body gets 400 and no binding is touched.
 //! - Timeouts: `--upstream-timeout` (60 s), `--idle-timeout` (300 s, silence inside a
 //!   response body, and inside a client's request body: then 400), `--header-timeout` (30 s, any connection without a complete request
 //!   head, whatever its protocol). `--max-connections` (10 000), HTTP/2 keep-alive pings,
@@ -79,6 +85,7 @@ use tower_sticky_session::store::InspectStore;
 use tower_sticky_session::store::RedisStore;
 use tracing_subscriber::EnvFilter;
 
+use crate::app::auth::{ClientToken, Tenant};
 use crate::app::keys::{self, KeySpec, Secret};
 use crate::app::{Drained, ProxyConfig, ServeConfig, Upstream};
 
@@ -116,10 +123,19 @@ struct Cli {
     #[arg(long = "key-header", value_name = "HEADER", value_parser = parse_header_name)]
     key_header: Option<HeaderName>,
 
-    /// Every proxied request must carry `authorization: Bearer TOKEN` or `x-api-key:
-    /// TOKEN`, TOKEN read from this environment variable; else 401.
-    #[arg(long = "client-token", value_name = "ENV_VAR", value_parser = Quiet { flag: "--client-token <ENV_VAR>", parse: parse_env_var })]
-    client_token: Option<String>,
+    /// Every proxied request must carry a client token (`authorization: Bearer TOKEN`,
+    /// `x-api-key`, `x-goog-api-key` or `?key=TOKEN`), TOKEN read from environment
+    /// variable ENV_VAR; else 401. Repeatable: `TENANT=ENV_VAR` names the token's tenant
+    /// (plain `ENV_VAR`: tenant "default"); with two tenants or more, each tenant's
+    /// bindings are its own.
+    #[arg(long = "client-token", value_name = "[TENANT=]ENV_VAR", value_parser = Quiet { flag: "--client-token <[TENANT=]ENV_VAR>", parse: parse_token_spec })]
+    client_tokens: Vec<TokenSpec>,
+
+    /// Client tokens from a file: one `TENANT=ENV_VAR` per line (blank lines and lines
+    /// starting with # ignored), as --client-token; the tokens themselves stay in the
+    /// environment.
+    #[arg(long = "client-tokens-file", value_name = "FILE")]
+    client_tokens_file: Option<std::path::PathBuf>,
 
     /// The admin listener requires this token (environment variable), as --client-token.
     /// Required when --admin is not a loopback address.
@@ -265,6 +281,51 @@ impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for Quiet
     }
 }
 
+/// `--client-token [TENANT=]ENV_VAR`: whose token, and the variable that holds it.
+#[derive(Clone, Debug)]
+struct TokenSpec {
+    tenant: String,
+    var: String,
+}
+
+/// Parses `TENANT=ENV_VAR` or `ENV_VAR` (tenant "default"). Never echoes the value: it
+/// may be a pasted token.
+fn parse_token_spec(s: &str) -> Result<TokenSpec, String> {
+    let (tenant, var) = s.split_once('=').unwrap_or((Tenant::DEFAULT, s));
+    Tenant::new(tenant).map_err(|_| {
+        "TENANT must be 1 to 64 letters, digits, '-', '_' or '.' (TENANT=ENV_VAR)".to_owned()
+    })?;
+    Ok(TokenSpec {
+        tenant: tenant.to_owned(),
+        var: parse_env_var(var)?,
+    })
+}
+
+/// The `TENANT=ENV_VAR` lines of a `--client-tokens-file`. Errors name the line, never
+/// its content.
+fn read_tokens_file(path: &std::path::Path) -> Result<Vec<TokenSpec>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut specs = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if !line.contains('=') {
+            return Err(format!(
+                "{} line {}: expected TENANT=ENV_VAR",
+                path.display(),
+                n + 1
+            ));
+        }
+        specs.push(
+            parse_token_spec(line)
+                .map_err(|msg| format!("{} line {}: {msg}", path.display(), n + 1))?,
+        );
+    }
+    Ok(specs)
+}
+
 fn parse_header_name(s: &str) -> Result<HeaderName, String> {
     HeaderName::from_bytes(s.as_bytes()).map_err(|_| format!("{s:?} is not a valid header name"))
 }
@@ -373,15 +434,22 @@ async fn main() -> ExitCode {
             }
         }
     }
-    let client_token = match cli
-        .client_token
-        .as_deref()
-        .map(|v| secret("--client-token", v))
-    {
-        Some(Err(code)) => return code,
-        Some(Ok(t)) => Some(t),
-        None => None,
-    };
+    let mut token_specs = cli.client_tokens.clone();
+    if let Some(path) = &cli.client_tokens_file {
+        match read_tokens_file(path) {
+            Ok(specs) => token_specs.extend(specs),
+            Err(msg) => return usage(format!("--client-tokens-file: {msg}")),
+        }
+    }
+    let mut client_tokens = Vec::with_capacity(token_specs.len());
+    for spec in &token_specs {
+        let token = match secret("--client-token", &spec.var) {
+            Ok(t) => t,
+            Err(code) => return code,
+        };
+        let tenant = Tenant::new(&spec.tenant).expect("checked by parse_token_spec");
+        client_tokens.push(ClientToken { tenant, token });
+    }
     let admin_token = match cli
         .admin_token
         .as_deref()
@@ -439,7 +507,7 @@ async fn main() -> ExitCode {
         proxy.session_headers = cli.session_headers;
     }
     proxy.scope_header = cli.scope_header;
-    proxy.client_token = client_token;
+    proxy.client_tokens = client_tokens;
     proxy.max_load_factor = cli.max_load_factor;
     proxy.body_session = !cli.no_body_session;
     proxy.failover.attempts = attempts;

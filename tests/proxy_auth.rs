@@ -1,0 +1,285 @@
+//! The example proxy's front door over TCP: client tokens in every place clients send an
+//! API key (`authorization`, `x-api-key`, `x-goog-api-key`, `?key=`), removed before
+//! forwarding; duplicate credentials refused; tenants whose bindings are their own.
+
+#[allow(dead_code, unused_imports)]
+#[path = "../examples/proxy/app.rs"]
+mod app;
+#[path = "support/proxy_harness.rs"]
+mod harness;
+#[path = "support/proxy_upstream.rs"]
+mod upstream;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use tokio::sync::oneshot;
+use tower_sticky_session::{BindingKey, MokaStore, Scope, SessionId};
+
+use app::auth::{ClientToken, Tenant};
+use app::keys::Secret;
+use app::{ProxyConfig, Upstream};
+use harness::Spawned;
+use upstream::{Account, Mode, within};
+
+const TOKEN_A: &str = "ct-alpha-19e4b7";
+const TOKEN_B: &str = "ct-bravo-6c02f1";
+
+struct Proxy {
+    addr: SocketAddr,
+    store: MokaStore,
+    client: Client<HttpConnector, Full<Bytes>>,
+    _stop: oneshot::Sender<()>,
+}
+
+fn token(tenant: &str, token: &str) -> ClientToken {
+    ClientToken {
+        tenant: Tenant::new(tenant).unwrap(),
+        token: Secret::from(token),
+    }
+}
+
+impl Proxy {
+    /// The proxy in front of `accounts` (keyless), with `tokens`, one attempt per request
+    /// (so that a failing account's answer is the client's) and `x-session-id` sessions.
+    async fn start(
+        accounts: &[&Account],
+        tokens: Vec<ClientToken>,
+        scope_header: Option<&str>,
+    ) -> Self {
+        let upstreams = accounts
+            .iter()
+            .map(|a| Upstream::new(a.name, &a.url()).unwrap())
+            .collect();
+        let mut cfg = ProxyConfig::new(upstreams);
+        cfg.session_headers = vec!["x-session-id".parse().unwrap()];
+        cfg.scope_header = scope_header.map(|h| h.parse().unwrap());
+        cfg.client_tokens = tokens;
+        cfg.failover.attempts = 1;
+        let store = MokaStore::new();
+        let (Spawned { addr, stop, .. }, _) = harness::start(&cfg, store.clone()).await;
+        Self {
+            addr,
+            store,
+            client: harness::client(),
+            _stop: stop,
+        }
+    }
+
+    /// Sends `req` (a path and query on the proxy, with headers) and reads the whole
+    /// answer: status, `x-served-by` (or ""), body.
+    async fn send(&self, pq: &str, headers: &[(&str, &str)]) -> (StatusCode, String, Bytes) {
+        let mut b = Request::post(format!("http://{}{pq}", self.addr));
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        let res = harness::send(&self.client, b.body(Full::default()).unwrap()).await;
+        let status = res.status();
+        let by = res
+            .headers()
+            .get("x-served-by")
+            .map_or(String::new(), |v| v.to_str().unwrap().to_owned());
+        let body = within("body", res.into_body().collect())
+            .await
+            .unwrap()
+            .to_bytes();
+        (status, by, body)
+    }
+
+    fn bound(&self, scope: Option<&'static str>, session: &str) -> Option<String> {
+        let key = BindingKey::new(
+            scope.map(Scope::from_static),
+            SessionId::new(session).unwrap(),
+        );
+        self.store.get(&key).map(|b| b.auth.as_str().to_owned())
+    }
+}
+
+/// Every header and the target an account received, as text.
+fn received(a: &Account) -> String {
+    a.seen()
+        .iter()
+        .map(|s| {
+            let mut t = format!("{} {}\n", s.method, s.uri);
+            for (n, v) in &s.headers {
+                t.push_str(&format!("{n}: {}\n", String::from_utf8_lossy(v.as_bytes())));
+            }
+            t
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn gemini_key_header_and_key_query_parameter_carry_the_token_and_never_reach_the_account() {
+    let a = Account::start("a", Mode::Stream).await;
+    let proxy = Proxy::start(&[&a], vec![token("default", TOKEN_A)], None).await;
+
+    let (status, _, _) = proxy.send("/v1/chat", &[("x-goog-api-key", TOKEN_A)]).await;
+    assert_eq!(status, StatusCode::OK);
+    // The key parameter is cut out; the other parameters keep their bytes and order.
+    let pq = format!("/v1beta/models/g:streamGenerateContent?alt=sse&key={TOKEN_A}&x=%2Fa+b&&y");
+    let (status, _, _) = proxy.send(&pq, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = proxy.send(&format!("/v1/m?key={TOKEN_A}"), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    // A percent-encoded name or value is the same parameter to an upstream.
+    let (status, _, _) = proxy
+        .send(
+            &format!("/v1/m?k%65y={}&z=1", TOKEN_A.replace('-', "%2D")),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let seen = a.seen();
+    assert_eq!(seen.len(), 4, "{}", received(&a));
+    assert_eq!(seen[0].uri.path_and_query().unwrap(), "/v1/chat");
+    assert!(!seen[0].headers.contains_key("x-goog-api-key"));
+    assert_eq!(
+        seen[1].uri.path_and_query().unwrap(),
+        "/v1beta/models/g:streamGenerateContent?alt=sse&x=%2Fa+b&&y"
+    );
+    assert_eq!(seen[2].uri.path_and_query().unwrap(), "/v1/m");
+    assert_eq!(seen[3].uri.path_and_query().unwrap(), "/v1/m?z=1");
+    assert!(!received(&a).contains(TOKEN_A), "{}", received(&a));
+    assert!(!received(&a).contains("%2D"), "{}", received(&a));
+
+    // A wrong key, in either place: 401, nothing forwarded.
+    let (status, _, _) = proxy.send("/v1/m?key=nope", &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = proxy.send("/v1/m", &[("x-goog-api-key", "nope")]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(a.count(), 4);
+}
+
+#[tokio::test]
+async fn a_duplicate_credential_gets_400_and_the_token_never_reaches_a_keyless_account() {
+    let a = Account::start("a", Mode::Stream).await;
+    let proxy = Proxy::start(&[&a], vec![token("default", TOKEN_A)], None).await;
+    let bearer = format!("Bearer {TOKEN_A}");
+    // The attack: junk first, the proxy's token second. Either order.
+    for headers in [
+        [
+            ("authorization", "Bearer junk"),
+            ("authorization", &*bearer),
+        ],
+        [
+            ("authorization", &*bearer),
+            ("authorization", "Bearer junk"),
+        ],
+        [("x-api-key", "junk"), ("x-api-key", TOKEN_A)],
+        [("x-goog-api-key", TOKEN_A), ("x-goog-api-key", "junk")],
+    ] {
+        let (status, by, body) = proxy.send("/v1/chat", &headers).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{headers:?}");
+        assert_eq!(by, "");
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("more than one"), "{body}");
+        assert!(body.contains(headers[0].0), "{body}");
+    }
+    let (status, _, body) = proxy
+        .send(&format!("/v1/m?key=junk&key={TOKEN_A}"), &[])
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&body).contains("`key` query parameter"));
+    assert_eq!(a.count(), 0, "{}", received(&a));
+
+    // One credential: served, without the token.
+    let (status, _, _) = proxy.send("/v1/chat", &[("authorization", &bearer)]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!received(&a).contains(TOKEN_A), "{}", received(&a));
+}
+
+#[tokio::test]
+async fn duplicate_credentials_get_400_without_client_tokens_too() {
+    let a = Account::start("a", Mode::Stream).await;
+    let proxy = Proxy::start(&[&a], Vec::new(), None).await;
+    let (status, _, _) = proxy
+        .send(
+            "/v1/chat",
+            &[("authorization", "Bearer x"), ("authorization", "Bearer y")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.count(), 0);
+    let (status, _, _) = proxy
+        .send("/v1/chat", &[("authorization", "Bearer x")])
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn two_tenants_with_one_session_id_get_independent_bindings() {
+    let a = Account::start("a", Mode::Stream).await;
+    let b = Account::start("b", Mode::Stream).await;
+    let tokens = vec![token("acme", TOKEN_A), token("bolt", TOKEN_B)];
+    let proxy = Proxy::start(&[&a, &b], tokens, None).await;
+    let as_tenant = |t: &'static str| [("x-api-key", t), ("x-session-id", "conv-1")];
+
+    // Round-robin: acme's conv-1 lands on a; bolt's conv-1 is a session of its own, so it
+    // is not pinned to a but takes the next account.
+    let (_, by, _) = proxy.send("/v1/chat", &as_tenant(TOKEN_A)).await;
+    assert_eq!(by, "a");
+    let (_, by, _) = proxy.send("/v1/chat", &as_tenant(TOKEN_B)).await;
+    assert_eq!(by, "b");
+    for _ in 0..2 {
+        assert_eq!(proxy.send("/v1/chat", &as_tenant(TOKEN_A)).await.1, "a");
+        assert_eq!(proxy.send("/v1/chat", &as_tenant(TOKEN_B)).await.1, "b");
+    }
+    assert_eq!(proxy.bound(Some("acme"), "conv-1").as_deref(), Some("a"));
+    assert_eq!(proxy.bound(Some("bolt"), "conv-1").as_deref(), Some("b"));
+    assert_eq!(proxy.bound(None, "conv-1"), None);
+}
+
+#[tokio::test]
+async fn one_tenants_failure_does_not_unbind_another_tenants_session() {
+    let a = Account::start("a", Mode::Stream).await;
+    let tokens = vec![token("acme", TOKEN_A), token("bolt", TOKEN_B)];
+    let proxy = Proxy::start(&[&a], tokens, Some("x-model")).await;
+    let headers = |t: &'static str| {
+        [
+            (
+                "authorization",
+                if t == TOKEN_A {
+                    "Bearer ct-alpha-19e4b7"
+                } else {
+                    "Bearer ct-bravo-6c02f1"
+                },
+            ),
+            ("x-session-id", "conv-1"),
+            ("x-model", "m1"),
+        ]
+    };
+    let (status, by, _) = proxy.send("/v1/chat", &headers(TOKEN_A)).await;
+    assert_eq!((status, by.as_str()), (StatusCode::OK, "a"));
+    assert_eq!(proxy.bound(Some("acme/m1"), "conv-1").as_deref(), Some("a"));
+
+    // bolt, same session id and model, on the same account, fails: only bolt's key is
+    // cleared.
+    a.set(Mode::Status(500, None));
+    let (status, by, _) = proxy.send("/v1/chat", &headers(TOKEN_B)).await;
+    assert_eq!(
+        (status, by.as_str()),
+        (StatusCode::INTERNAL_SERVER_ERROR, "a")
+    );
+    assert_eq!(proxy.bound(Some("acme/m1"), "conv-1").as_deref(), Some("a"));
+    assert_eq!(proxy.bound(Some("bolt/m1"), "conv-1"), None);
+
+    // Tokens of two tenants in one request: ambiguous, refused.
+    a.set(Mode::Stream);
+    let (status, _, _) = proxy
+        .send(
+            "/v1/chat",
+            &[
+                ("authorization", "Bearer ct-alpha-19e4b7"),
+                ("x-api-key", TOKEN_B),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.count(), 2);
+}
