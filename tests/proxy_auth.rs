@@ -1,6 +1,7 @@
 //! The example proxy's front door over TCP: client tokens in every place clients send an
 //! API key (`authorization`, `x-api-key`, `x-goog-api-key`, `?key=`), removed before
-//! forwarding; duplicate credentials refused; tenants whose bindings are their own.
+//! forwarding; duplicate credentials refused; tenants whose bindings are their own; and
+//! requests never forwarded (CONNECT, TRACE, `OPTIONS *`, dot-segments).
 
 #[allow(dead_code, unused_imports)]
 #[path = "../examples/proxy/app.rs"]
@@ -17,6 +18,8 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tower_sticky_session::{BindingKey, MokaStore, Scope, SessionId};
 
@@ -282,4 +285,67 @@ async fn one_tenants_failure_does_not_unbind_another_tenants_session() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(a.count(), 2);
+}
+
+/// Sends raw `head` to the proxy on a new connection and returns the status line of its
+/// answer.
+async fn raw_status(addr: SocketAddr, head: &str) -> String {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    within("the proxy's status line", async {
+        let mut buf = [0u8; 512];
+        while !out.contains(&b'\n') {
+            match conn.read(&mut buf).await.unwrap() {
+                0 => break,
+                n => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let out = String::from_utf8_lossy(&out);
+    out.lines().next().unwrap_or("").to_owned()
+}
+
+#[tokio::test]
+async fn connect_trace_asterisk_form_and_dot_segments_are_refused_and_not_forwarded() {
+    let a = Account::start("a", Mode::Stream).await;
+    let proxy = Proxy::start(&[&a], Vec::new(), None).await;
+    let close = "host: p\r\nconnection: close\r\n\r\n";
+    for (line, status) in [
+        ("CONNECT example.com:443 HTTP/1.1", "405"),
+        ("TRACE /v1/chat HTTP/1.1", "405"),
+        ("OPTIONS * HTTP/1.1", "400"),
+        ("GET /../../admin HTTP/1.1", "400"),
+        ("GET /v1/%2e%2e/x HTTP/1.1", "400"),
+        ("GET /v1/.%2E/x HTTP/1.1", "400"),
+        ("GET /v1/./x HTTP/1.1", "400"),
+        ("GET /v1/a%2f..%2fx HTTP/1.1", "400"),
+        ("GET /v1/..%5cx HTTP/1.1", "400"),
+        ("GET /v1/chat/.. HTTP/1.1", "400"),
+    ] {
+        let got = raw_status(proxy.addr, &format!("{line}\r\n{close}")).await;
+        assert!(
+            got.starts_with(&format!("HTTP/1.1 {status}")),
+            "{line}: {got}"
+        );
+    }
+    assert_eq!(a.count(), 0, "{}", received(&a));
+
+    // Dots that are not segments pass; a WebSocket upgrade (a GET) is not refused here.
+    for line in [
+        "GET /v1/models/gpt-4.1/x..y/.well HTTP/1.1",
+        "OPTIONS /v1/chat HTTP/1.1",
+    ] {
+        let got = raw_status(proxy.addr, &format!("{line}\r\n{close}")).await;
+        assert!(got.starts_with("HTTP/1.1 200"), "{line}: {got}");
+    }
+    let got = raw_status(
+        proxy.addr,
+        "GET /v1/realtime HTTP/1.1\r\nhost: p\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
+         sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await;
+    assert!(!got.contains(" 400") && !got.contains(" 405"), "{got}");
+    assert_eq!(a.count(), 3, "{}", received(&a));
 }

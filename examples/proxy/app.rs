@@ -7,6 +7,8 @@
 //!                                                 timeouts.rs; keys from keys.rs)
 //! ```
 //!
+//! - [`hygiene`]: requests never forwarded (CONNECT, TRACE, `OPTIONS *`, dot-segments),
+//!   refused first.
 //! - [`auth`]: `--client-token` (401 before anything else runs), one token per tenant;
 //!   sets the request's [`auth::Tenant`], which scopes its bindings.
 //! - The sticky layer reads the session, looks up its binding (`PinnedAuth`) and judges
@@ -27,6 +29,8 @@ pub(crate) mod auth;
 pub(crate) mod cooldown;
 #[path = "failover.rs"]
 pub(crate) mod failover;
+#[path = "hygiene.rs"]
+pub(crate) mod hygiene;
 #[path = "keys.rs"]
 pub(crate) mod keys;
 #[path = "picker.rs"]

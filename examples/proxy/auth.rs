@@ -20,6 +20,9 @@
 //! ([`tenant_scope`]): one tenant can neither find, move nor unbind another's bindings or
 //! learned response ids, even under the same session id. A request presenting tokens of
 //! two tenants gets 400.
+//!
+//! Before any of that, [`hygiene`](super::hygiene) refuses requests the proxy never
+//! forwards (CONNECT, TRACE, asterisk-form, dot-segments).
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -35,6 +38,7 @@ use http_body_util::{Either, Full};
 use tower::Service;
 use tower_sticky_session::Scope;
 
+use super::hygiene;
 use super::keys::Secret;
 
 /// `x-api-key`, another header a client token may arrive in.
@@ -320,7 +324,7 @@ fn without_query_part(uri: &Uri, index: usize) -> Result<Uri, http::Error> {
 
 /// Answers 401 to requests without a client token; passes the others on with the token
 /// removed (the proxy's token is not the accounts' business) and their [`Tenant`] in the
-/// extensions. Refuses ambiguous credentials.
+/// extensions. Refuses ambiguous credentials and what [`hygiene`] refuses.
 #[derive(Clone)]
 pub(crate) struct ClientAuth<S> {
     inner: S,
@@ -394,6 +398,9 @@ where
         let answer = |res: Response<Full<Bytes>>| -> Self::Future {
             Box::pin(std::future::ready(Ok(res.map(Either::Right))))
         };
+        if let Some(res) = hygiene::refuse(req.method(), req.uri()) {
+            return answer(res);
+        }
         let (tenant, carried, key_param) = match credentials(req.headers(), req.uri()) {
             Err(place) => {
                 tracing::info!(

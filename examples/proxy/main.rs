@@ -48,6 +48,9 @@
 //!   `TENANT=ENV_VAR`); with two tenants or more every binding and learned response id is
 //!   the tenant's own (scope `TENANT` or `TENANT/SCOPE-HEADER-VALUE`). A malformed request
 //!   body gets 400 and no binding is touched.
+//! - Never forwarded (refused before the token check): `CONNECT` and `TRACE` (405),
+//!   `OPTIONS *` (400), a path with a `.` or `..` segment, also percent-encoded (400:
+//!   refused, not normalised, so a path never climbs out of an account's URL prefix).
 //! - Timeouts: `--upstream-timeout` (60 s), `--idle-timeout` (300 s, silence inside a
 //!   response body, and inside a client's request body: then 400), `--header-timeout` (30 s, any connection without a complete request
 //!   head, whatever its protocol). `--max-connections` (10 000), HTTP/2 keep-alive pings,
