@@ -459,23 +459,20 @@ async fn tenants_from_flags_and_a_file_have_their_own_bindings_as_the_admin_list
     let client: TestClient = Client::builder(TokioExecutor::new()).build_http();
     let url = format!("http://{addr}/v1/chat");
     let served = |h: &http::HeaderMap| h["x-served-by"].to_str().unwrap().to_owned();
-    for _ in 0..2 {
-        let (status, h, _) = call(
-            &client,
-            Request::post(&url)
-                .header("x-api-key", CLIENT_TOKEN)
-                .header("x-session-id", "conv-1"),
-        )
-        .await;
-        assert_eq!((status, served(&h).as_str()), (StatusCode::OK, "a"));
-        let (status, h, _) = call(
-            &client,
-            Request::post(&url)
-                .header("x-goog-api-key", KEY_B)
-                .header("x-session-id", "conv-1"),
-        )
-        .await;
-        assert_eq!((status, served(&h).as_str()), (StatusCode::OK, "b"));
+    // Round-robin: acme's conv-1 lands on a, bolt's (a session of its own) on b.
+    for (header, token, account) in [
+        ("x-api-key", CLIENT_TOKEN, "a"),
+        ("x-goog-api-key", KEY_B, "b"),
+    ]
+    .into_iter()
+    .cycle()
+    .take(4)
+    {
+        let req = Request::post(&url)
+            .header(header, token)
+            .header("x-session-id", "conv-1");
+        let (status, h, _) = call(&client, req).await;
+        assert_eq!((status, served(&h).as_str()), (StatusCode::OK, account));
     }
     let bindings = |scope: &str| format!("http://{admin}/bindings?session=conv-1{scope}");
     let (status, _, body) = call(&client, Request::get(bindings("&scope=acme"))).await;
