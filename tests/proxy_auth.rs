@@ -54,6 +54,16 @@ impl Proxy {
         tokens: Vec<ClientToken>,
         scope_header: Option<&str>,
     ) -> Self {
+        Self::start_with(accounts, tokens, scope_header, |_| {}).await
+    }
+
+    /// [`start`](Self::start), with `tweak` applied to the configuration last.
+    async fn start_with(
+        accounts: &[&Account],
+        tokens: Vec<ClientToken>,
+        scope_header: Option<&str>,
+        tweak: impl FnOnce(&mut ProxyConfig),
+    ) -> Self {
         let upstreams = accounts
             .iter()
             .map(|a| Upstream::new(a.name, &a.url()).unwrap())
@@ -63,6 +73,7 @@ impl Proxy {
         cfg.scope_header = scope_header.map(|h| h.parse().unwrap());
         cfg.client_tokens = tokens;
         cfg.failover.attempts = 1;
+        tweak(&mut cfg);
         let store = MokaStore::new();
         let (Spawned { addr, stop, .. }, _) = harness::start(&cfg, store.clone()).await;
         Self {
@@ -76,11 +87,21 @@ impl Proxy {
     /// Sends `req` (a path and query on the proxy, with headers) and reads the whole
     /// answer: status, `x-served-by` (or ""), body.
     async fn send(&self, pq: &str, headers: &[(&str, &str)]) -> (StatusCode, String, Bytes) {
+        self.send_body(pq, headers, Bytes::new()).await
+    }
+
+    /// [`send`](Self::send) with a request body.
+    async fn send_body(
+        &self,
+        pq: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> (StatusCode, String, Bytes) {
         let mut b = Request::post(format!("http://{}{pq}", self.addr));
         for (n, v) in headers {
             b = b.header(*n, *v);
         }
-        let res = harness::send(&self.client, b.body(Full::default()).unwrap()).await;
+        let res = harness::send(&self.client, b.body(Full::new(body)).unwrap()).await;
         let status = res.status();
         let by = res
             .headers()
@@ -285,6 +306,47 @@ async fn one_tenants_failure_does_not_unbind_another_tenants_session() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(a.count(), 2);
+}
+
+#[tokio::test]
+async fn fingerprint_keeps_one_opening_on_its_account_within_a_tenant_never_across_tenants() {
+    let a = Account::start("a", Mode::Stream).await;
+    let b = Account::start("b", Mode::Stream).await;
+    let tokens = vec![token("acme", TOKEN_A), token("bolt", TOKEN_B)];
+    let proxy = Proxy::start_with(&[&a, &b], tokens, None, |cfg| cfg.fingerprint = true).await;
+    // No session header, no session field: only the opening identifies the conversation.
+    let turn = |n: usize| {
+        let mut messages = vec![
+            r#"{"role":"system","content":"be brief"}"#.to_owned(),
+            r#"{"role":"user","content":"hi"}"#.to_owned(),
+        ];
+        for i in 0..n {
+            messages.push(format!(r#"{{"role":"assistant","content":"a{i}"}}"#));
+            messages.push(format!(r#"{{"role":"user","content":"u{i}"}}"#));
+        }
+        Bytes::from(format!(
+            r#"{{"model":"m","messages":[{}]}}"#,
+            messages.join(",")
+        ))
+    };
+    let json = ("content-type", "application/json");
+    let mut seen = Vec::new();
+    for n in 0..3 {
+        for t in [TOKEN_A, TOKEN_B] {
+            let (status, by, _) = proxy
+                .send_body("/v1/chat", &[json, ("x-api-key", t)], turn(n))
+                .await;
+            assert_eq!(status, StatusCode::OK);
+            seen.push(by);
+        }
+        // A request with no session signal at all moves round-robin on by one: an
+        // unsticky conversation would change accounts.
+        let (status, _, _) = proxy.send("/v1/chat", &[("x-api-key", TOKEN_A)]).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    // Round-robin gave acme's conversation a and bolt's (the same opening) b; each then
+    // stays.
+    assert_eq!(seen, ["a", "b", "a", "b", "a", "b"]);
 }
 
 /// Sends raw `head` to the proxy on a new connection and returns the status line of its

@@ -203,6 +203,9 @@ pub(crate) struct ProxyConfig {
     pub(crate) max_load_factor: Option<f64>,
     /// Read session ids from JSON request bodies (off: `--no-body-session`).
     pub(crate) body_session: bool,
+    /// `--fingerprint`: a JSON body with no other session signal is sticky by a hash of
+    /// its conversation's opening, within the tenant's scope (needs `body_session`).
+    pub(crate) fingerprint: bool,
 }
 
 impl ProxyConfig {
@@ -210,7 +213,7 @@ impl ProxyConfig {
     /// ([`KNOWN_CLIENT_HEADERS`](tower_sticky_session::KNOWN_CLIENT_HEADERS)), no
     /// scope, no client token, 3 attempts, 10 s cooldown, 60 s upstream timeout, 300 s
     /// idle timeout, 16 MiB replay buffer, no load factor, session ids read from JSON
-    /// bodies.
+    /// bodies, no fingerprint.
     pub(crate) fn new(upstreams: Vec<Upstream>) -> Self {
         Self {
             upstreams,
@@ -226,6 +229,7 @@ impl ProxyConfig {
             },
             max_load_factor: None,
             body_session: true,
+            fingerprint: false,
         }
     }
 }
@@ -328,6 +332,11 @@ pub(crate) fn build<St: BindingStore + Clone>(
     if cfg.session_headers.is_empty() {
         return Err("at least one session header is required".into());
     }
+    if cfg.fingerprint && !cfg.body_session {
+        return Err(
+            "--fingerprint reads request bodies: it cannot go with --no-body-session".into(),
+        );
+    }
     auth::check_tokens(&cfg.client_tokens)?;
     let mut layer =
         StickySessionLayer::with_store(store.clone()).headers(cfg.session_headers.clone());
@@ -355,7 +364,9 @@ pub(crate) fn build<St: BindingStore + Clone>(
         // replays the same buffer (a body buffered whole is one `Bytes`, never copied).
         let body = SessionFromBodyLayer::new()
             .headers(cfg.session_headers.clone())
-            .max_buffer(cfg.failover.max_body_buffer);
+            .max_buffer(cfg.failover.max_body_buffer)
+            // Scoped like every binding: per tenant when there are several.
+            .fingerprint(cfg.fingerprint);
         body_stats = Some(body.stats().clone());
         let failover = Failover::new(picker.clone(), store, cfg.failover.clone())?;
         Either::Left(body.layer(layer.layer(failover)))

@@ -25,8 +25,9 @@
 //!   goes round-robin (command-line order, one counter). Without a session header, a
 //!   session field of a JSON body (`prompt_cache_key`, `metadata.user_id`, …; off with
 //!   `--no-body-session`) is used; a `previous_response_id` the proxy saw being created
-//!   pins hard to its account (never failed over). `x-served-by: NAME` names the
-//!   account that served.
+//!   pins hard to its account (never failed over). `--fingerprint`: a JSON body with
+//!   none of these is sticky by a hash of its conversation's opening (identical openings
+//!   of one tenant share an account). `x-served-by: NAME` names the account that served.
 //! - Failover (`--attempts N`, default 3): a 429/5xx, an unreachable account, no response
 //!   head or first data chunk within `--upstream-timeout`, or a body that ends before its
 //!   first chunk: the request is tried on an account not yet tried, as long as no byte of
@@ -214,6 +215,13 @@ struct Cli {
     /// metadata.user_id); sessions then come from headers only.
     #[arg(long = "no-body-session")]
     no_body_session: bool,
+
+    /// A JSON body with no other session signal (no session header, body field or
+    /// learned response id) is sticky by a keyed hash of its conversation's opening (system
+    /// prompt and first user message). Identical openings share an account: within one
+    /// tenant only (see --client-token TENANT=ENV_VAR). Not with --no-body-session.
+    #[arg(long = "fingerprint")]
+    fingerprint: bool,
 
     /// Seconds open requests may take to finish after Ctrl-C/SIGTERM before they are cut
     /// (exit code 3).
@@ -513,6 +521,7 @@ async fn main() -> ExitCode {
     proxy.client_tokens = client_tokens;
     proxy.max_load_factor = cli.max_load_factor;
     proxy.body_session = !cli.no_body_session;
+    proxy.fingerprint = cli.fingerprint;
     proxy.failover.attempts = attempts;
     proxy.failover.cooldown = cli.cooldown;
     proxy.failover.upstream_timeout = cli.upstream_timeout;
