@@ -247,7 +247,7 @@ async fn keys_tokens_and_logs(key_header: Option<&str>) {
     if let Some(h) = key_header {
         args.extend(["--key-header", h]);
     }
-    let mut child = proxy(&args)
+    let child = proxy(&args)
         .env("RUST_LOG", "trace")
         .env("TSS_KEY_A", KEY_A)
         .env("TSS_KEY_B", KEY_B)
@@ -351,31 +351,8 @@ async fn keys_tokens_and_logs(key_header: Option<&str>) {
     assert_eq!(body, r#"{"removed":2}"#);
 
     drop(client);
-    terminate(&child);
-    let status = within("exit", child.wait()).await.unwrap();
-    let mut out = Vec::new();
-    let mut err = Vec::new();
-    use tokio::io::AsyncReadExt;
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_end(&mut out)
-        .await
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_end(&mut err)
-        .await
-        .unwrap();
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out),
-        String::from_utf8_lossy(&err)
-    );
-    assert_eq!(status.code(), Some(0), "{log}");
+    let (status, log) = stop_and_read(child).await;
+    assert_eq!(status, Some(0), "{log}");
     assert!(
         log.contains("TRACE") || log.contains("DEBUG"),
         "not a trace log: {log}"
@@ -509,4 +486,65 @@ async fn one_token_for_two_tenants_or_a_bad_tenant_exits_2_without_echoing_the_t
         assert_eq!(out.status.code(), Some(2), "{}", text(&out));
         assert!(!text(&out).contains(CLIENT_TOKEN), "{}", text(&out));
     }
+}
+
+/// SIGTERM, then the proxy's exit code and everything it printed (stdout, then stderr).
+async fn stop_and_read(mut child: Child) -> (Option<i32>, String) {
+    use tokio::io::AsyncReadExt;
+    terminate(&child);
+    let status = within("exit", child.wait()).await.unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut stdout = child.stdout.take().unwrap();
+    stdout.read_to_end(&mut out).await.unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    stderr.read_to_end(&mut err).await.unwrap();
+    out.extend_from_slice(&err);
+    (status.code(), String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test]
+async fn the_proxied_log_line_says_failover_when_a_retry_served_not_pinned() {
+    let a = Account::start("a", Mode::Stream).await;
+    let b = Account::start("b", Mode::Stream).await;
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (ua, ub, listen) = (
+        format!("a={}", a.url()),
+        format!("b={}", b.url()),
+        addr.to_string(),
+    );
+    let child = proxy(&["--listen", &listen, "--upstream", &ua, "--upstream", &ub])
+        .env("RUST_LOG", "info")
+        .spawn()
+        .unwrap();
+    wait_listening(addr).await;
+    let client: TestClient = Client::builder(TokioExecutor::new()).build_http();
+    let chat = || Request::get(format!("http://{addr}/v1/chat")).header("x-session-id", "conv-1");
+    let (_, h, _) = call(&client, chat()).await;
+    assert_eq!(h["x-served-by"], "a");
+    let (_, h, _) = call(&client, chat()).await;
+    assert_eq!(h["x-served-by"], "a");
+    // The pin fails; b serves the retry.
+    a.set(Mode::Status(500, None));
+    let (status, h, _) = call(&client, chat()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h["x-served-by"], "b");
+    drop(client);
+
+    let (_, log) = stop_and_read(child).await;
+    let proxied: Vec<&str> = log.lines().filter(|l| l.contains(" proxied ")).collect();
+    assert_eq!(proxied.len(), 3, "{log}");
+    assert!(proxied[0].contains(r#"pick="round-robin""#), "{log}");
+    assert!(proxied[1].contains(r#"pick="pinned""#), "{log}");
+    assert!(
+        proxied[2].contains("upstream=b") && proxied[2].contains(r#"pick="failover""#),
+        "{log}"
+    );
+    let failed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("attempt failed"))
+        .collect();
+    assert!(
+        failed.len() == 1 && failed[0].contains(r#"pick="pinned""#),
+        "{log}"
+    );
 }

@@ -243,6 +243,8 @@ where
         let mut pinned_failed = false;
         // The last attempt's answer and the index of its account.
         let mut answer = None;
+        // The attempt (from 0) whose account answered last, for the log's `pick`.
+        let mut answered = 0;
         for (k, &i) in tries.iter().enumerate() {
             let up = &self.picker.upstreams()[i];
             let body = match &replay {
@@ -255,6 +257,7 @@ where
             match self.attempt(i, up, &parts, body, &client_failed).await {
                 Attempt::Served(res) => {
                     answer = Some((res, i));
+                    answered = k;
                     break;
                 }
                 Attempt::ClientBody => {
@@ -274,10 +277,11 @@ where
                     tracing::info!(
                         method = %parts.method, path = parts.uri.path(),
                         session = %LogSession(session.as_ref()), upstream = %up.name(),
-                        pick = plan.how.as_str(), attempt = k + 1, status = res.status().as_u16(),
+                        pick = plan.how.label(k), attempt = k + 1, status = res.status().as_u16(),
                         why, last, "attempt failed"
                     );
                     answer = Some((res, i));
+                    answered = k;
                 }
             }
         }
@@ -293,7 +297,7 @@ where
         }
         tracing::info!(
             method = %parts.method, path = parts.uri.path(), session = %LogSession(session.as_ref()),
-            %source, upstream = %final_name, pick = plan.how.as_str(),
+            %source, upstream = %final_name, pick = plan.how.label(answered),
             status = res.status().as_u16(), "proxied"
         );
         res
