@@ -548,3 +548,112 @@ async fn the_proxied_log_line_says_failover_when_a_retry_served_not_pinned() {
         "{log}"
     );
 }
+
+#[tokio::test]
+async fn out_of_range_durations_and_sizes_exit_2_naming_the_flag_never_panic() {
+    for (flag, value) in [
+        ("--ttl", "40000000000"),
+        ("--ttl", "18446744073709551616"),
+        ("--cooldown", "1e300"),
+        ("--upstream-timeout", "40000000000"),
+        ("--idle-timeout", "1e10"),
+        ("--header-timeout", "40000000000"),
+        ("--grace", "40000000000"),
+        ("--max-body-buffer", "18446744073709551615"),
+        ("--max-body-buffer", "99999999999999999999"),
+        ("--max-sessions", "18446744073709551615"),
+        ("--max-connections", "18446744073709551615"),
+    ] {
+        let out = run(&mut proxy(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "a=http://127.0.0.1:9",
+            flag,
+            value,
+        ]))
+        .await;
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {t}");
+        assert!(t.contains(flag), "{flag} {value}: {t}");
+        assert!(!t.contains("panicked"), "{flag} {value}: {t}");
+    }
+    // --fingerprint reads bodies: not with --no-body-session.
+    let out = run(&mut proxy(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        "a=http://127.0.0.1:9",
+        "--fingerprint",
+        "--no-body-session",
+    ]))
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--fingerprint"), "{}", text(&out));
+}
+
+#[tokio::test]
+async fn redis_env_reads_the_url_from_the_environment_and_never_prints_it() {
+    let out = run(proxy(&[
+        "--upstream",
+        "a=http://127.0.0.1:9",
+        "--redis-env",
+        "TSS_REDIS_UNSET",
+    ])
+    .env_remove("TSS_REDIS_UNSET"))
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("TSS_REDIS_UNSET"), "{}", text(&out));
+    // Not both.
+    let out = run(&mut proxy(&[
+        "--upstream",
+        "a=http://127.0.0.1:9",
+        "--redis",
+        "redis://127.0.0.1:9",
+        "--redis-env",
+        "TSS_REDIS_URL",
+    ]))
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    if !cfg!(feature = "redis") {
+        return;
+    }
+    // An invalid URL: exit 2 without the URL.
+    let out = run(proxy(&[
+        "--upstream",
+        "a=http://127.0.0.1:9",
+        "--redis-env",
+        "TSS_REDIS_URL",
+    ])
+    .env("TSS_REDIS_URL", "ftp://:hunter2@127.0.0.1:9"))
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(!text(&out).contains("hunter2"), "{}", text(&out));
+
+    // Redis down (nothing listens): the proxy starts, serves unsticky, says "redis".
+    let a = Account::start("a", Mode::Stream).await;
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (listen, ua) = (addr.to_string(), format!("a={}", a.url()));
+    let redis = format!("redis://:hunter2@127.0.0.1:{}", free_port());
+    let child = proxy(&[
+        "--listen",
+        &listen,
+        "--upstream",
+        &ua,
+        "--redis-env",
+        "TSS_REDIS_URL",
+    ])
+    .env("RUST_LOG", "debug")
+    .env("TSS_REDIS_URL", &redis)
+    .spawn()
+    .unwrap();
+    wait_listening(addr).await;
+    let client: TestClient = Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::get(format!("http://{addr}/v1/chat")).header("x-session-id", "conv-1");
+    let (status, _, _) = call(&client, req).await;
+    assert_eq!(status, StatusCode::OK);
+    drop(client);
+    let (_, log) = stop_and_read(child).await;
+    assert!(log.contains("bindings: redis"), "{log}");
+    assert!(!log.contains("hunter2"), "{log}");
+}

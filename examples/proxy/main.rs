@@ -57,7 +57,8 @@
 //!   head, whatever its protocol). `--max-connections` (10 000), HTTP/2 keep-alive pings,
 //!   64 KiB write buffers per connection.
 //! - `--scope-header NAME` keeps separate bindings per value of that header (e.g. a model).
-//! - `--redis URL` keeps the bindings in Redis, shared by every replica that names the same
+//! - `--redis URL` (or `--redis-env ENV_VAR`, the URL read from that variable, out of
+//!   `ps`) keeps the bindings in Redis, shared by every replica that names the same
 //!   server (e.g. `redis://127.0.0.1:6379`; a Cluster as `redis+cluster://h1:p1,h2:p2`, a
 //!   primary behind Sentinel as `redis+sentinel://s1:p1,s2:p2/master-name`). Redis down or slow: requests are served
 //!   without stickiness, never failed; sharing resumes when it is back. `--max-sessions`
@@ -66,6 +67,9 @@
 //!   `admin.rs`): `GET /metrics`, `GET|DELETE /bindings?session=S[&scope=X]`,
 //!   `GET /bindings/count`, `DELETE /accounts/NAME/bindings`; `--admin-token ENV_VAR`
 //!   protects it and is required on a non-loopback address.
+//! - Every duration flag takes at most 999999999 s, `--max-sessions` and
+//!   `--max-connections` at most 10^9, `--max-body-buffer` at most 1 GiB: a larger value
+//!   is a command-line error (exit 2), never a panic later.
 //! - Ctrl-C or SIGTERM: stop accepting, let open requests finish (up to `--grace`, 30 s; a
 //!   second Ctrl-C exits at once). Exit code 0 after a clean drain, 3 when streams had to
 //!   be cut, 2 for a bad command line or configuration. Logs: `RUST_LOG` (default `info`).
@@ -101,6 +105,17 @@ const EXIT_USAGE: u8 = 2;
 
 /// Exit code when open streams had to be cut at the end of the grace period.
 const EXIT_CUT: u8 = 3;
+
+/// The longest duration any flag takes, in seconds (about 31 years): far below what
+/// `Instant` arithmetic, moka (1000 years) or Redis (`PX` in i64 milliseconds) overflow
+/// at, so that no value that parses can panic later.
+const MAX_SECS: u64 = 999_999_999;
+
+/// The largest count (`--max-sessions`, `--max-connections`).
+const MAX_COUNT: u64 = 1_000_000_000;
+
+/// The largest `--max-body-buffer`: 1 GiB, already more than one request should hold.
+const MAX_BODY_BUFFER: usize = 1 << 30;
 
 /// Sticky-session reverse proxy: requests of one session stay on one upstream account.
 ///
@@ -159,11 +174,11 @@ struct Cli {
     scope_header: Option<HeaderName>,
 
     /// Seconds a binding lives after its last successful response.
-    #[arg(long, value_name = "SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=MAX_SECS))]
     ttl: u64,
 
     /// Most bindings kept at once.
-    #[arg(long = "max-sessions", value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long = "max-sessions", value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=MAX_COUNT))]
     max_sessions: u64,
 
     /// Accounts tried per request (at most the number of accounts): a request is retried
@@ -192,7 +207,7 @@ struct Cli {
     header_timeout: Duration,
 
     /// Most client connections open at once.
-    #[arg(long = "max-connections", value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long = "max-connections", value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=MAX_COUNT))]
     max_connections: u64,
 
     /// A pin is not honoured when its account has more than F × the mean in-flight
@@ -207,7 +222,8 @@ struct Cli {
     #[arg(
         long = "max-body-buffer",
         value_name = "BYTES",
-        default_value_t = 16_777_216
+        default_value = "16777216",
+        value_parser = parse_body_buffer
     )]
     max_body_buffer: usize,
 
@@ -233,6 +249,11 @@ struct Cli {
     /// redis+sentinel://S1:P1,S2:P2/MASTER[/DB] for a primary behind Sentinel.
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
+
+    /// As --redis, the URL read from environment variable ENV_VAR at start-up: a
+    /// password in it stays out of the process list (`ps`) and shell history.
+    #[arg(long = "redis-env", value_name = "ENV_VAR", conflicts_with = "redis", value_parser = Quiet { flag: "--redis-env <ENV_VAR>", parse: parse_env_var })]
+    redis_env: Option<String>,
 
     /// Serve metrics and binding control on this address (off the proxied path space):
     /// GET /metrics, GET|DELETE /bindings?session=S[&scope=X], GET /bindings/count,
@@ -351,11 +372,25 @@ fn parse_env_var(s: &str) -> Result<String, String> {
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
-    s.parse::<f64>()
+    let v = s
+        .parse::<f64>()
         .ok()
-        .filter(|v| v.is_finite() && *v >= 0.0 && *v < 1e9)
-        .map(Duration::from_secs_f64)
-        .ok_or_else(|| format!("{s:?} is not a number of seconds"))
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .ok_or_else(|| format!("{s:?} is not a number of seconds"))?;
+    if v > MAX_SECS as f64 {
+        return Err(format!("{s} seconds is too long (at most {MAX_SECS})"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn parse_body_buffer(s: &str) -> Result<usize, String> {
+    let n: u64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of bytes"))?;
+    usize::try_from(n)
+        .ok()
+        .filter(|n| *n <= MAX_BODY_BUFFER)
+        .ok_or_else(|| format!("{s} bytes is too large (at most {MAX_BODY_BUFFER})"))
 }
 
 fn parse_positive_secs(s: &str) -> Result<Duration, String> {
@@ -423,8 +458,30 @@ async fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
+    let redis_url = match (&cli.redis, &cli.redis_env) {
+        (Some(url), _) => Some(url.clone()),
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(url) if !url.is_empty() => Some(url),
+            Ok(_) => {
+                return usage(format!(
+                    "--redis-env {var}: environment variable {var} is empty"
+                ));
+            }
+            Err(std::env::VarError::NotPresent) => {
+                return usage(format!(
+                    "--redis-env {var}: environment variable {var} is not set"
+                ));
+            }
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return usage(format!(
+                    "--redis-env {var}: environment variable {var} is not valid UTF-8"
+                ));
+            }
+        },
+        (None, None) => None,
+    };
     #[cfg(not(feature = "redis"))]
-    if cli.redis.is_some() {
+    if redis_url.is_some() {
         return usage("--redis: redis store not available in this build");
     }
 
@@ -541,7 +598,7 @@ async fn main() -> ExitCode {
     let ttl = Duration::from_secs(cli.ttl);
 
     #[cfg(feature = "redis")]
-    if let Some(url) = cli.redis {
+    if let Some(url) = redis_url {
         // Fails only on an invalid URL (the error does not repeat it); Redis may be down:
         // the proxy then serves without stickiness until it is back.
         let store = match RedisStore::builder(&url).ttl(ttl).build() {
