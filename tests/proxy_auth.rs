@@ -349,6 +349,39 @@ async fn fingerprint_keeps_one_opening_on_its_account_within_a_tenant_never_acro
     assert_eq!(seen, ["a", "b", "a", "b", "a", "b"]);
 }
 
+#[tokio::test]
+async fn a_response_id_learned_for_one_tenant_does_not_pin_another_tenants_request() {
+    const CREATED: &str = r#"{"id":"resp_0a1b2c3d4e5f","object":"response","output":[]}"#;
+    let a = Account::start("a", Mode::Json(CREATED)).await;
+    let b = Account::start("b", Mode::Json(CREATED)).await;
+    let tokens = vec![token("acme", TOKEN_A), token("bolt", TOKEN_B)];
+    let proxy = Proxy::start(&[&a, &b], tokens, None).await;
+    let json = ("content-type", "application/json");
+    let (_, by, _) = proxy
+        .send_body(
+            "/v1/responses",
+            &[json, ("x-api-key", TOKEN_A)],
+            Bytes::from_static(b"{}"),
+        )
+        .await;
+    assert_eq!(by, "a");
+    let chained = Bytes::from_static(br#"{"previous_response_id":"resp_0a1b2c3d4e5f"}"#);
+    // acme's chain is pinned (hard) to a, past the round-robin turn of b.
+    let (_, by, _) = proxy
+        .send_body(
+            "/v1/responses",
+            &[json, ("x-api-key", TOKEN_A)],
+            chained.clone(),
+        )
+        .await;
+    assert_eq!(by, "a");
+    // bolt names the same id: not acme's binding; round-robin gives b.
+    let (_, by, _) = proxy
+        .send_body("/v1/responses", &[json, ("x-api-key", TOKEN_B)], chained)
+        .await;
+    assert_eq!(by, "b");
+}
+
 /// Sends raw `head` to the proxy on a new connection and returns the status line of its
 /// answer.
 async fn raw_status(addr: SocketAddr, head: &str) -> String {
