@@ -54,9 +54,12 @@ async fn echo_account() -> SocketAddr {
                 let on_upgrade = hyper::upgrade::on(&mut req);
                 tokio::spawn(async move {
                     let upgraded = on_upgrade.await.unwrap();
-                    let mut ws =
-                        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
-                            .await;
+                    let mut ws = WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        Role::Server,
+                        None,
+                    )
+                    .await;
                     while let Some(Ok(m)) = ws.next().await {
                         if m.is_close() || ws.send(m).await.is_err() {
                             return;

@@ -247,7 +247,7 @@ async fn keys_tokens_and_logs(key_header: Option<&str>) {
     if let Some(h) = key_header {
         args.extend(["--key-header", h]);
     }
-    let mut child = proxy(&args)
+    let child = proxy(&args)
         .env("RUST_LOG", "trace")
         .env("TSS_KEY_A", KEY_A)
         .env("TSS_KEY_B", KEY_B)
@@ -351,31 +351,8 @@ async fn keys_tokens_and_logs(key_header: Option<&str>) {
     assert_eq!(body, r#"{"removed":2}"#);
 
     drop(client);
-    terminate(&child);
-    let status = within("exit", child.wait()).await.unwrap();
-    let mut out = Vec::new();
-    let mut err = Vec::new();
-    use tokio::io::AsyncReadExt;
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_end(&mut out)
-        .await
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_end(&mut err)
-        .await
-        .unwrap();
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out),
-        String::from_utf8_lossy(&err)
-    );
-    assert_eq!(status.code(), Some(0), "{log}");
+    let (status, log) = stop_and_read(child).await;
+    assert_eq!(status, Some(0), "{log}");
     assert!(
         log.contains("TRACE") || log.contains("DEBUG"),
         "not a trace log: {log}"
@@ -422,4 +399,261 @@ async fn exit_code_is_non_zero_when_the_grace_period_cuts_a_stream() {
     let status = within("exit", child.wait()).await.unwrap();
     assert_eq!(status.code(), Some(3));
     drop(res);
+}
+
+#[tokio::test]
+async fn tenants_from_flags_and_a_file_have_their_own_bindings_as_the_admin_listener_shows() {
+    let a = Account::start("a", Mode::Stream).await;
+    let b = Account::start("b", Mode::Stream).await;
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = std::env::temp_dir().join(format!("tss-tokens-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tokens");
+    std::fs::write(&file, "# tenant=ENV_VAR\n\nbolt=TSS_BOLT_TOKEN\n").unwrap();
+    let (ua, ub) = (format!("a={}", a.url()), format!("b={}", b.url()));
+    let (listen, admin_at) = (addr.to_string(), admin.to_string());
+    let mut child = proxy(&[
+        "--listen",
+        &listen,
+        "--admin",
+        &admin_at,
+        "--upstream",
+        &ua,
+        "--upstream",
+        &ub,
+        "--client-token",
+        "acme=TSS_ACME_TOKEN",
+        "--client-tokens-file",
+        file.to_str().unwrap(),
+    ])
+    .env("TSS_ACME_TOKEN", CLIENT_TOKEN)
+    .env("TSS_BOLT_TOKEN", KEY_B)
+    .spawn()
+    .unwrap();
+    wait_listening(addr).await;
+    wait_listening(admin).await;
+    let client: TestClient = Client::builder(TokioExecutor::new()).build_http();
+    let url = format!("http://{addr}/v1/chat");
+    let served = |h: &http::HeaderMap| h["x-served-by"].to_str().unwrap().to_owned();
+    // Round-robin: acme's conv-1 lands on a, bolt's (a session of its own) on b.
+    for (header, token, account) in [
+        ("x-api-key", CLIENT_TOKEN, "a"),
+        ("x-goog-api-key", KEY_B, "b"),
+    ]
+    .into_iter()
+    .cycle()
+    .take(4)
+    {
+        let req = Request::post(&url)
+            .header(header, token)
+            .header("x-session-id", "conv-1");
+        let (status, h, _) = call(&client, req).await;
+        assert_eq!((status, served(&h).as_str()), (StatusCode::OK, account));
+    }
+    let bindings = |scope: &str| format!("http://{admin}/bindings?session=conv-1{scope}");
+    let (status, _, body) = call(&client, Request::get(bindings("&scope=acme"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&body).contains(r#""auth":"a""#));
+    let (status, _, body) = call(&client, Request::get(bindings("&scope=bolt"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&body).contains(r#""auth":"b""#));
+    let (status, _, _) = call(&client, Request::get(bindings(""))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    drop(child.kill().await);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn one_token_for_two_tenants_or_a_bad_tenant_exits_2_without_echoing_the_token() {
+    let out = run(proxy(&[
+        "--upstream",
+        "a=http://127.0.0.1:9",
+        "--client-token",
+        "acme=TSS_T1",
+        "--client-token",
+        "bolt=TSS_T2",
+    ])
+    .env("TSS_T1", CLIENT_TOKEN)
+    .env("TSS_T2", CLIENT_TOKEN))
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("same client token"), "{}", text(&out));
+    assert!(!text(&out).contains(CLIENT_TOKEN), "{}", text(&out));
+
+    for value in ["a/b=TSS_T1", &format!("acme={CLIENT_TOKEN}")] {
+        let out = run(&mut proxy(&["--client-token", value])).await;
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(!text(&out).contains(CLIENT_TOKEN), "{}", text(&out));
+    }
+}
+
+/// SIGTERM, then the proxy's exit code and everything it printed (stdout, then stderr).
+async fn stop_and_read(mut child: Child) -> (Option<i32>, String) {
+    use tokio::io::AsyncReadExt;
+    terminate(&child);
+    let status = within("exit", child.wait()).await.unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut stdout = child.stdout.take().unwrap();
+    stdout.read_to_end(&mut out).await.unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    stderr.read_to_end(&mut err).await.unwrap();
+    out.extend_from_slice(&err);
+    (status.code(), String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test]
+async fn the_proxied_log_line_says_failover_when_a_retry_served_not_pinned() {
+    let a = Account::start("a", Mode::Stream).await;
+    let b = Account::start("b", Mode::Stream).await;
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (ua, ub, listen) = (
+        format!("a={}", a.url()),
+        format!("b={}", b.url()),
+        addr.to_string(),
+    );
+    let child = proxy(&["--listen", &listen, "--upstream", &ua, "--upstream", &ub])
+        .env("RUST_LOG", "info")
+        .spawn()
+        .unwrap();
+    wait_listening(addr).await;
+    let client: TestClient = Client::builder(TokioExecutor::new()).build_http();
+    let chat = || Request::get(format!("http://{addr}/v1/chat")).header("x-session-id", "conv-1");
+    let (_, h, _) = call(&client, chat()).await;
+    assert_eq!(h["x-served-by"], "a");
+    let (_, h, _) = call(&client, chat()).await;
+    assert_eq!(h["x-served-by"], "a");
+    // The pin fails; b serves the retry.
+    a.set(Mode::Status(500, None));
+    let (status, h, _) = call(&client, chat()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h["x-served-by"], "b");
+    drop(client);
+
+    let (_, log) = stop_and_read(child).await;
+    let proxied: Vec<&str> = log.lines().filter(|l| l.contains(" proxied ")).collect();
+    assert_eq!(proxied.len(), 3, "{log}");
+    assert!(proxied[0].contains(r#"pick="round-robin""#), "{log}");
+    assert!(proxied[1].contains(r#"pick="pinned""#), "{log}");
+    assert!(
+        proxied[2].contains("upstream=b") && proxied[2].contains(r#"pick="failover""#),
+        "{log}"
+    );
+    let failed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("attempt failed"))
+        .collect();
+    assert!(
+        failed.len() == 1 && failed[0].contains(r#"pick="pinned""#),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn out_of_range_durations_and_sizes_exit_2_naming_the_flag_never_panic() {
+    for (flag, value) in [
+        ("--ttl", "40000000000"),
+        ("--ttl", "18446744073709551616"),
+        ("--cooldown", "1e300"),
+        ("--upstream-timeout", "40000000000"),
+        ("--idle-timeout", "1e10"),
+        ("--header-timeout", "40000000000"),
+        ("--grace", "40000000000"),
+        ("--max-body-buffer", "18446744073709551615"),
+        ("--max-body-buffer", "99999999999999999999"),
+        ("--max-sessions", "18446744073709551615"),
+        ("--max-connections", "18446744073709551615"),
+    ] {
+        let out = run(&mut proxy(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "a=http://127.0.0.1:9",
+            flag,
+            value,
+        ]))
+        .await;
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {t}");
+        assert!(t.contains(flag), "{flag} {value}: {t}");
+        assert!(!t.contains("panicked"), "{flag} {value}: {t}");
+    }
+    // --fingerprint reads bodies: not with --no-body-session.
+    let out = run(&mut proxy(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        "a=http://127.0.0.1:9",
+        "--fingerprint",
+        "--no-body-session",
+    ]))
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--fingerprint"), "{}", text(&out));
+}
+
+#[tokio::test]
+async fn redis_env_reads_the_url_from_the_environment_and_never_prints_it() {
+    let out = run(proxy(&[
+        "--upstream",
+        "a=http://127.0.0.1:9",
+        "--redis-env",
+        "TSS_REDIS_UNSET",
+    ])
+    .env_remove("TSS_REDIS_UNSET"))
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("TSS_REDIS_UNSET"), "{}", text(&out));
+    // Not both.
+    let out = run(&mut proxy(&[
+        "--upstream",
+        "a=http://127.0.0.1:9",
+        "--redis",
+        "redis://127.0.0.1:9",
+        "--redis-env",
+        "TSS_REDIS_URL",
+    ]))
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    if !cfg!(feature = "redis") {
+        return;
+    }
+    // An invalid URL: exit 2 without the URL.
+    let out = run(proxy(&[
+        "--upstream",
+        "a=http://127.0.0.1:9",
+        "--redis-env",
+        "TSS_REDIS_URL",
+    ])
+    .env("TSS_REDIS_URL", "ftp://:hunter2@127.0.0.1:9"))
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(!text(&out).contains("hunter2"), "{}", text(&out));
+
+    // Redis down (nothing listens): the proxy starts, serves unsticky, says "redis".
+    let a = Account::start("a", Mode::Stream).await;
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (listen, ua) = (addr.to_string(), format!("a={}", a.url()));
+    let redis = format!("redis://:hunter2@127.0.0.1:{}", free_port());
+    let child = proxy(&[
+        "--listen",
+        &listen,
+        "--upstream",
+        &ua,
+        "--redis-env",
+        "TSS_REDIS_URL",
+    ])
+    .env("RUST_LOG", "debug")
+    .env("TSS_REDIS_URL", &redis)
+    .spawn()
+    .unwrap();
+    wait_listening(addr).await;
+    let client: TestClient = Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::get(format!("http://{addr}/v1/chat")).header("x-session-id", "conv-1");
+    let (status, _, _) = call(&client, req).await;
+    assert_eq!(status, StatusCode::OK);
+    drop(client);
+    let (_, log) = stop_and_read(child).await;
+    assert!(log.contains("bindings: redis"), "{log}");
+    assert!(!log.contains("hunter2"), "{log}");
 }

@@ -7,7 +7,10 @@
 //!                                                 timeouts.rs; keys from keys.rs)
 //! ```
 //!
-//! - [`auth`]: `--client-token` (401 before anything else runs).
+//! - [`hygiene`]: requests never forwarded (CONNECT, TRACE, `OPTIONS *`, dot-segments),
+//!   refused first.
+//! - [`auth`]: `--client-token` (401 before anything else runs), one token per tenant;
+//!   sets the request's [`auth::Tenant`], which scopes its bindings.
 //! - The sticky layer reads the session, looks up its binding (`PinnedAuth`) and judges
 //!   the response it gets back: it sits *outside* failover and timeouts, so it sees the
 //!   account that finally served (`ServedBy`) and every failure as that account's.
@@ -27,6 +30,8 @@ pub(crate) mod auth;
 pub(crate) mod cooldown;
 #[path = "failover.rs"]
 pub(crate) mod failover;
+#[path = "hygiene.rs"]
+pub(crate) mod hygiene;
 #[path = "keys.rs"]
 pub(crate) mod keys;
 #[path = "picker.rs"]
@@ -51,14 +56,14 @@ use tower_sticky_session::body_session::{
     BodySessionStats, BufferedBody, SessionFromBody, SessionFromBodyLayer,
 };
 use tower_sticky_session::{
-    AuthId, BindingStore, Scope, SessionId, Stats, StickySession, StickySessionLayer,
+    AuthId, BindingStore, SessionId, Stats, StickySession, StickySessionLayer,
 };
 
 pub(crate) use self::failover::FailoverConfig;
-pub(crate) use self::keys::{Secret, redact_url};
+pub(crate) use self::keys::redact_url;
 pub(crate) use self::serve::{Drained, ServeConfig, serve};
 
-use self::auth::ClientAuth;
+use self::auth::{ClientAuth, ClientToken, Tenant};
 use self::failover::Failover;
 use self::picker::Picker;
 use self::timeouts::{ClientBody, ClientBodyTimeout};
@@ -139,9 +144,15 @@ impl Upstream {
         self
     }
 
-    /// The account's key header, if it has one.
-    pub(crate) fn key(&self) -> Option<&(HeaderName, HeaderValue)> {
-        self.key.as_ref()
+    /// Puts the account's own key, if it has one, in place of every credential header
+    /// the client sent (`authorization`, `x-api-key`, `x-goog-api-key`).
+    pub(crate) fn apply_key(&self, headers: &mut HeaderMap) {
+        if let Some((name, value)) = &self.key {
+            headers.remove(header::AUTHORIZATION);
+            headers.remove(auth::X_API_KEY);
+            headers.remove(auth::X_GOOG_API_KEY);
+            headers.insert(name.clone(), value.clone());
+        }
     }
 
     /// The account's name as a header value (`x-served-by`).
@@ -192,14 +203,18 @@ pub(crate) struct ProxyConfig {
     pub(crate) session_headers: Vec<HeaderName>,
     /// If set, bindings are scoped by this header's value (e.g. provider or model).
     pub(crate) scope_header: Option<HeaderName>,
-    /// Every proxied request must present this token (`--client-token`).
-    pub(crate) client_token: Option<Secret>,
+    /// Every proxied request must present one of these tokens (`--client-token`); each
+    /// belongs to a tenant. With two tenants or more, bindings are scoped per tenant.
+    pub(crate) client_tokens: Vec<ClientToken>,
     /// Attempts, cooldown, timeouts, replay buffer.
     pub(crate) failover: FailoverConfig,
     /// `--max-load-factor`: pins to an account above F × the mean load (+1) move.
     pub(crate) max_load_factor: Option<f64>,
     /// Read session ids from JSON request bodies (off: `--no-body-session`).
     pub(crate) body_session: bool,
+    /// `--fingerprint`: a JSON body with no other session signal is sticky by a hash of
+    /// its conversation's opening, within the tenant's scope (needs `body_session`).
+    pub(crate) fingerprint: bool,
 }
 
 impl ProxyConfig {
@@ -207,13 +222,13 @@ impl ProxyConfig {
     /// ([`KNOWN_CLIENT_HEADERS`](tower_sticky_session::KNOWN_CLIENT_HEADERS)), no
     /// scope, no client token, 3 attempts, 10 s cooldown, 60 s upstream timeout, 300 s
     /// idle timeout, 16 MiB replay buffer, no load factor, session ids read from JSON
-    /// bodies.
+    /// bodies, no fingerprint.
     pub(crate) fn new(upstreams: Vec<Upstream>) -> Self {
         Self {
             upstreams,
             session_headers: tower_sticky_session::KNOWN_CLIENT_HEADERS.to_vec(),
             scope_header: None,
-            client_token: None,
+            client_tokens: Vec::new(),
             failover: FailoverConfig {
                 attempts: 3,
                 cooldown: Duration::from_secs(10),
@@ -224,6 +239,7 @@ impl ProxyConfig {
             },
             max_load_factor: None,
             body_session: true,
+            fingerprint: false,
         }
     }
 }
@@ -326,10 +342,26 @@ pub(crate) fn build<St: BindingStore + Clone>(
     if cfg.session_headers.is_empty() {
         return Err("at least one session header is required".into());
     }
+    if cfg.fingerprint && !cfg.body_session {
+        return Err(
+            "--fingerprint reads request bodies: it cannot go with --no-body-session".into(),
+        );
+    }
+    auth::check_tokens(&cfg.client_tokens)?;
     let mut layer =
         StickySessionLayer::with_store(store.clone()).headers(cfg.session_headers.clone());
-    if let Some(name) = cfg.scope_header.clone() {
-        layer = layer.scope_fn(move |parts| parts.headers.get(&name).map(Scope::from));
+    // With two tenants or more, every scope starts with the request's tenant (set by
+    // ClientAuth, which runs first); with one tenant or none, scopes are as they were.
+    let per_tenant = auth::tenant_count(&cfg.client_tokens) > 1;
+    let scope_header = cfg.scope_header.clone();
+    if per_tenant || scope_header.is_some() {
+        layer = layer.scope_fn(move |parts| {
+            let tenant = per_tenant
+                .then(|| parts.extensions.get::<Tenant>())
+                .flatten();
+            let value = scope_header.as_ref().and_then(|h| parts.headers.get(h));
+            auth::tenant_scope(tenant, value)
+        });
     }
     let picker = Arc::new(Picker::new(cfg.upstreams.clone(), cfg.max_load_factor));
     let stats = layer.stats();
@@ -342,7 +374,9 @@ pub(crate) fn build<St: BindingStore + Clone>(
         // replays the same buffer (a body buffered whole is one `Bytes`, never copied).
         let body = SessionFromBodyLayer::new()
             .headers(cfg.session_headers.clone())
-            .max_buffer(cfg.failover.max_body_buffer);
+            .max_buffer(cfg.failover.max_body_buffer)
+            // Scoped like every binding: per tenant when there are several.
+            .fingerprint(cfg.fingerprint);
         body_stats = Some(body.stats().clone());
         let failover = Failover::new(picker.clone(), store, cfg.failover.clone())?;
         Either::Left(body.layer(layer.layer(failover)))
@@ -354,7 +388,7 @@ pub(crate) fn build<St: BindingStore + Clone>(
         stats,
         service: ClientAuth::new(
             ClientBodyTimeout::new(stack, cfg.failover.idle_timeout),
-            cfg.client_token.clone(),
+            cfg.client_tokens.clone(),
         ),
         picker,
         body_stats,

@@ -54,9 +54,8 @@ use tower_sticky_session::{
     SessionSource,
 };
 
-use super::auth::X_API_KEY;
 use super::cooldown::retry_after;
-use super::picker::{InFlight, Pick, Picker, Plan};
+use super::picker::{InFlight, Picker, Plan};
 use super::timeouts::{First, ProxyBody, first_data};
 use super::ws::{self, WsConfig};
 use super::{BoxError, ErrorChain, LogSession, Upstream, X_SERVED_BY, strip_hop_by_hop};
@@ -291,6 +290,8 @@ where
         let mut pinned_failed = false;
         // The last attempt's answer and the index of its account.
         let mut answer = None;
+        // The attempt (from 0) whose account answered last, for the log's `pick`.
+        let mut answered = 0;
         for (k, &i) in tries.iter().enumerate() {
             let up = &self.picker.upstreams()[i];
             let body = match &replay {
@@ -303,6 +304,7 @@ where
             match self.attempt(i, up, &parts, body, &client_failed).await {
                 Attempt::Served(res) => {
                     answer = Some((res, i));
+                    answered = k;
                     break;
                 }
                 Attempt::ClientBody => {
@@ -322,10 +324,11 @@ where
                     tracing::info!(
                         method = %parts.method, path = parts.uri.path(),
                         session = %LogSession(session.as_ref()), upstream = %up.name(),
-                        pick = plan.how.as_str(), attempt = k + 1, status = res.status().as_u16(),
+                        pick = plan.how.label(k), attempt = k + 1, status = res.status().as_u16(),
                         why, last, "attempt failed"
                     );
                     answer = Some((res, i));
+                    answered = k;
                 }
             }
         }
@@ -341,7 +344,7 @@ where
         }
         tracing::info!(
             method = %parts.method, path = parts.uri.path(), session = %LogSession(session.as_ref()),
-            %source, upstream = %final_name, pick = plan.how.as_str(),
+            %source, upstream = %final_name, pick = plan.how.label(answered),
             status = res.status().as_u16(), "proxied"
         );
         res
@@ -382,7 +385,7 @@ where
                     ws::spawn(client, account, relay);
                     tracing::info!(
                         path = parts.uri.path(), %session, upstream = %up.name(),
-                        pick = pick_label(plan.how, k), attempt = k + 1, "websocket upgraded"
+                        pick = plan.how.label(k), attempt = k + 1, "websocket upgraded"
                     );
                     answer = Some(served(up, head, ProxyBody::message(Bytes::new())));
                     break;
@@ -435,12 +438,7 @@ where
         *req.uri_mut() = target;
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = parts.headers.clone();
-        if let Some((name, value)) = up.key() {
-            let h = req.headers_mut();
-            h.remove(header::AUTHORIZATION);
-            h.remove(X_API_KEY);
-            h.insert(name.clone(), value.clone());
-        }
+        up.apply_key(req.headers_mut());
         let in_flight = self.picker.start(i);
         let timeout = self.cfg.upstream_timeout;
         let res = match tokio::time::timeout(timeout, self.ws_client.request(req)).await {
@@ -520,13 +518,7 @@ where
         *req.uri_mut() = target;
         *req.version_mut() = parts.version;
         *req.headers_mut() = parts.headers.clone();
-        if let Some((name, value)) = up.key() {
-            // The account's own key replaces whatever credential the client sent.
-            let h = req.headers_mut();
-            h.remove(header::AUTHORIZATION);
-            h.remove(X_API_KEY);
-            h.insert(name.clone(), value.clone());
-        }
+        up.apply_key(req.headers_mut());
         let in_flight = self.picker.start(i);
         let timeout = self.cfg.upstream_timeout;
         let res = match tokio::time::timeout(timeout, self.client.request(req)).await {
@@ -643,15 +635,6 @@ enum WsAttempt {
     Answered(Response<ProxyBody>),
     /// 429/5xx, unreachable, timed out: the next account is tried.
     Failed(Response<ProxyBody>, &'static str),
-}
-
-/// The log's `pick`: how the first account was chosen, or `failover` for a later one.
-fn pick_label(how: Pick, attempt: usize) -> &'static str {
-    if attempt == 0 {
-        how.as_str()
-    } else {
-        "failover"
-    }
 }
 
 /// The upstream's response, named for the sticky layer and the client.

@@ -25,8 +25,9 @@
 //!   goes round-robin (command-line order, one counter). Without a session header, a
 //!   session field of a JSON body (`prompt_cache_key`, `metadata.user_id`, …; off with
 //!   `--no-body-session`) is used; a `previous_response_id` the proxy saw being created
-//!   pins hard to its account (never failed over). `x-served-by: NAME` names the
-//!   account that served.
+//!   pins hard to its account (never failed over). `--fingerprint`: a JSON body with
+//!   none of these is sticky by a hash of its conversation's opening (identical openings
+//!   of one tenant share an account). `x-served-by: NAME` names the account that served.
 //! - Failover (`--attempts N`, default 3): a 429/5xx, an unreachable account, no response
 //!   head or first data chunk within `--upstream-timeout`, or a body that ends before its
 //!   first chunk: the request is tried on an account not yet tried, as long as no byte of
@@ -39,9 +40,18 @@
 //!   `authorization: Bearer KEY` or `--key-header HEADER`; the client's `authorization` and
 //!   `x-api-key` are not forwarded to an account with a key. Keys and URL credentials
 //!   never appear in logs, metrics, admin answers, errors or response headers.
-//! - Clients: `--client-token ENV_VAR` requires `authorization: Bearer TOKEN` or
-//!   `x-api-key: TOKEN` (else 401, nothing forwarded). A malformed request body gets 400
-//!   and no binding is touched.
+//! - Clients: `--client-token ENV_VAR` requires the token as `authorization: Bearer
+//!   TOKEN`, `x-api-key: TOKEN`, `x-goog-api-key: TOKEN` or `?key=TOKEN` (else 401,
+//!   nothing forwarded); whichever carried it is removed before forwarding. Two of one
+//!   credential (two `authorization` headers, two `key` parameters, …): 400. Tenants:
+//!   `--client-token TENANT=ENV_VAR` (repeatable; plain `ENV_VAR` is the tenant
+//!   `default`; several tokens per tenant allowed) or `--client-tokens-file FILE` (lines
+//!   `TENANT=ENV_VAR`); with two tenants or more every binding and learned response id is
+//!   the tenant's own (scope `TENANT` or `TENANT/SCOPE-HEADER-VALUE`). A malformed request
+//!   body gets 400 and no binding is touched.
+//! - Never forwarded (refused before the token check): `CONNECT` and `TRACE` (405),
+//!   `OPTIONS *` (400), a path with a `.` or `..` segment, also percent-encoded (400:
+//!   refused, not normalised, so a path never climbs out of an account's URL prefix).
 //! - Timeouts: `--upstream-timeout` (60 s), `--idle-timeout` (300 s, silence inside a
 //!   response body, and inside a client's request body: then 400), `--header-timeout` (30 s, any connection without a complete request
 //!   head, whatever its protocol). `--max-connections` (10 000), HTTP/2 keep-alive pings,
@@ -52,7 +62,8 @@
 //!   or overload close inside the socket unbinds the session; `response.created` ids are
 //!   learned (see `ws.rs`).
 //! - `--scope-header NAME` keeps separate bindings per value of that header (e.g. a model).
-//! - `--redis URL` keeps the bindings in Redis, shared by every replica that names the same
+//! - `--redis URL` (or `--redis-env ENV_VAR`, the URL read from that variable, out of
+//!   `ps`) keeps the bindings in Redis, shared by every replica that names the same
 //!   server (e.g. `redis://127.0.0.1:6379`; a Cluster as `redis+cluster://h1:p1,h2:p2`, a
 //!   primary behind Sentinel as `redis+sentinel://s1:p1,s2:p2/master-name`). Redis down or slow: requests are served
 //!   without stickiness, never failed; sharing resumes when it is back. `--max-sessions`
@@ -61,6 +72,9 @@
 //!   `admin.rs`): `GET /metrics`, `GET|DELETE /bindings?session=S[&scope=X]`,
 //!   `GET /bindings/count`, `DELETE /accounts/NAME/bindings`; `--admin-token ENV_VAR`
 //!   protects it and is required on a non-loopback address.
+//! - Every duration flag takes at most 999999999 s, `--max-sessions` and
+//!   `--max-connections` at most 10^9, `--max-body-buffer` at most 1 GiB: a larger value
+//!   is a command-line error (exit 2), never a panic later.
 //! - Ctrl-C or SIGTERM: stop accepting, let open requests finish (up to `--grace`, 30 s; a
 //!   second Ctrl-C exits at once). Exit code 0 after a clean drain, 3 when streams had to
 //!   be cut, 2 for a bad command line or configuration. Logs: `RUST_LOG` (default `info`).
@@ -84,6 +98,7 @@ use tower_sticky_session::store::InspectStore;
 use tower_sticky_session::store::RedisStore;
 use tracing_subscriber::EnvFilter;
 
+use crate::app::auth::{ClientToken, Tenant};
 use crate::app::keys::{self, KeySpec, Secret};
 use crate::app::{Drained, ProxyConfig, ServeConfig, Upstream};
 
@@ -95,6 +110,17 @@ const EXIT_USAGE: u8 = 2;
 
 /// Exit code when open streams had to be cut at the end of the grace period.
 const EXIT_CUT: u8 = 3;
+
+/// The longest duration any flag takes, in seconds (about 31 years): far below what
+/// `Instant` arithmetic, moka (1000 years) or Redis (`PX` in i64 milliseconds) overflow
+/// at, so that no value that parses can panic later.
+const MAX_SECS: u64 = 999_999_999;
+
+/// The largest count (`--max-sessions`, `--max-connections`).
+const MAX_COUNT: u64 = 1_000_000_000;
+
+/// The largest `--max-body-buffer`: 1 GiB, already more than one request should hold.
+const MAX_BODY_BUFFER: usize = 1 << 30;
 
 /// Sticky-session reverse proxy: requests of one session stay on one upstream account.
 ///
@@ -121,10 +147,19 @@ struct Cli {
     #[arg(long = "key-header", value_name = "HEADER", value_parser = parse_header_name)]
     key_header: Option<HeaderName>,
 
-    /// Every proxied request must carry `authorization: Bearer TOKEN` or `x-api-key:
-    /// TOKEN`, TOKEN read from this environment variable; else 401.
-    #[arg(long = "client-token", value_name = "ENV_VAR", value_parser = Quiet { flag: "--client-token <ENV_VAR>", parse: parse_env_var })]
-    client_token: Option<String>,
+    /// Every proxied request must carry a client token (`authorization: Bearer TOKEN`,
+    /// `x-api-key`, `x-goog-api-key` or `?key=TOKEN`), TOKEN read from environment
+    /// variable ENV_VAR; else 401. Repeatable: `TENANT=ENV_VAR` names the token's tenant
+    /// (plain `ENV_VAR`: tenant "default"); with two tenants or more, each tenant's
+    /// bindings are its own.
+    #[arg(long = "client-token", value_name = "[TENANT=]ENV_VAR", value_parser = Quiet { flag: "--client-token <[TENANT=]ENV_VAR>", parse: parse_token_spec })]
+    client_tokens: Vec<TokenSpec>,
+
+    /// Client tokens from a file: one `TENANT=ENV_VAR` per line (blank lines and lines
+    /// starting with # ignored), as --client-token; the tokens themselves stay in the
+    /// environment.
+    #[arg(long = "client-tokens-file", value_name = "FILE")]
+    client_tokens_file: Option<std::path::PathBuf>,
 
     /// The admin listener requires this token (environment variable), as --client-token.
     /// Required when --admin is not a loopback address.
@@ -144,11 +179,11 @@ struct Cli {
     scope_header: Option<HeaderName>,
 
     /// Seconds a binding lives after its last successful response.
-    #[arg(long, value_name = "SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=MAX_SECS))]
     ttl: u64,
 
     /// Most bindings kept at once.
-    #[arg(long = "max-sessions", value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long = "max-sessions", value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=MAX_COUNT))]
     max_sessions: u64,
 
     /// Accounts tried per request (at most the number of accounts): a request is retried
@@ -177,7 +212,7 @@ struct Cli {
     header_timeout: Duration,
 
     /// Most client connections open at once.
-    #[arg(long = "max-connections", value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long = "max-connections", value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=MAX_COUNT))]
     max_connections: u64,
 
     /// A pin is not honoured when its account has more than F × the mean in-flight
@@ -192,7 +227,8 @@ struct Cli {
     #[arg(
         long = "max-body-buffer",
         value_name = "BYTES",
-        default_value_t = 16_777_216
+        default_value = "16777216",
+        value_parser = parse_body_buffer
     )]
     max_body_buffer: usize,
 
@@ -211,6 +247,13 @@ struct Cli {
     #[arg(long = "no-body-session")]
     no_body_session: bool,
 
+    /// A JSON body with no other session signal (no session header, body field or
+    /// learned response id) is sticky by a keyed hash of its conversation's opening (system
+    /// prompt and first user message). Identical openings share an account: within one
+    /// tenant only (see --client-token TENANT=ENV_VAR). Not with --no-body-session.
+    #[arg(long = "fingerprint")]
+    fingerprint: bool,
+
     /// Seconds open requests may take to finish after Ctrl-C/SIGTERM before they are cut
     /// (exit code 3).
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
@@ -221,6 +264,11 @@ struct Cli {
     /// redis+sentinel://S1:P1,S2:P2/MASTER[/DB] for a primary behind Sentinel.
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
+
+    /// As --redis, the URL read from environment variable ENV_VAR at start-up: a
+    /// password in it stays out of the process list (`ps`) and shell history.
+    #[arg(long = "redis-env", value_name = "ENV_VAR", conflicts_with = "redis", value_parser = Quiet { flag: "--redis-env <ENV_VAR>", parse: parse_env_var })]
+    redis_env: Option<String>,
 
     /// Serve metrics and binding control on this address (off the proxied path space):
     /// GET /metrics, GET|DELETE /bindings?session=S[&scope=X], GET /bindings/count,
@@ -280,6 +328,51 @@ impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for Quiet
     }
 }
 
+/// `--client-token [TENANT=]ENV_VAR`: whose token, and the variable that holds it.
+#[derive(Clone, Debug)]
+struct TokenSpec {
+    tenant: String,
+    var: String,
+}
+
+/// Parses `TENANT=ENV_VAR` or `ENV_VAR` (tenant "default"). Never echoes the value: it
+/// may be a pasted token.
+fn parse_token_spec(s: &str) -> Result<TokenSpec, String> {
+    let (tenant, var) = s.split_once('=').unwrap_or((Tenant::DEFAULT, s));
+    Tenant::new(tenant).map_err(|_| {
+        "TENANT must be 1 to 64 letters, digits, '-', '_' or '.' (TENANT=ENV_VAR)".to_owned()
+    })?;
+    Ok(TokenSpec {
+        tenant: tenant.to_owned(),
+        var: parse_env_var(var)?,
+    })
+}
+
+/// The `TENANT=ENV_VAR` lines of a `--client-tokens-file`. Errors name the line, never
+/// its content.
+fn read_tokens_file(path: &std::path::Path) -> Result<Vec<TokenSpec>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut specs = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if !line.contains('=') {
+            return Err(format!(
+                "{} line {}: expected TENANT=ENV_VAR",
+                path.display(),
+                n + 1
+            ));
+        }
+        specs.push(
+            parse_token_spec(line)
+                .map_err(|msg| format!("{} line {}: {msg}", path.display(), n + 1))?,
+        );
+    }
+    Ok(specs)
+}
+
 fn parse_header_name(s: &str) -> Result<HeaderName, String> {
     HeaderName::from_bytes(s.as_bytes()).map_err(|_| format!("{s:?} is not a valid header name"))
 }
@@ -294,11 +387,25 @@ fn parse_env_var(s: &str) -> Result<String, String> {
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
-    s.parse::<f64>()
+    let v = s
+        .parse::<f64>()
         .ok()
-        .filter(|v| v.is_finite() && *v >= 0.0 && *v < 1e9)
-        .map(Duration::from_secs_f64)
-        .ok_or_else(|| format!("{s:?} is not a number of seconds"))
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .ok_or_else(|| format!("{s:?} is not a number of seconds"))?;
+    if v > MAX_SECS as f64 {
+        return Err(format!("{s} seconds is too long (at most {MAX_SECS})"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn parse_body_buffer(s: &str) -> Result<usize, String> {
+    let n: u64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of bytes"))?;
+    usize::try_from(n)
+        .ok()
+        .filter(|n| *n <= MAX_BODY_BUFFER)
+        .ok_or_else(|| format!("{s} bytes is too large (at most {MAX_BODY_BUFFER})"))
 }
 
 fn parse_positive_secs(s: &str) -> Result<Duration, String> {
@@ -366,8 +473,30 @@ async fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
+    let redis_url = match (&cli.redis, &cli.redis_env) {
+        (Some(url), _) => Some(url.clone()),
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(url) if !url.is_empty() => Some(url),
+            Ok(_) => {
+                return usage(format!(
+                    "--redis-env {var}: environment variable {var} is empty"
+                ));
+            }
+            Err(std::env::VarError::NotPresent) => {
+                return usage(format!(
+                    "--redis-env {var}: environment variable {var} is not set"
+                ));
+            }
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return usage(format!(
+                    "--redis-env {var}: environment variable {var} is not valid UTF-8"
+                ));
+            }
+        },
+        (None, None) => None,
+    };
     #[cfg(not(feature = "redis"))]
-    if cli.redis.is_some() {
+    if redis_url.is_some() {
         return usage("--redis: redis store not available in this build");
     }
 
@@ -388,15 +517,22 @@ async fn main() -> ExitCode {
             }
         }
     }
-    let client_token = match cli
-        .client_token
-        .as_deref()
-        .map(|v| secret("--client-token", v))
-    {
-        Some(Err(code)) => return code,
-        Some(Ok(t)) => Some(t),
-        None => None,
-    };
+    let mut token_specs = cli.client_tokens.clone();
+    if let Some(path) = &cli.client_tokens_file {
+        match read_tokens_file(path) {
+            Ok(specs) => token_specs.extend(specs),
+            Err(msg) => return usage(format!("--client-tokens-file: {msg}")),
+        }
+    }
+    let mut client_tokens = Vec::with_capacity(token_specs.len());
+    for spec in &token_specs {
+        let token = match secret("--client-token", &spec.var) {
+            Ok(t) => t,
+            Err(code) => return code,
+        };
+        let tenant = Tenant::new(&spec.tenant).expect("checked by parse_token_spec");
+        client_tokens.push(ClientToken { tenant, token });
+    }
     let admin_token = match cli
         .admin_token
         .as_deref()
@@ -454,9 +590,10 @@ async fn main() -> ExitCode {
         proxy.session_headers = cli.session_headers;
     }
     proxy.scope_header = cli.scope_header;
-    proxy.client_token = client_token;
+    proxy.client_tokens = client_tokens;
     proxy.max_load_factor = cli.max_load_factor;
     proxy.body_session = !cli.no_body_session;
+    proxy.fingerprint = cli.fingerprint;
     proxy.failover.attempts = attempts;
     proxy.failover.cooldown = cli.cooldown;
     proxy.failover.upstream_timeout = cli.upstream_timeout;
@@ -478,7 +615,7 @@ async fn main() -> ExitCode {
     let ttl = Duration::from_secs(cli.ttl);
 
     #[cfg(feature = "redis")]
-    if let Some(url) = cli.redis {
+    if let Some(url) = redis_url {
         // Fails only on an invalid URL (the error does not repeat it); Redis may be down:
         // the proxy then serves without stickiness until it is back.
         let store = match RedisStore::builder(&url).ttl(ttl).build() {

@@ -48,6 +48,17 @@ impl Pick {
             Pick::RoundRobin => "round-robin",
         }
     }
+
+    /// What chose the account of attempt `attempt` (0 for the first) for the log: how the
+    /// first account was picked, or `failover` for any later one (a retried request's
+    /// final account is never the pin, whatever the plan said).
+    pub(crate) fn label(self, attempt: usize) -> &'static str {
+        if attempt == 0 {
+            self.as_str()
+        } else {
+            "failover"
+        }
+    }
 }
 
 /// The accounts a request tries, in order (indices into [`Picker::upstreams`]).

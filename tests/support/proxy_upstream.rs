@@ -57,6 +57,8 @@ pub(crate) enum Mode {
 /// A request as an account received it.
 #[derive(Clone, Debug)]
 pub(crate) struct Seen {
+    pub(crate) method: http::Method,
+    pub(crate) uri: http::Uri,
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
 }
@@ -151,6 +153,8 @@ async fn respond(
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     seen.lock().unwrap().push(Seen {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
         headers: parts.headers.clone(),
         body: body.clone(),
     });
