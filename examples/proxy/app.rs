@@ -16,12 +16,17 @@
 //!   chunk; retries only while no response byte reached the client.
 //! - [`picker`]: order of accounts, in-flight counts, `--max-load-factor`;
 //!   [`cooldown`]: 429/unreachable accounts are skipped for a while.
-//! - [`timeouts`]: the first-chunk peek and the client's body under `--idle-timeout`.
+//! - [`timeouts`]: the first-chunk peek, the client's body under `--idle-timeout` and
+//!   `--body-timeout`.
+//! - [`budget`]: `--max-buffered-total`, one budget for buffered request bodies.
+//! - [`resources`]: descriptors, and local resource errors that are nobody's account's.
 //! - [`keys`]: account keys from the environment, URL redaction.
 //! - [`serve`]: the hardened HTTP/1 + HTTP/2 accept loop.
 
 #[path = "auth.rs"]
 pub(crate) mod auth;
+#[path = "budget.rs"]
+pub(crate) mod budget;
 #[path = "cooldown.rs"]
 pub(crate) mod cooldown;
 #[path = "failover.rs"]
@@ -30,6 +35,8 @@ pub(crate) mod failover;
 pub(crate) mod keys;
 #[path = "picker.rs"]
 pub(crate) mod picker;
+#[path = "resources.rs"]
+pub(crate) mod resources;
 #[path = "serve.rs"]
 pub(crate) mod serve;
 #[path = "timeouts.rs"]
@@ -51,13 +58,16 @@ use tower_sticky_session::{
     AuthId, BindingStore, Scope, SessionId, Stats, StickySession, StickySessionLayer,
 };
 
+pub(crate) use self::budget::BufferBudget;
 pub(crate) use self::failover::FailoverConfig;
 pub(crate) use self::keys::{Secret, redact_url};
 pub(crate) use self::serve::{Drained, ServeConfig, serve};
 
 use self::auth::ClientAuth;
+use self::budget::{Budgeted, ReadUnlessRefused};
 use self::failover::Failover;
 use self::picker::Picker;
+use self::resources::ProxyClassifier;
 use self::timeouts::{ClientBody, ClientBodyTimeout};
 
 /// The response header that names the account that served a request.
@@ -197,14 +207,18 @@ pub(crate) struct ProxyConfig {
     pub(crate) max_load_factor: Option<f64>,
     /// Read session ids from JSON request bodies (off: `--no-body-session`).
     pub(crate) body_session: bool,
+    /// `--body-timeout`: the whole request body must arrive within this time of its head.
+    pub(crate) body_timeout: Duration,
+    /// `--max-buffered-total`: request body bytes buffered at once, all requests together.
+    pub(crate) max_buffered_total: usize,
 }
 
 impl ProxyConfig {
     /// `upstreams` with the command line's defaults: the known clients' session headers
     /// ([`KNOWN_CLIENT_HEADERS`](tower_sticky_session::KNOWN_CLIENT_HEADERS)), no
     /// scope, no client token, 3 attempts, 10 s cooldown, 60 s upstream timeout, 300 s
-    /// idle timeout, 16 MiB replay buffer, no load factor, session ids read from JSON
-    /// bodies.
+    /// idle timeout, 60 s body timeout, 16 MiB replay buffer, 256 MiB for all buffered
+    /// bodies, no load factor, session ids read from JSON bodies.
     pub(crate) fn new(upstreams: Vec<Upstream>) -> Self {
         Self {
             upstreams,
@@ -220,6 +234,8 @@ impl ProxyConfig {
             },
             max_load_factor: None,
             body_session: true,
+            body_timeout: Duration::from_secs(60),
+            max_buffered_total: 256 * 1024 * 1024,
         }
     }
 }
@@ -283,16 +299,21 @@ impl fmt::Display for ErrorChain<'_> {
 }
 
 /// The sticky-session layer around failover, for request bodies of type `B`.
-pub(crate) type Sticky<St, B> = StickySession<Failover<St, B>, St>;
+pub(crate) type Sticky<St, B> = StickySession<Failover<St, B>, St, ProxyClassifier>;
 
-/// The whole proxy service: client authentication, the request body's `--idle-timeout`,
-/// then (unless `--no-body-session`) the JSON-body session reader, then the sticky-session
-/// layer around failover.
-pub(crate) type ProxyService<St> = ClientAuth<
-    ClientBodyTimeout<
-        Either<SessionFromBody<Sticky<St, BufferedBody<ClientBody>>>, Sticky<St, ClientBody>>,
-    >,
+/// The JSON-body session reader in front of the sticky layer, skipped by a request whose
+/// body the budget refused.
+pub(crate) type Reader<St> = ReadUnlessRefused<
+    SessionFromBody<Sticky<St, BufferedBody<ClientBody>>>,
+    Sticky<St, BufferedBody<ClientBody>>,
 >;
+
+/// The whole proxy service: client authentication, the request body's `--idle-timeout`
+/// and `--body-timeout`, its place in `--max-buffered-total`, then (unless
+/// `--no-body-session`) the JSON-body session reader, then the sticky-session layer
+/// around failover.
+pub(crate) type ProxyService<St> =
+    ClientAuth<ClientBodyTimeout<Budgeted<Either<Reader<St>, Sticky<St, ClientBody>>>>>;
 
 /// The built proxy: its service and the sticky layer's counters.
 pub(crate) struct App<St: BindingStore> {
@@ -304,6 +325,8 @@ pub(crate) struct App<St: BindingStore> {
     pub(crate) picker: Arc<Picker>,
     /// The JSON-body session reader's counters, when it runs.
     pub(crate) body_stats: Option<BodySessionStats>,
+    /// `--max-buffered-total`'s counter.
+    pub(crate) budget: BufferBudget,
 }
 
 /// Builds the proxy for `cfg` with its bindings in `store`.
@@ -322,8 +345,17 @@ pub(crate) fn build<St: BindingStore + Clone>(
     if cfg.session_headers.is_empty() {
         return Err("at least one session header is required".into());
     }
-    let mut layer =
-        StickySessionLayer::with_store(store.clone()).headers(cfg.session_headers.clone());
+    if cfg.failover.max_body_buffer > cfg.max_buffered_total {
+        return Err(format!(
+            "--max-body-buffer ({}) is larger than --max-buffered-total ({}): no body could \
+             ever be buffered whole",
+            cfg.failover.max_body_buffer, cfg.max_buffered_total
+        )
+        .into());
+    }
+    let mut layer = StickySessionLayer::with_store(store.clone())
+        .headers(cfg.session_headers.clone())
+        .classifier(ProxyClassifier::default());
     if let Some(name) = cfg.scope_header.clone() {
         layer = layer.scope_fn(move |parts| parts.headers.get(&name).map(Scope::from));
     }
@@ -341,18 +373,22 @@ pub(crate) fn build<St: BindingStore + Clone>(
             .max_buffer(cfg.failover.max_body_buffer);
         body_stats = Some(body.stats().clone());
         let failover = Failover::new(picker.clone(), store, cfg.failover.clone())?;
-        Either::Left(body.layer(layer.layer(failover)))
+        let sticky = layer.layer(failover);
+        Either::Left(ReadUnlessRefused::new(body.layer(sticky.clone()), sticky))
     } else {
         let failover = Failover::new(picker.clone(), store, cfg.failover.clone())?;
         Either::Right(layer.layer(failover))
     };
+    let budget = BufferBudget::new(cfg.max_buffered_total);
+    let stack = Budgeted::new(stack, budget.clone(), cfg.failover.max_body_buffer);
     Ok(App {
         stats,
         service: ClientAuth::new(
-            ClientBodyTimeout::new(stack, cfg.failover.idle_timeout),
+            ClientBodyTimeout::new(stack, cfg.failover.idle_timeout, cfg.body_timeout),
             cfg.client_token.clone(),
         ),
         picker,
         body_stats,
+        budget,
     })
 }
