@@ -339,69 +339,73 @@ impl ConnTask {
         C: Future<Output = Result<(), BoxError>> + GracefulConn,
     {
         let peer = self.peer;
-        let mut conn = std::pin::pin!(conn);
         let mut epoch = self.activity.epoch.subscribe();
-        let mut last_epoch = None;
-        let header_deadline = Instant::now() + self.header_timeout;
-        let mut header_checked = false;
-        // Since when nothing has been open on the connection (as far as this task saw).
-        let mut idle_since = Instant::now();
-        // When the connection was shut down gracefully, if it was.
-        let mut shut_at: Option<Instant> = None;
-        loop {
-            let e = *epoch.borrow_and_update();
-            let open = self.activity.open();
-            if last_epoch != Some(e) {
-                last_epoch = Some(e);
-                if open == 0 {
-                    idle_since = Instant::now();
-                }
-            }
-            if shut_at.is_none() && self.activity.close.load(Ordering::Acquire) {
-                tracing::debug!(%peer, "shutting the connection down as asked");
-                conn.as_mut().shut_down();
-                shut_at = Some(Instant::now());
-                continue;
-            }
-            // With nothing open: when the idle timeout (or, once shut down, the linger)
-            // is over.
-            let idle_deadline = (open == 0).then(|| match shut_at {
-                None => idle_since + self.idle_timeout,
-                Some(at) => idle_since.max(at) + CLOSE_LINGER,
-            });
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %ErrorChain(&*e), "connection ended with an error");
+        // The connection is dropped at the end of this block: with it, hyper drops the
+        // requests still in flight on it (a client that went away) and their guards.
+        {
+            let mut conn = std::pin::pin!(conn);
+            let mut last_epoch = None;
+            let header_deadline = Instant::now() + self.header_timeout;
+            let mut header_checked = false;
+            // Since when nothing has been open on the connection (as far as this task saw).
+            let mut idle_since = Instant::now();
+            // When the connection was shut down gracefully, if it was.
+            let mut shut_at: Option<Instant> = None;
+            loop {
+                let e = *epoch.borrow_and_update();
+                let open = self.activity.open();
+                if last_epoch != Some(e) {
+                    last_epoch = Some(e);
+                    if open == 0 {
+                        idle_since = Instant::now();
                     }
-                    break;
                 }
-                () = tokio::time::sleep_until(header_deadline), if !header_checked => {
-                    if self.activity.got_head.load(Ordering::Acquire) {
-                        header_checked = true;
-                    } else {
-                        tracing::debug!(%peer, header_timeout = ?self.header_timeout, "closing a connection that sent no complete request head");
+                if shut_at.is_none() && self.activity.close.load(Ordering::Acquire) {
+                    tracing::debug!(%peer, "shutting the connection down as asked");
+                    conn.as_mut().shut_down();
+                    shut_at = Some(Instant::now());
+                    continue;
+                }
+                // With nothing open: when the idle timeout (or, once shut down, the linger)
+                // is over.
+                let idle_deadline = (open == 0).then(|| match shut_at {
+                    None => idle_since + self.idle_timeout,
+                    Some(at) => idle_since.max(at) + CLOSE_LINGER,
+                });
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(%peer, error = %ErrorChain(&*e), "connection ended with an error");
+                        }
+                        break;
+                    }
+                    () = tokio::time::sleep_until(header_deadline), if !header_checked => {
+                        if self.activity.got_head.load(Ordering::Acquire) {
+                            header_checked = true;
+                        } else {
+                            tracing::debug!(%peer, header_timeout = ?self.header_timeout, "closing a connection that sent no complete request head");
+                            return;
+                        }
+                    }
+                    _ = epoch.changed() => {}
+                    () = sleep_until_opt(idle_deadline) => {
+                        if epoch.has_changed().unwrap_or(false) {
+                            continue;
+                        }
+                        if shut_at.is_some() {
+                            tracing::debug!(%peer, "dropping a shut-down connection with nothing open");
+                            return;
+                        }
+                        tracing::debug!(%peer, idle_timeout = ?self.idle_timeout, "shutting down an idle connection");
+                        self.activity.close_soon();
+                    }
+                    _ = self.drain.wait_for(|d| *d), if shut_at.is_none() => {
+                        self.activity.close_soon();
+                    }
+                    _ = self.cut.wait_for(|c| *c) => {
+                        tracing::debug!(%peer, "connection cut at the end of the grace period");
                         return;
                     }
-                }
-                _ = epoch.changed() => {}
-                () = sleep_until_opt(idle_deadline) => {
-                    if epoch.has_changed().unwrap_or(false) {
-                        continue;
-                    }
-                    if shut_at.is_some() {
-                        tracing::debug!(%peer, "dropping a shut-down connection with nothing open");
-                        return;
-                    }
-                    tracing::debug!(%peer, idle_timeout = ?self.idle_timeout, "shutting down an idle connection");
-                    self.activity.close_soon();
-                }
-                _ = self.drain.wait_for(|d| *d), if shut_at.is_none() => {
-                    self.activity.close_soon();
-                }
-                _ = self.cut.wait_for(|c| *c) => {
-                    tracing::debug!(%peer, "connection cut at the end of the grace period");
-                    return;
                 }
             }
         }
