@@ -6,6 +6,10 @@ mod admin;
 #[allow(dead_code, unused_imports)]
 #[path = "../examples/proxy/app.rs"]
 mod app;
+#[path = "support/proxy_harness.rs"]
+mod harness;
+#[path = "support/proxy_upstream.rs"]
+mod upstream;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
@@ -108,4 +112,58 @@ async fn admin_endpoints_inspect_count_remove_and_export_metrics() {
     assert_eq!(body, r#"{"removed":null}"#);
     let (_, body) = call(addr, Method::GET, "/bindings/count").await;
     assert_eq!(body, r#"{"count":0}"#);
+}
+
+#[tokio::test]
+async fn silent_admin_connections_are_closed_at_the_header_timeout_and_the_main_port_serves() {
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+    use upstream::{Account, BOUND, Mode, within};
+
+    let a = Account::start("a", Mode::Stream).await;
+    let cfg = app::ProxyConfig::new(vec![app::Upstream::new("a", &a.url()).unwrap()]);
+    let store = MokaStore::new();
+    let built = app::build(&cfg, store.clone()).unwrap();
+    let mut main_cfg = app::ServeConfig::new(BOUND);
+    main_cfg.header_timeout = Duration::from_millis(300);
+    let router = admin::router(
+        store,
+        built.stats.clone(),
+        None,
+        admin::ProxyMetrics::default(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = listener.local_addr().unwrap();
+    tokio::spawn(app::serve(
+        listener,
+        router,
+        std::future::pending::<()>(),
+        admin::serve_config(&main_cfg),
+    ));
+    let proxy = harness::spawn(built.service, main_cfg).await;
+
+    // More silent connections than the admin listener holds at once.
+    let mut silent = Vec::new();
+    for _ in 0..app::resources::ADMIN_MAX_CONNECTIONS + 8 {
+        silent.push(tokio::net::TcpStream::connect(admin_addr).await.unwrap());
+    }
+    // The main port serves meanwhile.
+    let req = harness::chat(Method::GET, proxy.addr, None)
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let res = harness::send(&harness::client(), req).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    // Each silent connection is closed (those over the cap once they are accepted).
+    for mut conn in silent {
+        let mut out = Vec::new();
+        within(
+            "the admin listener closes a silent connection",
+            conn.read_to_end(&mut out),
+        )
+        .await
+        .unwrap();
+        assert!(out.is_empty());
+    }
+    let (status, _) = call(admin_addr, Method::GET, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
 }

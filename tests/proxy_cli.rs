@@ -657,3 +657,38 @@ async fn redis_env_reads_the_url_from_the_environment_and_never_prints_it() {
     assert!(log.contains("bindings: redis"), "{log}");
     assert!(!log.contains("hunter2"), "{log}");
 }
+
+#[tokio::test]
+async fn a_max_body_buffer_above_the_buffer_budget_exits_2() {
+    let out = run(&mut proxy(&[
+        "--upstream",
+        "a=http://127.0.0.1:9",
+        "--max-body-buffer",
+        "2000",
+        "--max-buffered-total",
+        "1000",
+    ]))
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("--max-buffered-total"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[tokio::test]
+async fn a_descriptor_limit_with_no_room_for_a_connection_exits_2() {
+    let script = format!(
+        "ulimit -n 100 && exec '{}' --upstream a=http://127.0.0.1:9",
+        proxy_bin().display()
+    );
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", &script])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let out = run(&mut cmd).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("RLIMIT_NOFILE"), "{}", text(&out));
+}

@@ -483,3 +483,43 @@ async fn an_idle_socket_is_closed_and_an_oversized_message_gets_1009() {
     }
     let _ = AuthId::from("unused");
 }
+
+/// The proxy with its own accept-loop settings.
+async fn proxy_serving(accounts: &[&WsAccount], serve: app::ServeConfig) -> Spawned {
+    let ups = accounts
+        .iter()
+        .map(|a| Upstream::new(a.name, &a.url()).unwrap())
+        .collect();
+    let built = app::build(&ProxyConfig::new(ups), MokaStore::new()).unwrap();
+    harness::spawn(built.service, serve).await
+}
+
+#[tokio::test]
+async fn an_open_socket_holds_its_connection_slot_and_a_drain_closes_it_with_1001() {
+    let a = WsAccount::start("acct-a").await;
+    let mut serve = app::ServeConfig::new(BOUND);
+    serve.max_connections = 1;
+    let Spawned { addr, stop, server } = proxy_serving(&[&a], serve).await;
+    let (mut ws, _) = connect(addr, Some("conv-7")).await;
+    turn(&mut ws, "").await;
+    // The upgraded socket still holds the only slot: a second connection is not served
+    // while it is open.
+    let mut second = Box::pin(connect(addr, Some("conv-8")));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut second)
+            .await
+            .is_err(),
+        "a second connection was served while the socket held the only slot"
+    );
+    // A drain closes the socket at once (going away), and ends clean.
+    drop(stop);
+    match within("the drain's close", ws.next()).await {
+        Some(Ok(Message::Close(Some(f)))) => assert_eq!(f.code, CloseCode::Away),
+        other => panic!("{other:?}"),
+    }
+    drop(ws);
+    assert_eq!(
+        within("the drain", server).await.unwrap(),
+        app::Drained::Clean
+    );
+}

@@ -16,6 +16,9 @@
 //! `x-api-key: TOKEN` (compared in constant time), else 401. The proxy refuses to start
 //! an admin listener on a non-loopback address without a token.
 //!
+//! The listener is served like the main one (`app::serve`): `--header-timeout`,
+//! `--conn-idle-timeout`, and at most 64 connections of its own ([`serve_config`]).
+//!
 //! `DELETE /accounts/{name}/bindings` walks every binding: it runs on the blocking pool,
 //! not on a runtime worker, so proxied requests are not stalled while it runs.
 
@@ -153,6 +156,17 @@ impl StoreMetrics for tower_sticky_session::store::RedisStore {
             ),
         ]
     }
+}
+
+/// How the admin listener is served: the main listener's header and idle timeouts (a
+/// silent or idle connection to it is closed like one to the main port), and at most
+/// [`ADMIN_MAX_CONNECTIONS`](crate::app::resources::ADMIN_MAX_CONNECTIONS) connections
+/// of its own, so that nothing on it can take the proxied traffic's connections or
+/// descriptors.
+pub(crate) fn serve_config(main: &crate::app::ServeConfig) -> crate::app::ServeConfig {
+    let mut cfg = main.clone();
+    cfg.max_connections = crate::app::resources::ADMIN_MAX_CONNECTIONS;
+    cfg
 }
 
 /// The admin routes over the proxy's store and counters.

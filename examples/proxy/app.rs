@@ -19,13 +19,18 @@
 //!   chunk; retries only while no response byte reached the client.
 //! - [`picker`]: order of accounts, in-flight counts, `--max-load-factor`;
 //!   [`cooldown`]: 429/unreachable accounts are skipped for a while.
-//! - [`timeouts`]: the first-chunk peek and the client's body under `--idle-timeout`.
+//! - [`timeouts`]: the first-chunk peek, the client's body under `--idle-timeout` and
+//!   `--body-timeout`.
+//! - [`budget`]: `--max-buffered-total`, one budget for buffered request bodies.
+//! - [`resources`]: descriptors, and local resource errors that are nobody's account's.
 //! - [`keys`]: account keys from the environment, URL redaction.
 //! - [`serve`]: the hardened HTTP/1 + HTTP/2 accept loop.
 //! - [`ws`]: WebSocket upgrades, failed over before the `101`, relayed after it.
 
 #[path = "auth.rs"]
 pub(crate) mod auth;
+#[path = "budget.rs"]
+pub(crate) mod budget;
 #[path = "cooldown.rs"]
 pub(crate) mod cooldown;
 #[path = "failover.rs"]
@@ -36,6 +41,8 @@ pub(crate) mod hygiene;
 pub(crate) mod keys;
 #[path = "picker.rs"]
 pub(crate) mod picker;
+#[path = "resources.rs"]
+pub(crate) mod resources;
 #[path = "serve.rs"]
 pub(crate) mod serve;
 #[path = "timeouts.rs"]
@@ -59,13 +66,16 @@ use tower_sticky_session::{
     AuthId, BindingStore, SessionId, Stats, StickySession, StickySessionLayer,
 };
 
+pub(crate) use self::budget::BufferBudget;
 pub(crate) use self::failover::FailoverConfig;
 pub(crate) use self::keys::redact_url;
 pub(crate) use self::serve::{Drained, ServeConfig, serve};
 
 use self::auth::{ClientAuth, ClientToken, Tenant};
+use self::budget::{Budgeted, ReadUnlessRefused};
 use self::failover::Failover;
 use self::picker::Picker;
+use self::resources::ProxyClassifier;
 use self::timeouts::{ClientBody, ClientBodyTimeout};
 
 /// The response header that names the account that served a request.
@@ -215,14 +225,18 @@ pub(crate) struct ProxyConfig {
     /// `--fingerprint`: a JSON body with no other session signal is sticky by a hash of
     /// its conversation's opening, within the tenant's scope (needs `body_session`).
     pub(crate) fingerprint: bool,
+    /// `--body-timeout`: the whole request body must arrive within this time of its head.
+    pub(crate) body_timeout: Duration,
+    /// `--max-buffered-total`: request body bytes buffered at once, all requests together.
+    pub(crate) max_buffered_total: usize,
 }
 
 impl ProxyConfig {
     /// `upstreams` with the command line's defaults: the known clients' session headers
     /// ([`KNOWN_CLIENT_HEADERS`](tower_sticky_session::KNOWN_CLIENT_HEADERS)), no
     /// scope, no client token, 3 attempts, 10 s cooldown, 60 s upstream timeout, 300 s
-    /// idle timeout, 16 MiB replay buffer, no load factor, session ids read from JSON
-    /// bodies, no fingerprint.
+    /// idle timeout, 60 s body timeout, 16 MiB replay buffer, 256 MiB for all buffered
+    /// bodies, no load factor, session ids read from JSON bodies, no fingerprint.
     pub(crate) fn new(upstreams: Vec<Upstream>) -> Self {
         Self {
             upstreams,
@@ -240,6 +254,8 @@ impl ProxyConfig {
             max_load_factor: None,
             body_session: true,
             fingerprint: false,
+            body_timeout: Duration::from_secs(60),
+            max_buffered_total: 256 * 1024 * 1024,
         }
     }
 }
@@ -303,16 +319,21 @@ impl fmt::Display for ErrorChain<'_> {
 }
 
 /// The sticky-session layer around failover, for request bodies of type `B`.
-pub(crate) type Sticky<St, B> = StickySession<Failover<St, B>, St>;
+pub(crate) type Sticky<St, B> = StickySession<Failover<St, B>, St, ProxyClassifier>;
 
-/// The whole proxy service: client authentication, the request body's `--idle-timeout`,
-/// then (unless `--no-body-session`) the JSON-body session reader, then the sticky-session
-/// layer around failover.
-pub(crate) type ProxyService<St> = ClientAuth<
-    ClientBodyTimeout<
-        Either<SessionFromBody<Sticky<St, BufferedBody<ClientBody>>>, Sticky<St, ClientBody>>,
-    >,
+/// The JSON-body session reader in front of the sticky layer, skipped by a request whose
+/// body the budget refused.
+pub(crate) type Reader<St> = ReadUnlessRefused<
+    SessionFromBody<Sticky<St, BufferedBody<ClientBody>>>,
+    Sticky<St, BufferedBody<ClientBody>>,
 >;
+
+/// The whole proxy service: client authentication, the request body's `--idle-timeout`
+/// and `--body-timeout`, its place in `--max-buffered-total`, then (unless
+/// `--no-body-session`) the JSON-body session reader, then the sticky-session layer
+/// around failover.
+pub(crate) type ProxyService<St> =
+    ClientAuth<ClientBodyTimeout<Budgeted<Either<Reader<St>, Sticky<St, ClientBody>>>>>;
 
 /// The built proxy: its service and the sticky layer's counters.
 pub(crate) struct App<St: BindingStore> {
@@ -324,6 +345,8 @@ pub(crate) struct App<St: BindingStore> {
     pub(crate) picker: Arc<Picker>,
     /// The JSON-body session reader's counters, when it runs.
     pub(crate) body_stats: Option<BodySessionStats>,
+    /// `--max-buffered-total`'s counter.
+    pub(crate) budget: BufferBudget,
 }
 
 /// Builds the proxy for `cfg` with its bindings in `store`.
@@ -348,8 +371,17 @@ pub(crate) fn build<St: BindingStore + Clone>(
         );
     }
     auth::check_tokens(&cfg.client_tokens)?;
-    let mut layer =
-        StickySessionLayer::with_store(store.clone()).headers(cfg.session_headers.clone());
+    if cfg.failover.max_body_buffer > cfg.max_buffered_total {
+        return Err(format!(
+            "--max-body-buffer ({}) is larger than --max-buffered-total ({}): no body could \
+             ever be buffered whole",
+            cfg.failover.max_body_buffer, cfg.max_buffered_total
+        )
+        .into());
+    }
+    let mut layer = StickySessionLayer::with_store(store.clone())
+        .headers(cfg.session_headers.clone())
+        .classifier(ProxyClassifier::default());
     // With two tenants or more, every scope starts with the request's tenant (set by
     // ClientAuth, which runs first); with one tenant or none, scopes are as they were.
     let per_tenant = auth::tenant_count(&cfg.client_tokens) > 1;
@@ -379,18 +411,22 @@ pub(crate) fn build<St: BindingStore + Clone>(
             .fingerprint(cfg.fingerprint);
         body_stats = Some(body.stats().clone());
         let failover = Failover::new(picker.clone(), store, cfg.failover.clone())?;
-        Either::Left(body.layer(layer.layer(failover)))
+        let sticky = layer.layer(failover);
+        Either::Left(ReadUnlessRefused::new(body.layer(sticky.clone()), sticky))
     } else {
         let failover = Failover::new(picker.clone(), store, cfg.failover.clone())?;
         Either::Right(layer.layer(failover))
     };
+    let budget = BufferBudget::new(cfg.max_buffered_total);
+    let stack = Budgeted::new(stack, budget.clone(), cfg.failover.max_body_buffer);
     Ok(App {
         stats,
         service: ClientAuth::new(
-            ClientBodyTimeout::new(stack, cfg.failover.idle_timeout),
+            ClientBodyTimeout::new(stack, cfg.failover.idle_timeout, cfg.body_timeout),
             cfg.client_tokens.clone(),
         ),
         picker,
         body_stats,
+        budget,
     })
 }

@@ -26,7 +26,10 @@
 //! (timed out) from the proxy, naming the account in `x-served-by`.
 //!
 //! A client whose request body is malformed (e.g. broken chunked encoding) gets 400 and
-//! no `ServedBy`: the failure is the client's, no binding is touched.
+//! no `ServedBy`: the failure is the client's, no binding is touched; 408 when the body
+//! did not arrive within `--body-timeout`. A body refused by `--max-buffered-total` is
+//! streamed through (one attempt). A local resource error on the upstream request
+//! (descriptors, buffers, memory: see `resources.rs`) is 503 and nobody's account's.
 
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
@@ -54,9 +57,12 @@ use tower_sticky_session::{
     SessionSource,
 };
 
+use super::budget::Buffering;
 use super::cooldown::retry_after;
 use super::picker::{InFlight, Picker, Plan};
-use super::timeouts::{First, ProxyBody, first_data};
+use super::resources::{local_resource_error, local_unavailable};
+use super::serve::ConnActivity;
+use super::timeouts::{BodyDeadline, First, ProxyBody, first_data};
 use super::ws::{self, WsConfig};
 use super::{BoxError, ErrorChain, LogSession, Upstream, X_SERVED_BY, strip_hop_by_hop};
 
@@ -214,8 +220,11 @@ enum Attempt {
     Served(Response<ProxyBody>),
     /// The account failed: this is the client's answer if no attempt is left.
     Failed(Response<ProxyBody>, &'static str),
-    /// The client's request body failed: 400, nobody's binding is touched.
+    /// The client's request body failed: 400 (408 past `--body-timeout`), nobody's
+    /// binding is touched.
     ClientBody,
+    /// The proxy ran out of its own resources: 503, no account blamed or tried.
+    Local,
 }
 
 impl<St, B> Shared<St, B>
@@ -238,6 +247,10 @@ where
             None
         };
         let binding = parts.extensions.remove::<Binding>();
+        let conn = parts.extensions.remove::<ConnActivity>();
+        // Held until the response is returned: the replay buffer's place in the budget.
+        let buffering = parts.extensions.remove::<Buffering>();
+        let deadline = parts.extensions.remove::<BodyDeadline>();
         // Nothing of this process's request extensions is for the upstream.
         parts.extensions = http::Extensions::new();
         let plan = self.picker.plan(pinned.as_ref(), hard, self.cfg.attempts);
@@ -245,6 +258,7 @@ where
             let ctx = WsRequest {
                 upgrade,
                 binding,
+                conn,
                 session: session.as_ref(),
                 key: key.as_ref(),
                 pinned: pinned.as_ref(),
@@ -256,9 +270,22 @@ where
         let mut streamed = None;
         let replay = if body.is_end_stream() {
             Some((Bytes::new(), None))
+        } else if matches!(buffering, Some(Buffering::Refused)) {
+            // --max-buffered-total is spent: streamed through, one attempt.
+            streamed = Some(UpBody::Chain {
+                prefix: VecDeque::new(),
+                rest: body,
+                client_failed: client_failed.clone(),
+            });
+            None
         } else {
             match buffer(body, self.cfg.max_body_buffer, &parts.headers).await {
-                Ok(Buffered::Complete(data, trailers)) => Some((data, trailers)),
+                Ok(Buffered::Complete(data, trailers)) => {
+                    if let Some(Buffering::Granted(grant)) = &buffering {
+                        grant.shrink_to(data.len());
+                    }
+                    Some((data, trailers))
+                }
                 Ok(Buffered::Partial(prefix, rest)) => {
                     streamed = Some(UpBody::Chain {
                         prefix,
@@ -268,12 +295,14 @@ where
                     None
                 }
                 Err(e) => {
+                    let res = client_body_failed(deadline.as_ref());
                     tracing::info!(
                         method = %parts.method, path = parts.uri.path(),
                         session = %LogSession(session.as_ref()), error = %ErrorChain(&*e.into()),
-                        "400: the client's request body is malformed or broke off"
+                        status = res.status().as_u16(),
+                        "the client's request body is malformed, broke off or came too slowly"
                     );
-                    return bad_request();
+                    return res;
                 }
             }
         };
@@ -308,12 +337,22 @@ where
                     break;
                 }
                 Attempt::ClientBody => {
+                    let res = client_body_failed(deadline.as_ref());
                     tracing::info!(
                         method = %parts.method, path = parts.uri.path(),
                         session = %LogSession(session.as_ref()), upstream = %up.name(),
-                        "400: the client's request body broke off while it was forwarded"
+                        status = res.status().as_u16(),
+                        "the client's request body broke off or came too slowly while it was forwarded"
                     );
-                    return bad_request();
+                    return res;
+                }
+                Attempt::Local => {
+                    tracing::warn!(
+                        method = %parts.method, path = parts.uri.path(),
+                        session = %LogSession(session.as_ref()), upstream = %up.name(),
+                        "503: the proxy is out of local resources (descriptors, buffers, memory); no account blamed"
+                    );
+                    return local_unavailable();
                 }
                 Attempt::Failed(res, why) => {
                     pinned_failed |= pinned.as_ref() == Some(up.name());
@@ -380,6 +419,8 @@ where
                         cfg: self.cfg.ws.clone(),
                         cooldown: self.cfg.cooldown,
                         _in_flight: in_flight,
+                        _busy: ws.conn.as_ref().map(ConnActivity::busy),
+                        conn: ws.conn.clone(),
                     };
                     let client = upgrade.take().expect("one upgrade per request");
                     ws::spawn(client, account, relay);
@@ -536,6 +577,10 @@ where
                 if client_failed.load(Ordering::Relaxed) {
                     return Attempt::ClientBody;
                 }
+                if let Some(io) = local_resource_error(&e) {
+                    tracing::warn!(upstream = %up.name(), error = %io, "local resource error on the upstream request");
+                    return Attempt::Local;
+                }
                 let why = if e.is_connect() {
                     self.picker.cool(i, self.cfg.cooldown);
                     "unreachable"
@@ -622,6 +667,7 @@ where
 struct WsRequest<'a> {
     upgrade: OnUpgrade,
     binding: Option<Binding>,
+    conn: Option<ConnActivity>,
     session: Option<&'a SessionId>,
     key: Option<&'a BindingKey>,
     pinned: Option<&'a AuthId>,
@@ -659,6 +705,14 @@ fn proxy_error(up: &Upstream, status: StatusCode, why: &str) -> Response<ProxyBo
     h.insert(X_SERVED_BY, up.header().clone());
     res.extensions_mut().insert(ServedBy(up.name().clone()));
     res
+}
+
+/// 408 for a client request body past its `--body-timeout`, else 400.
+fn client_body_failed(deadline: Option<&BodyDeadline>) -> Response<ProxyBody> {
+    match deadline {
+        Some(d) if d.expired() => d.response(),
+        _ => bad_request(),
+    }
 }
 
 /// 400 for a broken client request body: no `ServedBy`, no account to blame.

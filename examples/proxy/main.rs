@@ -53,14 +53,25 @@
 //!   `OPTIONS *` (400), a path with a `.` or `..` segment, also percent-encoded (400:
 //!   refused, not normalised, so a path never climbs out of an account's URL prefix).
 //! - Timeouts: `--upstream-timeout` (60 s), `--idle-timeout` (300 s, silence inside a
-//!   response body, and inside a client's request body: then 400), `--header-timeout` (30 s, any connection without a complete request
-//!   head, whatever its protocol). `--max-connections` (10 000), HTTP/2 keep-alive pings,
-//!   64 KiB write buffers per connection.
+//!   response body, and inside a client's request body: then 400; also a client that
+//!   does not read its response that long: the upstream request is cancelled and the
+//!   connection closed), `--header-timeout` (30 s, any connection without a complete
+//!   request head, whatever its protocol), `--conn-idle-timeout` (60 s, a connection with
+//!   no open request or stream: closed, GOAWAY for HTTP/2), `--body-timeout` (60 s for a
+//!   whole request body: then 408 and the connection is closed).
+//! - Limits: `--max-connections` (10 000, lowered at start-up to what the descriptor
+//!   limit fits: the soft RLIMIT_NOFILE is raised to the hard one, 2 descriptors per
+//!   connection are counted), `--max-streams` (100 per HTTP/2 connection),
+//!   `--max-buffered-total` (256 MiB of request bodies buffered, all requests together:
+//!   a body beyond it streams through with one attempt; must be at least
+//!   `--max-body-buffer`), HTTP/2 keep-alive pings, 64 KiB write buffers per connection.
+//!   Running out of descriptors or memory on the way to an account is the proxy's own
+//!   failure: 503 with `retry-after: 1`, no account cooled down or unbound.
 //! - WebSockets (`GET` with `Upgrade: websocket`, e.g. Codex's Responses WebSocket): sticky
 //!   and failed over before the `101` like any request, then relayed message by message
 //!   (`--ws-idle-timeout`, 300 s; `--ws-max-message`, 16 MiB); an account's 429/5xx event
 //!   or overload close inside the socket unbinds the session; `response.created` ids are
-//!   learned (see `ws.rs`).
+//!   learned (see `ws.rs`). Each socket counts against `--max-connections` while open.
 //! - `--scope-header NAME` keeps separate bindings per value of that header (e.g. a model).
 //! - `--redis URL` (or `--redis-env ENV_VAR`, the URL read from that variable, out of
 //!   `ps`) keeps the bindings in Redis, shared by every replica that names the same
@@ -71,11 +82,13 @@
 //! - `--admin ADDR` serves metrics and binding control on a second listener (see
 //!   `admin.rs`): `GET /metrics`, `GET|DELETE /bindings?session=S[&scope=X]`,
 //!   `GET /bindings/count`, `DELETE /accounts/NAME/bindings`; `--admin-token ENV_VAR`
-//!   protects it and is required on a non-loopback address.
+//!   protects it and is required on a non-loopback address. It has the same header and
+//!   idle timeouts as the main listener and at most 64 connections of its own.
 //! - Every duration flag takes at most 999999999 s, `--max-sessions` and
 //!   `--max-connections` at most 10^9, `--max-body-buffer` at most 1 GiB: a larger value
 //!   is a command-line error (exit 2), never a panic later.
-//! - Ctrl-C or SIGTERM: stop accepting, let open requests finish (up to `--grace`, 30 s; a
+//! - Ctrl-C or SIGTERM: stop accepting, close idle connections at once (HTTP/2: GOAWAY),
+//!   let open requests finish (up to `--grace`, 30 s; a
 //!   second Ctrl-C exits at once). Exit code 0 after a clean drain, 3 when streams had to
 //!   be cut, 2 for a bad command line or configuration. Logs: `RUST_LOG` (default `info`).
 
@@ -211,9 +224,23 @@ struct Cli {
     #[arg(long = "header-timeout", value_name = "SECS", default_value = "30", value_parser = parse_positive_secs)]
     header_timeout: Duration,
 
-    /// Most client connections open at once.
+    /// Seconds a connection may stay with no request or stream open (HTTP/1 keep-alive,
+    /// HTTP/2 answering pings): then it is closed (HTTP/2: GOAWAY).
+    #[arg(long = "conn-idle-timeout", value_name = "SECS", default_value = "60", value_parser = parse_positive_secs)]
+    conn_idle_timeout: Duration,
+
+    /// Seconds a whole request body may take to arrive, from its head; then 408 and the
+    /// connection is closed.
+    #[arg(long = "body-timeout", value_name = "SECS", default_value = "60", value_parser = parse_positive_secs)]
+    body_timeout: Duration,
+
+    /// Most client connections open at once (lowered to what the descriptor limit fits).
     #[arg(long = "max-connections", value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=MAX_COUNT))]
     max_connections: u64,
+
+    /// Most concurrent streams per HTTP/2 client connection.
+    #[arg(long = "max-streams", value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    max_streams: u32,
 
     /// A pin is not honoured when its account has more than F × the mean in-flight
     /// requests of the available accounts (+1); off unless given. A hard pin (a learned
@@ -241,6 +268,15 @@ struct Cli {
     /// socket (1009 to the side that sent it).
     #[arg(long = "ws-max-message", value_name = "BYTES", default_value_t = 16_777_216, value_parser = clap::value_parser!(u64).range(1..=1 << 32))]
     ws_max_message: u64,
+    /// Request body bytes buffered at once, all requests together; a body that does not
+    /// fit streams through unbuffered, as one over --max-body-buffer. At least
+    /// --max-body-buffer.
+    #[arg(
+        long = "max-buffered-total",
+        value_name = "BYTES",
+        default_value_t = 268_435_456
+    )]
+    max_buffered_total: usize,
 
     /// Never read request bodies for session ids (JSON fields such as prompt_cache_key,
     /// metadata.user_id); sessions then come from headers only.
@@ -601,9 +637,24 @@ async fn main() -> ExitCode {
     proxy.failover.max_body_buffer = cli.max_body_buffer;
     proxy.failover.ws.idle_timeout = cli.ws_idle_timeout;
     proxy.failover.ws.max_message = usize::try_from(cli.ws_max_message).unwrap_or(usize::MAX);
+    proxy.max_buffered_total = cli.max_buffered_total;
+    proxy.body_timeout = cli.body_timeout;
+    if cli.max_body_buffer > cli.max_buffered_total {
+        return usage(format!(
+            "--max-body-buffer {} is larger than --max-buffered-total {}",
+            cli.max_body_buffer, cli.max_buffered_total
+        ));
+    }
     let mut serve = ServeConfig::new(cli.grace);
     serve.header_timeout = cli.header_timeout;
-    serve.max_connections = usize::try_from(cli.max_connections).unwrap_or(usize::MAX);
+    serve.conn_idle_timeout = cli.conn_idle_timeout;
+    serve.write_timeout = cli.idle_timeout;
+    serve.max_streams = cli.max_streams;
+    let requested = usize::try_from(cli.max_connections).unwrap_or(usize::MAX);
+    serve.max_connections = match fit_descriptors(requested) {
+        Ok(n) => n,
+        Err(code) => return code,
+    };
     let settings = Settings {
         listen: cli.listen,
         admin: cli.admin,
@@ -671,11 +722,13 @@ async fn run<St: InspectStore + admin::StoreMetrics + Clone>(
                         body: app.body_stats.clone(),
                     },
                 );
-                tokio::spawn(async move {
-                    if let Err(e) = axum::serve(l, router).await {
-                        tracing::error!(error = %e, "admin listener failed");
-                    }
-                });
+                // Served until the process exits.
+                tokio::spawn(app::serve(
+                    l,
+                    router,
+                    std::future::pending::<()>(),
+                    admin::serve_config(&settings.serve),
+                ));
                 Some(local)
             }
             Err(e) => {
@@ -723,7 +776,35 @@ async fn run<St: InspectStore + admin::StoreMetrics + Clone>(
         }
     };
     tracing::info!(stats = ?app.stats.snapshot(), "sticky session counters at exit");
+    tracing::info!(
+        refused = app.budget.refused(),
+        "request bodies streamed unbuffered because --max-buffered-total was spent"
+    );
     code
+}
+
+/// Raises the descriptor limit and fits `requested` client connections under it (see
+/// `resources.rs`), logging the figures; exit code 2 when not one connection fits.
+fn fit_descriptors(requested: usize) -> Result<usize, ExitCode> {
+    let nofile = match app::resources::raise_nofile() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise RLIMIT_NOFILE; --max-connections as given");
+            return Ok(requested);
+        }
+    };
+    let fit = app::resources::fit_connections(nofile, requested).map_err(usage)?;
+    if fit < requested {
+        tracing::warn!(
+            nofile,
+            requested,
+            max_connections = fit,
+            "--max-connections lowered to fit the descriptor limit (2 per connection, plus the admin listener's and the process's own)"
+        );
+    } else {
+        tracing::info!(nofile, max_connections = fit, "descriptor limit");
+    }
+    Ok(fit)
 }
 
 /// Resolves on Ctrl-C or (on Unix) SIGTERM.

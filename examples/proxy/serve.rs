@@ -7,30 +7,52 @@
 //!   socket that sends nothing before protocol detection, so each connection is raced
 //!   here against a timer that only its first request's head stops. Later request heads
 //!   on an HTTP/1 keep-alive connection are covered by hyper's own timeout.
-//! - HTTP/2 keep-alive pings find dead peers; `--max-connections` bounds the open
-//!   connections (a semaphore around `accept`; the excess waits in the kernel's backlog).
+//! - `--conn-idle-timeout`: a connection with nothing open on it for that long is shut
+//!   down gracefully (HTTP/1: closed; HTTP/2: GOAWAY, then closed), whatever it speaks and
+//!   however diligently it answers pings. *Open* is counted per connection
+//!   ([`ConnActivity`]): a request from the moment hyper hands it over until its response
+//!   body has ended or been dropped, plus any [`Busy`] guard someone else holds (an
+//!   upgraded socket, for instance). The timer starts when that count falls to 0.
+//! - A connection asked to shut down (idle, draining, a stalled write, a response marked
+//!   [`CloseConnection`]) gets GOAWAY at once; once nothing is open on it, hyper has
+//!   [`CLOSE_LINGER`] to finish the close (an HTTP/2 peer must acknowledge a ping first),
+//!   then the socket is dropped. A peer that never reads cannot keep it.
+//! - `--idle-timeout` as a write timeout: a response body that handed hyper a frame and is
+//!   not asked for the next one within that time belongs to a client that stopped
+//!   reading (HTTP/2 window 0, a full HTTP/1 socket). The body is dropped, which cancels
+//!   the upstream request and frees its upstream connection, and the client connection
+//!   is shut down as above (its other streams may finish).
+//! - HTTP/2 keep-alive pings find dead peers; at most `--max-streams` concurrent streams
+//!   per HTTP/2 connection; `--max-connections` bounds the open connections (a semaphore
+//!   around `accept`; the excess waits in the kernel's backlog).
 //! - Small write buffers (HTTP/1 `max_buf_size`, HTTP/2 `max_send_buf_size`): a client
 //!   that stops reading holds at most about [`CONN_BUF`] of response per connection.
 //! - Accept failures (e.g. out of file descriptors) back off and are logged at most once
 //!   per [`ACCEPT_LOG_EVERY`], with the count of those not logged.
-//! - Shutdown: stop accepting, let open requests finish for up to `grace`, then cut the
-//!   rest; [`Drained`] says which happened (the process's exit code).
+//! - Shutdown: stop accepting, shut every connection down gracefully (idle ones close at
+//!   once), let open requests finish for up to `grace`, then cut the rest; [`Drained`]
+//!   says which happened (the process's exit code).
+//! - HTTP/1 upgrades (`101 Switching Protocols`) are served; a connection stays counted
+//!   against `--max-connections` (and in the drain) until every [`Busy`] guard taken for
+//!   it is dropped, so the owner of an upgraded socket holds one for the socket's life.
 
+use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http::{Request, Response};
-use http_body::Body;
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tower::Service;
 
@@ -43,13 +65,25 @@ pub(crate) const CONN_BUF: usize = 64 * 1024;
 /// At most one accept-failure log line per this period.
 pub(crate) const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// How long a connection that was asked to shut down and has nothing open may take to
+/// close by itself (HTTP/2: the peer acknowledges the GOAWAY's ping) before its socket
+/// is dropped.
+pub(crate) const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
 /// How the accept loop runs.
 #[derive(Clone, Debug)]
 pub(crate) struct ServeConfig {
     /// Time for a new connection to send a complete request head.
     pub(crate) header_timeout: Duration,
+    /// A connection with nothing open on it for this long is shut down.
+    pub(crate) conn_idle_timeout: Duration,
+    /// A response body not asked for its next frame this long after handing one over is
+    /// dropped (the client stopped reading) and its connection shut down.
+    pub(crate) write_timeout: Duration,
     /// Most connections open at once.
     pub(crate) max_connections: usize,
+    /// Most concurrent streams per HTTP/2 connection.
+    pub(crate) max_streams: u32,
     /// How long open requests may take to finish after shutdown begins.
     pub(crate) grace: Duration,
     /// HTTP/2 keep-alive ping interval (the peer must answer within the same time).
@@ -57,11 +91,15 @@ pub(crate) struct ServeConfig {
 }
 
 impl ServeConfig {
-    /// Defaults: 30 s header timeout, 10 000 connections, 20 s pings, `grace`.
+    /// Defaults: 30 s header timeout, 60 s connection idle timeout, 300 s write timeout,
+    /// 10 000 connections, 100 streams per HTTP/2 connection, 20 s pings, `grace`.
     pub(crate) fn new(grace: Duration) -> Self {
         Self {
             header_timeout: Duration::from_secs(30),
+            conn_idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(300),
             max_connections: 10_000,
+            max_streams: 100,
             grace,
             keep_alive: Duration::from_secs(20),
         }
@@ -77,8 +115,108 @@ pub(crate) enum Drained {
     Cut(usize),
 }
 
-/// Serves `service` on `listener` until `shutdown` resolves, then stops accepting and
-/// waits up to `cfg.grace` for the open connections to finish their requests.
+/// A response extension: shut the connection down gracefully once this response is
+/// sent (HTTP/1: `connection: close`; HTTP/2: GOAWAY, its other streams may finish).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CloseConnection;
+
+/// One connection's activity, in every request's extensions: take a [`Busy`] guard to
+/// keep the connection counted as open (no idle timeout, no drain) for as long as it
+/// lives — e.g. for an upgraded (`101`) socket, taken before the 101 is returned and
+/// moved into the task that serves the socket.
+#[derive(Clone)]
+pub(crate) struct ConnActivity(Arc<Activity>);
+
+// For the owners of upgraded sockets (WebSocket passthrough) and the tests.
+#[allow(dead_code)]
+impl ConnActivity {
+    /// Counts the connection as open until the guard is dropped.
+    pub(crate) fn busy(&self) -> Busy {
+        self.0.busy()
+    }
+
+    /// Asks for the connection to be shut down gracefully (see the module docs).
+    pub(crate) fn close_soon(&self) {
+        self.0.close_soon();
+    }
+
+    /// Resolves when the connection is asked to shut down (idle, draining, a stalled
+    /// write, [`CloseConnection`]): the owner of an upgraded socket may close it then.
+    pub(crate) async fn closing(&self) {
+        let mut rx = self.0.epoch.subscribe();
+        while !self.0.close.load(Ordering::Acquire) {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+impl fmt::Debug for ConnActivity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnActivity")
+            .field("busy", &self.0.open())
+            .finish()
+    }
+}
+
+/// Keeps its connection counted as open while it lives ([`ConnActivity::busy`]).
+pub(crate) struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if self.0.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.bump();
+        }
+    }
+}
+
+struct Activity {
+    /// Requests, response bodies and other [`Busy`] guards open on the connection.
+    busy: AtomicUsize,
+    /// Bumped when `busy` leaves or reaches 0 and when `close` is set: the connection's
+    /// task waits on it.
+    epoch: watch::Sender<u64>,
+    /// The connection sent a complete request head.
+    got_head: AtomicBool,
+    /// The connection is to be shut down.
+    close: AtomicBool,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            busy: AtomicUsize::new(0),
+            epoch: watch::Sender::new(0),
+            got_head: AtomicBool::new(false),
+            close: AtomicBool::new(false),
+        }
+    }
+
+    fn busy(self: &Arc<Self>) -> Busy {
+        if self.busy.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.bump();
+        }
+        Busy(self.clone())
+    }
+
+    fn open(&self) -> usize {
+        self.busy.load(Ordering::Acquire)
+    }
+
+    fn close_soon(&self) {
+        if !self.close.swap(true, Ordering::AcqRel) {
+            self.bump();
+        }
+    }
+
+    fn bump(&self) {
+        self.epoch.send_modify(|e| *e = e.wrapping_add(1));
+    }
+}
+
+/// Serves `service` on `listener` until `shutdown` resolves, then stops accepting, shuts
+/// every connection down gracefully and waits up to `cfg.grace` for their open requests.
 pub(crate) async fn serve<S, B>(
     listener: TcpListener,
     service: S,
@@ -104,12 +242,15 @@ where
         .timer(TokioTimer::new())
         .keep_alive_interval(cfg.keep_alive)
         .keep_alive_timeout(cfg.keep_alive)
+        .max_concurrent_streams(cfg.max_streams)
         .max_send_buf_size(CONN_BUF)
         .max_header_list_size(CONN_BUF as u32);
     let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
-    let open = Arc::new(AtomicUsize::new(0));
+    // Every connection holds a permit until it is closed: all permits back means
+    // every connection is closed.
+    let total = cfg.max_connections.clamp(1, u32::MAX as usize);
+    let permits = Arc::new(Semaphore::new(total));
+    let (drain_tx, drain_rx) = watch::channel(false);
     let (cut_tx, cut_rx) = watch::channel(false);
     let mut accept_errors = AcceptErrors::default();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -135,54 +276,39 @@ where
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let got_head = Arc::new(AtomicBool::new(false));
-        let svc = TowerToHyperService::new(MarkHead {
+        let activity = Arc::new(Activity::new());
+        let svc = TowerToHyperService::new(Track {
             inner: service.clone(),
-            got_head: got_head.clone(),
+            activity: activity.clone(),
+            write_timeout: cfg.write_timeout,
         });
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), svc)
             .into_owned();
-        let conn = graceful.watch(conn);
-        let header_timeout = cfg.header_timeout;
-        let mut cut = cut_rx.clone();
-        let open = open.clone();
-        open.fetch_add(1, Ordering::Relaxed);
+        let task = ConnTask {
+            peer,
+            activity,
+            header_timeout: cfg.header_timeout,
+            idle_timeout: cfg.conn_idle_timeout,
+            drain: drain_rx.clone(),
+            cut: cut_rx.clone(),
+        };
         tokio::spawn(async move {
             let _permit = permit;
-            let mut conn = std::pin::pin!(conn);
-            let deadline = Instant::now() + header_timeout;
-            let head_timer = async {
-                tokio::time::sleep_until(deadline).await;
-                if got_head.load(Ordering::Relaxed) {
-                    std::future::pending::<()>().await;
-                }
-            };
-            tokio::select! {
-                r = &mut conn => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %ErrorChain(&*e), "connection ended with an error");
-                    }
-                }
-                () = head_timer => {
-                    tracing::debug!(%peer, ?header_timeout, "closing a connection that sent no complete request head");
-                }
-                _ = cut.wait_for(|c| *c) => {
-                    tracing::debug!(%peer, "connection cut at the end of the grace period");
-                }
-            }
-            open.fetch_sub(1, Ordering::Relaxed);
+            task.run(conn).await;
         });
     }
     drop(listener);
     tracing::info!("shutting down: no new connections; waiting for open requests to finish");
+    let _ = drain_tx.send(true);
+    let all_closed = permits.acquire_many(total as u32);
     tokio::select! {
-        () = graceful.shutdown() => {
+        _ = all_closed => {
             tracing::info!("all connections closed");
             Drained::Clean
         }
         () = tokio::time::sleep(cfg.grace) => {
-            let n = open.load(Ordering::Relaxed);
+            let n = total - permits.available_permits();
             let _ = cut_tx.send(true);
             if n == 0 {
                 Drained::Clean
@@ -196,29 +322,368 @@ where
     }
 }
 
-/// Marks its connection as having sent a complete request head (hyper calls the service
-/// only once it has parsed one, for HTTP/1 and HTTP/2 alike).
-#[derive(Clone)]
-struct MarkHead<S> {
-    inner: S,
-    got_head: Arc<AtomicBool>,
+/// What a connection's task needs besides the connection.
+struct ConnTask {
+    peer: std::net::SocketAddr,
+    activity: Arc<Activity>,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    drain: watch::Receiver<bool>,
+    cut: watch::Receiver<bool>,
 }
 
-impl<S, R> Service<R> for MarkHead<S>
+impl ConnTask {
+    /// Drives `conn` until it closes, is closed for a timeout, or is cut.
+    async fn run<C>(mut self, conn: C)
+    where
+        C: Future<Output = Result<(), BoxError>> + GracefulConn,
+    {
+        let peer = self.peer;
+        let mut epoch = self.activity.epoch.subscribe();
+        // The connection is dropped at the end of this block: with it, hyper drops the
+        // requests still in flight on it (a client that went away) and their guards.
+        {
+            let mut conn = std::pin::pin!(conn);
+            let mut last_epoch = None;
+            let header_deadline = Instant::now() + self.header_timeout;
+            let mut header_checked = false;
+            // Since when nothing has been open on the connection (as far as this task saw).
+            let mut idle_since = Instant::now();
+            // When the connection was shut down gracefully, if it was.
+            let mut shut_at: Option<Instant> = None;
+            loop {
+                let e = *epoch.borrow_and_update();
+                let open = self.activity.open();
+                if last_epoch != Some(e) {
+                    last_epoch = Some(e);
+                    if open == 0 {
+                        idle_since = Instant::now();
+                    }
+                }
+                if shut_at.is_none() && self.activity.close.load(Ordering::Acquire) {
+                    tracing::debug!(%peer, "shutting the connection down as asked");
+                    conn.as_mut().shut_down();
+                    shut_at = Some(Instant::now());
+                    continue;
+                }
+                // With nothing open: when the idle timeout (or, once shut down, the linger)
+                // is over.
+                let idle_deadline = (open == 0).then(|| match shut_at {
+                    None => idle_since + self.idle_timeout,
+                    Some(at) => idle_since.max(at) + CLOSE_LINGER,
+                });
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(%peer, error = %ErrorChain(&*e), "connection ended with an error");
+                        }
+                        break;
+                    }
+                    () = tokio::time::sleep_until(header_deadline), if !header_checked => {
+                        if self.activity.got_head.load(Ordering::Acquire) {
+                            header_checked = true;
+                        } else {
+                            tracing::debug!(%peer, header_timeout = ?self.header_timeout, "closing a connection that sent no complete request head");
+                            return;
+                        }
+                    }
+                    _ = epoch.changed() => {}
+                    () = sleep_until_opt(idle_deadline) => {
+                        if epoch.has_changed().unwrap_or(false) {
+                            continue;
+                        }
+                        if shut_at.is_some() {
+                            tracing::debug!(%peer, "dropping a shut-down connection with nothing open");
+                            return;
+                        }
+                        tracing::debug!(%peer, idle_timeout = ?self.idle_timeout, "shutting down an idle connection");
+                        self.activity.close_soon();
+                    }
+                    _ = self.drain.wait_for(|d| *d), if shut_at.is_none() => {
+                        self.activity.close_soon();
+                    }
+                    _ = self.cut.wait_for(|c| *c) => {
+                        tracing::debug!(%peer, "connection cut at the end of the grace period");
+                        return;
+                    }
+                }
+            }
+        }
+        // The connection is done with HTTP; an upgraded socket may still hold it open. A
+        // drain asks it to close (its owner watches `ConnActivity::closing`).
+        let mut asked = false;
+        while self.activity.open() > 0 {
+            tokio::select! {
+                r = epoch.changed() => if r.is_err() { return },
+                _ = self.drain.wait_for(|d| *d), if !asked => {
+                    asked = true;
+                    self.activity.close_soon();
+                }
+                _ = self.cut.wait_for(|c| *c) => return,
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A connection that can be shut down gracefully (hyper-util's `auto` connections).
+trait GracefulConn {
+    fn shut_down(self: Pin<&mut Self>);
+}
+
+impl<I, S, E, B> GracefulConn for auto::UpgradeableConnection<'_, I, S, E>
 where
-    S: Service<R>,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: Body + 'static,
+    B::Error: Into<BoxError>,
+    E: auto::HttpServerConnExec<S::Future, B>,
 {
-    type Response = S::Response;
+    fn shut_down(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// The per-connection service: marks the connection as having sent a request head (hyper
+/// calls the service only once it has parsed one, for HTTP/1 and HTTP/2 alike), counts
+/// the request as open until its response body ends, and times the body's writes.
+#[derive(Clone)]
+struct Track<S> {
+    inner: S,
+    activity: Arc<Activity>,
+    write_timeout: Duration,
+}
+
+impl<S, ReqB, B> Service<Request<ReqB>> for Track<S>
+where
+    S: Service<Request<ReqB>, Response = Response<B>>,
+    B: Body + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<TrackedBody<B>>;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = TrackFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: R) -> Self::Future {
-        self.got_head.store(true, Ordering::Relaxed);
-        self.inner.call(req)
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        self.activity.got_head.store(true, Ordering::Release);
+        let busy = self.activity.busy();
+        req.extensions_mut()
+            .insert(ConnActivity(self.activity.clone()));
+        TrackFuture {
+            inner: self.inner.call(req),
+            busy: Some(busy),
+            write_timeout: self.write_timeout,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`Track`]'s future: the request stays open, then its response body.
+    struct TrackFuture<F> {
+        #[pin]
+        inner: F,
+        busy: Option<Busy>,
+        write_timeout: Duration,
+    }
+}
+
+impl<F, B, E> Future for TrackFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<Response<TrackedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let res = ready!(this.inner.poll(cx))?;
+        let busy = this.busy.take().expect("polled after completion");
+        if res.extensions().get::<CloseConnection>().is_some() {
+            busy.0.close_soon();
+        }
+        let write_timeout = *this.write_timeout;
+        Poll::Ready(Ok(
+            res.map(|body| TrackedBody::new(body, busy, write_timeout))
+        ))
+    }
+}
+
+/// A response body that keeps its request open on the connection until it ends or is
+/// dropped, and that is dropped early (cancelling what it streams from) when hyper does
+/// not come back for the next frame within the write timeout.
+pub(crate) struct TrackedBody<B> {
+    slot: Arc<Slot<B>>,
+    write_timeout: Duration,
+    /// The write-timeout watchdog, started with the first frame.
+    watchdog: Option<AbortHandle>,
+    /// `size_hint` and `is_end_stream` as they were when the body was last polled (or
+    /// built): read without the lock.
+    hint: SizeHint,
+    ended: bool,
+}
+
+struct Slot<B> {
+    /// The body and its guard; `None` once it ended or was cut for a stalled write.
+    live: Mutex<Option<(Pin<Box<B>>, Busy)>>,
+    /// When the body last handed hyper a frame that hyper has not come back for yet
+    /// (nanoseconds since `base`, plus 1); 0 when hyper is not owed a poll.
+    waiting_since: AtomicU64,
+    base: Instant,
+    /// The body was cut for a stalled write.
+    stalled: AtomicBool,
+}
+
+/// The client did not read the response for the write timeout.
+#[derive(Debug)]
+pub(crate) struct WriteStalled(pub(crate) Duration);
+
+impl fmt::Display for WriteStalled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the client did not read the response for {:?} (--idle-timeout)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for WriteStalled {}
+
+impl<B: Body> TrackedBody<B> {
+    fn new(body: B, busy: Busy, write_timeout: Duration) -> Self {
+        let hint = body.size_hint();
+        let ended = body.is_end_stream();
+        Self {
+            slot: Arc::new(Slot {
+                live: Mutex::new(Some((Box::pin(body), busy))),
+                waiting_since: AtomicU64::new(0),
+                base: Instant::now(),
+                stalled: AtomicBool::new(false),
+            }),
+            write_timeout,
+            watchdog: None,
+            hint,
+            ended,
+        }
+    }
+}
+
+impl<B> Drop for TrackedBody<B> {
+    fn drop(&mut self) {
+        if let Some(w) = self.watchdog.take() {
+            w.abort();
+        }
+        let live = self.slot.live.lock().map(|mut l| l.take());
+        drop(live);
+    }
+}
+
+impl<B> Body for TrackedBody<B>
+where
+    B: Body + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
+        let this = self.get_mut();
+        let slot = &this.slot;
+        slot.waiting_since.store(0, Ordering::Release);
+        let mut live = slot.live.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((body, _)) = live.as_mut() else {
+            this.ended = true;
+            if slot.stalled.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(Some(Err(Box::new(WriteStalled(this.write_timeout)))));
+            }
+            return Poll::Ready(None);
+        };
+        let frame = ready!(body.as_mut().poll_frame(cx));
+        this.hint = body.size_hint();
+        this.ended = body.is_end_stream();
+        match frame {
+            Some(Ok(frame)) => {
+                if !this.ended {
+                    let since = slot.base.elapsed().as_nanos() as u64 + 1;
+                    slot.waiting_since.store(since, Ordering::Release);
+                    if this.watchdog.is_none() {
+                        let watch = watchdog(Arc::downgrade(slot), this.write_timeout);
+                        this.watchdog = Some(tokio::spawn(watch).abort_handle());
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => {
+                let done = live.take();
+                drop(live);
+                drop(done);
+                this.ended = true;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            None => {
+                let done = live.take();
+                drop(live);
+                drop(done);
+                this.ended = true;
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended && !self.slot.stalled.load(Ordering::Acquire)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.hint
+    }
+}
+
+/// Cuts the body in `slot` when hyper owes it a poll for longer than `timeout`.
+async fn watchdog<B>(slot: Weak<Slot<B>>, timeout: Duration) {
+    loop {
+        let (since, wake) = {
+            let Some(s) = slot.upgrade() else { return };
+            let since = s.waiting_since.load(Ordering::Acquire);
+            let wake = if since == 0 {
+                Instant::now() + timeout
+            } else {
+                s.base + Duration::from_nanos(since - 1) + timeout
+            };
+            (since, wake)
+        };
+        tokio::time::sleep_until(wake).await;
+        let Some(s) = slot.upgrade() else { return };
+        if since == 0 || s.waiting_since.load(Ordering::Acquire) != since {
+            continue;
+        }
+        let cut = s.live.lock().map(|mut l| l.take()).ok().flatten();
+        if let Some((body, busy)) = cut {
+            s.stalled.store(true, Ordering::Release);
+            tracing::warn!(
+                write_timeout = ?timeout,
+                "the client stopped reading a response; cancelling its upstream request and closing the connection"
+            );
+            busy.0.close_soon();
+            drop(body);
+            drop(busy);
+        }
+        return;
     }
 }
 

@@ -1,15 +1,19 @@
 //! The response side of an attempt: peeking the first data chunk under
 //! `--upstream-timeout`, and the body handed to the client under `--idle-timeout`; and
-//! the client's request body, each frame under `--idle-timeout` too.
+//! the client's request body, each frame under `--idle-timeout` too and the whole of it
+//! under `--body-timeout`.
 
 use std::fmt;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Request;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
@@ -18,6 +22,7 @@ use tower_http::timeout::TimeoutBody;
 use tower_sticky_session::AuthId;
 
 use super::picker::InFlight;
+use super::serve::CloseConnection;
 use super::{BoxError, ErrorChain};
 
 /// How the wait for an upstream body's first data chunk ended.
@@ -204,23 +209,28 @@ impl Body for ProxyBody {
 }
 
 /// A client's request body as the proxy reads it: each frame must arrive within
-/// `--idle-timeout` of the previous one (tower-http's `TimeoutBody`, boxed so that the
-/// body reader and the replay buffer can poll it in place). A client that stops sending
-/// its body mid-way then fails like a broken body: 400, no binding touched — instead of
-/// holding its request, and up to `--max-body-buffer` of memory, open for good.
-pub(crate) type ClientBody = Pin<Box<TimeoutBody<Incoming>>>;
+/// `--idle-timeout` of the previous one (tower-http's `TimeoutBody`), and the whole body
+/// within `--body-timeout` of the request head ([`Deadline`]); boxed so that the body
+/// reader and the replay buffer can poll it in place. A client that stops sending its
+/// body mid-way fails like a broken body (400, no binding touched); one that dribbles it
+/// past the deadline gets 408 and its connection is closed — instead of holding its
+/// request, and up to `--max-body-buffer` of memory, open for good.
+pub(crate) type ClientBody = Pin<Box<Deadline<TimeoutBody<Incoming>>>>;
 
-/// Wraps every request body in [`ClientBody`] before the rest of the stack runs.
+/// Wraps every request body in [`ClientBody`] before the rest of the stack runs, and
+/// puts its [`BodyDeadline`] in the request's extensions.
 #[derive(Clone)]
 pub(crate) struct ClientBodyTimeout<S> {
     inner: S,
     idle: Duration,
+    total: Duration,
 }
 
 impl<S> ClientBodyTimeout<S> {
-    /// `inner` gets request bodies whose frames each arrive within `idle`.
-    pub(crate) fn new(inner: S, idle: Duration) -> Self {
-        Self { inner, idle }
+    /// `inner` gets request bodies whose frames each arrive within `idle`, all of them
+    /// within `total` of the request head.
+    pub(crate) fn new(inner: S, idle: Duration, total: Duration) -> Self {
+        Self { inner, idle, total }
     }
 }
 
@@ -236,9 +246,113 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        let deadline = BodyDeadline {
+            expired: Arc::new(AtomicBool::new(false)),
+            limit: self.total,
+        };
+        if !req.body().is_end_stream() {
+            req.extensions_mut().insert(deadline.clone());
+        }
         let idle = self.idle;
-        self.inner
-            .call(req.map(|body| Box::pin(TimeoutBody::new(idle, body))))
+        self.inner.call(req.map(|body| {
+            Box::pin(Deadline {
+                inner: TimeoutBody::new(idle, body),
+                sleep: tokio::time::sleep(deadline.limit),
+                deadline,
+            })
+        }))
+    }
+}
+
+/// Whether a request's body missed its `--body-timeout` (a request extension; failover
+/// answers 408 instead of 400 when it did).
+#[derive(Clone, Debug)]
+pub(crate) struct BodyDeadline {
+    expired: Arc<AtomicBool>,
+    limit: Duration,
+}
+
+impl BodyDeadline {
+    /// The body did not arrive whole in time.
+    pub(crate) fn expired(&self) -> bool {
+        self.expired.load(Ordering::Acquire)
+    }
+
+    /// 408 for a body that missed its deadline: no `ServedBy` (no account to blame, no
+    /// binding touched), and the connection is closed once it is sent.
+    pub(crate) fn response(&self) -> Response<ProxyBody> {
+        let mut res = Response::new(ProxyBody::message(format!(
+            "408 request timeout: the request body did not arrive within {} s (--body-timeout)\n",
+            self.limit.as_secs_f64()
+        )));
+        *res.status_mut() = StatusCode::REQUEST_TIMEOUT;
+        let h = res.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        res.extensions_mut().insert(CloseConnection);
+        res
+    }
+}
+
+/// The body missed its `--body-timeout`.
+#[derive(Debug)]
+pub(crate) struct BodyTimedOut(pub(crate) Duration);
+
+impl fmt::Display for BodyTimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the request body did not arrive within {:?} (--body-timeout)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for BodyTimedOut {}
+
+pin_project_lite::pin_project! {
+    /// A request body that fails with [`BodyTimedOut`] when it has not ended by its
+    /// deadline (the timer runs from the request head; it is looked at only while the
+    /// body has nothing to hand on, so bytes that did arrive in time are never refused).
+    pub(crate) struct Deadline<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        sleep: Sleep,
+        deadline: BodyDeadline,
+    }
+}
+
+impl<B> Body for Deadline<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
+        let this = self.project();
+        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        ready!(this.sleep.poll(cx));
+        this.deadline.expired.store(true, Ordering::Release);
+        Poll::Ready(Some(Err(Box::new(BodyTimedOut(this.deadline.limit)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

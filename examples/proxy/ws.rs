@@ -28,7 +28,9 @@
 //! 1001), `--ws-max-message` (a larger message or frame closes the socket with 1009 to
 //! the side that sent it and 1001 to the other), writes to either side bounded by the
 //! idle timeout (a peer that stops reading cannot hold the relay). Each socket counts as
-//! a request in flight on its account while it is open. `Sec-WebSocket-Extensions` is not
+//! a request in flight on its account, and its client connection as open (against
+//! `--max-connections`, and in the drain), while it is open; when the proxy drains, open
+//! sockets get close 1001 on both sides. `Sec-WebSocket-Extensions` is not
 //! forwarded: no permessage-deflate is negotiated, so the proxy reads plain messages
 //! (RFC 6455 lets a client go on without the extension; Codex does).
 //!
@@ -47,6 +49,7 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tower_sticky_session::Binding;
@@ -54,6 +57,7 @@ use tower_sticky_session::Binding;
 use super::ErrorChain;
 use super::cooldown::retry_after;
 use super::picker::{InFlight, Picker};
+use super::serve::{Busy, ConnActivity};
 
 /// `Sec-WebSocket-Extensions`: not forwarded (see the module docs).
 const SEC_WEBSOCKET_EXTENSIONS: HeaderName = HeaderName::from_static("sec-websocket-extensions");
@@ -140,6 +144,11 @@ pub(crate) struct Relay {
     pub(crate) cooldown: Duration,
     /// The socket counts as a request in flight on its account.
     pub(crate) _in_flight: InFlight,
+    /// The client connection: asks the socket to close when it is shut down (drain).
+    pub(crate) conn: Option<ConnActivity>,
+    /// Keeps the client connection counted as open (`--max-connections`, the drain)
+    /// while the socket lives; taken before the `101` was returned.
+    pub(crate) _busy: Option<Busy>,
 }
 
 /// Relays the upgraded connections once both upgrades complete (the client's completes
@@ -174,6 +183,8 @@ enum End {
     Closed(Side, Option<u16>),
     Gone(Side),
     Idle,
+    /// The client connection is being shut down (the proxy drains).
+    Shutdown,
     TooBig(Side),
     Failed(Side, String),
 }
@@ -198,11 +209,20 @@ impl Relay {
         // cannot be continued, its id is not learned.
         let mut not_stored = false;
         let idle = self.cfg.idle_timeout;
+        let conn = self.conn.clone();
+        let closing = async move {
+            match &conn {
+                Some(c) => c.closing().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(closing);
         let end = loop {
             let (side, msg) = tokio::select! {
                 m = client.next() => (Side::Client, m),
                 m = account.next() => (Side::Account, m),
                 () = tokio::time::sleep(idle) => break End::Idle,
+                () = &mut closing => break End::Shutdown,
             };
             let msg = match msg {
                 None => break End::Gone(side),
@@ -211,7 +231,11 @@ impl Relay {
                     use tokio_tungstenite::tungstenite::Error as WsError;
                     match e {
                         WsError::Capacity(_) => break End::TooBig(side),
-                        WsError::ConnectionClosed | WsError::AlreadyClosed => {
+                        // A peer that leaves without a close handshake (`codex exec` does) has
+                        // simply gone.
+                        WsError::ConnectionClosed
+                        | WsError::AlreadyClosed
+                        | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
                             break End::Gone(side);
                         }
                         e => break End::Failed(side, e.to_string()),
@@ -263,6 +287,7 @@ impl Relay {
                 stats.idle_closed.fetch_add(1, Relaxed);
                 (away("idle timeout"), away("idle timeout"))
             }
+            End::Shutdown => (away("proxy shutting down"), away("proxy shutting down")),
             End::TooBig(Side::Client) => (too_big(), away("peer closed")),
             End::TooBig(Side::Account) => (away("peer closed"), too_big()),
             // The close was relayed; each side's close handshake is answered by
@@ -284,6 +309,9 @@ impl Relay {
             }
             End::Idle => {
                 tracing::info!(upstream = %name, idle_timeout = ?idle, "websocket closed: idle")
+            }
+            End::Shutdown => {
+                tracing::debug!(upstream = %name, "websocket closed: the proxy is shutting down")
             }
             End::TooBig(side) => tracing::info!(
                 upstream = %name, by = side.as_str(), max = self.cfg.max_message,
