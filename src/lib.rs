@@ -274,6 +274,7 @@
 //! [tower]: https://docs.rs/tower
 
 #![doc(html_root_url = "https://docs.rs/tower-sticky-session/0.1.0")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod body;
 pub mod body_session;
@@ -301,6 +302,7 @@ pub use crate::layer::StickySessionLayer;
 pub use crate::service::StickySession;
 pub use crate::stats::{ClearReason, DECISION_HEADER, Decision, Stats, StatsSnapshot};
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use crate::store::RedisStore;
 pub use crate::store::{BindingStore, BoxStoreFuture, MokaStore, StoreError, StoreErrorKind};
 pub use crate::types::{

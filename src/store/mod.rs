@@ -33,6 +33,7 @@ mod redis;
 pub use self::inspect::{BindingInfo, InspectStore};
 pub use self::moka::{DEFAULT_MAX_BINDINGS, DEFAULT_TTL, MokaStore, MokaStoreBuilder};
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{
     DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD, DEFAULT_FAULT_LOG_INTERVAL,
     DEFAULT_REDIS_ADMIN_TIMEOUT, DEFAULT_REDIS_CONNECT_TIMEOUT, DEFAULT_REDIS_PREFIX,
