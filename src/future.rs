@@ -446,8 +446,10 @@ where
     let res = match result {
         Ok(res) => res,
         Err(err) => {
-            // Inner error: the pinned account (if any) did not serve; clear it.
-            return match &t.pinned {
+            // Inner error: the pinned account (if any) did not serve; clear it (unless
+            // failures that name no account are nobody's).
+            let blamed = t.pinned.as_ref().filter(|_| t.shared.blame_unserved);
+            return match blamed {
                 Some(pinned) => {
                     let op = StoreOp::clear(core, &t.key, pinned, ClearReason::InnerError, span);
                     Judged::Store(op, Err(err))
@@ -467,16 +469,18 @@ where
     }
     let served = res.extensions().get::<ServedBy>().map(|s| &s.0);
     match t.shared.classifier.classify(res.status(), res.headers()) {
-        ResponseClass::Failure => match served.or(t.pinned.as_ref()) {
-            Some(failed) => {
-                let op = StoreOp::clear(core, &t.key, failed, ClearReason::FailureStatus, span);
-                Judged::Store(op, Ok(res))
+        ResponseClass::Failure => {
+            match served.or(t.pinned.as_ref().filter(|_| t.shared.blame_unserved)) {
+                Some(failed) => {
+                    let op = StoreOp::clear(core, &t.key, failed, ClearReason::FailureStatus, span);
+                    Judged::Store(op, Ok(res))
+                }
+                None => {
+                    span.rec("outcome", "kept");
+                    Judged::Done(Ok(res.map(ResponseBody::passthrough)))
+                }
             }
-            None => {
-                span.rec("outcome", "kept");
-                Judged::Done(Ok(res.map(ResponseBody::passthrough)))
-            }
-        },
+        }
         ResponseClass::Success => match served {
             Some(served) if t.is_head || known_empty(&res) => {
                 // No data frame will ever come (and a server may never poll this body):

@@ -28,6 +28,8 @@ pub(crate) struct Shared<St, C> {
     pub(crate) strict: bool,
     pub(crate) report_decision: bool,
     pub(crate) learn: bool,
+    /// Failures without `ServedBy` (and inner errors) clear the pinned account.
+    pub(crate) blame_unserved: bool,
 }
 
 impl<St, C: Clone> Clone for Shared<St, C> {
@@ -41,6 +43,7 @@ impl<St, C: Clone> Clone for Shared<St, C> {
             strict: self.strict,
             report_decision: self.report_decision,
             learn: self.learn,
+            blame_unserved: self.blame_unserved,
         }
     }
 }
@@ -106,6 +109,7 @@ impl<St: BindingStore> StickySessionLayer<St> {
                 strict: false,
                 report_decision: false,
                 learn: false,
+                blame_unserved: true,
             },
         }
     }
@@ -207,6 +211,33 @@ impl<St: BindingStore, C> StickySessionLayer<St, C> {
         self
     }
 
+    /// Whether a failure that names no account clears the pinned account's binding.
+    ///
+    /// On (the default), a failure response without [`ServedBy`](crate::ServedBy) is
+    /// taken as the pinned account's, and so is an inner service error: the inner service
+    /// is assumed to be the account picker, and whatever fails there fails the pinned
+    /// account. Off, only a failure that carries `ServedBy` clears (compare-and-delete
+    /// against that account); a failure without it, and an inner error, leave every
+    /// binding alone.
+    ///
+    /// Turn it off when the layer wraps more than the account picker — a whole `Router`
+    /// whose own concurrency limit, rate limit or authentication answers 429/503/5xx
+    /// before any account was asked. Such refusals are the gateway's, not an account's,
+    /// and must not move the session. Then every response produced with an account must
+    /// carry `ServedBy` (or be reported with [`context::report_served`](crate::context::report_served)).
+    ///
+    /// ```
+    /// use tower_sticky_session::StickySessionLayer;
+    ///
+    /// // In front of a whole gateway: its own 429s are nobody's account's.
+    /// let layer = StickySessionLayer::new().blame_unserved_failures(false);
+    /// # let _ = layer;
+    /// ```
+    pub fn blame_unserved_failures(mut self, on: bool) -> Self {
+        self.shared.blame_unserved = on;
+        self
+    }
+
     /// Reads the session id with a function over the request parts (a cookie, a query
     /// parameter, a path segment…). Its result is validated like a header value.
     ///
@@ -276,6 +307,7 @@ impl<St: BindingStore, C> StickySessionLayer<St, C> {
                 strict: s.strict,
                 report_decision: s.report_decision,
                 learn: s.learn,
+                blame_unserved: s.blame_unserved,
             },
         }
     }

@@ -32,8 +32,8 @@
 //!
 //! | what happens | binding for (scope, session) |
 //! |---|---|
-//! | response classified as failure (default: 429 and 5xx) | compare-and-delete: removed only if it still points at the failed account (`ServedBy`, else the pinned one) |
-//! | inner service returns `Err` | compare-and-delete of the pinned account |
+//! | response classified as failure (default: 429 and 5xx) | compare-and-delete: removed only if it still points at the failed account (`ServedBy`, else the pinned one; with [`blame_unserved_failures(false)`](StickySessionLayer::blame_unserved_failures), only `ServedBy`: a failure nobody served is the gateway's own) |
+//! | inner service returns `Err` | compare-and-delete of the pinned account (nothing with `blame_unserved_failures(false)`) |
 //! | success, body yields its first non-empty data frame | committed to `ServedBy` (renewing its TTL) *before* the frame is handed on |
 //! | success, body ends without a data frame | compare-and-delete, nothing committed |
 //! | success, body errors before the first data frame | compare-and-delete, nothing committed |
@@ -279,6 +279,7 @@
 mod body;
 pub mod body_session;
 mod classify;
+pub mod context;
 mod core;
 mod extract;
 mod future;
