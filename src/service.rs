@@ -176,6 +176,7 @@ where
             Box::new(LearnCtx {
                 shared: self.shared.clone(),
                 scope: scope.clone(),
+                not_stored: signals.is_some_and(|s| s.store == Some(false)),
             })
         });
         // An explicit pin wins over learned response ids, as over the store.

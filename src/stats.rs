@@ -77,6 +77,7 @@ pub(crate) struct Counters {
     pub(crate) hard_pins: AtomicU64,
     pub(crate) response_ids_unknown: AtomicU64,
     pub(crate) response_ids_learned: AtomicU64,
+    pub(crate) response_ids_not_stored: AtomicU64,
     pub(crate) response_ids_undecodable: AtomicU64,
 }
 
@@ -170,6 +171,7 @@ impl Stats {
             hard_pins: get(&c.hard_pins),
             response_ids_unknown: get(&c.response_ids_unknown),
             response_ids_learned: get(&c.response_ids_learned),
+            response_ids_not_stored: get(&c.response_ids_not_stored),
             response_ids_undecodable: get(&c.response_ids_undecodable),
         }
     }
@@ -242,6 +244,10 @@ pub struct StatsSnapshot {
     pub response_ids_unknown: u64,
     /// Response ids learned (committed as `resp_… → account`) from successful responses.
     pub response_ids_learned: u64,
+    /// Successes whose id was not looked for because their request said `"store": false`
+    /// ([`BodySignals::store`](crate::BodySignals::store)): such a response cannot be
+    /// continued with `previous_response_id`, so learning it would only fill the store.
+    pub response_ids_not_stored: u64,
     /// Successes whose id was not looked for because the learner cannot decode their
     /// `Content-Encoding`: several codings (`gzip, br`), an unknown one, or, without the
     /// `learn-compressed` feature, any.

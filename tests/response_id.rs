@@ -294,6 +294,45 @@ async fn nothing_is_learned_from_failures_unserved_other_bodies_or_when_off() {
 }
 
 #[tokio::test]
+async fn store_false_is_not_learned_and_counted_store_true_or_absent_is() {
+    let st = stack(true);
+    for (body, id) in [
+        (
+            r#"{"model":"gpt-5","store":false,"input":"hi"}"#,
+            "resp_nostore",
+        ),
+        (
+            r#"{"model":"gpt-5","store":true,"input":"hi"}"#,
+            "resp_store",
+        ),
+        (r#"{"model":"gpt-5","input":"hi"}"#, "resp_default"),
+    ] {
+        let answer = format!(r#"{{"id":"{id}","object":"response"}}"#);
+        let answer = Full::new(Bytes::from(answer)).boxed();
+        let (status, got, _) =
+            send(&st, request(&[], body, Answer::new(200, Some("a"), answer))).await;
+        assert_eq!(status, 200);
+        assert!(got.starts_with(format!(r#"{{"id":"{id}""#).as_bytes()));
+    }
+    assert_eq!(learned(&st.store, "resp_nostore"), None);
+    assert_eq!(learned(&st.store, "resp_store").as_deref(), Some("a"));
+    assert_eq!(learned(&st.store, "resp_default").as_deref(), Some("a"));
+    let s = st.layer.stats().snapshot();
+    assert_eq!((s.response_ids_not_stored, s.response_ids_learned), (1, 2));
+    // A store:false request that fails is not counted: no id would have been looked for.
+    let answer = Answer::new(500, Some("a"), full(br#"{"id":"resp_x"}"#));
+    send(&st, request(&[], r#"{"store":false}"#, answer)).await;
+    assert_eq!(st.layer.stats().snapshot().response_ids_not_stored, 1);
+    // A store:false continuation is still pinned by the id it continues.
+    let answer = Answer::new(200, Some("b"), full(br#"{"id":"resp_next"}"#));
+    let body = r#"{"previous_response_id":"resp_store","store":false}"#;
+    let (_, _, seen) = send(&st, request(&[], body, answer)).await;
+    assert!(seen.hard);
+    assert_eq!(seen.pinned.as_deref(), Some("a"));
+    assert_eq!(learned(&st.store, "resp_next"), None);
+}
+
+#[tokio::test]
 async fn failures_of_a_hard_pinned_request_never_clear_the_learned_id() {
     let st = stack(true);
     send(

@@ -1,9 +1,10 @@
 //! Response-id learning: which account created which Responses API response.
 //!
 //! See [`StickySessionLayer::learn_response_ids`](crate::StickySessionLayer::learn_response_ids).
-//! The response side gets a [`Learner`] on a success with `ServedBy`; the body feeds it
-//! its data frames until it has found the id, found none, or given up. A compressed
-//! answer's frames go through a [`Decoder`] first (see [`decode`]).
+//! The response side gets a [`Learner`] on a success with `ServedBy` (unless the request
+//! said `store: false`); the body feeds it its data frames until it has found the id,
+//! found none, or given up. A compressed answer's frames go through a [`Decoder`] first
+//! (see [`decode`]).
 
 mod decode;
 
@@ -36,6 +37,9 @@ const MAX_ID_LEN: usize = crate::extract::DEFAULT_MAX_SESSION_ID_LEN;
 pub(crate) struct LearnCtx<St, C> {
     pub(crate) shared: Arc<Shared<St, C>>,
     pub(crate) scope: Option<Scope>,
+    /// The request said `"store": false` (its [`BodySignals`](crate::BodySignals)): the
+    /// response cannot be continued, so its id is not learned.
+    pub(crate) not_stored: bool,
 }
 
 impl<St, C: ClassifyResponse> LearnCtx<St, C> {
@@ -46,6 +50,10 @@ impl<St, C: ClassifyResponse> LearnCtx<St, C> {
             return None;
         }
         let counters = self.shared.core.counters();
+        if self.not_stored {
+            Counters::inc(&counters.response_ids_not_stored);
+            return None;
+        }
         let decoder = match Coding::of(res.headers()) {
             Coding::Identity => None,
             coding => match Decoder::new(coding) {
