@@ -149,6 +149,16 @@ async fn send(st: &Stack, req: Request<Full<Bytes>>) -> (StatusCode, Bytes, Seen
     )
 }
 
+/// The response body of a request without a session, answered by `answer`, to be read
+/// frame by frame.
+async fn open(
+    st: &Stack,
+    answer: Answer,
+) -> impl http_body::Body<Data = Bytes, Error = Infallible> + Unpin {
+    let req = request(&[], "{}", answer);
+    st.svc.clone().oneshot(req).await.unwrap().into_body()
+}
+
 fn learned(store: &MokaStore, id: &str) -> Option<String> {
     let key = BindingKey::response_id(None, SessionId::new(id).unwrap());
     store.get(&key).map(|b| b.auth.as_str().to_owned())
@@ -202,14 +212,7 @@ async fn learns_from_the_first_sse_event_response_created() {
 async fn split_first_event_is_learned_before_the_frame_that_completes_the_id_is_handed_on() {
     let st = stack(true);
     let (tx, body) = streaming();
-    let answer = Answer::new(200, Some("a"), body);
-    let res = st
-        .svc
-        .clone()
-        .oneshot(request(&[], "{}", answer))
-        .await
-        .unwrap();
-    let mut body = res.into_body();
+    let mut body = open(&st, Answer::new(200, Some("a"), body)).await;
     let (first, rest) = CREATED.split_at(CREATED.find("resp_sse1").unwrap() + 6);
     tx.send(data(first)).await.unwrap();
     let f = body.frame().await.unwrap().unwrap().into_data().unwrap();
@@ -525,13 +528,7 @@ async fn a_compressed_first_event_split_across_frames_is_learned_before_its_last
             .unwrap();
         let (tx, body) = streaming();
         let answer = Answer::new(200, Some("a"), body).encoded(header_of(coding));
-        let res = st
-            .svc
-            .clone()
-            .oneshot(request(&[], "{}", answer))
-            .await
-            .unwrap();
-        let mut body = res.into_body();
+        let mut body = open(&st, answer).await;
         // Three frames for the first event, the last of them ending where it ends.
         let cuts = [event_end / 3, 2 * event_end / 3, event_end, whole.len()];
         let mut from = 0;

@@ -454,6 +454,14 @@ mod tests {
             }
         }
 
+        /// Writes the pieces until the decoder stops; why it stopped, if it did.
+        fn feed<'a>(
+            d: &mut Decoder,
+            pieces: impl IntoIterator<Item = &'a [u8]>,
+        ) -> Option<Stopped> {
+            pieces.into_iter().find_map(|p| d.write(p).err())
+        }
+
         const ALL: [(Coding, bool); 5] = [
             (Coding::Gzip, false),
             (Coding::Deflate, false),
@@ -482,13 +490,7 @@ mod tests {
             for (coding, raw) in ALL {
                 let enc = encode(coding, raw, &t);
                 let mut d = Decoder::new(coding).unwrap();
-                let mut stop = None;
-                for b in &enc {
-                    if let Err(s) = d.write(std::slice::from_ref(b)) {
-                        stop = Some(s);
-                        break;
-                    }
-                }
+                let stop = feed(&mut d, enc.chunks(1));
                 assert_eq!(d.decoded(), &t[..], "{coding:?} raw={raw}");
                 // The end of the stream is seen, or its last bytes were never needed.
                 assert!(
@@ -504,13 +506,7 @@ mod tests {
             for (coding, raw) in ALL {
                 let enc = encode(coding, raw, &t);
                 let mut d = Decoder::new(coding).unwrap();
-                let mut stop = None;
-                for piece in enc.chunks(700) {
-                    if let Err(s) = d.write(piece) {
-                        stop = Some(s);
-                        break;
-                    }
-                }
+                let stop = feed(&mut d, enc.chunks(700));
                 assert_eq!(stop, Some(Stopped::Full), "{coding:?} raw={raw}");
                 assert_eq!(d.decoded(), &t[..MAX_PREFIX], "{coding:?} raw={raw}");
             }
@@ -542,14 +538,7 @@ mod tests {
             // FEXTRA of 65535 bytes: header bytes that decode to nothing.
             header.extend_from_slice(&[0xff, 0xff]);
             header.extend(std::iter::repeat_n(b'x', 65535));
-            let mut stop = None;
-            for piece in header.chunks(1000) {
-                if let Err(s) = d.write(piece) {
-                    stop = Some(s);
-                    break;
-                }
-            }
-            assert_eq!(stop, Some(Stopped::InputBound));
+            assert_eq!(feed(&mut d, header.chunks(1000)), Some(Stopped::InputBound));
             assert!(d.decoded().is_empty());
             assert!(MAX_ENCODED < header.len());
         }
@@ -559,13 +548,7 @@ mod tests {
             for coding in [Coding::Gzip, Coding::Deflate, Coding::Brotli, Coding::Zstd] {
                 let mut d = Decoder::new(coding).unwrap();
                 let garbage = b"{\"id\":\"resp_plain\"} is not compressed at all, though labelled";
-                let mut stop = None;
-                for piece in garbage.chunks(7) {
-                    if let Err(s) = d.write(piece) {
-                        stop = Some(s);
-                        break;
-                    }
-                }
+                let stop = feed(&mut d, garbage.chunks(7));
                 assert_eq!(stop, Some(Stopped::Invalid), "{coding:?}");
                 assert!(!d.decoded().starts_with(b"{\"id\""), "{coding:?}");
             }
