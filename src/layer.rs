@@ -176,6 +176,25 @@ impl<St: BindingStore, C> StickySessionLayer<St, C> {
     ///   with the store's TTL, in a key namespace of its own
     ///   ([`BindingKey::response_id`](crate::BindingKey::response_id)): a client's
     ///   session id equal to a learned `resp_…` string is a different key.
+    /// - **Compressed answers.** With the `learn-compressed` crate feature, an answer
+    ///   with `Content-Encoding: gzip`, `deflate` (zlib-wrapped, or raw), `br` or `zstd`
+    ///   is learned from too: copies of its first frames go through a stream decoder,
+    ///   which stops at 8 KiB of decoded text (the same bound; a decompression bomb costs
+    ///   at most the decoder's own window, for `br` up to 16 MiB and for `zstd` 8 MiB,
+    ///   larger ones refused), after 64 KiB of compressed input, or at the first invalid
+    ///   byte. The client still gets the compressed bytes untouched, and a first event
+    ///   split across frames is learned before the frame that completes it is handed on.
+    ///   Several codings (`gzip, br`), an unknown one, or any coding without the feature:
+    ///   nothing learned, counted in
+    ///   [`StatsSnapshot::response_ids_undecodable`](crate::StatsSnapshot::response_ids_undecodable).
+    ///   A compression layer of your own (tower-http's `CompressionLayer`) goes *outside*
+    ///   this one, which then sees the upstream's answer, never that layer's output.
+    /// - **`store: false`.** A request whose body says `"store": false`
+    ///   ([`BodySignals::store`](crate::BodySignals::store)) asks for a response that
+    ///   cannot be continued: its id is not learned (it would only fill the store), and
+    ///   the success is counted in
+    ///   [`StatsSnapshot::response_ids_not_stored`](crate::StatsSnapshot::response_ids_not_stored).
+    ///   The request itself is still pinned by its own `previous_response_id`.
     /// - **Pinning.** A request whose [`BodySignals`](crate::BodySignals) (put there by
     ///   [`SessionFromBodyLayer`](crate::SessionFromBodyLayer) in front of this layer)
     ///   carry a `previous_response_id` that was learned is pinned to its account with

@@ -129,7 +129,9 @@
 //! 1. **A learned response id** (opt-in, [`StickySessionLayer::learn_response_ids`]): a
 //!    request whose body's `previous_response_id` names a response this layer saw
 //!    account A create is pinned to A with [`PinnedAuth`] *and* [`HardPin`] (only A can
-//!    resolve the chain), ahead of every other source.
+//!    resolve the chain), ahead of every other source. Answers compressed with gzip,
+//!    deflate, br or zstd are learned from with the `learn-compressed` feature (a
+//!    bounded prefix of a copy is decoded); a `"store": false` request's is not.
 //! 2. **Headers**, in the configured order ([`StickySessionLayer::headers`];
 //!    [`StickySessionLayer::known_client_headers`] for the headers real clients send,
 //!    [`KNOWN_CLIENT_HEADERS`]), or the [session function](StickySessionLayer::session_fn).

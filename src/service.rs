@@ -178,6 +178,7 @@ where
                 shared: self.shared.clone(),
                 scope: scope.clone(),
                 upgrade: None,
+                not_stored: signals.is_some_and(|s| s.store == Some(false)),
             })
         });
         let upgrade = wants_upgrade(&parts);

@@ -84,6 +84,8 @@ pub(crate) struct Counters {
     pub(crate) response_ids_unknown: AtomicU64,
     pub(crate) response_ids_learned: AtomicU64,
     pub(crate) upgrades: AtomicU64,
+    pub(crate) response_ids_not_stored: AtomicU64,
+    pub(crate) response_ids_undecodable: AtomicU64,
 }
 
 impl Counters {
@@ -177,6 +179,8 @@ impl Stats {
             response_ids_unknown: get(&c.response_ids_unknown),
             response_ids_learned: get(&c.response_ids_learned),
             upgrades: get(&c.upgrades),
+            response_ids_not_stored: get(&c.response_ids_not_stored),
+            response_ids_undecodable: get(&c.response_ids_undecodable),
         }
     }
 }
@@ -252,6 +256,14 @@ pub struct StatsSnapshot {
     /// Upgrades accepted by an account (`101 Switching Protocols`, or a 2xx to an HTTP/2
     /// `CONNECT`, with [`ServedBy`](crate::ServedBy)): each committed its binding at once.
     pub upgrades: u64,
+    /// Successes whose id was not looked for because their request said `"store": false`
+    /// ([`BodySignals::store`](crate::BodySignals::store)): such a response cannot be
+    /// continued with `previous_response_id`, so learning it would only fill the store.
+    pub response_ids_not_stored: u64,
+    /// Successes whose id was not looked for because the learner cannot decode their
+    /// `Content-Encoding`: several codings (`gzip, br`), an unknown one, or, without the
+    /// `learn-compressed` feature, any.
+    pub response_ids_undecodable: u64,
 }
 
 impl StatsSnapshot {

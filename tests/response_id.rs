@@ -34,6 +34,8 @@ struct Answer {
     status: u16,
     served: Option<&'static str>,
     body: Arc<Mutex<Option<Body>>>,
+    /// `Content-Encoding` of the answer, if any.
+    encoding: Option<&'static str>,
 }
 
 impl Answer {
@@ -42,7 +44,13 @@ impl Answer {
             status,
             served,
             body: Arc::new(Mutex::new(Some(body))),
+            encoding: None,
         }
+    }
+
+    fn encoded(mut self, encoding: &'static str) -> Self {
+        self.encoding = Some(encoding);
+        self
     }
 }
 
@@ -85,6 +93,10 @@ fn inner(log: Log) -> Inner {
                 let body = answer.body.lock().unwrap().take().unwrap();
                 let mut res = Response::new(body);
                 *res.status_mut() = StatusCode::from_u16(answer.status).unwrap();
+                if let Some(enc) = answer.encoding {
+                    res.headers_mut()
+                        .insert(http::header::CONTENT_ENCODING, enc.parse().unwrap());
+                }
                 if let Some(served) = pinned.as_deref().or(answer.served) {
                     res.extensions_mut().insert(ServedBy(AuthId::from(served)));
                 }
@@ -135,6 +147,16 @@ async fn send(st: &Stack, req: Request<Full<Bytes>>) -> (StatusCode, Bytes, Seen
         body,
         st.log.lock().unwrap().last().cloned().unwrap(),
     )
+}
+
+/// The response body of a request without a session, answered by `answer`, to be read
+/// frame by frame.
+async fn open(
+    st: &Stack,
+    answer: Answer,
+) -> impl http_body::Body<Data = Bytes, Error = Infallible> + Unpin {
+    let req = request(&[], "{}", answer);
+    st.svc.clone().oneshot(req).await.unwrap().into_body()
 }
 
 fn learned(store: &MokaStore, id: &str) -> Option<String> {
@@ -190,14 +212,7 @@ async fn learns_from_the_first_sse_event_response_created() {
 async fn split_first_event_is_learned_before_the_frame_that_completes_the_id_is_handed_on() {
     let st = stack(true);
     let (tx, body) = streaming();
-    let answer = Answer::new(200, Some("a"), body);
-    let res = st
-        .svc
-        .clone()
-        .oneshot(request(&[], "{}", answer))
-        .await
-        .unwrap();
-    let mut body = res.into_body();
+    let mut body = open(&st, Answer::new(200, Some("a"), body)).await;
     let (first, rest) = CREATED.split_at(CREATED.find("resp_sse1").unwrap() + 6);
     tx.send(data(first)).await.unwrap();
     let f = body.frame().await.unwrap().unwrap().into_data().unwrap();
@@ -294,6 +309,45 @@ async fn nothing_is_learned_from_failures_unserved_other_bodies_or_when_off() {
 }
 
 #[tokio::test]
+async fn store_false_is_not_learned_and_counted_store_true_or_absent_is() {
+    let st = stack(true);
+    for (body, id) in [
+        (
+            r#"{"model":"gpt-5","store":false,"input":"hi"}"#,
+            "resp_nostore",
+        ),
+        (
+            r#"{"model":"gpt-5","store":true,"input":"hi"}"#,
+            "resp_store",
+        ),
+        (r#"{"model":"gpt-5","input":"hi"}"#, "resp_default"),
+    ] {
+        let answer = format!(r#"{{"id":"{id}","object":"response"}}"#);
+        let answer = Full::new(Bytes::from(answer)).boxed();
+        let (status, got, _) =
+            send(&st, request(&[], body, Answer::new(200, Some("a"), answer))).await;
+        assert_eq!(status, 200);
+        assert!(got.starts_with(format!(r#"{{"id":"{id}""#).as_bytes()));
+    }
+    assert_eq!(learned(&st.store, "resp_nostore"), None);
+    assert_eq!(learned(&st.store, "resp_store").as_deref(), Some("a"));
+    assert_eq!(learned(&st.store, "resp_default").as_deref(), Some("a"));
+    let s = st.layer.stats().snapshot();
+    assert_eq!((s.response_ids_not_stored, s.response_ids_learned), (1, 2));
+    // A store:false request that fails is not counted: no id would have been looked for.
+    let answer = Answer::new(500, Some("a"), full(br#"{"id":"resp_x"}"#));
+    send(&st, request(&[], r#"{"store":false}"#, answer)).await;
+    assert_eq!(st.layer.stats().snapshot().response_ids_not_stored, 1);
+    // A store:false continuation is still pinned by the id it continues.
+    let answer = Answer::new(200, Some("b"), full(br#"{"id":"resp_next"}"#));
+    let body = r#"{"previous_response_id":"resp_store","store":false}"#;
+    let (_, _, seen) = send(&st, request(&[], body, answer)).await;
+    assert!(seen.hard);
+    assert_eq!(seen.pinned.as_deref(), Some("a"));
+    assert_eq!(learned(&st.store, "resp_next"), None);
+}
+
+#[tokio::test]
 async fn failures_of_a_hard_pinned_request_never_clear_the_learned_id() {
     let st = stack(true);
     send(
@@ -374,6 +428,188 @@ async fn learned_ids_are_scoped_like_sessions() {
     assert_eq!(seen.pinned.as_deref(), Some("a"));
 }
 
+// ---- compressed answers ----------------------------------------------------------
+
+/// `text` as an account would send it with `Content-Encoding: coding` (`deflate` is
+/// zlib-wrapped, `raw-deflate` is the raw form some servers send under `deflate`).
+/// Each part is flushed, as a streaming compressor flushes each event: all of a part's
+/// text can be decoded from the bytes up to its end.
+fn compress(coding: &str, parts: &[&[u8]]) -> Vec<u8> {
+    use std::io::Write;
+    fn flushed<W: Write>(mut w: W, parts: &[&[u8]]) -> W {
+        for p in parts {
+            w.write_all(p).unwrap();
+            w.flush().unwrap();
+        }
+        w
+    }
+    let level = flate2::Compression::default();
+    match coding {
+        "gzip" => flushed(flate2::write::GzEncoder::new(Vec::new(), level), parts)
+            .finish()
+            .unwrap(),
+        "deflate" => flushed(flate2::write::ZlibEncoder::new(Vec::new(), level), parts)
+            .finish()
+            .unwrap(),
+        "raw-deflate" => flushed(flate2::write::DeflateEncoder::new(Vec::new(), level), parts)
+            .finish()
+            .unwrap(),
+        "br" => {
+            let mut out = Vec::new();
+            drop(flushed(
+                brotli::CompressorWriter::new(&mut out, 4096, 5, 22),
+                parts,
+            ));
+            out
+        }
+        "zstd" => flushed(zstd::stream::Encoder::new(Vec::new(), 3).unwrap(), parts)
+            .finish()
+            .unwrap(),
+        _ => unreachable!("{coding}"),
+    }
+}
+
+/// The header value for a [`compress`] coding.
+fn header_of(coding: &'static str) -> &'static str {
+    if coding == "raw-deflate" {
+        "deflate"
+    } else {
+        coding
+    }
+}
+
+const CODINGS: [&str; 5] = ["gzip", "deflate", "raw-deflate", "br", "zstd"];
+
+#[tokio::test]
+async fn learns_from_gzip_br_zstd_and_deflate_json_answers_and_forwards_them_byte_exact() {
+    for coding in CODINGS {
+        let st = stack(true);
+        let json = br#"{"id":"resp_packed","object":"response","status":"completed","output":[]}"#;
+        let packed = Bytes::from(compress(coding, &[json]));
+        // A few bytes a frame: every header, block and checksum is split.
+        let (tx, body) = streaming();
+        let frames = packed.clone();
+        let sender = tokio::spawn(async move {
+            for chunk in frames.chunks(5) {
+                tx.send(data(Bytes::copy_from_slice(chunk))).await.unwrap();
+            }
+        });
+        let answer = Answer::new(200, Some("a"), body).encoded(header_of(coding));
+        let (status, got, _) = send(&st, request(&[], "{}", answer)).await;
+        sender.await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(
+            got, packed,
+            "{coding}: the client gets the compressed bytes unchanged"
+        );
+        assert_eq!(
+            learned(&st.store, "resp_packed").as_deref(),
+            Some("a"),
+            "{coding}"
+        );
+        let s = st.layer.stats().snapshot();
+        assert_eq!((s.response_ids_learned, s.response_ids_undecodable), (1, 0));
+    }
+}
+
+#[tokio::test]
+async fn a_compressed_first_event_split_across_frames_is_learned_before_its_last_frame_is_handed_on()
+ {
+    for coding in CODINGS {
+        let st = stack(true);
+        let more = b"event: response.output_text.delta\ndata: {\"delta\":\"hi\"}\n\n";
+        let first = compress(coding, &[CREATED.as_bytes()]);
+        let whole = compress(coding, &[CREATED.as_bytes(), more]);
+        // With the first event flushed, its compressed bytes are a prefix of the stream's
+        // (minus the end-of-stream trailer the one-part encoding added).
+        let event_end = (0..=first.len())
+            .rev()
+            .find(|&n| whole.starts_with(&first[..n]))
+            .unwrap();
+        let (tx, body) = streaming();
+        let answer = Answer::new(200, Some("a"), body).encoded(header_of(coding));
+        let mut body = open(&st, answer).await;
+        // Three frames for the first event, the last of them ending where it ends.
+        let cuts = [event_end / 3, 2 * event_end / 3, event_end, whole.len()];
+        let mut from = 0;
+        let mut got = Vec::new();
+        for (i, to) in cuts.into_iter().enumerate() {
+            tx.send(data(Bytes::copy_from_slice(&whole[from..to])))
+                .await
+                .unwrap();
+            let f = body.frame().await.unwrap().unwrap().into_data().unwrap();
+            assert_eq!(
+                &f[..],
+                &whole[from..to],
+                "{coding}: frames are handed on as they are"
+            );
+            got.extend_from_slice(&f);
+            from = to;
+            let known = learned(&st.store, "resp_sse1");
+            if i == 0 {
+                assert_eq!(known, None, "{coding}: not from a third of the event");
+            }
+            if i >= 2 {
+                assert_eq!(known.as_deref(), Some("a"), "{coding}: frame {i}");
+            }
+        }
+        drop(tx);
+        assert!(body.frame().await.is_none());
+        assert_eq!(got, whole);
+    }
+}
+
+#[tokio::test]
+async fn several_or_unknown_codings_are_not_learned_and_counted() {
+    let st = stack(true);
+    let json = br#"{"id":"resp_twice","object":"response"}"#;
+    for encoding in ["gzip, br", "compress", "gzip, identity, zstd"] {
+        let packed = Bytes::from(compress("gzip", &[json]));
+        let answer = Answer::new(200, Some("a"), Full::new(packed.clone()).boxed());
+        let (_, got, _) = send(&st, request(&[], "{}", answer.encoded(encoding))).await;
+        assert_eq!(got, packed);
+    }
+    // `identity` alone is no encoding at all.
+    let answer = Answer::new(200, Some("a"), full(br#"{"id":"resp_plain"}"#));
+    send(&st, request(&[], "{}", answer.encoded("identity"))).await;
+    assert_eq!(learned(&st.store, "resp_twice"), None);
+    assert_eq!(learned(&st.store, "resp_plain").as_deref(), Some("a"));
+    let s = st.layer.stats().snapshot();
+    assert_eq!((s.response_ids_undecodable, s.response_ids_learned), (3, 1));
+}
+
+#[tokio::test]
+async fn a_compressed_prefix_past_the_bound_learns_nothing_and_the_client_gets_every_byte() {
+    // 100 MiB of padding before the id: about 100 KiB of gzip. The learner decodes 8 KiB
+    // of it and gives up; the client still gets the whole answer.
+    let pad = vec![b' '; 100 << 20];
+    let head = br#"{"object":"response","pad":""#;
+    let tail = br#"","id":"resp_far"}"#;
+    let bomb = Bytes::from(compress("gzip", &[head, &pad, tail]));
+    drop(pad);
+    assert!(bomb.len() < 200 << 10, "{}", bomb.len());
+    let st = stack(true);
+    let (tx, body) = streaming();
+    let frames = bomb.clone();
+    let sender = tokio::spawn(async move {
+        for chunk in frames.chunks(8 << 10) {
+            tx.send(data(Bytes::copy_from_slice(chunk))).await.unwrap();
+        }
+    });
+    let answer = Answer::new(200, Some("a"), body).encoded("gzip");
+    let (_, got, _) = send(&st, request(&[], "{}", answer)).await;
+    sender.await.unwrap();
+    assert_eq!(got, bomb);
+    assert_eq!(learned(&st.store, "resp_far"), None);
+    assert_eq!(st.layer.stats().snapshot().response_ids_learned, 0);
+    // Within the bound (7 KiB of padding decoded), the same shape is learned.
+    let pad = vec![b' '; 7 << 10];
+    let near = compress("gzip", &[head, &pad, br#"","id":"resp_near"}"#]);
+    let answer = Answer::new(200, Some("a"), Full::new(Bytes::from(near)).boxed());
+    send(&st, request(&[], "{}", answer.encoded("gzip"))).await;
+    assert_eq!(learned(&st.store, "resp_near").as_deref(), Some("a"));
+}
+
 // ---- hyper over real TCP ----------------------------------------------------------
 
 /// A server on 127.0.0.1: SessionFromBodyLayer → StickySessionLayer(learning) → an
@@ -381,6 +617,12 @@ async fn learned_ids_are_scoped_like_sessions() {
 /// and streams a Responses-API SSE answer in small frames with pauses, the first event
 /// split across frames. `x-served-by` and `x-hard-pin` report what happened.
 async fn server() -> SocketAddr {
+    server_with(None).await
+}
+
+/// [`server`], its answers compressed with `coding` (each event flushed, the first
+/// event's compressed bytes cut in four frames) when one is given.
+async fn server_with(coding: Option<&'static str>) -> SocketAddr {
     let layer = StickySessionLayer::new()
         .known_client_headers()
         .learn_response_ids(true);
@@ -402,16 +644,30 @@ async fn server() -> SocketAddr {
                 "event: response.created\ndata: {{\"type\":\"response.created\",\"response\":{{\"id\":\"{id}\",\"object\":\"response\"}}}}\n\n"
             );
             let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+            let frames = match coding {
+                None => {
+                    let bytes = Bytes::from(event);
+                    let cut = bytes.len() / 2;
+                    vec![
+                        bytes.slice(..cut),
+                        bytes.slice(cut..),
+                        Bytes::from_static(COMPLETED.as_bytes()),
+                    ]
+                }
+                Some(coding) => {
+                    let bytes =
+                        Bytes::from(compress(coding, &[event.as_bytes(), COMPLETED.as_bytes()]));
+                    let q = bytes.len() / 5;
+                    (0..5)
+                        .map(|i| bytes.slice(i * q..if i == 4 { bytes.len() } else { (i + 1) * q }))
+                        .collect()
+                }
+            };
             tokio::spawn(async move {
-                let bytes = Bytes::from(event);
-                let cut = bytes.len() / 2;
-                for part in [bytes.slice(..cut), bytes.slice(cut..)] {
+                for part in frames {
                     let _ = tx.send(data(part)).await;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                let _ = tx
-                    .send(data("event: response.completed\ndata: {}\n\n"))
-                    .await;
             });
             let mut res = Response::new(StreamBody::new(ReceiverStream::new(rx)));
             res.headers_mut()
@@ -420,6 +676,10 @@ async fn server() -> SocketAddr {
                 .insert("x-hard-pin", if hard { "1" } else { "0" }.parse().unwrap());
             res.headers_mut()
                 .insert("content-type", "text/event-stream".parse().unwrap());
+            if let Some(coding) = coding {
+                res.headers_mut()
+                    .insert("content-encoding", header_of(coding).parse().unwrap());
+            }
             res.extensions_mut().insert(ServedBy(account));
             Ok::<_, Infallible>(res)
         }
@@ -441,8 +701,16 @@ async fn server() -> SocketAddr {
     addr
 }
 
+const COMPLETED: &str = "event: response.completed\ndata: {}\n\n";
+
 /// One request over a fresh connection: (served by, hard pin, body).
 async fn post(addr: SocketAddr, body: String) -> (String, bool, String) {
+    let (served, hard, body) = post_raw(addr, body).await;
+    (served, hard, String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// [`post`], the body as received (hyper's client does not decompress).
+async fn post_raw(addr: SocketAddr, body: String) -> (String, bool, Bytes) {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
@@ -458,7 +726,7 @@ async fn post(addr: SocketAddr, body: String) -> (String, bool, String) {
     let served = res.headers()["x-served-by"].to_str().unwrap().to_owned();
     let hard = res.headers()["x-hard-pin"] == "1";
     let body = res.into_body().collect().await.unwrap().to_bytes();
-    (served, hard, String::from_utf8(body.to_vec()).unwrap())
+    (served, hard, body)
 }
 
 fn response_id(sse: &str) -> String {
@@ -491,4 +759,38 @@ async fn over_tcp_a_chain_of_previous_response_ids_stays_on_the_creating_account
     // An unknown id falls back (round robin, not hard).
     let (_, hard, _) = post(addr, continuation("resp_never_seen")).await;
     assert!(!hard);
+}
+
+#[tokio::test]
+async fn over_tcp_a_chain_stays_on_its_account_when_the_account_gzips_its_stream() {
+    use std::io::Read;
+    let addr = server_with(Some("gzip")).await;
+    let decode = |bytes: &Bytes| {
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&bytes[..])
+            .read_to_string(&mut text)
+            .unwrap();
+        text
+    };
+    let (first, hard, mut body) =
+        post_raw(addr, r#"{"model":"gpt-5","input":"hi"}"#.to_owned()).await;
+    assert!(!hard);
+    let mut text = decode(&body);
+    for _ in 0..4 {
+        // The client got exactly the bytes the account sent.
+        let event = text.strip_suffix(COMPLETED).unwrap();
+        assert_eq!(
+            body,
+            compress("gzip", &[event.as_bytes(), COMPLETED.as_bytes()])
+        );
+        let id = response_id(&text);
+        let (served, hard, next) = post_raw(addr, continuation(&id)).await;
+        assert_eq!(
+            served, first,
+            "the chain stays on the account that created it"
+        );
+        assert!(hard, "{id} was learned from the compressed stream");
+        text = decode(&next);
+        body = next;
+    }
 }

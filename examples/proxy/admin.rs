@@ -423,6 +423,16 @@ impl Collector for StatsCollector {
                 s.response_ids_unknown,
             ),
             (
+                "sticky_session_response_ids_not_stored",
+                "Successes not learned because their request said store: false.",
+                s.response_ids_not_stored,
+            ),
+            (
+                "sticky_session_response_ids_undecodable",
+                "Successes not learned because their Content-Encoding could not be decoded.",
+                s.response_ids_undecodable,
+            ),
+            (
                 "sticky_session_upgrades",
                 "Upgrades (WebSockets) accepted by an account; each committed its binding.",
                 s.upgrades,

@@ -18,7 +18,8 @@
 //!   The scan runs in the request's task when the body's last byte arrives (a 16 MiB
 //!   body costs a few milliseconds of CPU there). What it finds goes into the
 //!   [`BodySignals`] request extension: the session id and the field it came from, the
-//!   `previous_response_id`, and (opt-in) a conversation fingerprint.
+//!   `previous_response_id`, the top-level `store` flag, and (opt-in) a conversation
+//!   fingerprint.
 //! - The request is handed on with the **same bytes** and the same headers (so the same
 //!   `Content-Length`), as a [`BufferedBody`]. A body that outgrows the limit while being
 //!   read is handed on as its buffered prefix and then the rest of the stream; a body

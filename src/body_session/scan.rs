@@ -639,6 +639,8 @@ pub(crate) struct Scanned<'a> {
     /// Candidates per field (index into [`FIELDS`]); the last occurrence of a key wins.
     pub(crate) candidates: [Option<Cow<'a, [u8]>>; FIELDS.len()],
     pub(crate) previous_response_id: Option<Cow<'a, [u8]>>,
+    /// The top-level `store` member, when it is `true` or `false`.
+    pub(crate) store: Option<bool>,
     /// The fingerprint's inputs, when asked for: the system prompt's value and the first
     /// user message's content, as raw JSON.
     pub(crate) system: Option<&'a [u8]>,
@@ -796,6 +798,14 @@ pub(crate) fn scan(body: &[u8], fingerprint: bool) -> Result<Scanned<'_>, Stop> 
                 });
             }
             b"previous_response_id" => out.previous_response_id = read(c.string_value()?),
+            // A bare word, checked as any skipped scalar is: only its bytes are compared.
+            b"store" => {
+                out.store = match c.skip_value()? {
+                    b"true" => Some(true),
+                    b"false" => Some(false),
+                    _ => None,
+                };
+            }
             b"system" if fingerprint => system = Some(c.skip_value()?),
             b"instructions" if fingerprint => instructions = Some(c.skip_value()?),
             b"messages" | b"input" if fingerprint => {
@@ -1388,6 +1398,27 @@ mod tests {
         assert_eq!(session(body), None);
         // A key inside a string is just text.
         assert_eq!(session(r#"{"text":"\"session_id\":\"fake\""}"#), None);
+    }
+
+    #[test]
+    fn top_level_store_is_read_when_it_is_a_boolean() {
+        let store = |body: &str| scan(body.as_bytes(), false).expect("valid JSON").store;
+        assert_eq!(
+            store(r#"{"model":"gpt-5","store":false,"input":"hi"}"#),
+            Some(false)
+        );
+        assert_eq!(store(r#"{"store" : true}"#), Some(true));
+        assert_eq!(store(r#"{"input":"hi"}"#), None);
+        // Not a boolean, nested, or escaped key: as JSON has it.
+        assert_eq!(store(r#"{"store":"false"}"#), None);
+        assert_eq!(store(r#"{"store":null}"#), None);
+        assert_eq!(store(r#"{"metadata":{"store":false}}"#), None);
+        assert_eq!(store(r#"{"store":false}"#), Some(false));
+        // The last occurrence wins, as for every field.
+        assert_eq!(store(r#"{"store":false,"store":true}"#), Some(true));
+        assert_eq!(store(r#"{"store":true,"store":false}"#), Some(false));
+        // A misspelt word is still invalid JSON.
+        assert!(invalid(br#"{"store":fals}"#));
     }
 
     #[test]

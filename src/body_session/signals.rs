@@ -52,6 +52,11 @@ pub struct BodySignals {
     /// [`SessionFromBodyLayer::fingerprint`](super::SessionFromBodyLayer::fingerprint)
     /// and the body has a first user message.
     pub fingerprint: Option<SessionId>,
+    /// The body's top-level `store` member when it is a boolean (`None`: absent, or not
+    /// a boolean). The Responses API's `"store": false` asks the provider not to keep the
+    /// response, which then cannot be continued with `previous_response_id`: the sticky
+    /// layer does not [learn](crate::StickySessionLayer::learn_response_ids) its id.
+    pub store: Option<bool>,
 }
 
 /// A session id read from a request body, and the field it came from.
@@ -130,6 +135,7 @@ pub(crate) fn scan_body(body: &[u8], config: &ScanConfig) -> Result<Outcome, Inv
             session,
             previous_response_id,
             fingerprint,
+            store: scanned.store,
         },
         rejected,
     })
@@ -243,6 +249,16 @@ mod tests {
         let s = BodySignals::from_json(br#"{"previous_response_id":"resp 1"}"#).unwrap();
         assert_eq!(s.previous_response_id, None);
         assert_eq!(BodySignals::from_json(b"{"), Err(InvalidJson));
+    }
+
+    #[test]
+    fn signals_carry_the_store_flag() {
+        let s = BodySignals::from_json(br#"{"store":false,"prompt_cache_key":"k"}"#).unwrap();
+        assert_eq!(s.store, Some(false));
+        assert_eq!(s.session.unwrap().field, "prompt_cache_key");
+        let s = BodySignals::from_json(br#"{"store":true}"#).unwrap();
+        assert_eq!(s.store, Some(true));
+        assert_eq!(BodySignals::from_json(b"{}").unwrap().store, None);
     }
 
     #[test]

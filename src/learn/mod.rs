@@ -1,8 +1,12 @@
 //! Response-id learning: which account created which Responses API response.
 //!
 //! See [`StickySessionLayer::learn_response_ids`](crate::StickySessionLayer::learn_response_ids).
-//! The response side gets a [`Learner`] on a success with `ServedBy`; the body feeds it
-//! its data frames until it has found the id, found none, or given up.
+//! The response side gets a [`Learner`] on a success with `ServedBy` (unless the request
+//! said `store: false`); the body feeds it its data frames until it has found the id,
+//! found none, or given up. A compressed answer's frames go through a [`Decoder`] first
+//! (see [`decode`]).
+
+mod decode;
 
 use std::io::IoSlice;
 use std::sync::Arc;
@@ -16,8 +20,11 @@ use crate::classify::{ClassifyResponse, ResponseClass};
 use crate::core::{Core, StoreOp};
 use crate::extract::SessionId;
 use crate::layer::Shared;
+use crate::stats::Counters;
 use crate::store::BindingStore;
 use crate::types::{AuthId, BindingKey, Scope, ServedBy};
+
+use self::decode::{Coding, Decoder, Stopped};
 
 /// The most of a body's first bytes kept when its first frame ends before the id (a
 /// `response.created` event split across frames). Past it, nothing is learned.
@@ -33,6 +40,9 @@ pub(crate) struct LearnCtx<St, C> {
     /// An upgrade request's [`Binding`](crate::Binding) slot, for a request without a
     /// session of its own (with one, the session's tracking holds it).
     pub(crate) upgrade: Option<Arc<crate::upgrade::Slot<St>>>,
+    /// The request said `"store": false` (its [`BodySignals`](crate::BodySignals)): the
+    /// response cannot be continued, so its id is not learned.
+    pub(crate) not_stored: bool,
 }
 
 impl<St, C: ClassifyResponse> LearnCtx<St, C> {
@@ -42,12 +52,33 @@ impl<St, C: ClassifyResponse> LearnCtx<St, C> {
         if self.shared.classifier.classify(res.status(), res.headers()) != ResponseClass::Success {
             return None;
         }
+        let counters = self.shared.core.counters();
+        if self.not_stored {
+            Counters::inc(&counters.response_ids_not_stored);
+            return None;
+        }
+        let decoder = match Coding::of(res.headers()) {
+            Coding::Identity => None,
+            coding => match Decoder::new(coding) {
+                Some(d) => Some(Box::new(d)),
+                None => {
+                    Counters::inc(&counters.response_ids_undecodable);
+                    tracing::debug!(
+                        parent: span,
+                        coding = coding.as_str(),
+                        "sticky session: response id not learned: content encoding not decoded"
+                    );
+                    return None;
+                }
+            },
+        };
         Some(Box::new(Learner {
             core: self.shared.core.clone(),
             scope: self.scope,
             served: served.0.clone(),
             span: span.clone(),
             prefix: Vec::new(),
+            decoder,
         }))
     }
 }
@@ -60,6 +91,8 @@ pub(crate) struct Learner<St> {
     span: Span,
     /// The body's first bytes, kept only once the first frame ended before the answer.
     prefix: Vec<u8>,
+    /// A compressed answer's decoder, which holds the decoded prefix (`prefix` is unused).
+    decoder: Option<Box<Decoder>>,
 }
 
 /// What one data frame told a [`Learner`].
@@ -76,6 +109,9 @@ impl<St: BindingStore> Learner<St> {
     /// Scans the body's next data frame. The first frame is scanned in place; only if it
     /// ends before the answer are bytes copied (at most [`MAX_PREFIX`] in all).
     pub(crate) fn feed(&mut self, data: &impl Buf) -> Fed<St> {
+        if self.decoder.is_some() {
+            return self.feed_encoded(data);
+        }
         let chunk = data.chunk();
         if self.prefix.is_empty() && chunk.len() == data.remaining() {
             match find_response_id(chunk) {
@@ -108,6 +144,42 @@ impl<St: BindingStore> Learner<St> {
             ResponseIdScan::NeedMore => return Fed::More,
         };
         match found.flatten() {
+            Some(id) => self.commit(id),
+            None => Fed::Done,
+        }
+    }
+
+    /// [`feed`](Self::feed) for a compressed answer: the frame goes through the decoder,
+    /// and the decoded prefix (at most [`MAX_PREFIX`]) is scanned.
+    fn feed_encoded(&mut self, data: &impl Buf) -> Fed<St> {
+        let Some(decoder) = self.decoder.as_deref_mut() else {
+            return Fed::Done;
+        };
+        let mut slices = [IoSlice::new(&[]); 16];
+        let n = data.chunks_vectored(&mut slices);
+        if slices[..n].iter().map(|s| s.len()).sum::<usize>() < data.remaining() {
+            // More chunks than the slices could show: the stream would have a hole.
+            return Fed::Done;
+        }
+        let mut stopped = None;
+        for s in &slices[..n] {
+            if let Err(why) = decoder.write(s) {
+                stopped = Some(why);
+                break;
+            }
+        }
+        let found = match find_response_id(decoder.decoded()) {
+            ResponseIdScan::Found(id) => id_of(id),
+            ResponseIdScan::NeedMore if stopped.is_none() => return Fed::More,
+            _ => None,
+        };
+        if found.is_none() && stopped == Some(Stopped::Invalid) {
+            tracing::debug!(
+                parent: &self.span,
+                "sticky session: response id not learned: compressed answer not decodable"
+            );
+        }
+        match found {
             Some(id) => self.commit(id),
             None => Fed::Done,
         }
