@@ -230,6 +230,31 @@ impl<St: BindingStore, C> StickySessionLayer<St, C> {
         self
     }
 
+    /// Keys bindings by the request's model, so a session that switches models keeps one
+    /// account per model (deployments per model, or accounts that serve only some).
+    ///
+    /// The model is the JSON body's top-level `model`
+    /// ([`BodySignals::model`](crate::BodySignals::model), read by
+    /// [`SessionFromBodyLayer`](crate::SessionFromBodyLayer) in front of this layer), else
+    /// the path's `models/{model}` segment (Gemini's `/v1beta/models/gemini-2.5-pro:generateContent`),
+    /// else none (one scope for requests that name no model). Replaces any scope function
+    /// set before; to combine the model with a tenant or provider, write a
+    /// [`scope_fn`](Self::scope_fn) that reads `BodySignals::model` from the parts'
+    /// extensions.
+    ///
+    /// ```
+    /// use tower_sticky_session::{SessionFromBodyLayer, StickySessionLayer};
+    /// use tower::ServiceBuilder;
+    ///
+    /// let stack = ServiceBuilder::new()
+    ///     .layer(SessionFromBodyLayer::new())
+    ///     .layer(StickySessionLayer::new().known_client_headers().scope_by_model());
+    /// # let _ = stack;
+    /// ```
+    pub fn scope_by_model(self) -> Self {
+        self.scope_fn(model_scope)
+    }
+
     /// Whether a failure that names no account clears the pinned account's binding.
     ///
     /// On (the default), a failure response without [`ServedBy`](crate::ServedBy) is
@@ -368,4 +393,23 @@ impl<St, C> std::fmt::Debug for StickySessionLayer<St, C> {
             .field("learn_response_ids", &self.shared.learn)
             .finish_non_exhaustive()
     }
+}
+
+/// The scope [`StickySessionLayer::scope_by_model`] uses: the body's `model`, else the
+/// path's `models/{model}` segment.
+fn model_scope(parts: &Parts) -> Option<Scope> {
+    if let Some(model) = parts
+        .extensions
+        .get::<crate::BodySignals>()
+        .and_then(|s| s.model.clone())
+    {
+        return Some(model);
+    }
+    let path = parts.uri.path();
+    let at = path.find("/models/")? + "/models/".len();
+    let rest = &path[at..];
+    let end = rest.find([':', '/']).unwrap_or(rest.len());
+    let model = &rest[..end];
+    (!model.is_empty() && model.len() <= crate::extract::DEFAULT_MAX_SESSION_ID_LEN)
+        .then(|| Scope::new(bytes::Bytes::copy_from_slice(model.as_bytes())))
 }

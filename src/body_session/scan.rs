@@ -641,6 +641,8 @@ pub(crate) struct Scanned<'a> {
     pub(crate) previous_response_id: Option<Cow<'a, [u8]>>,
     /// The top-level `store` member, when it is `true` or `false`.
     pub(crate) store: Option<bool>,
+    /// The top-level `model` string.
+    pub(crate) model: Option<Cow<'a, [u8]>>,
     /// The fingerprint's inputs, when asked for: the system prompt's value and the first
     /// user message's content, as raw JSON.
     pub(crate) system: Option<&'a [u8]>,
@@ -798,6 +800,7 @@ pub(crate) fn scan(body: &[u8], fingerprint: bool) -> Result<Scanned<'_>, Stop> 
                 });
             }
             b"previous_response_id" => out.previous_response_id = read(c.string_value()?),
+            b"model" => out.model = read(c.string_value()?),
             // A bare word, checked as any skipped scalar is: only its bytes are compared.
             b"store" => {
                 out.store = match c.skip_value()? {
@@ -1419,6 +1422,24 @@ mod tests {
         assert_eq!(store(r#"{"store":true,"store":false}"#), Some(false));
         // A misspelt word is still invalid JSON.
         assert!(invalid(br#"{"store":fals}"#));
+    }
+
+    #[test]
+    fn the_top_level_model_is_read_and_the_last_one_wins() {
+        let model = |b: &str| {
+            scan(b.as_bytes(), false)
+                .unwrap()
+                .model
+                .map(|m| m.into_owned())
+        };
+        assert_eq!(
+            model(r#"{"model":"gpt-5","input":"hi"}"#),
+            Some(b"gpt-5".to_vec())
+        );
+        assert_eq!(model(r#"{"metadata":{"model":"x"}}"#), None);
+        assert_eq!(model(r#"{"model":"a","model":"b"}"#), Some(b"b".to_vec()));
+        assert_eq!(model(r#"{"model":"gpt\u002d5"}"#), Some(b"gpt-5".to_vec()));
+        assert_eq!(model(r#"{"model":5}"#), None);
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use super::scan::{self, FIELDS, Stop};
 use crate::extract::{DEFAULT_MAX_SESSION_ID_LEN, InvalidSessionId, SessionId};
+use crate::types::Scope;
 
 /// The body fields a session id is read from, in priority order: the values
 /// [`BodySession::field`] takes, and the labels of [`BodySessionStatsSnapshot::found`](super::BodySessionStatsSnapshot::found).
@@ -57,6 +58,10 @@ pub struct BodySignals {
     /// response, which then cannot be continued with `previous_response_id`: the sticky
     /// layer does not [learn](crate::StickySessionLayer::learn_response_ids) its id.
     pub store: Option<bool>,
+    /// The body's top-level `model` string, as a [`Scope`] (1 to 256 bytes of visible
+    /// ASCII, else `None`): what [`StickySessionLayer::scope_by_model`](crate::StickySessionLayer::scope_by_model)
+    /// keys bindings by, so a session keeps one account per model.
+    pub model: Option<Scope>,
 }
 
 /// A session id read from a request body, and the field it came from.
@@ -136,6 +141,11 @@ pub(crate) fn scan_body(body: &[u8], config: &ScanConfig) -> Result<Outcome, Inv
             previous_response_id,
             fingerprint,
             store: scanned.store,
+            model: scanned
+                .model
+                .as_deref()
+                .and_then(|v| scan::session_id(v, DEFAULT_MAX_SESSION_ID_LEN).ok())
+                .map(|m| Scope::new(bytes::Bytes::copy_from_slice(m.as_str().as_bytes()))),
         },
         rejected,
     })
@@ -249,6 +259,14 @@ mod tests {
         let s = BodySignals::from_json(br#"{"previous_response_id":"resp 1"}"#).unwrap();
         assert_eq!(s.previous_response_id, None);
         assert_eq!(BodySignals::from_json(b"{"), Err(InvalidJson));
+    }
+
+    #[test]
+    fn signals_carry_the_model_as_a_scope() {
+        let s = BodySignals::from_json(br#"{"model":"gpt-5-mini","input":"hi"}"#).unwrap();
+        assert_eq!(s.model, Some(Scope::from_static("gpt-5-mini")));
+        let s = BodySignals::from_json(br#"{"model":"has space"}"#).unwrap();
+        assert_eq!(s.model, None);
     }
 
     #[test]
