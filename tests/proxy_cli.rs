@@ -11,7 +11,6 @@ mod upstream;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,7 +21,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::process::{Child, Command};
 
-use bin::{feature_args, scrub_cargo_env};
 use upstream::{Account, Mode, within};
 
 const KEY_A: &str = "sk-alpha-7f3a9c0e1b2d";
@@ -33,30 +31,7 @@ const SECRETS: [&str; 4] = [KEY_A, KEY_B, CLIENT_TOKEN, ADMIN_TOKEN];
 
 /// The proxy binary, built once per test run.
 fn proxy_bin() -> &'static PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = std::process::Command::new(cargo);
-        scrub_cargo_env(&mut cmd);
-        let out = cmd
-            .args(["build", "--example", "proxy", "--message-format=json"])
-            .args(feature_args())
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("cargo runs");
-        assert!(out.status.success(), "cargo build --example proxy failed");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|v| {
-                v["reason"] == "compiler-artifact"
-                    && v["target"]["name"] == "proxy"
-                    && v["target"]["kind"][0] == "example"
-            })
-            .and_then(|v| v["executable"].as_str().map(PathBuf::from))
-            .expect("the proxy example's executable")
-    })
+    bin::proxy_binary()
 }
 
 fn proxy(args: &[&str]) -> Command {

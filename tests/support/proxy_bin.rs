@@ -33,5 +33,38 @@ pub(crate) fn feature_args() -> Vec<&'static str> {
     if cfg!(feature = "redis") {
         args.extend(["--features", "redis"]);
     }
+    if cfg!(feature = "learn-compressed") {
+        args.extend(["--features", "learn-compressed"]);
+    }
     args
+}
+
+/// The proxy example's binary (debug profile), built once per test binary with
+/// [`feature_args`]. (The load test builds its own, in the profile it runs in.)
+#[allow(dead_code)]
+pub(crate) fn proxy_binary() -> &'static std::path::PathBuf {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        scrub_cargo_env(&mut cmd);
+        let out = cmd
+            .args(["build", "--example", "proxy", "--message-format=json"])
+            .args(feature_args())
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("cargo runs");
+        assert!(out.status.success(), "cargo build --example proxy failed");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| {
+                v["reason"] == "compiler-artifact"
+                    && v["target"]["name"] == "proxy"
+                    && v["target"]["kind"][0] == "example"
+            })
+            .and_then(|v| v["executable"].as_str().map(std::path::PathBuf::from))
+            .expect("the proxy example's executable")
+    })
 }
