@@ -42,6 +42,7 @@ use tower_sticky_session::body_session::{BodySessionStats, BodySessionStatsSnaps
 use tower_sticky_session::store::InspectStore;
 
 use crate::app::auth;
+use crate::app::broken::BrokenStreams;
 use crate::app::keys::Secret;
 use crate::app::picker::Picker;
 use tower_sticky_session::{AuthId, BindingKey, Scope, SessionId, Stats, StatsSnapshot};
@@ -70,6 +71,8 @@ pub(crate) struct ProxyMetrics {
     pub(crate) picker: Option<Arc<Picker>>,
     /// The JSON-body session reader's counters, when it runs.
     pub(crate) body: Option<BodySessionStats>,
+    /// `--max-broken-streams`: streams each account broke after their first byte.
+    pub(crate) broken: Option<Arc<BrokenStreams>>,
 }
 
 /// 401 unless the request presents `token` (see the module docs).
@@ -454,6 +457,8 @@ struct ProxyCollector {
     body: Option<BodySessionStatsSnapshot>,
     /// The WebSocket relay: open sockets, then `(name, help, counter)`.
     ws: Option<(i64, Vec<NamedCounter>)>,
+    /// `(account, broken streams, times tripped)` of `--max-broken-streams`.
+    broken: Vec<(String, u64, u64)>,
 }
 
 /// A counter for one scrape: `(name, help, value)`.
@@ -474,6 +479,10 @@ impl From<&ProxyMetrics> for ProxyCollector {
         });
         Self {
             accounts,
+            broken: m
+                .broken
+                .as_ref()
+                .map_or_else(Vec::new, |b| b.snapshot()),
             retries: m.picker.as_ref().map(|p| p.retries()),
             body: m.body.as_ref().map(BodySessionStats::snapshot),
             ws: m.picker.as_ref().map(|p| {
@@ -518,6 +527,26 @@ impl Collector for ProxyCollector {
             for (name, _, cooling) in &self.accounts {
                 ConstGauge::new(i64::from(*cooling))
                     .encode(m.encode_family(&[("account", name.as_str())])?)?;
+            }
+        }
+        if !self.broken.is_empty() {
+            let mut m = enc.encode_descriptor(
+                "sticky_proxy_broken_streams",
+                "Streams the account broke after their first byte (body error or --idle-timeout).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (name, n, _) in &self.broken {
+                ConstCounter::new(*n).encode(m.encode_family(&[("account", name.as_str())])?)?;
+            }
+            let mut m = enc.encode_descriptor(
+                "sticky_proxy_broken_stream_cooldowns",
+                "Times the account broke --max-broken-streams streams in a row: those sessions unbound, the account cooled down.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (name, _, n) in &self.broken {
+                ConstCounter::new(*n).encode(m.encode_family(&[("account", name.as_str())])?)?;
             }
         }
         if let Some(n) = self.retries {
