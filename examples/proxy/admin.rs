@@ -41,6 +41,7 @@ use serde_json::json;
 use tower_sticky_session::body_session::{BodySessionStats, BodySessionStatsSnapshot};
 use tower_sticky_session::store::InspectStore;
 
+use crate::app::BufferBudget;
 use crate::app::auth;
 use crate::app::broken::BrokenStreams;
 use crate::app::keys::Secret;
@@ -64,13 +65,16 @@ impl<St: Clone> Clone for Admin<St> {
 }
 
 /// The proxy's own state exported next to the layer's counters: per account in-flight
-/// requests and cooldown, retries, and where sessions were found in bodies.
+/// requests and cooldown, retries, streams broken after their first byte, the buffer
+/// budget (bytes in use, bodies refused), and where sessions were found in bodies.
 #[derive(Clone, Default)]
 pub(crate) struct ProxyMetrics {
     /// The account picker.
     pub(crate) picker: Option<Arc<Picker>>,
     /// The JSON-body session reader's counters, when it runs.
     pub(crate) body: Option<BodySessionStats>,
+    /// `--max-buffered-total`: bytes reserved, bodies refused buffering.
+    pub(crate) budget: Option<BufferBudget>,
     /// `--max-broken-streams`: streams each account broke after their first byte.
     pub(crate) broken: Option<Arc<BrokenStreams>>,
 }
@@ -457,6 +461,8 @@ struct ProxyCollector {
     body: Option<BodySessionStatsSnapshot>,
     /// The WebSocket relay: open sockets, then `(name, help, counter)`.
     ws: Option<(i64, Vec<NamedCounter>)>,
+    /// `(bytes in use, limit, bodies refused)` of `--max-buffered-total`.
+    budget: Option<(u64, u64, u64)>,
     /// `(account, broken streams, times tripped)` of `--max-broken-streams`.
     broken: Vec<(String, u64, u64)>,
 }
@@ -479,6 +485,10 @@ impl From<&ProxyMetrics> for ProxyCollector {
         });
         Self {
             accounts,
+            budget: m
+                .budget
+                .as_ref()
+                .map(|b| (b.in_use() as u64, b.limit() as u64, b.refused())),
             broken: m
                 .broken
                 .as_ref()
@@ -548,6 +558,30 @@ impl Collector for ProxyCollector {
             for (name, _, n) in &self.broken {
                 ConstCounter::new(*n).encode(m.encode_family(&[("account", name.as_str())])?)?;
             }
+        }
+        if let Some((in_use, limit, refused)) = self.budget {
+            for (name, help, v) in [
+                (
+                    "sticky_proxy_buffered_bytes",
+                    "Request body bytes reserved in --max-buffered-total now.",
+                    in_use,
+                ),
+                (
+                    "sticky_proxy_buffered_bytes_limit",
+                    "--max-buffered-total.",
+                    limit,
+                ),
+            ] {
+                let g = ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+                let m = enc.encode_descriptor(name, help, None, g.metric_type())?;
+                g.encode(m)?;
+            }
+            StatsCollector::counter(
+                &mut enc,
+                "sticky_proxy_buffer_refused",
+                "Request bodies streamed through unbuffered (one attempt, sticky by header only) because --max-buffered-total was spent.",
+                refused,
+            )?;
         }
         if let Some(n) = self.retries {
             StatsCollector::counter(

@@ -735,6 +735,7 @@ async fn run<St: InspectStore + admin::StoreMetrics + Clone>(
                     admin::ProxyMetrics {
                         picker: Some(app.picker.clone()),
                         body: app.body_stats.clone(),
+                        budget: Some(app.budget.clone()),
                         broken: Some(app.broken.clone()),
                     },
                 );
