@@ -369,6 +369,38 @@ async fn bodies_beyond_the_buffer_budget_stream_through_and_the_budget_returns_t
 }
 
 #[tokio::test]
+async fn requests_without_a_body_reserve_nothing_in_the_buffer_budget() {
+    // The account holds every request: each stays in failover, where a reservation
+    // would be held, until the test ends.
+    let a = Account::start("a", Mode::Hang).await;
+    let mut cfg = config(&a);
+    // Room for one unannounced body.
+    cfg.max_buffered_total = cfg.failover.max_body_buffer;
+    let (proxy, app, _) = start(cfg, serve_config()).await;
+    let client = harness::client();
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let req = harness::chat(http::Method::GET, proxy.addr, Some(&format!("get-{i}")))
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap();
+        held.push(tokio::spawn(client.request(req)));
+    }
+    a.wait_seen(3).await;
+    assert_eq!(app.budget.in_use(), 0);
+    assert_eq!(app.budget.refused(), 0);
+    for s in a.seen() {
+        assert!(
+            !s.headers.contains_key("transfer-encoding"),
+            "{:?}",
+            s.headers
+        );
+    }
+    for h in held {
+        h.abort();
+    }
+}
+
+#[tokio::test]
 async fn a_max_body_buffer_above_the_budget_is_refused() {
     let a = Account::start("a", Mode::Stream).await;
     let mut cfg = config(&a);

@@ -280,7 +280,8 @@ where
             expired: Arc::new(AtomicBool::new(false)),
             limit: self.total,
         };
-        if !req.body().is_end_stream() {
+        let empty = req.body().is_end_stream();
+        if !empty {
             req.extensions_mut().insert(deadline.clone());
         }
         let idle = self.idle;
@@ -289,6 +290,7 @@ where
                 inner: TimeoutBody::new(idle, body),
                 sleep: tokio::time::sleep(deadline.limit),
                 deadline,
+                empty,
             })
         }))
     }
@@ -353,6 +355,11 @@ pin_project_lite::pin_project! {
         #[pin]
         sleep: Sleep,
         deadline: BodyDeadline,
+        // The request had no body. tower-http's `TimeoutBody` answers neither
+        // `is_end_stream` nor `size_hint`: without this, every bodyless GET would look
+        // like a body of unknown length (reserving --max-body-buffer in the budget, and
+        // sent upstream chunked).
+        empty: bool,
     }
 }
 
@@ -378,10 +385,14 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.empty || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        if self.empty {
+            SizeHint::with_exact(0)
+        } else {
+            self.inner.size_hint()
+        }
     }
 }
