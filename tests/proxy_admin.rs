@@ -167,3 +167,46 @@ async fn silent_admin_connections_are_closed_at_the_header_timeout_and_the_main_
     let (status, _) = call(admin_addr, Method::GET, "/metrics").await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn metrics_export_the_buffer_budget_and_broken_streams_per_account() {
+    let cfg = app::ProxyConfig::new(vec![
+        app::Upstream::new("a", "http://127.0.0.1:9").unwrap(),
+        app::Upstream::new("b", "http://127.0.0.1:9").unwrap(),
+    ]);
+    let store = MokaStore::new();
+    let built = app::build(&cfg, store.clone()).unwrap();
+    let grant = built.budget.try_reserve(1000).unwrap();
+    let router = admin::router(
+        store,
+        built.stats.clone(),
+        None,
+        admin::ProxyMetrics {
+            picker: Some(built.picker.clone()),
+            body: built.body_stats.clone(),
+            budget: Some(built.budget.clone()),
+            broken: Some(built.broken.clone()),
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let (status, metrics) = call(addr, Method::GET, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    for line in [
+        "sticky_proxy_buffered_bytes 1000",
+        "sticky_proxy_buffered_bytes_limit 268435456",
+        "sticky_proxy_buffer_refused_total 0",
+        r#"sticky_proxy_broken_streams_total{account="a"} 0"#,
+        r#"sticky_proxy_broken_streams_total{account="b"} 0"#,
+        r#"sticky_proxy_broken_stream_cooldowns_total{account="a"} 0"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    drop(grant);
+    let (_, metrics) = call(addr, Method::GET, "/metrics").await;
+    assert!(
+        metrics.contains("sticky_proxy_buffered_bytes 0\n"),
+        "{metrics}"
+    );
+}

@@ -1,7 +1,8 @@
 //! The example proxy's per-connection and total limits over real sockets:
 //! `--conn-idle-timeout` (HTTP/1 and HTTP/2), the write timeout (a client that stops
 //! reading), `--body-timeout` (a body dribbled byte by byte), `--max-buffered-total`, the
-//! drain with an idle HTTP/2 client that never reads, and local resource errors.
+//! drain with an idle HTTP/2 client that never reads, local resource errors, and
+//! `--max-broken-streams` (an account that breaks its streams after the first byte).
 
 #[allow(dead_code, unused_imports)]
 #[path = "../examples/proxy/app.rs"]
@@ -32,6 +33,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tower_sticky_session::{AuthId, BindingKey, BindingStore, MokaStore, SessionId};
 
+use app::broken::BrokenStreams;
 use app::picker::Picker;
 use app::resources::{ProxyClassifier, fit_connections, local_resource_error, local_unavailable};
 use app::{BufferBudget, ProxyConfig, ServeConfig, Upstream};
@@ -44,6 +46,7 @@ const SHORT: Duration = Duration::from_millis(300);
 struct Probe {
     picker: Arc<Picker>,
     budget: BufferBudget,
+    broken: Arc<BrokenStreams>,
 }
 
 /// The proxy for `cfg`, served with `serve`, and its store.
@@ -53,6 +56,7 @@ async fn start(cfg: ProxyConfig, serve: ServeConfig) -> (Spawned, Probe, MokaSto
     let probe = Probe {
         picker: built.picker.clone(),
         budget: built.budget.clone(),
+        broken: built.broken.clone(),
     };
     let spawned = harness::spawn(built.service, serve).await;
     (spawned, probe, store)
@@ -365,6 +369,38 @@ async fn bodies_beyond_the_buffer_budget_stream_through_and_the_budget_returns_t
 }
 
 #[tokio::test]
+async fn requests_without_a_body_reserve_nothing_in_the_buffer_budget() {
+    // The account holds every request: each stays in failover, where a reservation
+    // would be held, until the test ends.
+    let a = Account::start("a", Mode::Hang).await;
+    let mut cfg = config(&a);
+    // Room for one unannounced body.
+    cfg.max_buffered_total = cfg.failover.max_body_buffer;
+    let (proxy, app, _) = start(cfg, serve_config()).await;
+    let client = harness::client();
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let req = harness::chat(http::Method::GET, proxy.addr, Some(&format!("get-{i}")))
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap();
+        held.push(tokio::spawn(client.request(req)));
+    }
+    a.wait_seen(3).await;
+    assert_eq!(app.budget.in_use(), 0);
+    assert_eq!(app.budget.refused(), 0);
+    for s in a.seen() {
+        assert!(
+            !s.headers.contains_key("transfer-encoding"),
+            "{:?}",
+            s.headers
+        );
+    }
+    for h in held {
+        h.abort();
+    }
+}
+
+#[tokio::test]
 async fn a_max_body_buffer_above_the_budget_is_refused() {
     let a = Account::start("a", Mode::Stream).await;
     let mut cfg = config(&a);
@@ -471,4 +507,217 @@ fn budget_grants_fit_shrink_and_are_released_on_drop() {
     drop(clone);
     drop(g1);
     assert_eq!(b.in_use(), 0);
+}
+
+// --max-broken-streams: an account that breaks its streams after the first byte.
+
+/// Accounts `a` (index 0) and `b`, at most 3 broken streams in a row, a cooldown that
+/// outlasts the test, short idle and write timeouts; `sessions` bound to `a`.
+async fn broken_streams_setup(
+    a: &Account,
+    b: &Account,
+    sessions: &[&str],
+) -> (Spawned, Probe, MokaStore) {
+    let mut cfg = ProxyConfig::new(vec![
+        Upstream::new(a.name, &a.url()).unwrap(),
+        Upstream::new(b.name, &b.url()).unwrap(),
+    ]);
+    cfg.failover.max_broken_streams = 3;
+    cfg.failover.cooldown = BOUND * 10;
+    cfg.failover.idle_timeout = SHORT;
+    let mut serve = serve_config();
+    serve.conn_idle_timeout = BOUND;
+    serve.write_timeout = SHORT;
+    let (proxy, probe, store) = start(cfg, serve).await;
+    for s in sessions {
+        store.commit(&key(s), &AuthId::from("a")).await.unwrap();
+    }
+    (proxy, probe, store)
+}
+
+fn key(session: &str) -> BindingKey {
+    BindingKey::new(None, SessionId::new(session).unwrap())
+}
+
+async fn bound(store: &MokaStore, session: &str) -> Option<String> {
+    store
+        .lookup(&key(session))
+        .await
+        .unwrap()
+        .map(|a| a.as_str().to_owned())
+}
+
+/// Waits until none of `sessions` is bound (the unbinding runs on a task of its own).
+async fn unbound(store: &MokaStore, sessions: &[&str], what: &str) {
+    within(what, async {
+        for s in sessions {
+            while bound(store, s).await.is_some() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    })
+    .await;
+}
+
+/// A streamed request of `session` through the proxy: the account that served it and its
+/// body (an error when the stream broke).
+async fn stream(addr: SocketAddr, session: &str) -> (String, Result<Bytes, String>) {
+    let req = harness::chat(http::Method::POST, addr, Some(session))
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let res = harness::send(&harness::client(), req).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let by = res.headers()["x-served-by"].to_str().unwrap().to_owned();
+    let body = within("the stream ends", res.into_body().collect()).await;
+    (by, body.map(|b| b.to_bytes()).map_err(|e| e.to_string()))
+}
+
+/// A stream of `session` that account `a` breaks after its first chunk.
+async fn broken_by_a(addr: SocketAddr, session: &str) {
+    let (by, body) = stream(addr, session).await;
+    assert_eq!(by, "a");
+    assert!(body.is_err(), "the stream should break: {body:?}");
+}
+
+#[tokio::test]
+async fn three_streams_broken_after_the_first_byte_unbind_their_sessions_and_cool_the_account() {
+    let a = Account::start("a", Mode::FirstThenBreak).await;
+    let b = Account::start("b", Mode::Stream).await;
+    let sessions = ["brk-0", "brk-1", "brk-2"];
+    let (proxy, app, store) = broken_streams_setup(&a, &b, &sessions).await;
+    for (k, s) in sessions.iter().enumerate() {
+        broken_by_a(proxy.addr, s).await;
+        if k < 2 {
+            // One break (or two) is the stream's: the bindings stay, nothing cools.
+            assert!(!app.picker.cooldowns.is_cooling(0));
+            for s in &sessions {
+                assert_eq!(bound(&store, s).await.as_deref(), Some("a"));
+            }
+        }
+    }
+    assert!(app.picker.cooldowns.is_cooling(0));
+    assert_eq!((app.broken.broken(0), app.broken.tripped(0)), (3, 1));
+    unbound(&store, &sessions, "the three bindings are removed").await;
+    for s in &sessions {
+        let (by, body) = stream(proxy.addr, s).await;
+        assert_eq!(by, "b");
+        assert!(body.unwrap().ends_with(b"chunk-3\n"));
+        assert_eq!(bound(&store, s).await.as_deref(), Some("b"));
+    }
+    assert_eq!(a.count(), 3);
+    assert_eq!(app.broken.broken(1), 0);
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_or_stops_reading_mid_stream_does_not_count() {
+    let a = Account::start("a", Mode::FirstThenBreak).await;
+    let b = Account::start("b", Mode::Stream).await;
+    let sessions = ["gone-0", "gone-1", "gone-2", "gone-3"];
+    let (proxy, app, store) = broken_streams_setup(&a, &b, &sessions).await;
+    broken_by_a(proxy.addr, "gone-0").await;
+    broken_by_a(proxy.addr, "gone-1").await;
+
+    // An endless stream whose client hangs up after the first event.
+    a.set(Mode::Sse {
+        chunks: 1_000_000,
+        gap: Duration::from_millis(5),
+    });
+    let mut conn = TcpStream::connect(proxy.addr).await.unwrap();
+    conn.write_all(b"GET /v1/chat HTTP/1.1\r\nhost: p\r\nx-session-id: gone-2\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    within("the first event", async {
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&seen).contains("data: 1") {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed early");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(String::from_utf8_lossy(&seen).contains("x-served-by: a"));
+    drop(conn);
+    within("the proxy drops the stream", async {
+        while app.picker.in_flight(0) > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+
+    // An endless stream whose HTTP/2 client stops reading: cut by the write timeout.
+    let (mut send, conn) = h2(proxy.addr, Some(1024), Arc::default()).await;
+    let req = Request::get(format!("http://{}/v1/chat", proxy.addr))
+        .header("x-session-id", "gone-3")
+        .body(Empty::new())
+        .unwrap();
+    let res = within("h2 answer", send.send_request(req)).await.unwrap();
+    assert_eq!(res.headers()["x-served-by"], "a");
+    within("the client connection is closed", conn)
+        .await
+        .unwrap();
+    within("the proxy drops the stream", async {
+        while app.picker.in_flight(0) > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    drop(res);
+
+    // Neither counted (nor reset the count): still two breaks, nothing unbound.
+    assert_eq!(app.broken.broken(0), 2);
+    assert!(!app.picker.cooldowns.is_cooling(0));
+    for s in &sessions {
+        assert_eq!(bound(&store, s).await.as_deref(), Some("a"));
+    }
+    // The third break in a row trips it.
+    a.set(Mode::FirstThenBreak);
+    broken_by_a(proxy.addr, "gone-2").await;
+    assert!(app.picker.cooldowns.is_cooling(0));
+    unbound(
+        &store,
+        &["gone-0", "gone-1", "gone-2"],
+        "the broken streams' sessions are unbound",
+    )
+    .await;
+    assert_eq!(bound(&store, "gone-3").await.as_deref(), Some("a"));
+}
+
+#[tokio::test]
+async fn a_clean_stream_resets_the_count_and_an_idle_timeout_counts() {
+    let a = Account::start("a", Mode::FirstThenBreak).await;
+    let b = Account::start("b", Mode::Stream).await;
+    let sessions = ["cl-0", "cl-1", "cl-2", "cl-3", "cl-4", "cl-5"];
+    let (proxy, app, store) = broken_streams_setup(&a, &b, &sessions).await;
+    broken_by_a(proxy.addr, "cl-0").await;
+    broken_by_a(proxy.addr, "cl-1").await;
+    a.set(Mode::Stream);
+    let (by, body) = stream(proxy.addr, "cl-2").await;
+    assert_eq!(by, "a");
+    assert!(body.unwrap().ends_with(b"chunk-3\n"));
+    a.set(Mode::FirstThenBreak);
+    broken_by_a(proxy.addr, "cl-3").await;
+    broken_by_a(proxy.addr, "cl-4").await;
+    // Four breaks, but only two since the clean stream.
+    assert_eq!(app.broken.broken(0), 4);
+    assert!(!app.picker.cooldowns.is_cooling(0));
+    for s in &sessions {
+        assert_eq!(bound(&store, s).await.as_deref(), Some("a"));
+    }
+    // The third in a row: the account falls silent after its first chunk
+    // (--idle-timeout).
+    a.set(Mode::FirstThenHang);
+    broken_by_a(proxy.addr, "cl-5").await;
+    assert!(app.picker.cooldowns.is_cooling(0));
+    assert_eq!((app.broken.broken(0), app.broken.tripped(0)), (5, 1));
+    unbound(
+        &store,
+        &["cl-3", "cl-4", "cl-5"],
+        "the last three streams' sessions are unbound",
+    )
+    .await;
+    // Those before the clean stream keep their account.
+    for s in ["cl-0", "cl-1", "cl-2"] {
+        assert_eq!(bound(&store, s).await.as_deref(), Some("a"));
+    }
 }

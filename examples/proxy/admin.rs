@@ -41,7 +41,9 @@ use serde_json::json;
 use tower_sticky_session::body_session::{BodySessionStats, BodySessionStatsSnapshot};
 use tower_sticky_session::store::InspectStore;
 
+use crate::app::BufferBudget;
 use crate::app::auth;
+use crate::app::broken::BrokenStreams;
 use crate::app::keys::Secret;
 use crate::app::picker::Picker;
 use tower_sticky_session::{AuthId, BindingKey, Scope, SessionId, Stats, StatsSnapshot};
@@ -63,13 +65,18 @@ impl<St: Clone> Clone for Admin<St> {
 }
 
 /// The proxy's own state exported next to the layer's counters: per account in-flight
-/// requests and cooldown, retries, and where sessions were found in bodies.
+/// requests and cooldown, retries, streams broken after their first byte, the buffer
+/// budget (bytes in use, bodies refused), and where sessions were found in bodies.
 #[derive(Clone, Default)]
 pub(crate) struct ProxyMetrics {
     /// The account picker.
     pub(crate) picker: Option<Arc<Picker>>,
     /// The JSON-body session reader's counters, when it runs.
     pub(crate) body: Option<BodySessionStats>,
+    /// `--max-buffered-total`: bytes reserved, bodies refused buffering.
+    pub(crate) budget: Option<BufferBudget>,
+    /// `--max-broken-streams`: streams each account broke after their first byte.
+    pub(crate) broken: Option<Arc<BrokenStreams>>,
 }
 
 /// 401 unless the request presents `token` (see the module docs).
@@ -464,6 +471,10 @@ struct ProxyCollector {
     body: Option<BodySessionStatsSnapshot>,
     /// The WebSocket relay: open sockets, then `(name, help, counter)`.
     ws: Option<(i64, Vec<NamedCounter>)>,
+    /// `(bytes in use, limit, bodies refused)` of `--max-buffered-total`.
+    budget: Option<(u64, u64, u64)>,
+    /// `(account, broken streams, times tripped)` of `--max-broken-streams`.
+    broken: Vec<(String, u64, u64)>,
 }
 
 /// A counter for one scrape: `(name, help, value)`.
@@ -484,6 +495,14 @@ impl From<&ProxyMetrics> for ProxyCollector {
         });
         Self {
             accounts,
+            budget: m
+                .budget
+                .as_ref()
+                .map(|b| (b.in_use() as u64, b.limit() as u64, b.refused())),
+            broken: m
+                .broken
+                .as_ref()
+                .map_or_else(Vec::new, |b| b.snapshot()),
             retries: m.picker.as_ref().map(|p| p.retries()),
             body: m.body.as_ref().map(BodySessionStats::snapshot),
             ws: m.picker.as_ref().map(|p| {
@@ -529,6 +548,50 @@ impl Collector for ProxyCollector {
                 ConstGauge::new(i64::from(*cooling))
                     .encode(m.encode_family(&[("account", name.as_str())])?)?;
             }
+        }
+        if !self.broken.is_empty() {
+            let mut m = enc.encode_descriptor(
+                "sticky_proxy_broken_streams",
+                "Streams the account broke after their first byte (body error or --idle-timeout).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (name, n, _) in &self.broken {
+                ConstCounter::new(*n).encode(m.encode_family(&[("account", name.as_str())])?)?;
+            }
+            let mut m = enc.encode_descriptor(
+                "sticky_proxy_broken_stream_cooldowns",
+                "Times the account broke --max-broken-streams streams in a row: those sessions unbound, the account cooled down.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (name, _, n) in &self.broken {
+                ConstCounter::new(*n).encode(m.encode_family(&[("account", name.as_str())])?)?;
+            }
+        }
+        if let Some((in_use, limit, refused)) = self.budget {
+            for (name, help, v) in [
+                (
+                    "sticky_proxy_buffered_bytes",
+                    "Request body bytes reserved in --max-buffered-total now.",
+                    in_use,
+                ),
+                (
+                    "sticky_proxy_buffered_bytes_limit",
+                    "--max-buffered-total.",
+                    limit,
+                ),
+            ] {
+                let g = ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+                let m = enc.encode_descriptor(name, help, None, g.metric_type())?;
+                g.encode(m)?;
+            }
+            StatsCollector::counter(
+                &mut enc,
+                "sticky_proxy_buffer_refused",
+                "Request bodies streamed through unbuffered (one attempt, sticky by header only) because --max-buffered-total was spent.",
+                refused,
+            )?;
         }
         if let Some(n) = self.retries {
             StatsCollector::counter(

@@ -18,7 +18,9 @@
 //!   accounts not yet tried), each attempt under `--upstream-timeout` until its first data
 //!   chunk; retries only while no response byte reached the client.
 //! - [`picker`]: order of accounts, in-flight counts, `--max-load-factor`;
-//!   [`cooldown`]: 429/unreachable accounts are skipped for a while.
+//!   [`cooldown`]: 429/unreachable accounts are skipped for a while;
+//!   [`broken`]: an account that breaks `--max-broken-streams` streams in a row after
+//!   their first byte loses those sessions and cools down.
 //! - [`timeouts`]: the first-chunk peek, the client's body under `--idle-timeout` and
 //!   `--body-timeout`.
 //! - [`budget`]: `--max-buffered-total`, one budget for buffered request bodies.
@@ -29,6 +31,8 @@
 
 #[path = "auth.rs"]
 pub(crate) mod auth;
+#[path = "broken.rs"]
+pub(crate) mod broken;
 #[path = "budget.rs"]
 pub(crate) mod budget;
 #[path = "cooldown.rs"]
@@ -72,6 +76,7 @@ pub(crate) use self::keys::redact_url;
 pub(crate) use self::serve::{Drained, ServeConfig, serve};
 
 use self::auth::{ClientAuth, ClientToken, Tenant};
+use self::broken::BrokenStreams;
 use self::budget::{Budgeted, ReadUnlessRefused};
 use self::failover::Failover;
 use self::picker::Picker;
@@ -235,7 +240,8 @@ impl ProxyConfig {
     /// `upstreams` with the command line's defaults: the known clients' session headers
     /// ([`KNOWN_CLIENT_HEADERS`](tower_sticky_session::KNOWN_CLIENT_HEADERS)), no
     /// scope, no client token, 3 attempts, 10 s cooldown, 60 s upstream timeout, 300 s
-    /// idle timeout, 60 s body timeout, 16 MiB replay buffer, 256 MiB for all buffered
+    /// idle timeout, 60 s body timeout, 16 MiB replay buffer, 3 broken streams in a row
+    /// unbind an account's sessions, 256 MiB for all buffered
     /// bodies, no load factor, session ids read from JSON bodies, no fingerprint.
     pub(crate) fn new(upstreams: Vec<Upstream>) -> Self {
         Self {
@@ -249,6 +255,7 @@ impl ProxyConfig {
                 upstream_timeout: Duration::from_secs(60),
                 idle_timeout: Duration::from_secs(300),
                 max_body_buffer: 16 * 1024 * 1024,
+                max_broken_streams: 3,
                 ws: ws::WsConfig::default(),
             },
             max_load_factor: None,
@@ -347,6 +354,8 @@ pub(crate) struct App<St: BindingStore> {
     pub(crate) body_stats: Option<BodySessionStats>,
     /// `--max-buffered-total`'s counter.
     pub(crate) budget: BufferBudget,
+    /// `--max-broken-streams`: streams each account broke after their first byte.
+    pub(crate) broken: Arc<BrokenStreams>,
 }
 
 /// Builds the proxy for `cfg` with its bindings in `store`.
@@ -396,6 +405,12 @@ pub(crate) fn build<St: BindingStore + Clone>(
         });
     }
     let picker = Arc::new(Picker::new(cfg.upstreams.clone(), cfg.max_load_factor));
+    let broken = Arc::new(BrokenStreams::new(
+        picker.clone(),
+        store.clone(),
+        cfg.failover.max_broken_streams,
+        cfg.failover.cooldown,
+    ));
     let stats = layer.stats();
     let mut body_stats = None;
     let stack = if cfg.body_session {
@@ -410,11 +425,11 @@ pub(crate) fn build<St: BindingStore + Clone>(
             // Scoped like every binding: per tenant when there are several.
             .fingerprint(cfg.fingerprint);
         body_stats = Some(body.stats().clone());
-        let failover = Failover::new(picker.clone(), store, cfg.failover.clone())?;
+        let failover = Failover::new(picker.clone(), store, broken.clone(), cfg.failover.clone())?;
         let sticky = layer.layer(failover);
         Either::Left(ReadUnlessRefused::new(body.layer(sticky.clone()), sticky))
     } else {
-        let failover = Failover::new(picker.clone(), store, cfg.failover.clone())?;
+        let failover = Failover::new(picker.clone(), store, broken.clone(), cfg.failover.clone())?;
         Either::Right(layer.layer(failover))
     };
     let budget = BufferBudget::new(cfg.max_buffered_total);
@@ -428,5 +443,6 @@ pub(crate) fn build<St: BindingStore + Clone>(
         picker,
         body_stats,
         budget,
+        broken,
     })
 }

@@ -57,6 +57,7 @@ use tower_sticky_session::{
     SessionSource,
 };
 
+use super::broken::BrokenStreams;
 use super::budget::Buffering;
 use super::cooldown::retry_after;
 use super::picker::{InFlight, Picker, Plan};
@@ -86,6 +87,9 @@ pub(crate) struct FailoverConfig {
     pub(crate) idle_timeout: Duration,
     /// Largest request body kept for replay.
     pub(crate) max_body_buffer: usize,
+    /// Streams broken after their first byte in a row that unbind an account's sessions
+    /// and cool it down (`--max-broken-streams`; 0: off; see `broken.rs`).
+    pub(crate) max_broken_streams: usize,
     /// WebSocket relay limits.
     pub(crate) ws: WsConfig,
 }
@@ -166,6 +170,8 @@ struct Shared<St, B> {
     ws_client: WsClient,
     /// The sticky layer's store, to unbind a failed pinned account.
     store: St,
+    /// Streams each account broke after their first byte (`--max-broken-streams`).
+    broken: Arc<BrokenStreams>,
     cfg: FailoverConfig,
 }
 
@@ -175,10 +181,12 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    /// Failover over `picker`'s accounts; `store` is the sticky layer's.
+    /// Failover over `picker`'s accounts; `store` is the sticky layer's; `broken` counts
+    /// the streams each account breaks after their first byte.
     pub(crate) fn new(
         picker: Arc<Picker>,
         store: St,
+        broken: Arc<BrokenStreams>,
         cfg: FailoverConfig,
     ) -> Result<Self, BoxError> {
         Ok(Self {
@@ -187,6 +195,7 @@ where
                 client: client()?,
                 ws_client: ws_client()?,
                 store,
+                broken,
                 cfg,
             }),
         })
@@ -330,7 +339,10 @@ where
                 },
                 None => streamed.take().expect("a streamed body gets one attempt"),
             };
-            match self.attempt(i, up, &parts, body, &client_failed).await {
+            match self
+                .attempt(i, up, &parts, body, &client_failed, key.as_ref())
+                .await
+            {
                 Attempt::Served(res) => {
                     answer = Some((res, i));
                     answered = k;
@@ -544,6 +556,7 @@ where
         parts: &Parts,
         body: UpBody<B>,
         client_failed: &AtomicBool,
+        key: Option<&BindingKey>,
     ) -> Attempt {
         let target = match up.target(&parts.uri) {
             Ok(uri) => uri,
@@ -629,7 +642,8 @@ where
                     idle,
                     up.name().clone(),
                     Some(in_flight),
-                );
+                )
+                .watched(self.broken.watch(i, key.cloned()));
                 Attempt::Served(served(up, head, body))
             }
             Ok(First::Empty) => Attempt::Failed(

@@ -34,6 +34,12 @@
 //!   the response reached the client. Bodies up to `--max-body-buffer` are replayed; a
 //!   larger one gets one attempt. An account that answered 429 is skipped for its
 //!   `retry-after` (default `--cooldown`, 10 s); an unreachable one likewise.
+//! - Broken streams (`--max-broken-streams N`, default 3; 0: off): an account whose
+//!   streams break after their first byte N times in a row (the body fails or falls
+//!   silent past `--idle-timeout`) loses those N sessions' bindings (compare-and-delete)
+//!   and cools down for `--cooldown`; a stream that ends cleanly resets the count, and a
+//!   stream the proxy ends itself (client gone, client not reading, drain) does not
+//!   count. One such break alone keeps the binding.
 //! - A session is bound once the account's response is a success and its body delivered a
 //!   first chunk; a failure of the account unbinds it (compare-and-delete).
 //! - Keys: `--upstream-key NAME=ENV_VAR` (missing or empty variable: exit 2), sent as
@@ -209,6 +215,13 @@ struct Cli {
     /// reached, is skipped.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
     cooldown: Duration,
+
+    /// An account that breaks this many streams in a row after their first byte (its
+    /// body fails, or falls silent past --idle-timeout) loses those sessions' bindings
+    /// and cools down for --cooldown; a stream that ends cleanly resets the count. A
+    /// client that goes away or stops reading does not count. 0: off.
+    #[arg(long = "max-broken-streams", value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u64).range(0..=app::broken::MAX_BROKEN_STREAMS as u64))]
+    max_broken_streams: u64,
 
     /// Seconds to wait for an upstream's response head, then again for its first data
     /// chunk (then the attempt fails; 504 when it was the last).
@@ -647,6 +660,8 @@ async fn main() -> ExitCode {
     proxy.fingerprint = cli.fingerprint;
     proxy.failover.attempts = attempts;
     proxy.failover.cooldown = cli.cooldown;
+    proxy.failover.max_broken_streams =
+        usize::try_from(cli.max_broken_streams).expect("at most MAX_BROKEN_STREAMS");
     proxy.failover.upstream_timeout = cli.upstream_timeout;
     proxy.failover.idle_timeout = cli.idle_timeout;
     proxy.failover.max_body_buffer = cli.max_body_buffer;
@@ -744,6 +759,8 @@ async fn run<St: InspectStore + admin::StoreMetrics + Clone>(
                     admin::ProxyMetrics {
                         picker: Some(app.picker.clone()),
                         body: app.body_stats.clone(),
+                        budget: Some(app.budget.clone()),
+                        broken: Some(app.broken.clone()),
                     },
                 );
                 // Served until the process exits.

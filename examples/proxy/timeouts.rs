@@ -21,6 +21,7 @@ use tower::Service;
 use tower_http::timeout::TimeoutBody;
 use tower_sticky_session::AuthId;
 
+use super::broken::Watch;
 use super::picker::InFlight;
 use super::serve::CloseConnection;
 use super::{BoxError, ErrorChain};
@@ -97,6 +98,8 @@ pub(crate) struct Streamed {
     failed: Option<BoxError>,
     /// Counts the request as in flight on its account while the body is open.
     _in_flight: Option<InFlight>,
+    /// Told how the stream ended, if it ends by itself (`--max-broken-streams`).
+    watch: Option<Watch>,
 }
 
 impl ProxyBody {
@@ -116,7 +119,17 @@ impl ProxyBody {
             upstream,
             failed: None,
             _in_flight: in_flight,
+            watch: None,
         }))
+    }
+
+    /// Reports to `watch` how the upstream body ends: cleanly, or broken by the account
+    /// (a body error or `--idle-timeout`). A body the proxy drops reports nothing.
+    pub(crate) fn watched(mut self, watch: Option<Watch>) -> Self {
+        if let ProxyBody::Upstream(s) = &mut self {
+            s.watch = watch;
+        }
+        self
     }
 
     /// A message of the proxy's own.
@@ -152,6 +165,9 @@ impl Body for ProxyBody {
                             "upstream response body fell silent; aborting the client's response"
                         );
                         s.idle.as_mut().reset(Instant::now() + s.idle_for);
+                        if let Some(w) = s.watch.take() {
+                            w.broke("idle timeout");
+                        }
                         return Poll::Ready(Some(Err(Box::new(IdleTimeout(s.idle_for)))));
                     }
                 };
@@ -166,14 +182,27 @@ impl Body for ProxyBody {
                         // at once) so it flushes the head and the chunks already received:
                         // the client then sees exactly where the upstream broke.
                         s.failed = Some(Box::new(e));
+                        if let Some(w) = s.watch.take() {
+                            w.broke("body error");
+                        }
                         cx.waker().wake_by_ref();
                         Poll::Pending
                     }
                     Some(Ok(frame)) => {
                         s.idle.as_mut().reset(Instant::now() + s.idle_for);
+                        if s.body.is_end_stream()
+                            && let Some(w) = s.watch.take()
+                        {
+                            w.ended();
+                        }
                         Poll::Ready(Some(Ok(frame)))
                     }
-                    None => Poll::Ready(None),
+                    None => {
+                        if let Some(w) = s.watch.take() {
+                            w.ended();
+                        }
+                        Poll::Ready(None)
+                    }
                 }
             }
             ProxyBody::Message { msg } => Poll::Ready(msg.take().map(|m| Ok(Frame::data(m)))),
@@ -251,7 +280,8 @@ where
             expired: Arc::new(AtomicBool::new(false)),
             limit: self.total,
         };
-        if !req.body().is_end_stream() {
+        let empty = req.body().is_end_stream();
+        if !empty {
             req.extensions_mut().insert(deadline.clone());
         }
         let idle = self.idle;
@@ -260,6 +290,7 @@ where
                 inner: TimeoutBody::new(idle, body),
                 sleep: tokio::time::sleep(deadline.limit),
                 deadline,
+                empty,
             })
         }))
     }
@@ -324,6 +355,11 @@ pin_project_lite::pin_project! {
         #[pin]
         sleep: Sleep,
         deadline: BodyDeadline,
+        // The request had no body. tower-http's `TimeoutBody` answers neither
+        // `is_end_stream` nor `size_hint`: without this, every bodyless GET would look
+        // like a body of unknown length (reserving --max-body-buffer in the budget, and
+        // sent upstream chunked).
+        empty: bool,
     }
 }
 
@@ -349,10 +385,14 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.empty || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        if self.empty {
+            SizeHint::with_exact(0)
+        } else {
+            self.inner.size_hint()
+        }
     }
 }
