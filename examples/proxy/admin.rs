@@ -200,7 +200,24 @@ pub(crate) fn router<St: InspectStore + StoreMetrics + Clone>(
     }
 }
 
-fn store_error(e: impl fmt::Display) -> Response {
+/// 503 for a store that failed; when Redis was skipped because its circuit breaker is
+/// open (admin calls honour it), the body also says so:
+/// `{"error": .., "breaker": {"open": true, "redis": "host:port", "next_probe_in_ms": n}}`.
+fn store_error(e: tower_sticky_session::StoreError) -> Response {
+    #[cfg(feature = "redis")]
+    if let Some(open) = std::error::Error::source(&e)
+        .and_then(|s| s.downcast_ref::<tower_sticky_session::store::RedisBreakerOpen>())
+    {
+        let body = Json(json!({
+            "error": e.to_string(),
+            "breaker": {
+                "open": true,
+                "redis": open.redis,
+                "next_probe_in_ms": open.next_probe_in.as_millis() as u64,
+            },
+        }));
+        return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+    }
     let body = Json(json!({ "error": e.to_string() }));
     (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
 }

@@ -37,8 +37,8 @@ pub use self::moka::{DEFAULT_MAX_BINDINGS, DEFAULT_TTL, MokaStore, MokaStoreBuil
 pub use self::redis::{
     DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD, DEFAULT_FAULT_LOG_INTERVAL,
     DEFAULT_REDIS_ADMIN_TIMEOUT, DEFAULT_REDIS_CONNECT_TIMEOUT, DEFAULT_REDIS_PREFIX,
-    DEFAULT_REDIS_TIMEOUT, RedisBinding, RedisStore, RedisStoreBuilder, RedisStoreFuture,
-    RedisStoreStats,
+    DEFAULT_REDIS_TIMEOUT, RedisBinding, RedisBreakerOpen, RedisStore, RedisStoreBuilder,
+    RedisStoreFuture, RedisStoreStats,
 };
 
 /// A binding store: `(scope, session) → account`, with expiry and a capacity bound.

@@ -1,5 +1,6 @@
-//! A real 3-primary Redis Cluster for tests: three `redis-server --cluster-enabled yes`
-//! on free loopback ports, joined by `redis-cli --cluster create`. Stopped on drop.
+//! A real Redis Cluster for tests: three primaries (and optionally one replica each),
+//! `redis-server --cluster-enabled yes` on free loopback ports, joined by
+//! `redis-cli --cluster create`. Stopped on drop.
 
 #![allow(dead_code)]
 
@@ -19,6 +20,13 @@ impl RedisCluster {
     /// `cluster_state:ok`. `node_timeout_ms` is `cluster-node-timeout`: how long a dead
     /// primary takes to be declared failed.
     pub(crate) fn start(node_timeout_ms: u64) -> Self {
+        Self::start_with(node_timeout_ms, 0, &[])
+    }
+
+    /// Starts three primaries with `replicas` replicas each (`--cluster-replicas`), every
+    /// node with the `extra` arguments (e.g. `["--cluster-require-full-coverage", "no"]`),
+    /// and waits until every node reports `cluster_state:ok` and every replica is in sync.
+    pub(crate) fn start_with(node_timeout_ms: u64, replicas: usize, extra: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "tss-cluster-{}-{}",
             std::process::id(),
@@ -26,23 +34,24 @@ impl RedisCluster {
         ));
         std::fs::create_dir_all(&dir).expect("cluster temp dir");
         let mut nodes = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..3 * (1 + replicas) {
             let port = RedisServer::unused_port();
             let bus = RedisServer::unused_port();
             let conf = dir.join(format!("nodes-{port}.conf"));
-            nodes.push(RedisServer::start_with(
-                port,
-                &[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    conf.to_str().expect("utf-8 temp dir"),
-                    "--cluster-port",
-                    &bus.to_string(),
-                    "--cluster-node-timeout",
-                    &node_timeout_ms.to_string(),
-                ],
-            ));
+            let bus = bus.to_string();
+            let timeout = node_timeout_ms.to_string();
+            let mut args = vec![
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                conf.to_str().expect("utf-8 temp dir"),
+                "--cluster-port",
+                &bus,
+                "--cluster-node-timeout",
+                &timeout,
+            ];
+            args.extend_from_slice(extra);
+            nodes.push(RedisServer::start_with(port, &args));
         }
         let mut create = Command::new("redis-cli");
         create.arg("--cluster").arg("create");
@@ -50,7 +59,7 @@ impl RedisCluster {
             create.arg(format!("127.0.0.1:{}", n.port()));
         }
         let out = create
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
             .expect("run redis-cli --cluster create");
@@ -70,7 +79,28 @@ impl RedisCluster {
         );
         let cluster = Self { nodes, dir };
         cluster.wait_ok(Duration::from_secs(20));
+        if replicas > 0 {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !cluster.nodes.iter().all(|n| {
+                let role = n.command(&["ROLE"]);
+                // A replica: `slave`, primary's host, port, `connected`, offset.
+                !role.starts_with("slave") || role.contains("connected")
+            }) {
+                assert!(Instant::now() < deadline, "replicas not in sync");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         cluster
+    }
+
+    /// Indices (into `nodes`) of the running nodes that are primaries now.
+    pub(crate) fn primaries(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| {
+                self.nodes[i].pid().is_some()
+                    && self.nodes[i].command(&["ROLE"]).starts_with("master")
+            })
+            .collect()
     }
 
     /// Waits until every running node reports `cluster_state:ok`.

@@ -65,6 +65,11 @@ pub(super) enum Target {
     Cluster {
         client: ClusterClient,
         config: ClusterConfig,
+        /// The first seed node's settings (credentials): a breaker's probe `PING`s one
+        /// primary on a connection of its own, made from these with the primary's
+        /// address (see [`Target::ping_node`]).
+        probe: Box<::redis::ConnectionInfo>,
+        limits: Limits,
     },
     Sentinel(Arc<SentinelTarget>),
 }
@@ -351,11 +356,14 @@ fn cluster_target(
         return Err("invalid Redis Cluster: no seed node".into());
     }
     let mut addrs = Vec::with_capacity(nodes.len());
+    let mut probe = None;
     for node in nodes {
         let info = ::redis::IntoConnectionInfo::into_connection_info(node.as_str())
             .map_err(|e| format!("invalid Redis Cluster node URL: {e}"))?;
         addrs.push(info.addr().to_string());
+        probe.get_or_insert(info);
     }
+    let probe = Box::new(probe.ok_or("invalid Redis Cluster: no seed node")?);
     let mut builder = ClusterClientBuilder::new(nodes.iter().map(String::as_str));
     let mut config = ClusterConfig::new()
         .set_connection_timeout(limits.connect)
@@ -375,7 +383,12 @@ fn cluster_target(
         .build()
         .map_err(|e| format!("invalid Redis Cluster settings: {e}"))?;
     Ok((
-        Target::Cluster { client, config },
+        Target::Cluster {
+            client,
+            config,
+            probe,
+            limits,
+        },
         format!("cluster {}", addrs.join(",")),
     ))
 }
@@ -389,7 +402,7 @@ impl Target {
                 ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
                     .map(Conn::Single)
             }
-            Target::Cluster { client, config } => Ok(Conn::Cluster(
+            Target::Cluster { client, config, .. } => Ok(Conn::Cluster(
                 client.get_pending_async_connection_with_config(config.clone()),
             )),
             Target::Sentinel(target) => {
@@ -406,6 +419,31 @@ impl Target {
 
     pub(super) fn is_cluster(&self) -> bool {
         matches!(self, Target::Cluster { .. })
+    }
+
+    /// `PING` one Cluster primary on a short-lived connection of its own (the seed
+    /// node's credentials, the primary's address): the probe of that primary's breaker.
+    /// Not through the cluster client, which would log its own warnings for each
+    /// failed attempt and start a slot refresh.
+    pub(super) async fn ping_node(&self, host: &str, port: u16) -> Result<(), RedisError> {
+        let Target::Cluster { probe, limits, .. } = self else {
+            return Err(RedisError::from((
+                ::redis::ErrorKind::Client,
+                "not a Cluster",
+            )));
+        };
+        let info = (**probe)
+            .clone()
+            .set_addr(::redis::ConnectionAddr::Tcp(host.to_owned(), port));
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(limits.connect))
+            .set_response_timeout(Some(limits.connect));
+        let mut conn = Client::open(info)?
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let mut cmd = Cmd::new();
+        cmd.arg("PING");
+        cmd.query_async::<String>(&mut conn).await.map(drop)
     }
 }
 
@@ -447,19 +485,48 @@ impl Conn {
     /// The primaries of a Cluster (`host`, `port`), from `CLUSTER SLOTS`; `None` for one
     /// node.
     pub(super) async fn primaries(&mut self) -> Result<Option<Vec<(String, u16)>>, RedisError> {
-        let Conn::Cluster(c) = self else {
+        if !matches!(self, Conn::Cluster(_)) {
             return Ok(None);
+        }
+        let mut out: Vec<(String, u16)> = Vec::new();
+        for (_, _, host, port) in self.slot_ranges(None).await? {
+            if !out.iter().any(|(h, p)| *h == host && *p == port) {
+                out.push((host, port));
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// A Cluster's slot map from `CLUSTER SLOTS`, asked of `node` (else of any node):
+    /// `(first slot, last slot, primary host, primary port)` per range. Empty for one
+    /// node.
+    pub(super) async fn slot_ranges(
+        &mut self,
+        node: Option<&(String, u16)>,
+    ) -> Result<Vec<(u16, u16, String, u16)>, RedisError> {
+        let Conn::Cluster(c) = self else {
+            return Ok(Vec::new());
         };
         let mut cmd = Cmd::new();
         cmd.arg("CLUSTER").arg("SLOTS");
-        let value = c
-            .route_command(cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
-            .await?;
-        let mut out: Vec<(String, u16)> = Vec::new();
+        let route = match node {
+            Some((host, port)) => SingleNodeRoutingInfo::ByAddress {
+                host: host.clone(),
+                port: *port,
+            },
+            None => SingleNodeRoutingInfo::Random,
+        };
+        let value = c.route_command(cmd, RoutingInfo::SingleNode(route)).await?;
+        let mut out = Vec::new();
         if let Value::Array(ranges) = value {
             for range in ranges {
                 let Value::Array(items) = range else { continue };
                 // [start, end, [host, port, id, …], replicas…]
+                let (Some(Value::Int(first)), Some(Value::Int(last))) =
+                    (items.first(), items.get(1))
+                else {
+                    continue;
+                };
                 let Some(Value::Array(primary)) = items.get(2) else {
                     continue;
                 };
@@ -471,15 +538,21 @@ impl Conn {
                 let Some(Value::Int(port)) = primary.get(1) else {
                     continue;
                 };
-                let Ok(port) = u16::try_from(*port) else {
+                let (Ok(first), Ok(last), Ok(port)) = (
+                    u16::try_from(*first),
+                    u16::try_from(*last),
+                    u16::try_from(*port),
+                ) else {
                     continue;
                 };
-                if !out.iter().any(|(h, p)| *h == host && *p == port) {
-                    out.push((host, port));
+                // `?` or empty: the node does not know its own address.
+                if host.is_empty() || host == "?" {
+                    continue;
                 }
+                out.push((first, last, host, port));
             }
         }
-        Ok(Some(out))
+        Ok(out)
     }
 
     /// Sends `cmd` to one Cluster node by address (e.g. a `SCAN`); to the node itself for

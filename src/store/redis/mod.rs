@@ -5,7 +5,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -17,9 +17,11 @@ use tokio::runtime::Handle;
 use super::{BindingStore, DEFAULT_TTL, StoreError, StoreErrorKind};
 use crate::types::{AuthId, BindingKey};
 
+mod breaker;
 mod conn;
 mod near;
 
+use self::breaker::{Guard, SlotMap, Slots, key_slot};
 use self::conn::{Conn, Limits, Spec, Target};
 use self::near::Near;
 
@@ -41,6 +43,11 @@ pub const DEFAULT_FAULT_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How often a Cluster-mode store turns tracking on again on every node.
 const CLUSTER_TRACKING_REFRESH: Duration = Duration::from_secs(5);
+/// How often a Cluster-mode store re-reads the slot map when nothing fails (a
+/// resharding the cluster client follows silently); failures re-read it at once.
+const SLOT_MAP_REFRESH_MS: u64 = 10_000;
+/// Minimum interval between two slot-map reads started by failures.
+const SLOT_MAP_MIN_INTERVAL_MS: u64 = 100;
 
 /// Version of the key layout, part of every key: a change of hashing or encoding gets a
 /// new version, so replicas of two versions never misread each other's bindings.
@@ -108,10 +115,22 @@ const SET_UNLESS_FRESH_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] 
 ///   or a half-open TCP connection cannot keep the store away from a Redis that is back.
 /// - [`build`](RedisStoreBuilder::build) succeeds while Redis is down: the connection is
 ///   made in the background.
+/// - The operator functions ([`get`](RedisStore::get), [`remove`](RedisStore::remove),
+///   [`remove_account`](RedisStore::remove_account), and so
+///   [`InspectStore`](crate::store::InspectStore)) honour the breaker too: while it is
+///   open they fail at once with a [`RedisBreakerOpen`] source (an admin endpoint can
+///   answer 503 with it) instead of making a connection attempt each.
 /// - Faults are counted ([`RedisStore::stats`]) and logged at `warn` at most once per
-///   [`fault_log_interval`](RedisStoreBuilder::fault_log_interval) (default 10 s) with
-///   the number of faults since the last warning; breaker transitions are logged once
-///   each. Logs name Redis by `host:port` only, never by its URL (it may hold a password).
+///   [`fault_log_interval`](RedisStoreBuilder::fault_log_interval) (default 10 s) per
+///   breaker (in a Cluster: per primary) with the number of faults since the last
+///   warning; breaker transitions are logged once each. Logs name Redis by `host:port`
+///   only, never by its URL (it may hold a password).
+/// - redis-rs's Cluster client also logs, through the `log` crate (target `redis`),
+///   a warning or two of its own for each attempt on a dead node (`Failed to connect
+///   to node`, `beginning slot refresh`) and its own reconnect attempts; the breakers
+///   keep those to a burst before they open and one or two a second after
+///   (RELIABILITY.md has the count). A proxy that wants only the store's rate-limited
+///   lines filters them out, e.g. `redis=off` in an `EnvFilter`.
 ///
 /// # Capacity
 ///
@@ -136,9 +155,29 @@ const SET_UNLESS_FRESH_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] 
 /// the slot map from the seed nodes and follows `MOVED` after a failover or a
 /// resharding. Every operation touches exactly one key (the compare-and-delete script
 /// too), so bindings spread over all primaries and nothing needs a hash tag.
-/// Timeouts, failing open and the breaker work as on one node; the breaker guards the
-/// cluster as a whole (a dead primary's slots fail fast, then the cluster answers
-/// `CLUSTERDOWN`, which counts as a connection failure; the probe `PING`s any node).
+/// Timeouts and failing open work as on one node.
+///
+/// **A breaker per primary.** The store keeps its own copy of the slot map
+/// (`CLUSTER SLOTS`, read once connected, again when a call meets `MOVED`, `ASK`,
+/// `CLUSTERDOWN` or `TRYAGAIN`, when a primary's breaker opens and at each of its probes,
+/// and otherwise every 10 s) and gives each primary, by address, a breaker of its own:
+/// a key's hash slot (CRC16 of the key, as Redis computes it) names the primary, and
+/// only that primary's failures count toward its breaker. So while one primary is down
+/// or failing over, requests for its slots are skipped (served unsticky) and sessions
+/// whose keys live on the other primaries keep their bindings. An open primary's
+/// breaker is probed every cooldown by a `PING` on a connection of its own (not through
+/// the cluster client, which would log a warning per attempt), after a fresh read of
+/// the slot map: when a replica has taken the primary's slots over, the map names the
+/// new primary (with a closed breaker) and the old one's breaker is dropped. Until the
+/// slot map is known (a cluster unreachable at start-up) one breaker guards the whole
+/// store, as on one node, and its probe `PING`s any node.
+///
+/// Whether the other primaries keep serving while one primary's slots have no owner
+/// is the cluster's choice: under the default `cluster-require-full-coverage yes`,
+/// every node answers `CLUSTERDOWN` from the moment the primary is marked failed until
+/// a replica takes over (about a second), and then every session is served unsticky
+/// for that time. For bindings, set `cluster-require-full-coverage no` (or at least
+/// `cluster-allow-reads-when-down yes`, which keeps lookups answering).
 /// [`remove_account`](RedisStore::remove_account) walks every primary.
 ///
 /// # Redis Sentinel
@@ -236,7 +275,11 @@ struct Inner {
     timeout: Duration,
     probe_timeout: Duration,
     admin_timeout: Duration,
-    breaker: Breaker,
+    /// The breaker of the whole store: one node, Sentinel; in a Cluster, until the slot
+    /// map is known (and for a slot it does not cover).
+    whole: Arc<Guard>,
+    /// A Cluster's slot map, with a breaker per primary.
+    slots: Option<Slots>,
     faults: Faults,
     near: Option<Arc<Near>>,
     /// `host:port/db` (or a socket path): how logs name Redis. Never the URL.
@@ -405,6 +448,7 @@ impl RedisStoreBuilder {
             )
             .map_err(config_error)?;
         let addr = addr.into_boxed_str();
+        let cluster = target.is_cluster();
         let conn = {
             let _guard = runtime.enter();
             target
@@ -416,20 +460,20 @@ impl RedisStoreBuilder {
             .max(1);
         let inner = Arc::new(Inner {
             conn: RwLock::new(conn),
-            target,
             runtime,
             key_prefix: format!("{}{KEY_VERSION}", self.prefix).into_boxed_str(),
             ttl_ms,
             timeout: self.timeout,
             probe_timeout: self.connect_timeout,
             admin_timeout: self.admin_timeout,
-            breaker: Breaker {
-                threshold: self.breaker_threshold,
-                cooldown_ms: duration_ms(self.breaker_cooldown),
-                failures: AtomicU32::new(0),
-                open_until: AtomicU64::new(0),
-                probing: AtomicBool::new(false),
-            },
+            whole: Arc::new(Guard::new(
+                addr.clone(),
+                None,
+                self.breaker_threshold,
+                duration_ms(self.breaker_cooldown),
+            )),
+            slots: cluster.then(Slots::default),
+            target,
             faults: Faults {
                 interval_ms: duration_ms(self.log_interval),
                 ..Faults::default()
@@ -444,9 +488,12 @@ impl RedisStoreBuilder {
         let warm = inner.clone();
         inner.runtime.spawn(async move {
             match warm.ping(warm.probe_timeout).await {
-                Ok(()) => tracing::debug!(redis = %warm.addr, "sticky session store: connected to Redis"),
+                Ok(()) => {
+                    tracing::debug!(redis = %warm.addr, "sticky session store: connected to Redis");
+                    warm.refresh_slots().await;
+                }
                 Err(e) => {
-                    warm.open_breaker();
+                    warm.open_breaker(&warm.whole.clone());
                     tracing::warn!(
                         redis = %warm.addr,
                         error = %e,
@@ -513,8 +560,12 @@ pub struct RedisStoreStats {
     pub breaker_skips: u64,
     /// Times the breaker opened.
     pub breaker_opens: u64,
-    /// Whether the breaker is open now.
+    /// Whether the breaker is open now (in a Cluster: the store's, or that of at least
+    /// one primary).
     pub breaker_open: bool,
+    /// In a Cluster: how many primaries' breakers are open now (their slots are skipped;
+    /// the other primaries' are served). 0 for one node and Sentinel.
+    pub breaker_open_nodes: u64,
     /// Lookups answered by the near cache without a round trip.
     pub near_hits: u64,
     /// Near-cache entries dropped because Redis said their binding changed
@@ -634,6 +685,13 @@ impl RedisStore {
     /// The fault counters.
     pub fn stats(&self) -> RedisStoreStats {
         let f = &self.inner.faults;
+        let open_nodes = self.inner.slots.as_ref().map_or(0, |s| {
+            s.current()
+                .nodes
+                .iter()
+                .filter(|g| g.breaker.is_open())
+                .count() as u64
+        });
         RedisStoreStats {
             calls: f.calls.load(Relaxed),
             timeouts: f.timeouts.load(Relaxed),
@@ -644,7 +702,8 @@ impl RedisStore {
             oom_renewals: f.oom_renewals.load(Relaxed),
             breaker_skips: f.breaker_skips.load(Relaxed),
             breaker_opens: f.breaker_opens.load(Relaxed),
-            breaker_open: self.inner.breaker.open_until.load(Relaxed) != 0,
+            breaker_open: self.inner.whole.breaker.is_open() || open_nodes > 0,
+            breaker_open_nodes: open_nodes,
             near_hits: f.near_hits.load(Relaxed),
             near_invalidations: self.inner.near.as_ref().map_or(0, |n| n.invalidations()),
             near_tracking: self.inner.near.as_ref().is_some_and(|n| n.tracking_on()),
@@ -652,17 +711,25 @@ impl RedisStore {
     }
 
     /// The live binding of `key` in Redis, with the time it has left. Bypasses the near
-    /// cache and the breaker; each round trip is limited by
+    /// cache; each round trip is limited by
     /// [`admin_timeout`](RedisStoreBuilder::admin_timeout).
+    ///
+    /// Honours the circuit breaker, as the operator functions [`remove`](Self::remove)
+    /// and [`remove_account`](Self::remove_account) do: while it is open (for the
+    /// key's primary, in a Cluster) the call fails at once with
+    /// [`StoreErrorKind::Unavailable`] and a [`RedisBreakerOpen`] source, without a
+    /// connection attempt. Their connection failures and timeouts count toward it.
     pub async fn get(&self, key: &BindingKey) -> Result<Option<RedisBinding>, StoreError> {
         let inner = &self.inner;
         let k = inner.redis_key(key);
+        let guard = inner.guard(&k);
+        inner.admit(&guard)?;
         let mut pipe = ::redis::pipe();
         // Not `MULTI`: one key, one node, in a Cluster too.
         pipe.cmd("GET").arg(&k).cmd("PTTL").arg(&k);
         let mut conn = inner.conn();
         let (auth, pttl): (Option<String>, i64) = inner
-            .call(inner.admin_timeout, pipe.query_async(&mut conn))
+            .request_within(&guard, inner.admin_timeout, pipe.query_async(&mut conn))
             .await?;
         Ok(auth.map(|auth| RedisBinding {
             auth: AuthId::from(auth),
@@ -671,16 +738,19 @@ impl RedisStore {
     }
 
     /// Removes the binding of `key`, whatever it points at (`GETDEL`, Redis ≥ 6.2 or
-    /// Valkey), and its near-cache entry. Returns the account it pointed at.
+    /// Valkey), and its near-cache entry. Returns the account it pointed at. Honours the
+    /// breaker as [`get`](Self::get) does.
     pub async fn remove(&self, key: &BindingKey) -> Result<Option<AuthId>, StoreError> {
         let inner = &self.inner;
         let k = inner.redis_key(key);
+        let guard = inner.guard(&k);
+        inner.admit(&guard)?;
         let mut cmd = Cmd::new();
         cmd.arg("GETDEL").arg(&k);
         let mut conn = inner.conn();
         inner.bump_near();
         let result: Option<String> = inner
-            .call(inner.admin_timeout, cmd.query_async(&mut conn))
+            .request_within(&guard, inner.admin_timeout, cmd.query_async(&mut conn))
             .await?;
         if let Some(near) = &inner.near {
             near.cache.remove(key);
@@ -695,7 +765,9 @@ impl RedisStore {
     ///
     /// Walks the keys with `SCAN` (never `KEYS`), in batches, without blocking Redis;
     /// each round trip is limited by [`admin_timeout`](RedisStoreBuilder::admin_timeout).
-    /// Also drops this replica's near-cache entries of `auth` (other replicas' near
+    /// Honours the breaker as [`get`](Self::get) does: it fails at once if the store's
+    /// breaker, or in a Cluster any primary's, is open (a partial walk would leave
+    /// bindings of the account behind). Also drops this replica's near-cache entries of `auth` (other replicas' near
     /// caches are told by Redis when their invalidation is on, and otherwise expire on
     /// their own TTL).
     pub async fn remove_account(&self, auth: &AuthId) -> Result<usize, StoreError> {
@@ -703,14 +775,21 @@ impl RedisStore {
         let pattern = format!("{}*", glob_escape(&inner.key_prefix));
         let mut conn = inner.conn();
         let mut removed = 0usize;
+        inner.admit(&inner.whole)?;
+        if let Some(slots) = &inner.slots {
+            for g in &slots.current().nodes {
+                inner.admit(g)?;
+            }
+        }
         inner.bump_near();
         // One node: one walk. A Cluster: one walk per primary (`SCAN` sees one node's
         // keys), and each key's compare-and-delete goes to the key's own node.
         let nodes = inner
-            .call(inner.admin_timeout, conn.primaries())
+            .request_within(&inner.whole, inner.admin_timeout, conn.primaries())
             .await?
             .map_or_else(|| vec![None], |p| p.into_iter().map(Some).collect());
         for node in &nodes {
+            let guard = inner.node_guard(node.as_ref());
             let mut cursor: u64 = 0;
             loop {
                 let mut scan = Cmd::new();
@@ -721,7 +800,11 @@ impl RedisStore {
                     .arg("COUNT")
                     .arg(1000);
                 let reply = inner
-                    .call(inner.admin_timeout, conn.on_node(node.as_ref(), scan))
+                    .request_within(
+                        &guard,
+                        inner.admin_timeout,
+                        conn.on_node(node.as_ref(), scan),
+                    )
                     .await?;
                 let (next, keys): (u64, Vec<String>) = ::redis::from_redis_value(reply)
                     .map_err(|e| StoreError::new(StoreErrorKind::Other, Some(Box::new(e))))?;
@@ -734,7 +817,11 @@ impl RedisStore {
                             .arg(k)
                             .arg(auth.as_str());
                         let n: i64 = inner
-                            .call(inner.admin_timeout, cmd.query_async(&mut conn))
+                            .request_within(
+                                &inner.guard(k),
+                                inner.admin_timeout,
+                                cmd.query_async(&mut conn),
+                            )
                             .await?;
                         removed += usize::from(n > 0);
                     }
@@ -748,7 +835,7 @@ impl RedisStore {
                             .arg(auth.as_str());
                     }
                     let results: Vec<i64> = inner
-                        .call(inner.admin_timeout, pipe.query_async(&mut conn))
+                        .request_within(&guard, inner.admin_timeout, pipe.query_async(&mut conn))
                         .await?;
                     removed += results.iter().filter(|&&n| n > 0).count();
                 }
@@ -793,21 +880,22 @@ impl BindingStore for RedisStore {
             }
             generation = near.generation();
         }
-        if let Err(e) = inner.admit() {
+        let redis_key = inner.redis_key(key);
+        let guard = inner.guard(&redis_key);
+        if let Err(e) = inner.admit(&guard) {
             return RedisStoreFuture::ready(Err(e));
         }
-        let redis_key = inner.redis_key(key);
         let near_key = inner.near.as_ref().map(|_| key.clone());
         let track = inner.near.as_ref().is_some_and(|n| n.needs_tracking());
         let inner = inner.clone();
         RedisStoreFuture::pending(async move {
             let mut conn = inner.conn();
             let found: Option<String> = if track {
-                inner.get_tracked(&mut conn, &redis_key).await?
+                inner.get_tracked(&guard, &mut conn, &redis_key).await?
             } else {
                 let mut cmd = Cmd::new();
                 cmd.arg("GET").arg(&redis_key);
-                inner.request(cmd.query_async(&mut conn)).await?
+                inner.request(&guard, cmd.query_async(&mut conn)).await?
             };
             let auth = found.map(AuthId::from);
             if let (Some(near), Some(key), Some(auth)) = (&inner.near, near_key, &auth) {
@@ -830,10 +918,11 @@ impl BindingStore for RedisStore {
                 near.clear(key, &local.auth);
             }
         }
-        if let Err(e) = inner.admit() {
+        let redis_key = inner.redis_key(key);
+        let guard = inner.guard(&redis_key);
+        if let Err(e) = inner.admit(&guard) {
             return RedisStoreFuture::ready(Err(e));
         }
-        let redis_key = inner.redis_key(key);
         let mut cmd = Cmd::new();
         if inner.near.as_ref().is_some_and(|n| n.tracking.is_some()) {
             // With invalidation on, a write that changes nothing is not free: every other
@@ -860,7 +949,7 @@ impl BindingStore for RedisStore {
             let started = Instant::now();
             let mut conn = inner.conn();
             let result = inner
-                .request(cmd.query_async::<::redis::Value>(&mut conn))
+                .request(&guard, cmd.query_async::<::redis::Value>(&mut conn))
                 .await
                 .map(drop);
             match result {
@@ -878,7 +967,7 @@ impl BindingStore for RedisStore {
                         .arg(auth.as_str())
                         .arg(inner.ttl_ms);
                     match inner
-                        .request_within(left, renew.query_async::<i64>(&mut conn))
+                        .request_within(&guard, left, renew.query_async::<i64>(&mut conn))
                         .await
                     {
                         Ok(1) => {
@@ -897,12 +986,14 @@ impl BindingStore for RedisStore {
         let inner = &self.inner;
         inner.bump_near();
         let near_key = inner.near.as_ref().map(|_| (key.clone(), expected.clone()));
-        let admitted = inner.admit();
+        let redis_key = inner.redis_key(key);
+        let guard = inner.guard(&redis_key);
+        let admitted = inner.admit(&guard);
         let mut cmd = Cmd::new();
         cmd.arg("EVAL")
             .arg(CLEAR_IF_SCRIPT)
             .arg(1)
-            .arg(inner.redis_key(key))
+            .arg(redis_key)
             .arg(expected.as_str());
         if let Err(e) = admitted {
             // Redis is skipped: the local tier must still forget the failed account.
@@ -917,7 +1008,7 @@ impl BindingStore for RedisStore {
             // Redis first, then the local tier: a lookup in between still finds the old
             // account locally (as before the failure), never re-reads it from Redis.
             let result = inner
-                .request(cmd.query_async::<i64>(&mut conn))
+                .request(&guard, cmd.query_async::<i64>(&mut conn))
                 .await
                 .map(|n| n > 0);
             if let Some((key, expected)) = near_key {
@@ -933,6 +1024,7 @@ impl Inner {
     /// does not track yet (see "Near cache" on [`RedisStore`]).
     async fn get_tracked(
         self: &Arc<Self>,
+        guard: &Arc<Guard>,
         conn: &mut Conn,
         redis_key: &str,
     ) -> Result<Option<String>, StoreError> {
@@ -941,7 +1033,8 @@ impl Inner {
         };
         if self.target.is_cluster() {
             // Routed to every node: a separate round trip, once per refresh interval.
-            match self.request(conn.enable_tracking()).await {
+            // Not counted toward a breaker: it goes to every node, the key to one.
+            match self.call(self.timeout, conn.enable_tracking()).await {
                 Ok(()) => near.tracking_enabled(),
                 Err(e) => {
                     tracing::debug!(redis = %self.addr, error = %e, "sticky session store: cannot turn on CLIENT TRACKING on every node");
@@ -949,7 +1042,7 @@ impl Inner {
             }
             let mut cmd = Cmd::new();
             cmd.arg("GET").arg(redis_key);
-            return self.request(cmd.query_async(conn)).await;
+            return self.request(guard, cmd.query_async(conn)).await;
         }
         let mut pipe = ::redis::pipe();
         pipe.cmd("CLIENT")
@@ -960,7 +1053,7 @@ impl Inner {
             .cmd("GET")
             .arg(redis_key);
         match self
-            .request(pipe.query_async::<(Option<String>,)>(conn))
+            .request(guard, pipe.query_async::<(Option<String>,)>(conn))
             .await
         {
             Ok((found,)) => {
@@ -1040,54 +1133,89 @@ impl Inner {
         }
     }
 
-    /// Whether a request may call Redis now: not while the breaker is open.
-    fn admit(&self) -> Result<(), StoreError> {
-        if self.breaker.open_until.load(Relaxed) == 0 {
+    /// The breaker that guards `redis_key`: its primary's in a Cluster (once the slot
+    /// map is known), else the store's.
+    fn guard(self: &Arc<Self>, redis_key: &str) -> Arc<Guard> {
+        let Some(slots) = &self.slots else {
+            return self.whole.clone();
+        };
+        let last = slots.refreshed_at.load(Relaxed);
+        if last == 0 || self.now_ms().saturating_sub(last - 1) >= SLOT_MAP_REFRESH_MS {
+            self.spawn_refresh_slots();
+        }
+        slots
+            .current()
+            .guard(key_slot(redis_key.as_bytes()))
+            .cloned()
+            .unwrap_or_else(|| self.whole.clone())
+    }
+
+    /// The breaker of the Cluster primary at `node`; the store's for one node.
+    fn node_guard(&self, node: Option<&(String, u16)>) -> Arc<Guard> {
+        let (Some(slots), Some(node)) = (&self.slots, node) else {
+            return self.whole.clone();
+        };
+        slots
+            .current()
+            .nodes
+            .iter()
+            .find(|g| g.node.as_ref() == Some(node))
+            .cloned()
+            .unwrap_or_else(|| self.whole.clone())
+    }
+
+    /// Whether a call may go to Redis now: not while `guard`'s breaker is open.
+    fn admit(&self, guard: &Guard) -> Result<(), StoreError> {
+        let until = guard.breaker.open_until.load(Relaxed);
+        if until == 0 {
             return Ok(());
         }
         inc(&self.faults.breaker_skips);
         Err(StoreError::new(
             StoreErrorKind::Unavailable,
-            Some("Redis skipped: circuit breaker open".into()),
+            Some(Box::new(RedisBreakerOpen {
+                redis: guard.addr.to_string(),
+                next_probe_in: Duration::from_millis(until.saturating_sub(self.now_ms())),
+            })),
         ))
     }
 
-    /// Opens the breaker (if it is not open) and starts the background task that probes
-    /// Redis every cooldown until it answers, then closes the breaker. Returns whether
-    /// this call opened it.
-    fn open_breaker(self: &Arc<Self>) -> bool {
+    /// Opens `guard`'s breaker (if it is not open) and starts the background task that
+    /// probes what it guards every cooldown until it answers, then closes the breaker.
+    /// Returns whether this call opened it.
+    fn open_breaker(self: &Arc<Self>, guard: &Arc<Guard>) -> bool {
+        let breaker = &guard.breaker;
         // SeqCst here and in the prober: opening (`open_until`, then `probing`) and the
         // prober's exit (`probing`, then `open_until`) must not miss each other, or the
         // breaker could stay open with no prober left to close it.
-        let opened = self
-            .breaker
+        let opened = breaker
             .open_until
-            .compare_exchange(0, self.breaker.reopen_at(self.now_ms()), SeqCst, SeqCst)
+            .compare_exchange(0, breaker.reopen_at(self.now_ms()), SeqCst, SeqCst)
             .is_ok();
         if opened {
             inc(&self.faults.breaker_opens);
         }
-        if self
-            .breaker
+        if breaker
             .probing
             .compare_exchange(false, true, SeqCst, SeqCst)
             .is_ok()
         {
             // Weak: a store dropped while Redis is down does not live on in its prober.
             let weak = Arc::downgrade(self);
-            let cooldown = Duration::from_millis(self.breaker.cooldown_ms);
+            let guard = guard.clone();
+            let cooldown = Duration::from_millis(breaker.cooldown_ms);
             self.runtime.spawn(async move {
+                let breaker = &guard.breaker;
                 loop {
                     tokio::time::sleep(cooldown).await;
                     let Some(this) = weak.upgrade() else { return };
-                    if this.probe().await {
-                        this.breaker.probing.store(false, SeqCst);
+                    if this.probe(&guard).await {
+                        breaker.probing.store(false, SeqCst);
                         // Requests may have reopened the breaker after the probe closed
                         // it, while `probing` was still set (so they started no prober):
                         // keep probing then, unless another prober has taken over.
-                        if this.breaker.open_until.load(SeqCst) == 0
-                            || this
-                                .breaker
+                        if breaker.open_until.load(SeqCst) == 0
+                            || breaker
                                 .probing
                                 .compare_exchange(false, true, SeqCst, SeqCst)
                                 .is_err()
@@ -1101,22 +1229,125 @@ impl Inner {
         opened
     }
 
-    /// One `PING`; closes the breaker if Redis answers. Returns whether it did.
-    async fn probe(&self) -> bool {
-        match self.ping(self.probe_timeout).await {
+    /// One probe of what `guard` guards; closes its breaker if it answers. Returns
+    /// whether it did.
+    ///
+    /// The store's breaker: `PING` on the store's connection (any node of a Cluster).
+    /// A Cluster primary's: the slot map is read again first — if the primary no longer
+    /// serves any slot (a replica took over after a failover), its breaker is closed and
+    /// dropped, as the map now sends its keys to another node — then the primary is
+    /// `PING`ed on a connection of its own.
+    async fn probe(self: &Arc<Self>, guard: &Arc<Guard>) -> bool {
+        let result = match &guard.node {
+            None => self.ping(self.probe_timeout).await,
+            Some((host, port)) => {
+                self.refresh_slots().await;
+                if let Some(slots) = &self.slots
+                    && !slots.current().holds(guard)
+                {
+                    guard.breaker.failures.store(0, Relaxed);
+                    guard.breaker.open_until.store(0, SeqCst);
+                    tracing::info!(
+                        redis = %guard.addr,
+                        "sticky session store: Redis Cluster node no longer serves any slot; its breaker is dropped"
+                    );
+                    return true;
+                }
+                self.call(self.probe_timeout, self.target.ping_node(host, *port))
+                    .await
+            }
+        };
+        match result {
             Ok(()) => {
-                self.breaker.failures.store(0, Relaxed);
-                self.breaker.open_until.store(0, SeqCst);
-                tracing::info!(redis = %self.addr, "sticky session store: Redis answers again; circuit breaker closed");
+                guard.breaker.failures.store(0, Relaxed);
+                guard.breaker.open_until.store(0, SeqCst);
+                tracing::info!(redis = %guard.addr, "sticky session store: Redis answers again; circuit breaker closed");
+                if guard.node.is_none() {
+                    self.refresh_slots().await;
+                }
                 true
             }
             Err(e) => {
-                self.breaker.trip(self.now_ms());
-                self.faults.log(&self.addr, "probe", &e, self.now_ms());
-                self.fresh_connection();
+                guard.breaker.trip(self.now_ms());
+                guard.log.log(
+                    &guard.addr,
+                    self.faults.interval_ms,
+                    "probe",
+                    &e,
+                    self.now_ms(),
+                );
+                // The store's breaker, or every primary's: renew the connection (see
+                // `fresh_connection`). One primary down: the cluster client repairs its
+                // connection to it on its own.
+                let all_down = guard.node.is_none()
+                    || self
+                        .slots
+                        .as_ref()
+                        .is_some_and(|s| s.current().nodes.iter().all(|g| g.breaker.is_open()));
+                if all_down {
+                    self.fresh_connection();
+                }
                 false
             }
         }
+    }
+
+    /// Starts [`refresh_slots`](Self::refresh_slots) in the background, unless one ran
+    /// less than [`SLOT_MAP_MIN_INTERVAL_MS`] ago.
+    fn spawn_refresh_slots(self: &Arc<Self>) {
+        let Some(slots) = &self.slots else { return };
+        let last = slots.refreshed_at.load(Relaxed);
+        if last != 0 && self.now_ms().saturating_sub(last - 1) < SLOT_MAP_MIN_INTERVAL_MS {
+            return;
+        }
+        let this = self.clone();
+        self.runtime
+            .spawn(async move { this.refresh_slots().await });
+    }
+
+    /// Reads a Cluster's slot map (`CLUSTER SLOTS`, asked of a primary whose breaker is
+    /// closed, else of any node) into the store's copy. Breakers of primaries the map
+    /// still names are kept; a new primary gets a closed one. One read at a time; a
+    /// failed read keeps the previous map. Not counted in the stats.
+    async fn refresh_slots(self: &Arc<Self>) {
+        let Some(slots) = &self.slots else { return };
+        if slots.refreshing.swap(true, SeqCst) {
+            return;
+        }
+        slots.refreshed_at.store(self.now_ms() + 1, Relaxed);
+        let current = slots.current();
+        let ask = current
+            .nodes
+            .iter()
+            .find(|g| !g.breaker.is_open())
+            .and_then(|g| g.node.clone());
+        let mut conn = self.conn();
+        let read = tokio::time::timeout(self.probe_timeout, conn.slot_ranges(ask.as_ref())).await;
+        match read {
+            Ok(Ok(ranges)) if !ranges.is_empty() => {
+                let map = SlotMap::rebuild(ranges, &current, |host, port| {
+                    Guard::new(
+                        format!("{host}:{port}").into_boxed_str(),
+                        Some((host.to_owned(), port)),
+                        self.whole.breaker.threshold,
+                        self.whole.breaker.cooldown_ms,
+                    )
+                });
+                if !map.same_primaries(&current) {
+                    let primaries: Vec<&str> = map.nodes.iter().map(|g| &*g.addr).collect();
+                    tracing::debug!(redis = %self.addr, ?primaries, "sticky session store: Redis Cluster slot map read");
+                }
+                slots.replace(map);
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(redis = %self.addr, error = %e, "sticky session store: cannot read the Redis Cluster slot map");
+            }
+            Err(_) => {
+                tracing::debug!(redis = %self.addr, "sticky session store: reading the Redis Cluster slot map timed out");
+            }
+        }
+        slots.refreshing.store(false, SeqCst);
     }
 
     /// `PING`, tried twice within `limit`: a first attempt on a dropped connection fails
@@ -1133,42 +1364,65 @@ impl Inner {
         self.call(limit, attempt).await
     }
 
-    /// A call made for a request: limited by `timeout`; a timeout or a connection failure
-    /// counts toward the breaker, an error reply does not (and, like a success, resets
-    /// the count of consecutive failures).
+    /// A call made for a request, guarded by `guard`: limited by `timeout`; a timeout or
+    /// a connection failure counts toward `guard`'s breaker, an error reply does not
+    /// (and, like a success, resets its count of consecutive failures).
     async fn request<T>(
         self: &Arc<Self>,
+        guard: &Arc<Guard>,
         fut: impl Future<Output = Result<T, RedisError>>,
     ) -> Result<T, StoreError> {
-        self.request_within(self.timeout, fut).await
+        self.request_within(guard, self.timeout, fut).await
     }
 
     /// [`request`](Self::request) with its own time limit.
     async fn request_within<T>(
         self: &Arc<Self>,
+        guard: &Arc<Guard>,
         limit: Duration,
         fut: impl Future<Output = Result<T, RedisError>>,
     ) -> Result<T, StoreError> {
         let result = self.call(limit, fut).await;
+        let breaker = &guard.breaker;
         match &result {
             // An error reply proves the connection works, as a success does.
-            Ok(_) => self.breaker.failures.store(0, Relaxed),
+            Ok(_) => breaker.failures.store(0, Relaxed),
             Err(e) if e.kind() == StoreErrorKind::Other => {
-                self.breaker.failures.store(0, Relaxed);
-                self.faults.log(&self.addr, "request", e, self.now_ms());
+                breaker.failures.store(0, Relaxed);
+                guard.log.log(
+                    &guard.addr,
+                    self.faults.interval_ms,
+                    "request",
+                    e,
+                    self.now_ms(),
+                );
             }
             Err(e) => {
                 let now = self.now_ms();
-                if self.breaker.fail() && self.open_breaker() {
+                // A redirect the cluster client could not follow, or a cluster that says
+                // it is down: the slot map is changing.
+                if self.slots.is_some()
+                    && redis_code(e)
+                        .is_some_and(|c| matches!(c, "MOVED" | "ASK" | "CLUSTERDOWN" | "TRYAGAIN"))
+                {
+                    self.spawn_refresh_slots();
+                }
+                if breaker.fail() && self.open_breaker(guard) {
                     tracing::warn!(
-                        redis = %self.addr,
+                        redis = %guard.addr,
                         error = %e,
-                        failures = self.breaker.threshold,
-                        cooldown_ms = self.breaker.cooldown_ms,
+                        failures = breaker.threshold,
+                        cooldown_ms = breaker.cooldown_ms,
                         "sticky session store: circuit breaker open; skipping Redis until it answers again"
                     );
+                    if guard.node.is_some() {
+                        // The primary's slots may be moving to a replica.
+                        self.spawn_refresh_slots();
+                    }
                 } else {
-                    self.faults.log(&self.addr, "request", e, now);
+                    guard
+                        .log
+                        .log(&guard.addr, self.faults.interval_ms, "request", e, now);
                 }
             }
         }
@@ -1191,6 +1445,42 @@ impl Inner {
         Err(result)
     }
 }
+
+/// The Redis error code (`MOVED`, `OOM`, …) behind a store error, if any.
+fn redis_code(e: &StoreError) -> Option<&str> {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<RedisError>())
+        .and_then(RedisError::code)
+}
+
+/// Why a [`RedisStore`] call failed at once: the circuit breaker that guards it is open.
+///
+/// The source of the [`StoreError`] (of kind [`StoreErrorKind::Unavailable`]) that
+/// every operation returns while the breaker is open, requests' and operators' alike;
+/// reach it with `std::error::Error::source` and `downcast_ref`, e.g. to answer an admin
+/// request with `503` and the breaker's state. Names Redis by `host:port` only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisBreakerOpen {
+    /// What the open breaker guards: the store's Redis (`host:port/db`, the cluster's
+    /// seed nodes, or the Sentinel master), or one Cluster primary (`host:port`).
+    pub redis: String,
+    /// Time until the breaker's next background probe (it closes when that answers).
+    pub next_probe_in: Duration,
+}
+
+impl fmt::Display for RedisBreakerOpen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Redis skipped: circuit breaker open for {} (next probe in {} ms)",
+            self.redis,
+            self.next_probe_in.as_millis()
+        )
+    }
+}
+
+impl std::error::Error for RedisBreakerOpen {}
 
 /// What a Redis error says about the connection.
 ///
@@ -1263,33 +1553,6 @@ fn glob_escape(s: &str) -> String {
     out
 }
 
-struct Breaker {
-    threshold: u32,
-    cooldown_ms: u64,
-    failures: AtomicU32,
-    /// Store-epoch millisecond until which Redis is skipped; 0: closed.
-    open_until: AtomicU64,
-    /// A background probe is running.
-    probing: AtomicBool,
-}
-
-impl Breaker {
-    /// Counts a failure; returns whether the breaker should open.
-    fn fail(&self) -> bool {
-        let n = self.failures.fetch_add(1, Relaxed).saturating_add(1);
-        n >= self.threshold
-    }
-
-    /// Opens (or keeps open) the breaker for another cooldown.
-    fn trip(&self, now: u64) {
-        self.open_until.store(self.reopen_at(now), Relaxed);
-    }
-
-    fn reopen_at(&self, now: u64) -> u64 {
-        now.saturating_add(self.cooldown_ms).max(1)
-    }
-}
-
 #[derive(Default)]
 struct Faults {
     calls: AtomicU64,
@@ -1302,11 +1565,8 @@ struct Faults {
     breaker_skips: AtomicU64,
     breaker_opens: AtomicU64,
     near_hits: AtomicU64,
+    /// Minimum interval between two fault warnings of one breaker.
     interval_ms: u64,
-    /// Store-epoch millisecond of the last warning, plus one (0: never warned).
-    last_warn: AtomicU64,
-    /// Faults logged at debug since the last warning.
-    suppressed: AtomicU64,
 }
 
 #[inline]
@@ -1327,30 +1587,6 @@ impl Faults {
                     Refusal::Other => {}
                 }
             }
-        }
-    }
-
-    /// Warns at most once per interval; the rest go to debug and are counted.
-    fn log(&self, addr: &str, op: &'static str, e: &StoreError, now: u64) {
-        let last = self.last_warn.load(Relaxed);
-        let due = last == 0 || now.saturating_sub(last - 1) >= self.interval_ms;
-        if due
-            && self
-                .last_warn
-                .compare_exchange(last, now + 1, Relaxed, Relaxed)
-                .is_ok()
-        {
-            let suppressed = self.suppressed.swap(0, Relaxed);
-            tracing::warn!(
-                redis = %addr,
-                op,
-                error = %e,
-                suppressed,
-                "sticky session store: Redis call failed; serving without stickiness"
-            );
-        } else {
-            inc(&self.suppressed);
-            tracing::debug!(redis = %addr, op, error = %e, "sticky session store: Redis call failed");
         }
     }
 }
