@@ -9,6 +9,8 @@
 #   ROUNDS=3 DURATION=5 CONNS=64 GATEWAYS="proxy haproxy" benches/peers.sh
 #   PROXY_BIN=/path/to/other/proxy benches/peers.sh   # e.g. a build of the previous commit
 #   PROXY_ARGS="--no-body-session" RUST_LOG=warn benches/peers.sh
+#   BASE_BIN=/tmp/proxy-before GATEWAYS="proxy base haproxy nginx" benches/peers.sh
+#                                               # "base": another proxy build, same flags
 #
 # - proxy: target/release/examples/proxy (2 Tokio workers: THREADS), default flags
 #   (session headers of known clients, which include `session-id`; JSON body reader on;
@@ -99,17 +101,20 @@ echo "upstream: pid ${pids[0]} on ${ups[*]}" >&2
 declare -A port pidlist
 for g in $GATEWAYS; do port[$g]=$(free_port); done
 
-if [[ -n "${port[proxy]:-}" ]]; then
-    admin_port=$(free_port)
+declare -A admin
+start_proxy() { # name binary
+    admin[$1]=$(free_port)
     # shellcheck disable=SC2086
-    TOKIO_WORKER_THREADS=$THREADS "$PROXY_BIN" --listen "127.0.0.1:${port[proxy]}" \
-        --admin "127.0.0.1:$admin_port" \
+    TOKIO_WORKER_THREADS=$THREADS "$2" --listen "127.0.0.1:${port[$1]}" \
+        --admin "127.0.0.1:${admin[$1]}" \
         --upstream "account-a=http://${ups[0]}" --upstream "account-b=http://${ups[1]}" \
-        --upstream "account-c=http://${ups[2]}" ${PROXY_ARGS:-} >"$work/proxy.log" 2>&1 &
+        --upstream "account-c=http://${ups[2]}" ${PROXY_ARGS:-} >"$work/$1.log" 2>&1 &
     pids+=($!)
-    pidlist[proxy]=$!
-    wait_port "${port[proxy]}"
-fi
+    pidlist[$1]=$!
+    wait_port "${port[$1]}"
+}
+[[ -n "${port[proxy]:-}" ]] && start_proxy proxy "$PROXY_BIN"
+[[ -n "${port[base]:-}" ]] && start_proxy base "${BASE_BIN:?BASE_BIN names the other proxy build}"
 
 if [[ -n "${port[haproxy]:-}" ]]; then
     cat >"$work/haproxy.cfg" <<CFG
@@ -216,7 +221,6 @@ for r in $(seq "$ROUNDS"); do
     order=("${order[@]:1}" "${order[0]}")
 done
 
-echo
 echo "# syscalls per request (${SYSCALL_DURATION}s run each)"
 for g in $GATEWAYS; do
     pl=$(echo "${pidlist[$g]}" | tr -s ' ' ',' | sed 's/,$//')
@@ -245,13 +249,13 @@ for g in $GATEWAYS; do
     fi
 done
 
-if [[ -n "${port[proxy]:-}" ]]; then
-    m=$(curl -s "http://127.0.0.1:$admin_port/metrics")
+for g in proxy base; do
+    [[ -n "${port[$g]:-}" ]] || continue
+    m=$(curl -s "http://127.0.0.1:${admin[$g]}/metrics")
     misses=$(echo "$m" | awk '$1 ~ /^sticky_session_misses(_total)?$/ {print $2}')
     hits=$(echo "$m" | awk '$1 ~ /^sticky_session_hits(_total)?$/ {print $2}')
-    echo
-    echo "# proxy sticky counters: hits=$hits misses=$misses sessions=$SESSIONS; sessions that lost their binding (misses beyond the first request of each): $((misses - SESSIONS))"
-fi
+    echo "# $g sticky counters: hits=$hits misses=$misses sessions=$SESSIONS; sessions that lost their binding (misses beyond the first request of each): $((misses - SESSIONS))"
+done
 
 echo
 awk -v hz="$hz" -v conns="$CONNS" -v sessions="$SESSIONS" '
@@ -270,7 +274,7 @@ function best(arr, m, n, sign,   i, b) { b = arr[m, 1]; for (i = 2; i <= n; i++)
     err[m] += kv("errors") + kv("non2xx")
 }
 END {
-    printf "per gateway over %d rounds: median (best)\n", n["proxy"] ? n["proxy"] : n["haproxy"]
+    printf "\nper gateway over %d rounds: median (best)\n", n["proxy"] ? n["proxy"] : n["haproxy"]
     printf "%-8s %20s %18s %18s %22s %7s\n", "", "req/s", "p50 us", "p99 us", "gateway CPU us/req", "errors"
     for (m in seen)
         printf "%-8s %11.0f (%6.0f) %9.1f (%6.1f) %9.1f (%6.1f) %12.2f (%6.2f) %7d\n", m,

@@ -623,13 +623,15 @@ where
         }
         match tokio::time::timeout(timeout, first_data(&mut body)).await {
             Ok(First::Data(first)) => {
-                let body = ProxyBody::upstream(
+                let mut body = ProxyBody::upstream(
                     Some(first),
                     body,
                     idle,
                     up.name().clone(),
                     Some(in_flight),
                 );
+                // What came with the first chunk goes out with the head, in one write.
+                body.gather_ready().await;
                 Attempt::Served(served(up, head, body))
             }
             Ok(First::Empty) => Attempt::Failed(
