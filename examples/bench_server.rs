@@ -3,14 +3,20 @@
 //! sets `ServedBy`, with or without [`StickySessionLayer`] in front of it.
 //!
 //! ```text
-//! cargo run --release --example bench_server -- [--layer | --bare | --naive] [--listen 127.0.0.1:0] [--threads 1]
+//! cargo run --release --example bench_server -- [--layer | --bare | --naive] [--listen 127.0.0.1:0]... [--threads 1] [--events 2]
 //! ```
 //!
 //! `--layer` (the default) puts `StickySessionLayer::new()` (the default `MokaStore`) in
 //! front of the inner service, `--naive` the same layer over the benchmarks' naive
 //! `RwLock<HashMap>` store, `--bare` nothing.
 //!
-//! It prints `listening on ADDR` once bound (`--listen 127.0.0.1:0`, the default, picks a
+//! `--events N` (default 2) streams N server-sent events instead: N − 1 OpenAI-style
+//! `chat.completion.chunk` events and `data: [DONE]`, all ready at once (an upstream that
+//! has the whole answer). `--listen` may be given several times (e.g. three listeners
+//! standing for three accounts of one upstream, `benches/peers.sh`); the same service
+//! answers on each.
+//!
+//! It prints `listening on ADDR` (one line per listener) once bound (`--listen 127.0.0.1:0`, the default, picks a
 //! free port) and, on `SIGINT` or `SIGTERM`, the layer's counters (`hits`, `misses`, `commits`, ...) on
 //! one line, then exits. The inner service honours `PinnedAuth` and otherwise picks one of
 //! four accounts round-robin; the accounts are built once, as the crate docs recommend.
@@ -38,12 +44,13 @@ use tower_sticky_session::{AuthId, PinnedAuth, ServedBy, StickySessionLayer};
 #[path = "../benches/support/naive_store.rs"]
 mod naive_store;
 
-/// A body of two data frames, length unknown to hyper (sent chunked, like a stream).
-struct TwoFrames {
-    frames: [Option<Bytes>; 2],
+/// A body of a few data frames, all ready, length unknown to hyper (sent chunked, like a
+/// stream).
+struct Frames {
+    frames: std::collections::VecDeque<Bytes>,
 }
 
-impl Body for TwoFrames {
+impl Body for Frames {
     type Data = Bytes;
     type Error = Infallible;
 
@@ -51,12 +58,11 @@ impl Body for TwoFrames {
         mut self: Pin<&mut Self>,
         _: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let next = self.frames.iter_mut().find_map(Option::take);
-        Poll::Ready(next.map(|b| Ok(Frame::data(b))))
+        Poll::Ready(self.frames.pop_front().map(|b| Ok(Frame::data(b))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.frames.iter().all(Option::is_none)
+        self.frames.is_empty()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -69,12 +75,33 @@ impl Body for TwoFrames {
 struct Picker {
     accounts: Arc<[AuthId]>,
     next: Arc<AtomicUsize>,
+    /// The body's frames, built once.
+    frames: Arc<[Bytes]>,
+}
+
+/// The frames of a response of `events` server-sent events (see the module docs); two
+/// short ones for the default of 2, as before.
+fn frames(events: usize) -> Arc<[Bytes]> {
+    if events == 2 {
+        return Arc::new([
+            Bytes::from_static(b"data: {\"delta\":\"hello\"}\n\n"),
+            Bytes::from_static(b"data: [DONE]\n\n"),
+        ]);
+    }
+    (1..events.max(1))
+        .map(|i| {
+            Bytes::from(format!(
+                "data: {{\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion.chunk\",\"model\":\"bench\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"token {i}\"}}}}]}}\n\n"
+            ))
+        })
+        .chain(std::iter::once(Bytes::from_static(b"data: [DONE]\n\n")))
+        .collect()
 }
 
 impl Service<Request<Incoming>> for Picker {
-    type Response = Response<TwoFrames>;
+    type Response = Response<Frames>;
     type Error = Infallible;
-    type Future = std::future::Ready<Result<Response<TwoFrames>, Infallible>>;
+    type Future = std::future::Ready<Result<Response<Frames>, Infallible>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -88,11 +115,8 @@ impl Service<Request<Incoming>> for Picker {
                 self.accounts[i].clone()
             }
         };
-        let body = TwoFrames {
-            frames: [
-                Some(Bytes::from_static(b"data: {\"delta\":\"hello\"}\n\n")),
-                Some(Bytes::from_static(b"data: [DONE]\n\n")),
-            ],
+        let body = Frames {
+            frames: self.frames.iter().cloned().collect(),
         };
         let mut res = Response::new(body);
         res.headers_mut().insert(
@@ -113,15 +137,17 @@ enum Mode {
 
 struct Args {
     mode: Mode,
-    listen: SocketAddr,
+    listen: Vec<SocketAddr>,
     threads: usize,
+    events: usize,
 }
 
 fn args() -> Args {
     let mut out = Args {
         mode: Mode::Layer,
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        listen: Vec::new(),
         threads: 1,
+        events: 2,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -131,21 +157,46 @@ fn args() -> Args {
             "--naive" => out.mode = Mode::Naive,
             "--listen" => {
                 let v = it.next().expect("--listen ADDR");
-                out.listen = v.parse().expect("--listen takes IP:PORT");
-                assert!(out.listen.ip().is_loopback(), "loopback addresses only");
+                let at: SocketAddr = v.parse().expect("--listen takes IP:PORT");
+                assert!(at.ip().is_loopback(), "loopback addresses only");
+                out.listen.push(at);
             }
             "--threads" => {
                 out.threads = it.next().and_then(|v| v.parse().ok()).expect("--threads N");
             }
+            "--events" => {
+                out.events = it.next().and_then(|v| v.parse().ok()).expect("--events N");
+            }
             other => panic!(
-                "unknown argument {other:?}; usage: [--layer|--bare|--naive] [--listen IP:PORT] [--threads N]"
+                "unknown argument {other:?}; usage: [--layer|--bare|--naive] [--listen IP:PORT]... [--threads N] [--events N]"
             ),
         }
+    }
+    if out.listen.is_empty() {
+        out.listen.push(SocketAddr::from(([127, 0, 0, 1], 0)));
     }
     out
 }
 
-async fn serve<S, B>(listener: TcpListener, svc: S)
+/// Serves `svc` on every listener.
+async fn serve<S, B>(listeners: Vec<TcpListener>, svc: S)
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut loops = tokio::task::JoinSet::new();
+    for listener in listeners {
+        loops.spawn(serve_one(listener, svc.clone()));
+    }
+    while loops.join_next().await.is_some() {}
+}
+
+async fn serve_one<S, B>(listener: TcpListener, svc: S)
 where
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
@@ -172,7 +223,7 @@ where
 
 /// Serves `picker` behind `layer` until stopped, then prints the layer's counters.
 async fn with_layer<St: BindingStore>(
-    listener: TcpListener,
+    listener: Vec<TcpListener>,
     layer: StickySessionLayer<St>,
     picker: Picker,
 ) {
@@ -207,15 +258,17 @@ fn main() {
         .build()
         .expect("tokio runtime");
     runtime.block_on(async move {
-        let listener = TcpListener::bind(args.listen).await.expect("bind");
-        println!(
-            "listening on {}",
-            listener.local_addr().expect("local addr")
-        );
+        let mut listener = Vec::new();
+        for at in &args.listen {
+            let l = TcpListener::bind(at).await.expect("bind");
+            println!("listening on {}", l.local_addr().expect("local addr"));
+            listener.push(l);
+        }
         let accounts: Arc<[AuthId]> = (0..4).map(|i| AuthId::from(format!("acct-{i}"))).collect();
         let picker = Picker {
             accounts,
             next: Arc::new(AtomicUsize::new(0)),
+            frames: frames(args.events),
         };
         match args.mode {
             Mode::Layer => with_layer(listener, StickySessionLayer::new(), picker).await,

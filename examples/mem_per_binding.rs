@@ -20,7 +20,7 @@
 //!
 //! Each case runs in its own process: it builds the 1 000 000 keys first, reads
 //! `/proc/self/statm`, commits one binding per key (accounts round-robin over 8; for
-//! `moka` and `moka_fresh_auth`, 900 000 of them twice, so both segments are full at the
+//! `moka` and `moka_fresh_auth`, 875 000 of them twice, so both segments are full at the
 //! default split), lets the store finish its pending work, reads `statm` again and prints
 //! the delta per binding. Session ids are not counted (they belong to the requests),
 //! except where the store copies them (the naive store keeps each as an owned `String`).
@@ -133,11 +133,11 @@ fn run_case(case: &str) {
                 ),
                 // The default split, every id used once: only probation fills.
                 "moka_one_off_flood" => (b.max_bindings(BINDINGS).build(), 0),
-                // The default split, both segments full: 900 000 proven bindings
-                // (protected) and 100 000 with one success (probation, a tenth).
+                // The default split, both segments full: 875 000 proven bindings
+                // (protected) and 125 000 with one success (probation, an eighth).
                 _ => (
                     b.max_bindings(BINDINGS).build(),
-                    (BINDINGS - BINDINGS / 10) as usize,
+                    (BINDINGS - BINDINGS / 8) as usize,
                 ),
             };
             fill(&store, &keys, case == "moka_fresh_auth", proven);

@@ -184,7 +184,7 @@
 //!
 //! A binding proven by a second success is never evicted by session ids that are used
 //! once, however many: [`MokaStore`] keeps bindings with one success in a small probation
-//! segment (a tenth of the store by default), where one-off ids compete only among
+//! segment (an eighth of the store by default), where one-off ids compete only among
 //! themselves, and moves a binding to the protected segment at its second success on the
 //! same account. A new session binds at its first success and is found at its second
 //! request if that comes before `probation` other new bindings have been made (under a

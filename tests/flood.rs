@@ -128,7 +128,7 @@ fn rss_bytes() -> Option<u64> {
 
 /// The probation size `MokaStore` picks for `capacity` (its documented default).
 fn probation_of(capacity: u64) -> u64 {
-    (capacity / 10)
+    (capacity / 8)
         .max(1024.min(capacity / 2))
         .max(capacity.min(1))
 }

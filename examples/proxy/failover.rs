@@ -636,7 +636,7 @@ where
         }
         match tokio::time::timeout(timeout, first_data(&mut body)).await {
             Ok(First::Data(first)) => {
-                let body = ProxyBody::upstream(
+                let mut body = ProxyBody::upstream(
                     Some(first),
                     body,
                     idle,
@@ -644,6 +644,8 @@ where
                     Some(in_flight),
                 )
                 .watched(self.broken.watch(i, key.cloned()));
+                // What came with the first chunk goes out with the head, in one write.
+                body.gather_ready().await;
                 Attempt::Served(served(up, head, body))
             }
             Ok(First::Empty) => Attempt::Failed(

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -69,12 +69,28 @@ impl fmt::Display for IdleTimeout {
 
 impl std::error::Error for IdleTimeout {}
 
+/// Most bytes [`ProxyBody`] gathers into one frame from upstream frames that are ready
+/// together (the size of the connection's write buffer, `serve::CONN_BUF`).
+pub(crate) const GATHER_MAX: usize = 64 * 1024;
+
 /// The proxy's response body: the upstream's body (its first chunk, already read, then
-/// the rest frame by frame as it arrives, each within `--idle-timeout`), or a short
-/// message of the proxy's own.
+/// the rest as it arrives, each frame within `--idle-timeout`), or a short message of the
+/// proxy's own.
+///
+/// Upstream data frames that are ready together are handed on as one frame (up to
+/// [`GATHER_MAX`]), so hyper writes them to the client in one system call instead of one
+/// per frame: an account that sends several server-sent events at once (or the whole
+/// answer) reaches the client in one write. The upstream connection is driven by a task
+/// of its own that hands over one frame at a time, so after a frame the body *yields*
+/// once (wakes itself and returns `Pending`) to let that task deliver the next one; it
+/// goes on gathering only while a yield brought new data, and hands on what it has as
+/// soon as one did not — a slow stream's frames are never held back waiting for more.
+/// [`ProxyBody::gather_ready`] does the same for the first chunk before the response is
+/// returned, so the response head goes out with it.
 ///
 /// An upstream body that fails or falls silent yields an error, so hyper aborts the
-/// response to the client instead of ending it cleanly.
+/// response to the client instead of ending it cleanly; the data received before the
+/// failure is written first.
 pub(crate) enum ProxyBody {
     /// Streamed from the account.
     Upstream(Box<Streamed>),
@@ -87,8 +103,9 @@ pub(crate) enum ProxyBody {
 
 /// The state of a streamed upstream body.
 pub(crate) struct Streamed {
-    /// The first data chunk, read before the response was returned.
-    first: Option<Bytes>,
+    /// Data read from the upstream and not yet handed on: the first chunk (read before
+    /// the response was returned) and the frames gathered with it.
+    ready: Gathered,
     body: Incoming,
     idle_for: Duration,
     idle: Pin<Box<Sleep>>,
@@ -96,10 +113,54 @@ pub(crate) struct Streamed {
     upstream: AuthId,
     /// The upstream body's error, held back for one poll (see `poll_frame`).
     failed: Option<BoxError>,
+    /// The upstream body's error, seen while gathering: handed on after `ready`.
+    failing: Option<BoxError>,
+    /// The upstream's trailers, seen while gathering: handed on after `ready`.
+    trailers: Option<HeaderMap>,
+    /// The upstream body ended (seen while gathering).
+    ended: bool,
+    /// New data arrived since the body last yielded: worth yielding again.
+    grew: bool,
     /// Counts the request as in flight on its account while the body is open.
     _in_flight: Option<InFlight>,
     /// Told how the stream ended, if it ends by itself (`--max-broken-streams`).
     watch: Option<Watch>,
+}
+
+/// Data frames gathered into one: the first kept as it is, a copy only once a second one
+/// joins it.
+#[derive(Default)]
+struct Gathered {
+    one: Option<Bytes>,
+    many: BytesMut,
+}
+
+impl Gathered {
+    fn len(&self) -> usize {
+        self.one.as_ref().map_or(0, Bytes::len) + self.many.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.one.is_none() && self.many.is_empty()
+    }
+
+    fn push(&mut self, data: Bytes) {
+        if let Some(one) = self.one.take() {
+            self.many.reserve(one.len() + data.len());
+            self.many.extend_from_slice(&one);
+            self.many.extend_from_slice(&data);
+        } else if self.many.is_empty() {
+            self.one = Some(data);
+        } else {
+            self.many.extend_from_slice(&data);
+        }
+    }
+
+    fn take(&mut self) -> Option<Bytes> {
+        self.one
+            .take()
+            .or_else(|| (!self.many.is_empty()).then(|| self.many.split().freeze()))
+    }
 }
 
 impl ProxyBody {
@@ -111,13 +172,21 @@ impl ProxyBody {
         upstream: AuthId,
         in_flight: Option<InFlight>,
     ) -> Self {
+        let mut ready = Gathered::default();
+        if let Some(first) = first {
+            ready.push(first);
+        }
         ProxyBody::Upstream(Box::new(Streamed {
-            first,
+            ready,
             body,
             idle_for,
             idle: Box::pin(tokio::time::sleep(idle_for)),
             upstream,
             failed: None,
+            failing: None,
+            trailers: None,
+            ended: false,
+            grew: true,
             _in_flight: in_flight,
             watch: None,
         }))
@@ -138,6 +207,156 @@ impl ProxyBody {
             msg: Some(msg.into()),
         }
     }
+
+    /// Gathers the upstream frames that are ready now (yielding while that brings more,
+    /// see the type's docs) behind the first chunk, before the response is returned: the
+    /// response head and the data are then written to the client at once. Never waits
+    /// for data that has not arrived; an error or the end of the upstream body is kept
+    /// for `poll_frame`, after the data.
+    pub(crate) async fn gather_ready(&mut self) {
+        let ProxyBody::Upstream(s) = self else { return };
+        if s.ready.is_empty() {
+            return;
+        }
+        poll_fn(|cx| {
+            if s.gather(cx) {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
+    }
+}
+
+impl Streamed {
+    /// Appends the upstream's ready data frames to `ready`, up to [`GATHER_MAX`]; stops at
+    /// trailers, an error or the end (kept for later). Returns `true` when the caller
+    /// should yield and come back: the upstream had nothing ready, but the last yield
+    /// brought data, so its connection task may well have more.
+    fn gather(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.ready.len() < GATHER_MAX
+            && !self.ended
+            && self.failing.is_none()
+            && self.trailers.is_none()
+        {
+            match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        if !data.is_empty() {
+                            self.ready.push(data);
+                            self.grew = true;
+                        }
+                    }
+                    Err(frame) => self.trailers = frame.into_trailers().ok(),
+                },
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::warn!(
+                        upstream = %self.upstream, error = %ErrorChain(&e),
+                        "upstream response body failed; aborting the client's response"
+                    );
+                    self.failing = Some(Box::new(e));
+                }
+                Poll::Ready(None) => self.ended = true,
+                Poll::Pending => return std::mem::take(&mut self.grew),
+            }
+        }
+        false
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(e) = self.failed.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        if self.ready.is_empty() {
+            if let Some(e) = self.failing.take() {
+                // The data before the error has been handed on: fail as below.
+                self.failed = Some(e);
+                if let Some(w) = self.watch.take() {
+                    w.broke("body error");
+                }
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            if let Some(trailers) = self.trailers.take() {
+                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+            }
+            if self.ended {
+                if let Some(w) = self.watch.take() {
+                    w.ended();
+                }
+                return Poll::Ready(None);
+            }
+            let frame = match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    ready!(self.idle.as_mut().poll(cx));
+                    tracing::warn!(
+                        upstream = %self.upstream, idle_timeout = ?self.idle_for,
+                        "upstream response body fell silent; aborting the client's response"
+                    );
+                    self.idle.as_mut().reset(Instant::now() + self.idle_for);
+                    if let Some(w) = self.watch.take() {
+                        w.broke("idle timeout");
+                    }
+                    return Poll::Ready(Some(Err(Box::new(IdleTimeout(self.idle_for)))));
+                }
+            };
+            match frame {
+                Some(Err(e)) => {
+                    tracing::warn!(
+                        upstream = %self.upstream, error = %ErrorChain(&e),
+                        "upstream response body failed; aborting the client's response"
+                    );
+                    // hyper's HTTP/1 server discards what it has buffered but not yet
+                    // written when a body fails. Yield once (and ask to be polled again
+                    // at once) so it flushes the head and the chunks already received:
+                    // the client then sees exactly where the upstream broke.
+                    self.failed = Some(Box::new(e));
+                    if let Some(w) = self.watch.take() {
+                        w.broke("body error");
+                    }
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if !data.is_empty() => {
+                        self.ready.push(data);
+                        self.grew = true;
+                    }
+                    Ok(empty) => {
+                        self.idle.as_mut().reset(Instant::now() + self.idle_for);
+                        return Poll::Ready(Some(Ok(Frame::data(empty))));
+                    }
+                    Err(frame) => {
+                        self.idle.as_mut().reset(Instant::now() + self.idle_for);
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                },
+                None => {
+                    if let Some(w) = self.watch.take() {
+                        w.ended();
+                    }
+                    return Poll::Ready(None);
+                }
+            }
+        }
+        if self.gather(cx) {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        self.idle.as_mut().reset(Instant::now() + self.idle_for);
+        // A body of known length ends with its last data frame (hyper may never poll it
+        // again): that is a clean end for the broken-stream count.
+        if self.failing.is_none()
+            && (self.ended || self.body.is_end_stream())
+            && let Some(w) = self.watch.take()
+        {
+            w.ended();
+        }
+        Poll::Ready(self.ready.take().map(|data| Ok(Frame::data(data))))
+    }
 }
 
 impl Body for ProxyBody {
@@ -149,62 +368,7 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ProxyBody::Upstream(s) => {
-                if let Some(e) = s.failed.take() {
-                    return Poll::Ready(Some(Err(e)));
-                }
-                if let Some(first) = s.first.take() {
-                    return Poll::Ready(Some(Ok(Frame::data(first))));
-                }
-                let frame = match Pin::new(&mut s.body).poll_frame(cx) {
-                    Poll::Ready(frame) => frame,
-                    Poll::Pending => {
-                        ready!(s.idle.as_mut().poll(cx));
-                        tracing::warn!(
-                            upstream = %s.upstream, idle_timeout = ?s.idle_for,
-                            "upstream response body fell silent; aborting the client's response"
-                        );
-                        s.idle.as_mut().reset(Instant::now() + s.idle_for);
-                        if let Some(w) = s.watch.take() {
-                            w.broke("idle timeout");
-                        }
-                        return Poll::Ready(Some(Err(Box::new(IdleTimeout(s.idle_for)))));
-                    }
-                };
-                match frame {
-                    Some(Err(e)) => {
-                        tracing::warn!(
-                            upstream = %s.upstream, error = %ErrorChain(&e),
-                            "upstream response body failed; aborting the client's response"
-                        );
-                        // hyper's HTTP/1 server discards what it has buffered but not yet
-                        // written when a body fails. Yield once (and ask to be polled again
-                        // at once) so it flushes the head and the chunks already received:
-                        // the client then sees exactly where the upstream broke.
-                        s.failed = Some(Box::new(e));
-                        if let Some(w) = s.watch.take() {
-                            w.broke("body error");
-                        }
-                        cx.waker().wake_by_ref();
-                        Poll::Pending
-                    }
-                    Some(Ok(frame)) => {
-                        s.idle.as_mut().reset(Instant::now() + s.idle_for);
-                        if s.body.is_end_stream()
-                            && let Some(w) = s.watch.take()
-                        {
-                            w.ended();
-                        }
-                        Poll::Ready(Some(Ok(frame)))
-                    }
-                    None => {
-                        if let Some(w) = s.watch.take() {
-                            w.ended();
-                        }
-                        Poll::Ready(None)
-                    }
-                }
-            }
+            ProxyBody::Upstream(s) => s.poll_frame(cx),
             ProxyBody::Message { msg } => Poll::Ready(msg.take().map(|m| Ok(Frame::data(m)))),
         }
     }
@@ -212,7 +376,11 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Upstream(s) => {
-                s.first.is_none() && s.failed.is_none() && s.body.is_end_stream()
+                s.ready.is_empty()
+                    && s.failed.is_none()
+                    && s.failing.is_none()
+                    && s.trailers.is_none()
+                    && (s.ended || s.body.is_end_stream())
             }
             ProxyBody::Message { msg } => msg.is_none(),
         }
@@ -221,7 +389,10 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Upstream(s) => {
-                let pre = s.first.as_ref().map_or(0, |b| b.len() as u64);
+                let pre = s.ready.len() as u64;
+                if s.ended {
+                    return SizeHint::with_exact(pre);
+                }
                 let inner = s.body.size_hint();
                 let mut hint = SizeHint::new();
                 hint.set_lower(inner.lower() + pre);

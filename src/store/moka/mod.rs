@@ -34,8 +34,10 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 /// only once the binding is older than `ttl / RENEW_DIVISOR`.
 const RENEW_DIVISOR: u32 = 16;
 
-/// The probation segment's default share of `max_bindings`: a tenth…
-const PROBATION_DIVISOR: u64 = 10;
+/// The probation segment's default share of `max_bindings`: an eighth, so that a tenth
+/// of `max_bindings` new sessions fits in it whole although its shards fill unevenly
+/// (see [`MokaStore`])…
+const PROBATION_DIVISOR: u64 = 8;
 /// …but at least this many bindings (or half the store, if that is smaller).
 const PROBATION_FLOOR: u64 = 1024;
 
@@ -75,9 +77,9 @@ fn default_probation(max_bindings: u64) -> u64 {
 ///   Later commits (TTL renewals, a move to another account after a failover) keep it
 ///   here. Nothing in probation can evict a protected binding.
 ///
-/// The split: probation gets `max(max_bindings / 10, min(1024, max_bindings / 2))` and
-/// protected the rest (default: 10 000 and 90 000); [`MokaStoreBuilder::probation_bindings`]
-/// sets it. `max_bindings` stays the bound on the total. Why a tenth: protected holds the
+/// The split: probation gets `max(max_bindings / 8, min(1024, max_bindings / 2))` and
+/// protected the rest (default: 12 500 and 87 500); [`MokaStoreBuilder::probation_bindings`]
+/// sets it. `max_bindings` stays the bound on the total. Why an eighth: protected holds the
 /// sessions that matter (conversations with more than one turn), so it gets most of the
 /// room; probation only has to hold a new session from its first success until its
 /// second request, which must therefore come within **`probation / r`** seconds, where
@@ -88,8 +90,16 @@ fn default_probation(max_bindings: u64) -> u64 {
 /// LRU of its own share and receives a random share of the others, so the window is
 /// `probation` other new bindings within a few percent (each shard holds at least 1 024;
 /// see `probation.rs`). With the defaults, against a flood of 1 000 one-off ids/s that is
-/// 10 s, against 10 000/s, 1 s.
-/// The floor of 1 024 keeps that window usable in small stores.
+/// 12.5 s, against 10 000/s, 1.25 s.
+/// The floor of 1 024 keeps that window usable in small stores. An eighth rather than a
+/// tenth because of the shards: `probation` new sessions spread over `s` shards fill
+/// them unevenly (a binomial share, ± √(probation / s)), so a probation exactly as large
+/// as a cycle of sessions pushes a few of them out before their second request (measured:
+/// 0.6–1.1 % of a 10 000-session cycle with a probation of 10 000 in 8 shards of 1 250,
+/// `benches/peers.sh`), and each of those is bound again on whatever account the picker
+/// chooses. With the default 12 500 in 8 shards of 1 562, a cycle of 10 000 (a tenth of
+/// `max_bindings`) gives a shard 1 250 ± 33 of them: the fullest is still 9 standard
+/// deviations below its share, so every session of the cycle keeps its first account.
 ///
 /// **A session that misses the window is still proven by its next success.** Each shard
 /// remembers the live keys it pushed out to make room (key digest and binding, 16 bytes
@@ -165,7 +175,7 @@ fn default_probation(max_bindings: u64) -> u64 {
 ///   costs ≈ 305 bytes (moka's per-entry structure; 16 of them are the key and value), a
 ///   probation binding ≈ 33–43 (the 24-byte node and its 4-byte index entries), plus 32
 ///   for the remembered pushed-out keys once its shard has filled (written as it churns).
-///   At the default split, both segments full (a tenth in probation), that is ≈ 282 bytes
+///   At the default split, both segments full (an eighth in probation), that is ≈ 282 bytes
 ///   per binding; a store whose bindings are all proven pays the protected figure.
 ///
 /// # Atomic per key across both segments
@@ -345,7 +355,7 @@ impl MokaStoreBuilder {
     }
 
     /// How many of the `max_bindings` go to the probation segment (bindings with one
-    /// success); the rest hold proven bindings. Default: a tenth, at least
+    /// success); the rest hold proven bindings. Default: an eighth, at least
     /// `min(1024, max_bindings / 2)`. Capped at `max_bindings`; with no room left for
     /// protected, bindings are never promoted. A larger probation gives a new session
     /// longer to make its second request under a flood (`probation / flood rate`), a
@@ -434,7 +444,7 @@ impl MokaStoreBuilder {
 }
 
 impl MokaStore {
-    /// A store with the defaults (100 000 bindings, of which 10 000 in probation; 1 hour
+    /// A store with the defaults (100 000 bindings, of which 12 500 in probation; 1 hour
     /// TTL).
     pub fn new() -> Self {
         Self::builder().build()
@@ -1067,10 +1077,10 @@ mod tests {
     }
 
     #[test]
-    fn probation_is_a_tenth_with_a_floor_of_1024_or_half() {
-        assert_eq!(default_probation(100_000), 10_000);
-        assert_eq!(default_probation(1_000_000), 100_000);
-        assert_eq!(default_probation(10_000), 1_024);
+    fn probation_is_an_eighth_with_a_floor_of_1024_or_half() {
+        assert_eq!(default_probation(100_000), 12_500);
+        assert_eq!(default_probation(1_000_000), 125_000);
+        assert_eq!(default_probation(10_000), 1_250);
         assert_eq!(default_probation(1_000), 500);
         assert_eq!(default_probation(3), 1);
         assert_eq!(default_probation(1), 1);
@@ -1406,6 +1416,31 @@ mod tests {
         commit(&store, "s", &a);
         commit(&store, "s", &a);
         assert_eq!(segments(&store), (1, 0));
+    }
+
+    #[test]
+    fn a_cycle_of_a_tenth_of_the_default_capacity_keeps_every_first_account() {
+        // Issue 20: 10 000 sessions used in turn, each bound on its first success, must
+        // all find that account at their second request (no shard overflows).
+        let store = MokaStore::new();
+        let accounts = [AuthId::from("a"), AuthId::from("b"), AuthId::from("c")];
+        let ids: Vec<String> = (0..10_000).map(|i| format!("cycle-{i}")).collect();
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(bound(&store, id), None);
+            commit(&store, id, &accounts[i % 3]);
+        }
+        for round in 0..2 {
+            for (i, id) in ids.iter().enumerate() {
+                let found = bound(&store, id);
+                assert_eq!(
+                    found.as_ref(),
+                    Some(&accounts[i % 3]),
+                    "{id} in round {round}"
+                );
+                commit(&store, id, &accounts[i % 3]);
+            }
+        }
+        assert_eq!(segments(&store), (10_000, 0));
     }
 
     #[test]
