@@ -454,6 +454,13 @@ where
                     break;
                 }
                 WsAttempt::Failed(res, why) => (res, why),
+                WsAttempt::Local => {
+                    tracing::warn!(
+                        path = parts.uri.path(), %session, upstream = %up.name(),
+                        "503: the proxy is out of local resources; no account blamed"
+                    );
+                    return local_unavailable();
+                }
             };
             pinned_failed |= ws.pinned == Some(up.name());
             if !last {
@@ -506,21 +513,10 @@ where
                 );
             }
             Ok(Err(e)) => {
-                let why = if e.is_connect() {
-                    self.picker.cool(i, self.cfg.cooldown);
-                    "unreachable"
-                } else {
-                    "failed before its response head"
+                return match self.failed_before_head(i, up, &e) {
+                    Some((res, why)) => WsAttempt::Failed(res, why),
+                    None => WsAttempt::Local,
                 };
-                tracing::debug!(upstream = %up.name(), error = %ErrorChain(&e), why, "websocket upgrade request failed");
-                return WsAttempt::Failed(
-                    proxy_error(
-                        up,
-                        StatusCode::BAD_GATEWAY,
-                        "the upstream failed before sending a response",
-                    ),
-                    why,
-                );
             }
             Ok(Ok(res)) => res,
         };
@@ -547,6 +543,34 @@ where
         } else {
             WsAttempt::Answered(res)
         }
+    }
+
+    /// An upstream request that failed before its response head: the account's failure
+    /// (its answer and why; an unreachable account cools down), or `None` when the proxy
+    /// ran out of its own resources (descriptors, buffers, memory), which is no account's.
+    fn failed_before_head(
+        &self,
+        i: usize,
+        up: &Upstream,
+        e: &hyper_util::client::legacy::Error,
+    ) -> Option<(Response<ProxyBody>, &'static str)> {
+        if let Some(io) = local_resource_error(e) {
+            tracing::warn!(upstream = %up.name(), error = %io, "local resource error on the upstream request");
+            return None;
+        }
+        let why = if e.is_connect() {
+            self.picker.cool(i, self.cfg.cooldown);
+            "unreachable"
+        } else {
+            "failed before its response head"
+        };
+        tracing::debug!(upstream = %up.name(), error = %ErrorChain(e), why, "upstream request failed");
+        let res = proxy_error(
+            up,
+            StatusCode::BAD_GATEWAY,
+            "the upstream failed before sending a response",
+        );
+        Some((res, why))
     }
 
     async fn attempt(
@@ -590,25 +614,10 @@ where
                 if client_failed.load(Ordering::Relaxed) {
                     return Attempt::ClientBody;
                 }
-                if let Some(io) = local_resource_error(&e) {
-                    tracing::warn!(upstream = %up.name(), error = %io, "local resource error on the upstream request");
-                    return Attempt::Local;
-                }
-                let why = if e.is_connect() {
-                    self.picker.cool(i, self.cfg.cooldown);
-                    "unreachable"
-                } else {
-                    "failed before its response head"
+                return match self.failed_before_head(i, up, &e) {
+                    Some((res, why)) => Attempt::Failed(res, why),
+                    None => Attempt::Local,
                 };
-                tracing::debug!(upstream = %up.name(), error = %ErrorChain(&e), why, "upstream request failed");
-                return Attempt::Failed(
-                    proxy_error(
-                        up,
-                        StatusCode::BAD_GATEWAY,
-                        "the upstream failed before sending a response",
-                    ),
-                    why,
-                );
             }
             Ok(Ok(res)) => res,
         };
@@ -697,6 +706,8 @@ enum WsAttempt {
     Answered(Response<ProxyBody>),
     /// 429/5xx, unreachable, timed out: the next account is tried.
     Failed(Response<ProxyBody>, &'static str),
+    /// The proxy ran out of its own resources: 503, no account blamed, no other tried.
+    Local,
 }
 
 /// The upstream's response, named for the sticky layer and the client.
