@@ -11,22 +11,12 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_sticky_session::context::{self, AccountContextLayer, AccountSlot};
-use tower_sticky_session::{
-    AuthId, BindingKey, BindingStore, MokaStore, ServedBy, SessionId, StickySessionLayer,
-};
+use tower_sticky_session::{AuthId, BindingKey, BindingStore, ServedBy, StickySessionLayer};
 
-use common::{TestBody, data, respond, streaming};
+use common::{TestBody, bound, data, respond, streaming};
 
 fn key(session: &str) -> BindingKey {
-    BindingKey::new(None, SessionId::new(session).unwrap())
-}
-
-async fn bound(store: &MokaStore, session: &str) -> Option<String> {
-    store
-        .lookup(&key(session))
-        .await
-        .unwrap()
-        .map(|a| a.as_str().to_owned())
+    common::key(None, session)
 }
 
 fn req(session: &str, path: &str) -> Request<()> {

@@ -17,11 +17,11 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tower::{Layer, Service, ServiceExt};
 use tower_sticky_session::{
-    AuthId, Binding, BindingKey, BindingStore, ClearReason, MokaStore, PinnedAuth, ServedBy,
-    SessionId, StickySessionLayer,
+    AuthId, Binding, BindingKey, BindingStore, ClearReason, PinnedAuth, ServedBy, SessionId,
+    StickySessionLayer,
 };
 
-use common::{TestBody, empty, respond, streaming};
+use common::{TestBody, bound, empty, respond, streaming};
 
 fn upgrade_request(session: Option<&str>) -> Request<()> {
     let mut b = Request::get("/v1/responses")
@@ -34,19 +34,11 @@ fn upgrade_request(session: Option<&str>) -> Request<()> {
 }
 
 fn key(session: &str) -> BindingKey {
-    BindingKey::new(None, SessionId::new(session).unwrap())
+    common::key(None, session)
 }
 
 fn response_id_key(id: &str) -> BindingKey {
     BindingKey::response_id(None, SessionId::new(id).unwrap())
-}
-
-async fn bound(store: &MokaStore, session: &str) -> Option<String> {
-    store
-        .lookup(&key(session))
-        .await
-        .unwrap()
-        .map(|a| a.as_str().to_owned())
 }
 
 /// An inner service that answers every request with `status` (served by `account`, unless

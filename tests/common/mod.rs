@@ -67,6 +67,19 @@ pub(crate) fn key(scope: Option<&'static str>, session: &str) -> BindingKey {
     )
 }
 
+/// The account `session` (no scope) is bound to in `store`, if any.
+pub(crate) async fn bound(
+    store: &tower_sticky_session::MokaStore,
+    session: &str,
+) -> Option<String> {
+    use tower_sticky_session::BindingStore;
+    store
+        .lookup(&key(None, session))
+        .await
+        .unwrap()
+        .map(|a| a.as_str().to_owned())
+}
+
 /// A data frame.
 pub(crate) fn data(bytes: &'static [u8]) -> FrameResult {
     Ok(Frame::data(Bytes::from_static(bytes)))
