@@ -19,6 +19,13 @@
 //!     --client-token PROXY_TOKEN
 //! ```
 //!
+//! - `--config FILE`: every setting below from a TOML file (accounts with their key
+//!   variables as `[[account]] name, url, key_env`, client tokens as `[[client_token]]
+//!   tenant, env`, every other flag under its own name with `_` for `-`; see
+//!   `config.rs`). A flag on the command line wins; a list flag replaces the file's list
+//!   (`--upstream-key` sets one account's key over the file's). An unknown key, a bad
+//!   value or a secret where a variable's name belongs: exit 2 with `FILE:LINE:COLUMN`,
+//!   the value never shown.
 //! - Routing: a request whose session header (the first of `--session-header` present;
 //!   default: the headers known clients send, `KNOWN_CLIENT_HEADERS`) names a bound session goes to the bound account, unless that
 //!   account is cooling down or (with `--max-load-factor F`) overloaded; any other request
@@ -100,6 +107,7 @@
 
 mod admin;
 mod app;
+mod config;
 mod demo;
 
 use std::ffi::OsStr;
@@ -107,8 +115,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
 use clap::error::ErrorKind;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use http::HeaderName;
 use tokio::net::TcpListener;
 use tower_sticky_session::MokaStore;
@@ -144,9 +152,15 @@ const MAX_BODY_BUFFER: usize = 1 << 30;
 /// Sticky-session reverse proxy: requests of one session stay on one upstream account.
 ///
 /// Without --upstream it starts three demo accounts in-process and prints how to try it.
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(name = "proxy", version)]
 struct Cli {
+    /// Read settings from this TOML file (see examples/proxy/config.rs): accounts with
+    /// their key variables, client tokens, headers, timeouts, limits, store. A flag given
+    /// on the command line wins over the file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+
     /// Address to listen on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", value_parser = parse_addr)]
     listen: SocketAddr,
@@ -487,16 +501,27 @@ fn parse_factor(s: &str) -> Result<f64, String> {
 
 /// Parses the command line; on an error prints clap's message with every URL in it
 /// redacted (clap quotes unknown or rejected arguments verbatim) and exits.
+/// With `--config FILE`, the file's settings fill in what the command line left out
+/// (exit 2 on a bad file, see `config.rs`).
 fn parse_cli() -> Result<Cli, ExitCode> {
-    Cli::try_parse().map_err(|e| {
-        let text = keys::redact_text(&e.render().to_string());
-        if e.use_stderr() {
-            eprint!("{text}");
-        } else {
-            print!("{text}");
-        }
-        ExitCode::from(e.exit_code().clamp(0, 255) as u8)
-    })
+    let (mut cli, matches) = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)))
+        .map_err(|e| {
+            let text = keys::redact_text(&e.render().to_string());
+            if e.use_stderr() {
+                eprint!("{text}");
+            } else {
+                print!("{text}");
+            }
+            ExitCode::from(e.exit_code().clamp(0, 255) as u8)
+        })?;
+    if let Some(path) = cli.config.clone() {
+        config::load(&path)
+            .and_then(|file| file.apply(&mut cli, &matches))
+            .map_err(|msg| usage(format!("--config {msg}")))?;
+    }
+    Ok(cli)
 }
 
 /// A configuration error: printed, exit code 2.
