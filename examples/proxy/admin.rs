@@ -8,6 +8,8 @@
 //! | `DELETE /bindings?session=S[&scope=X]` | removes that binding: `{"removed": "acct" or null}` |
 //! | `DELETE /accounts/{name}/bindings` | removes every binding to the account: `{"removed": n}` |
 //! | `GET /bindings/count` | `{"count": n}` (`null` where the store cannot count cheaply) |
+//! | `GET /` | the live status page, HTML (see `status.rs`) |
+//! | `GET /status.json` | what the status page shows, as JSON: accounts, bindings, hit ratio, … |
 //!
 //! The scope is the value the proxy reads from `--scope-header`; leave it out when the
 //! proxy runs without one. Session ids in queries are URL-encoded by the client.
@@ -21,6 +23,9 @@
 //!
 //! `DELETE /accounts/{name}/bindings` walks every binding: it runs on the blocking pool,
 //! not on a runtime worker, so proxied requests are not stalled while it runs.
+
+#[path = "status.rs"]
+mod status;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -186,6 +191,8 @@ pub(crate) fn router<St: InspectStore + StoreMetrics + Clone>(
 ) -> axum::Router {
     let router = axum::Router::new()
         .route("/metrics", get(metrics::<St>))
+        .route("/", get(status_page::<St>))
+        .route("/status.json", get(status_json::<St>))
         .route("/bindings", get(inspect::<St>).delete(remove::<St>))
         .route("/bindings/count", get(count::<St>))
         .route("/accounts/{name}/bindings", delete(remove_account::<St>))
@@ -302,6 +309,23 @@ async fn count<St: InspectStore>(State(admin): State<Admin<St>>) -> Response {
         Ok(n) => Json(json!({ "count": n })).into_response(),
         Err(e) => store_error(e),
     }
+}
+
+/// What the status page shows (`status.rs`), from the counters `/metrics` reads.
+async fn status<St: InspectStore>(admin: &Admin<St>) -> serde_json::Value {
+    let bindings = admin.store.count().await.ok().flatten();
+    status::snapshot(&admin.stats.snapshot(), bindings, &admin.proxy)
+}
+
+async fn status_json<St: InspectStore>(State(admin): State<Admin<St>>) -> Response {
+    let no_store = [(header::CACHE_CONTROL, "no-store")];
+    (no_store, Json(status(&admin).await)).into_response()
+}
+
+async fn status_page<St: InspectStore>(State(admin): State<Admin<St>>) -> Response {
+    let no_store = [(header::CACHE_CONTROL, "no-store")];
+    let page = status::page(&status(&admin).await);
+    (no_store, axum::response::Html(page)).into_response()
 }
 
 async fn metrics<St: InspectStore + StoreMetrics>(State(admin): State<Admin<St>>) -> Response {

@@ -94,7 +94,9 @@
 //!   applies to the in-memory store only (Redis bounds memory with its own `maxmemory`).
 //! - `--admin ADDR` serves metrics and binding control on a second listener (see
 //!   `admin.rs`): `GET /metrics`, `GET|DELETE /bindings?session=S[&scope=X]`,
-//!   `GET /bindings/count`, `DELETE /accounts/NAME/bindings`; `--admin-token ENV_VAR`
+//!   `GET /bindings/count`, `DELETE /accounts/NAME/bindings`, and a live status page
+//!   `GET /` (accounts' state, in-flight requests, hit ratio, failovers, WebSockets;
+//!   its data as `GET /status.json`, see `status.rs`); `--admin-token ENV_VAR`
 //!   protects it and is required on a non-loopback address. It has the same header and
 //!   idle timeouts as the main listener and at most 64 connections of its own.
 //! - Every duration flag takes at most 999999999 s, `--max-sessions` and
@@ -347,7 +349,8 @@ struct Cli {
 
     /// Serve metrics and binding control on this address (off the proxied path space):
     /// GET /metrics, GET|DELETE /bindings?session=S[&scope=X], GET /bindings/count,
-    /// DELETE /accounts/NAME/bindings. Off unless given; a non-loopback address requires
+    /// DELETE /accounts/NAME/bindings, and a status page at GET / (its data: GET
+    /// /status.json). Off unless given; a non-loopback address requires
     /// --admin-token.
     #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
     admin: Option<SocketAddr>,
@@ -806,7 +809,7 @@ async fn run<St: InspectStore + admin::StoreMetrics + Clone>(
     print_banner(&settings, store_name, addr);
     if let Some(a) = admin_addr {
         println!(
-            "Admin: http://{a}/metrics  http://{a}/bindings?session=ID  (see examples/proxy/admin.rs)"
+            "Admin: http://{a}/ (status page)  http://{a}/metrics  http://{a}/bindings?session=ID  (see examples/proxy/admin.rs)"
         );
     }
 
