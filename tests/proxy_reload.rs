@@ -244,6 +244,25 @@ async fn a_removed_account_gets_no_new_request_and_its_bindings_are_dropped() {
         "{summary}"
     );
 
+    // The status page and /metrics name the new generation.
+    let req = Request::get(format!("http://{}/status.json", proxy.admin))
+        .body(Full::default())
+        .unwrap();
+    let res = within("status", proxy.client.request(req)).await.unwrap();
+    let body = within("body", res.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status["config"]["generation"], 1, "{status}");
+    let names: Vec<&str> = status["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["b"]);
+
     let before = a.count();
     for session in ["s-1", "s-2", "s-3"] {
         for _ in 0..2 {

@@ -169,6 +169,16 @@ async fn the_status_page_shows_the_numbers_metrics_shows_behind_the_admin_token(
         s["ws"]["open"].as_f64(),
         Some(sample(&metrics, "sticky_proxy_ws_open"))
     );
+    assert_eq!(
+        s["config"]["generation"].as_f64(),
+        Some(sample(&metrics, "sticky_proxy_config_generation"))
+    );
+    assert_eq!(
+        s["config"]["loaded_at"]
+            .as_f64()
+            .map(|ms| (ms / 1000.0).floor()),
+        Some(sample(&metrics, "sticky_proxy_config_loaded_timestamp_seconds").floor())
+    );
     let accounts = s["accounts"].as_array().unwrap();
     assert_eq!(accounts.len(), 2);
     for acc in accounts {

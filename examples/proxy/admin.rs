@@ -95,6 +95,9 @@ pub(crate) struct ProxyMetrics {
     pub(crate) budget: Option<BufferBudget>,
     /// `--max-broken-streams`: streams each account broke after their first byte.
     pub(crate) broken: Option<Arc<BrokenStreams>>,
+    /// The running configuration's generation (0 at start-up, +1 per reload) and when it
+    /// was loaded: every other counter counts from then.
+    pub(crate) loaded: Option<(u64, std::time::SystemTime)>,
 }
 
 /// 401 unless the request presents `token` (see the module docs).
@@ -571,6 +574,8 @@ struct ProxyCollector {
     budget: Option<(u64, u64, u64)>,
     /// `(account, broken streams, times tripped)` of `--max-broken-streams`.
     broken: Vec<(String, u64, u64)>,
+    /// The configuration's generation and when it was loaded (Unix seconds).
+    loaded: Option<(u64, f64)>,
 }
 
 /// A counter for one scrape: `(name, help, value)`.
@@ -591,6 +596,13 @@ impl From<&ProxyMetrics> for ProxyCollector {
         });
         Self {
             accounts,
+            loaded: m.loaded.map(|(generation, at)| {
+                let secs = at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64();
+                (generation, secs)
+            }),
             budget: m
                 .budget
                 .as_ref()
@@ -688,6 +700,24 @@ impl Collector for ProxyCollector {
                 "Request bodies streamed through unbuffered (one attempt, sticky by header only) because --max-buffered-total was spent.",
                 refused,
             )?;
+        }
+        if let Some((generation, at)) = self.loaded {
+            let g = ConstGauge::new(i64::try_from(generation).unwrap_or(i64::MAX));
+            let m = enc.encode_descriptor(
+                "sticky_proxy_config_generation",
+                "The running configuration: 0 as started, +1 per reload (SIGHUP, POST /reload); the other counters count from its load.",
+                None,
+                g.metric_type(),
+            )?;
+            g.encode(m)?;
+            let g = ConstGauge::new(at);
+            let m = enc.encode_descriptor(
+                "sticky_proxy_config_loaded_timestamp_seconds",
+                "When the running configuration was loaded, Unix time.",
+                None,
+                g.metric_type(),
+            )?;
+            g.encode(m)?;
         }
         if let Some(n) = self.retries {
             StatsCollector::counter(

@@ -890,7 +890,8 @@ async fn run<St: InspectStore + admin::StoreMetrics + Clone>(
             ExitCode::from(EXIT_CUT)
         }
     };
-    let app = reloader.current();
+    let running = reloader.current();
+    let app = &running.app;
     tracing::info!(stats = ?app.stats.snapshot(), "sticky session counters at exit");
     tracing::info!(
         refused = app.budget.refused(),

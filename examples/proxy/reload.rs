@@ -26,7 +26,7 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use clap::ArgMatches;
@@ -52,16 +52,23 @@ pub(crate) struct Source {
     pub(crate) applied: Cli,
 }
 
+/// A proxy built from one configuration.
+pub(crate) struct Running<St: InspectStore> {
+    pub(crate) app: App<St>,
+    /// 0 as started, +1 per reload.
+    generation: u64,
+    loaded_at: SystemTime,
+}
+
 /// The running proxy and how to replace it.
 pub(crate) struct Reloader<St: InspectStore> {
     source: Source,
     store: St,
-    current: Arc<ArcSwap<App<St>>>,
+    current: Arc<ArcSwap<Running<St>>>,
     /// What the running proxy was built from.
     applied: std::sync::Mutex<Cli>,
     /// One reload at a time.
     one: tokio::sync::Mutex<()>,
-    generation: AtomicU64,
 }
 
 impl<St: InspectStore + Clone> Reloader<St> {
@@ -70,15 +77,18 @@ impl<St: InspectStore + Clone> Reloader<St> {
         Arc::new(Self {
             source,
             store,
-            current: Arc::new(ArcSwap::from_pointee(app)),
+            current: Arc::new(ArcSwap::from_pointee(Running {
+                app,
+                generation: 0,
+                loaded_at: SystemTime::now(),
+            })),
             applied,
             one: tokio::sync::Mutex::new(()),
-            generation: AtomicU64::new(0),
         })
     }
 
     /// The running proxy.
-    pub(crate) fn current(&self) -> Arc<App<St>> {
+    pub(crate) fn current(&self) -> Arc<Running<St>> {
         self.current.load_full()
     }
 
@@ -91,7 +101,8 @@ impl<St: InspectStore + Clone> Reloader<St> {
     pub(crate) fn live(&self) -> admin::Live {
         let current = self.current.clone();
         Arc::new(move || {
-            let app = current.load();
+            let running = current.load();
+            let app = &running.app;
             (
                 app.stats.clone(),
                 ProxyMetrics {
@@ -99,6 +110,7 @@ impl<St: InspectStore + Clone> Reloader<St> {
                     body: app.body_stats.clone(),
                     budget: Some(app.budget.clone()),
                     broken: Some(app.broken.clone()),
+                    loaded: Some((running.generation, running.loaded_at)),
                 },
             )
         })
@@ -145,7 +157,8 @@ impl<St: InspectStore + Clone> Reloader<St> {
         let app = app::build(&cfg, self.store.clone()).map_err(|e| e.to_string())?;
 
         // Kept accounts keep their cooldowns.
-        let old = self.current.load_full();
+        let running = self.current.load_full();
+        let old = &running.app;
         for (i, up) in old.picker.upstreams().iter().enumerate() {
             if let (Some(d), Some(j)) = (
                 old.picker.cooldowns.remaining(i),
@@ -155,8 +168,12 @@ impl<St: InspectStore + Clone> Reloader<St> {
             }
         }
         let tokens = cfg.client_tokens.len();
-        self.current.store(Arc::new(app));
-        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let generation = running.generation + 1;
+        self.current.store(Arc::new(Running {
+            app,
+            generation,
+            loaded_at: SystemTime::now(),
+        }));
 
         let previous = std::mem::replace(
             &mut *self.applied.lock().unwrap_or_else(|e| e.into_inner()),
@@ -276,7 +293,7 @@ pub(crate) async fn on_sighup<St: InspectStore + Clone>(reloader: Arc<Reloader<S
 
 /// The served service: each request is handed to the proxy running when it arrived, and
 /// stays with it to its end.
-pub(crate) struct Swapped<St: InspectStore>(Arc<ArcSwap<App<St>>>);
+pub(crate) struct Swapped<St: InspectStore>(Arc<ArcSwap<Running<St>>>);
 
 impl<St: InspectStore> Clone for Swapped<St> {
     fn clone(&self) -> Self {
@@ -302,6 +319,6 @@ where
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        self.0.load().service.clone().oneshot(req)
+        self.0.load().app.service.clone().oneshot(req)
     }
 }

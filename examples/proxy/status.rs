@@ -64,6 +64,10 @@ pub(crate) fn snapshot(snap: &StatsSnapshot, bindings: Option<u64>, proxy: &Prox
     let hit_ratio = (snap.lookups > 0).then(|| snap.hits as f64 / snap.lookups as f64);
     json!({
         "generated_at": unix_ms(now),
+        "config": proxy.loaded.map(|(generation, at)| json!({
+            "generation": generation,
+            "loaded_at": unix_ms(at),
+        })),
         "accounts": accounts,
         "bindings": bindings,
         "requests": snap.requests,
@@ -170,7 +174,7 @@ pub(crate) fn page(status: &Value) -> String {
 <style>
 body {{ font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; background: #fafafa; }}
 h1 {{ font-size: 1.3em; margin: 0 0 .2em; }} h2 {{ font-size: 1.05em; margin: 1.2em 0 .4em; }}
-#updated {{ color: #666; font-size: .9em; }}
+#updated, #config {{ color: #666; font-size: .9em; }}
 .facts {{ display: flex; flex-wrap: wrap; gap: .6em; }}
 .fact {{ background: #fff; border: 1px solid #ddd; border-radius: 4px; padding: .4em .8em; min-width: 7em; }}
 .label {{ display: block; color: #666; font-size: .8em; }} .value {{ font-size: 1.3em; font-variant-numeric: tabular-nums; }}
@@ -182,6 +186,7 @@ tr.cooling td.state {{ color: #a40; font-weight: bold; }} td.state {{ color: #07
 <body>
 <h1>tower-sticky-session proxy</h1>
 <div id="updated">as of {generated} (refreshes every 2 s)</div>
+<div id="config">{config}</div>
 <h2>Overview</h2>
 <div class="facts">{facts}</div>
 <h2>Accounts</h2>
@@ -198,6 +203,9 @@ function stateText(a) {{
   return a.state === "cooling"
     ? "cooling down until " + when(a.cooling_until) + " (429, unreachable or broken streams)"
     : "serving";
+}}
+function configText(c) {{
+  return c ? "configuration generation " + c.generation + ", loaded at " + when(c.loaded_at) + "; counters count from then" : "";
 }}
 function row(cells, cls) {{
   var tr = document.createElement("tr");
@@ -225,6 +233,7 @@ function draw(s) {{
   var up = document.getElementById("updated");
   up.textContent = "as of " + when(s.generated_at) + " (refreshes every 2 s)";
   up.dataset.refreshed = String(s.generated_at);
+  document.getElementById("config").textContent = configText(s.config);
 }}
 function refresh() {{
   fetch("status.json", {{ cache: "no-store" }})
@@ -238,7 +247,19 @@ setInterval(refresh, 2000);
 </body></html>
 "#,
         generated = esc(&format_utc(status["generated_at"].as_u64().unwrap_or(0))),
+        config = esc(&config_text(&status["config"])),
     )
+}
+
+/// The configuration line, as the script writes it.
+fn config_text(c: &Value) -> String {
+    match (c["generation"].as_u64(), c["loaded_at"].as_u64()) {
+        (Some(generation), Some(at)) => format!(
+            "configuration generation {generation}, loaded at {}; counters count from then",
+            format_utc(at)
+        ),
+        _ => String::new(),
+    }
 }
 
 /// An account's state in words, as the script writes it (the server's deadline in UTC).
