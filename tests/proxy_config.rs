@@ -64,13 +64,32 @@ async fn wait_listening(addr: SocketAddr) {
     .await;
 }
 
+/// A file holding a test's configuration, in a directory of its own that is removed
+/// when the test ends.
+struct ConfigFile(PathBuf);
+
+impl std::ops::Deref for ConfigFile {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 /// A file `name` holding `body` in a fresh directory of the test's own.
-fn write_config(name: &str, body: &str) -> PathBuf {
+fn write_config(name: &str, body: &str) -> ConfigFile {
     let dir = std::env::temp_dir().join(format!("tss-config-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("proxy.toml");
     std::fs::write(&path, body).unwrap();
-    path
+    ConfigFile(path)
 }
 
 fn arg(p: &Path) -> &str {

@@ -146,10 +146,23 @@ impl Proxy {
     /// Stops the proxy; its stderr.
     async fn stop(mut self) -> String {
         let _ = self.child.start_kill();
-        let out = within("the proxy exits", self.child.wait_with_output())
-            .await
-            .unwrap();
-        String::from_utf8_lossy(&out.stderr).into_owned()
+        let mut stderr = self.child.stderr.take().expect("piped");
+        let mut log = Vec::new();
+        within("the proxy's log", async {
+            let _ = self.child.wait().await;
+            tokio::io::AsyncReadExt::read_to_end(&mut stderr, &mut log).await
+        })
+        .await
+        .unwrap();
+        String::from_utf8_lossy(&log).into_owned()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
