@@ -35,6 +35,9 @@
 //! An unknown key, a value of the wrong type or out of range, a secret where a name
 //! belongs: the proxy does not start (exit 2) and says `FILE:LINE:COLUMN: reason`,
 //! never quoting a value that may be a secret.
+//!
+//! The file (with the command line over it) is read again on SIGHUP and on the admin's
+//! `POST /reload` (`reload.rs`); a bad file then keeps the running configuration.
 
 use std::ops::Range;
 use std::path::Path;
