@@ -186,6 +186,7 @@ async fn metrics_export_the_buffer_budget_and_broken_streams_per_account() {
             body: built.body_stats.clone(),
             budget: Some(built.budget.clone()),
             broken: Some(built.broken.clone()),
+            loaded: None,
         },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

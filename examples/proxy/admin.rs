@@ -8,6 +8,9 @@
 //! | `DELETE /bindings?session=S[&scope=X]` | removes that binding: `{"removed": "acct" or null}` |
 //! | `DELETE /accounts/{name}/bindings` | removes every binding to the account: `{"removed": n}` |
 //! | `GET /bindings/count` | `{"count": n}` (`null` where the store cannot count cheaply) |
+//! | `GET /` | the live status page, HTML (see `status.rs`) |
+//! | `GET /status.json` | what the status page shows, as JSON: accounts, bindings, hit ratio, … |
+//! | `POST /reload` | re-reads the configuration as SIGHUP does (`reload.rs`): `{"reloaded": ..}`, or 400 `{"error": ..}` and the running configuration kept |
 //!
 //! The scope is the value the proxy reads from `--scope-header`; leave it out when the
 //! proxy runs without one. Session ids in queries are URL-encoded by the client.
@@ -21,6 +24,9 @@
 //!
 //! `DELETE /accounts/{name}/bindings` walks every binding: it runs on the blocking pool,
 //! not on a runtime worker, so proxied requests are not stalled while it runs.
+
+#[path = "status.rs"]
+mod status;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -50,19 +56,31 @@ use tower_sticky_session::{AuthId, BindingKey, Scope, SessionId, Stats, StatsSna
 
 struct Admin<St> {
     store: St,
-    stats: Stats,
-    proxy: ProxyMetrics,
+    live: Live,
+    reload: Option<ReloadHook>,
 }
 
 impl<St: Clone> Clone for Admin<St> {
     fn clone(&self) -> Self {
         Self {
             store: self.store.clone(),
-            stats: self.stats.clone(),
-            proxy: self.proxy.clone(),
+            live: self.live.clone(),
+            reload: self.reload.clone(),
         }
     }
 }
+
+/// The counters of the running configuration, read at each request: a reload
+/// (`reload.rs`) builds a new proxy with counters of its own.
+pub(crate) type Live = Arc<dyn Fn() -> (Stats, ProxyMetrics) + Send + Sync>;
+
+/// `POST /reload`: re-reads the configuration; `Ok(summary)` or `Err(why)` (the running
+/// configuration then stays as it was).
+pub(crate) type ReloadHook = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// The proxy's own state exported next to the layer's counters: per account in-flight
 /// requests and cooldown, retries, streams broken after their first byte, the buffer
@@ -77,6 +95,9 @@ pub(crate) struct ProxyMetrics {
     pub(crate) budget: Option<BufferBudget>,
     /// `--max-broken-streams`: streams each account broke after their first byte.
     pub(crate) broken: Option<Arc<BrokenStreams>>,
+    /// The running configuration's generation (0 at start-up, +1 per reload) and when it
+    /// was loaded: every other counter counts from then.
+    pub(crate) loaded: Option<(u64, std::time::SystemTime)>,
 }
 
 /// 401 unless the request presents `token` (see the module docs).
@@ -176,23 +197,44 @@ pub(crate) fn serve_config(main: &crate::app::ServeConfig) -> crate::app::ServeC
     cfg
 }
 
-/// The admin routes over the proxy's store and counters.
+/// The admin routes over the proxy's store and counters (fixed: the tests' proxies do
+/// not reload; the binary uses [`router_live`]).
 /// `token`: required of every request (`--admin-token`).
+#[allow(dead_code)]
 pub(crate) fn router<St: InspectStore + StoreMetrics + Clone>(
     store: St,
     stats: Stats,
     token: Option<Secret>,
     proxy: ProxyMetrics,
 ) -> axum::Router {
+    router_live(
+        store,
+        Arc::new(move || (stats.clone(), proxy.clone())),
+        token,
+        None,
+    )
+}
+
+/// As [`router`], the counters read through `live` at each request, and with
+/// `reload`, `POST /reload`.
+pub(crate) fn router_live<St: InspectStore + StoreMetrics + Clone>(
+    store: St,
+    live: Live,
+    token: Option<Secret>,
+    reload: Option<ReloadHook>,
+) -> axum::Router {
     let router = axum::Router::new()
+        .route("/reload", axum::routing::post(reload_config::<St>))
         .route("/metrics", get(metrics::<St>))
+        .route("/", get(status_page::<St>))
+        .route("/status.json", get(status_json::<St>))
         .route("/bindings", get(inspect::<St>).delete(remove::<St>))
         .route("/bindings/count", get(count::<St>))
         .route("/accounts/{name}/bindings", delete(remove_account::<St>))
         .with_state(Admin {
             store,
-            stats,
-            proxy,
+            live,
+            reload,
         });
     match token {
         Some(t) => router.layer(middleware::from_fn_with_state(Arc::new(t), require_token)),
@@ -278,13 +320,7 @@ async fn remove_account<St: InspectStore + Clone>(
     Path(name): Path<String>,
 ) -> Response {
     let auth = AuthId::from(name);
-    // The walk over every binding runs on the blocking pool (an in-memory store walks
-    // synchronously); a store doing I/O still has the runtime through the handle.
-    let handle = tokio::runtime::Handle::current();
-    let (store, who) = (admin.store.clone(), auth.clone());
-    let walked =
-        tokio::task::spawn_blocking(move || handle.block_on(store.remove_account(&who))).await;
-    let walked = match walked {
+    let walked = match remove_account_bindings(&admin.store, &auth).await {
         Ok(r) => r,
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     };
@@ -297,6 +333,33 @@ async fn remove_account<St: InspectStore + Clone>(
     }
 }
 
+/// Removes every binding to `auth` (the walk of `DELETE /accounts/NAME/bindings`, also
+/// run by a reload for each removed account). The walk over every binding runs on the
+/// blocking pool (an in-memory store walks synchronously); a store doing I/O still has
+/// the runtime through the handle. `Err`: the walk's task panicked.
+pub(crate) async fn remove_account_bindings<St: InspectStore + Clone>(
+    store: &St,
+    auth: &AuthId,
+) -> Result<Result<usize, tower_sticky_session::StoreError>, tokio::task::JoinError> {
+    let handle = tokio::runtime::Handle::current();
+    let (store, who) = (store.clone(), auth.clone());
+    tokio::task::spawn_blocking(move || handle.block_on(store.remove_account(&who))).await
+}
+
+/// `POST /reload`: 200 `{"reloaded": summary}`, 400 `{"error": why}` when the new
+/// configuration was refused (the running one is kept), 404 when the proxy cannot
+/// reload.
+async fn reload_config<St>(State(admin): State<Admin<St>>) -> Response {
+    let Some(reload) = &admin.reload else {
+        let body = Json(json!({ "error": "reload is not available" }));
+        return (StatusCode::NOT_FOUND, body).into_response();
+    };
+    match reload().await {
+        Ok(summary) => Json(json!({ "reloaded": summary })).into_response(),
+        Err(why) => (StatusCode::BAD_REQUEST, Json(json!({ "error": why }))).into_response(),
+    }
+}
+
 async fn count<St: InspectStore>(State(admin): State<Admin<St>>) -> Response {
     match admin.store.count().await {
         Ok(n) => Json(json!({ "count": n })).into_response(),
@@ -304,16 +367,35 @@ async fn count<St: InspectStore>(State(admin): State<Admin<St>>) -> Response {
     }
 }
 
+/// What the status page shows (`status.rs`), from the counters `/metrics` reads.
+async fn status<St: InspectStore>(admin: &Admin<St>) -> serde_json::Value {
+    let bindings = admin.store.count().await.ok().flatten();
+    let (stats, proxy) = (admin.live)();
+    status::snapshot(&stats.snapshot(), bindings, &proxy)
+}
+
+async fn status_json<St: InspectStore>(State(admin): State<Admin<St>>) -> Response {
+    let no_store = [(header::CACHE_CONTROL, "no-store")];
+    (no_store, Json(status(&admin).await)).into_response()
+}
+
+async fn status_page<St: InspectStore>(State(admin): State<Admin<St>>) -> Response {
+    let no_store = [(header::CACHE_CONTROL, "no-store")];
+    let page = status::page(&status(&admin).await);
+    (no_store, axum::response::Html(page)).into_response()
+}
+
 async fn metrics<St: InspectStore + StoreMetrics>(State(admin): State<Admin<St>>) -> Response {
     // A store that cannot count (or fails to) just leaves the gauge out.
     let entries = admin.store.count().await.ok().flatten();
+    let (stats, proxy) = (admin.live)();
     let mut registry = Registry::default();
     registry.register_collector(Box::new(StatsCollector {
-        snap: admin.stats.snapshot(),
+        snap: stats.snapshot(),
         entries,
         store: admin.store.store_counters(),
     }));
-    registry.register_collector(Box::new(ProxyCollector::from(&admin.proxy)));
+    registry.register_collector(Box::new(ProxyCollector::from(&proxy)));
     let mut text = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &registry) {
         return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
@@ -492,6 +574,8 @@ struct ProxyCollector {
     budget: Option<(u64, u64, u64)>,
     /// `(account, broken streams, times tripped)` of `--max-broken-streams`.
     broken: Vec<(String, u64, u64)>,
+    /// The configuration's generation and when it was loaded (Unix seconds).
+    loaded: Option<(u64, f64)>,
 }
 
 /// A counter for one scrape: `(name, help, value)`.
@@ -512,6 +596,13 @@ impl From<&ProxyMetrics> for ProxyCollector {
         });
         Self {
             accounts,
+            loaded: m.loaded.map(|(generation, at)| {
+                let secs = at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64();
+                (generation, secs)
+            }),
             budget: m
                 .budget
                 .as_ref()
@@ -609,6 +700,24 @@ impl Collector for ProxyCollector {
                 "Request bodies streamed through unbuffered (one attempt, sticky by header only) because --max-buffered-total was spent.",
                 refused,
             )?;
+        }
+        if let Some((generation, at)) = self.loaded {
+            let g = ConstGauge::new(i64::try_from(generation).unwrap_or(i64::MAX));
+            let m = enc.encode_descriptor(
+                "sticky_proxy_config_generation",
+                "The running configuration: 0 as started, +1 per reload (SIGHUP, POST /reload); the other counters count from its load.",
+                None,
+                g.metric_type(),
+            )?;
+            g.encode(m)?;
+            let g = ConstGauge::new(at);
+            let m = enc.encode_descriptor(
+                "sticky_proxy_config_loaded_timestamp_seconds",
+                "When the running configuration was loaded, Unix time.",
+                None,
+                g.metric_type(),
+            )?;
+            g.encode(m)?;
         }
         if let Some(n) = self.retries {
             StatsCollector::counter(

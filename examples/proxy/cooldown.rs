@@ -43,6 +43,13 @@ impl Cooldowns {
     pub(crate) fn is_cooling(&self, i: usize) -> bool {
         self.until[i].load(Ordering::Relaxed) > self.now_ms()
     }
+
+    /// How much longer account `i` cools down, `None` when it is not cooling (the
+    /// status page shows it as a deadline).
+    pub(crate) fn remaining(&self, i: usize) -> Option<Duration> {
+        let (until, now) = (self.until[i].load(Ordering::Relaxed), self.now_ms());
+        (until > now).then(|| Duration::from_millis(until - now))
+    }
 }
 
 /// How long a 429's `retry-after` asks to wait: delay-seconds or an HTTP date. `None`

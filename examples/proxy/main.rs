@@ -19,6 +19,13 @@
 //!     --client-token PROXY_TOKEN
 //! ```
 //!
+//! - `--config FILE`: every setting below from a TOML file (accounts with their key
+//!   variables as `[[account]] name, url, key_env`, client tokens as `[[client_token]]
+//!   tenant, env`, every other flag under its own name with `_` for `-`; see
+//!   `config.rs`). A flag on the command line wins; a list flag replaces the file's list
+//!   (`--upstream-key` sets one account's key over the file's). An unknown key, a bad
+//!   value or a secret where a variable's name belongs: exit 2 with `FILE:LINE:COLUMN`,
+//!   the value never shown.
 //! - Routing: a request whose session header (the first of `--session-header` present;
 //!   default: the headers known clients send, `KNOWN_CLIENT_HEADERS`) names a bound session goes to the bound account, unless that
 //!   account is cooling down or (with `--max-load-factor F`) overloaded; any other request
@@ -87,9 +94,18 @@
 //!   applies to the in-memory store only (Redis bounds memory with its own `maxmemory`).
 //! - `--admin ADDR` serves metrics and binding control on a second listener (see
 //!   `admin.rs`): `GET /metrics`, `GET|DELETE /bindings?session=S[&scope=X]`,
-//!   `GET /bindings/count`, `DELETE /accounts/NAME/bindings`; `--admin-token ENV_VAR`
+//!   `GET /bindings/count`, `DELETE /accounts/NAME/bindings`, `POST /reload`, and a live status page
+//!   `GET /` (accounts' state, in-flight requests, hit ratio, failovers, WebSockets;
+//!   its data as `GET /status.json`, see `status.rs`); `--admin-token ENV_VAR`
 //!   protects it and is required on a non-loopback address. It has the same header and
 //!   idle timeouts as the main listener and at most 64 connections of its own.
+//! - Reload (`reload.rs`): SIGHUP or the admin's `POST /reload` re-reads the `--config`
+//!   file, the command line over it and the variables they name, and serves the result
+//!   from the next request on; running requests and streams finish on the configuration
+//!   they began with. Accounts, keys, client tokens, headers, failover and request
+//!   timeouts change; a removed account's bindings are dropped; addresses, the admin
+//!   token, the store and connection limits need a restart. A bad file changes nothing
+//!   and says why (log, and the admin's 400).
 //! - Every duration flag takes at most 999999999 s, `--max-sessions` and
 //!   `--max-connections` at most 10^9, `--max-body-buffer` at most 1 GiB: a larger value
 //!   is a command-line error (exit 2), never a panic later.
@@ -100,15 +116,17 @@
 
 mod admin;
 mod app;
+mod config;
 mod demo;
+mod reload;
 
 use std::ffi::OsStr;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
 use clap::error::ErrorKind;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use http::HeaderName;
 use tokio::net::TcpListener;
 use tower_sticky_session::MokaStore;
@@ -144,9 +162,15 @@ const MAX_BODY_BUFFER: usize = 1 << 30;
 /// Sticky-session reverse proxy: requests of one session stay on one upstream account.
 ///
 /// Without --upstream it starts three demo accounts in-process and prints how to try it.
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(name = "proxy", version)]
 struct Cli {
+    /// Read settings from this TOML file (see examples/proxy/config.rs): accounts with
+    /// their key variables, client tokens, headers, timeouts, limits, store. A flag given
+    /// on the command line wins over the file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+
     /// Address to listen on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", value_parser = parse_addr)]
     listen: SocketAddr,
@@ -333,8 +357,9 @@ struct Cli {
 
     /// Serve metrics and binding control on this address (off the proxied path space):
     /// GET /metrics, GET|DELETE /bindings?session=S[&scope=X], GET /bindings/count,
-    /// DELETE /accounts/NAME/bindings. Off unless given; a non-loopback address requires
-    /// --admin-token.
+    /// DELETE /accounts/NAME/bindings, POST /reload (as SIGHUP), and a status page at
+    /// GET / (its data: GET /status.json). Off unless given; a non-loopback address
+    /// requires --admin-token.
     #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
     admin: Option<SocketAddr>,
 }
@@ -487,16 +512,34 @@ fn parse_factor(s: &str) -> Result<f64, String> {
 
 /// Parses the command line; on an error prints clap's message with every URL in it
 /// redacted (clap quotes unknown or rejected arguments verbatim) and exits.
-fn parse_cli() -> Result<Cli, ExitCode> {
-    Cli::try_parse().map_err(|e| {
-        let text = keys::redact_text(&e.render().to_string());
-        if e.use_stderr() {
-            eprint!("{text}");
-        } else {
-            print!("{text}");
-        }
-        ExitCode::from(e.exit_code().clamp(0, 255) as u8)
-    })
+/// With `--config FILE`, the file's settings fill in what the command line left out
+/// (exit 2 on a bad file, see `config.rs`).
+fn parse_cli() -> Result<(Cli, reload::Source), ExitCode> {
+    let (mut cli, matches) = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)))
+        .map_err(|e| {
+            let text = keys::redact_text(&e.render().to_string());
+            if e.use_stderr() {
+                eprint!("{text}");
+            } else {
+                print!("{text}");
+            }
+            ExitCode::from(e.exit_code().clamp(0, 255) as u8)
+        })?;
+    let base = cli.clone();
+    if let Some(path) = cli.config.clone() {
+        config::load(&path)
+            .and_then(|file| file.apply(&mut cli, &matches))
+            .map_err(|msg| usage(format!("--config {msg}")))?;
+    }
+    let source = reload::Source {
+        base,
+        matches,
+        demo: None,
+        applied: cli.clone(),
+    };
+    Ok((cli, source))
 }
 
 /// A configuration error: printed, exit code 2.
@@ -510,8 +553,104 @@ fn secret(flag: &str, var: &str) -> Result<Secret, ExitCode> {
     keys::read_secret(var).map_err(|msg| usage(format!("{flag} {var}: {msg}")))
 }
 
+/// The secrets the command line names, read from the environment: each account key as
+/// the header it travels in, and the client tokens. Errors name the flag and variable,
+/// never a value. Read at start-up and again on every reload (`reload.rs`).
+struct Secrets {
+    account_keys: Vec<(KeySpec, (HeaderName, http::HeaderValue))>,
+    client_tokens: Vec<ClientToken>,
+}
+
+fn read_secrets(cli: &Cli) -> Result<Secrets, String> {
+    let secret = |flag: &str, var: &str| {
+        keys::read_secret(var).map_err(|msg| format!("{flag} {var}: {msg}"))
+    };
+    let mut account_keys = Vec::with_capacity(cli.upstream_keys.len());
+    for spec in &cli.upstream_keys {
+        let key = secret("--upstream-key", &spec.var)?;
+        let header = keys::key_header(cli.key_header.as_ref(), &key)
+            .map_err(|msg| format!("--upstream-key {}={}: {msg}", spec.account, spec.var))?;
+        account_keys.push((spec.clone(), header));
+    }
+    let mut token_specs = cli.client_tokens.clone();
+    if let Some(path) = &cli.client_tokens_file {
+        token_specs
+            .extend(read_tokens_file(path).map_err(|msg| format!("--client-tokens-file: {msg}"))?);
+    }
+    let mut client_tokens = Vec::with_capacity(token_specs.len());
+    for spec in &token_specs {
+        let token = secret("--client-token", &spec.var)?;
+        let tenant = Tenant::new(&spec.tenant).expect("checked by parse_token_spec");
+        client_tokens.push(ClientToken { tenant, token });
+    }
+    Ok(Secrets {
+        account_keys,
+        client_tokens,
+    })
+}
+
+/// The proxy's configuration from the command line (and file), over `upstreams` (the
+/// command line's, or the demo's), with the keys and tokens of `secrets`. Built at
+/// start-up and again on every reload.
+fn proxy_config(
+    cli: &Cli,
+    mut upstreams: Vec<Upstream>,
+    secrets: Secrets,
+) -> Result<ProxyConfig, String> {
+    let Secrets {
+        account_keys,
+        client_tokens,
+    } = secrets;
+    for (spec, header) in account_keys {
+        match upstreams
+            .iter_mut()
+            .find(|u| u.name().as_str() == spec.account)
+        {
+            Some(up) => *up = up.clone().with_key(header),
+            None => {
+                return Err(format!(
+                    "--upstream-key {}={}: no account named {:?} (--upstream NAME=URL)",
+                    spec.account, spec.var, spec.account
+                ));
+            }
+        }
+    }
+    let attempts = usize::try_from(cli.attempts)
+        .unwrap_or(usize::MAX)
+        .min(upstreams.len());
+    let mut proxy = ProxyConfig::new(upstreams);
+    if !cli.session_headers.is_empty() {
+        proxy.session_headers = cli.session_headers.clone();
+    }
+    proxy.scope_header = cli.scope_header.clone();
+    proxy.client_tokens = client_tokens;
+    proxy.max_load_factor = cli.max_load_factor;
+    proxy.body_session = !cli.no_body_session;
+    proxy.fingerprint = cli.fingerprint;
+    proxy.failover.attempts = attempts;
+    proxy.failover.cooldown = cli.cooldown;
+    proxy.failover.max_broken_streams =
+        usize::try_from(cli.max_broken_streams).expect("at most MAX_BROKEN_STREAMS");
+    proxy.failover.upstream_timeout = cli.upstream_timeout;
+    proxy.failover.idle_timeout = cli.idle_timeout;
+    proxy.failover.max_body_buffer = cli.max_body_buffer;
+    proxy.failover.ws.idle_timeout = cli.ws_idle_timeout;
+    proxy.failover.ws.max_message = usize::try_from(cli.ws_max_message).unwrap_or(usize::MAX);
+    proxy.max_buffered_total = cli.max_buffered_total;
+    proxy.body_timeout = cli.body_timeout;
+    if cli.max_body_buffer > cli.max_buffered_total {
+        return Err(format!(
+            "--max-body-buffer {} is larger than --max-buffered-total {}",
+            cli.max_body_buffer, cli.max_buffered_total
+        ));
+    }
+    Ok(proxy)
+}
+
 /// What `run` needs besides the store.
 struct Settings {
+    /// Where SIGHUP and `POST /reload` read the configuration again.
+    reload: Option<reload::Source>,
     listen: SocketAddr,
     admin: Option<SocketAddr>,
     admin_token: Option<Secret>,
@@ -523,8 +662,8 @@ struct Settings {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = match parse_cli() {
-        Ok(cli) => cli,
+    let (cli, mut reload_source) = match parse_cli() {
+        Ok(parsed) => parsed,
         Err(code) => return code,
     };
     // Logs go to stderr; stdout has only the banner.
@@ -565,38 +704,10 @@ async fn main() -> ExitCode {
     }
 
     // Secrets first: a missing one stops the proxy before anything starts.
-    let mut account_keys = Vec::with_capacity(cli.upstream_keys.len());
-    for spec in &cli.upstream_keys {
-        let key = match secret("--upstream-key", &spec.var) {
-            Ok(k) => k,
-            Err(code) => return code,
-        };
-        match keys::key_header(cli.key_header.as_ref(), &key) {
-            Ok(h) => account_keys.push((spec.clone(), h)),
-            Err(msg) => {
-                return usage(format!(
-                    "--upstream-key {}={}: {msg}",
-                    spec.account, spec.var
-                ));
-            }
-        }
-    }
-    let mut token_specs = cli.client_tokens.clone();
-    if let Some(path) = &cli.client_tokens_file {
-        match read_tokens_file(path) {
-            Ok(specs) => token_specs.extend(specs),
-            Err(msg) => return usage(format!("--client-tokens-file: {msg}")),
-        }
-    }
-    let mut client_tokens = Vec::with_capacity(token_specs.len());
-    for spec in &token_specs {
-        let token = match secret("--client-token", &spec.var) {
-            Ok(t) => t,
-            Err(code) => return code,
-        };
-        let tenant = Tenant::new(&spec.tenant).expect("checked by parse_token_spec");
-        client_tokens.push(ClientToken { tenant, token });
-    }
+    let secrets = match read_secrets(&cli) {
+        Ok(s) => s,
+        Err(msg) => return usage(msg),
+    };
     let admin_token = match cli
         .admin_token
         .as_deref()
@@ -617,7 +728,7 @@ async fn main() -> ExitCode {
     }
 
     let demo = cli.upstreams.is_empty();
-    let mut upstreams = if demo {
+    let upstreams = if demo {
         match demo::start(&DEMO_ACCOUNTS).await {
             Ok(accounts) => accounts
                 .iter()
@@ -630,51 +741,15 @@ async fn main() -> ExitCode {
             }
         }
     } else {
-        cli.upstreams
+        cli.upstreams.clone()
     };
-    for (spec, header) in account_keys {
-        match upstreams
-            .iter_mut()
-            .find(|u| u.name().as_str() == spec.account)
-        {
-            Some(up) => *up = up.clone().with_key(header),
-            None => {
-                return usage(format!(
-                    "--upstream-key {}={}: no account named {:?} (--upstream NAME=URL)",
-                    spec.account, spec.var, spec.account
-                ));
-            }
-        }
+    if demo {
+        reload_source.demo = Some(upstreams.clone());
     }
-    let attempts = usize::try_from(cli.attempts)
-        .unwrap_or(usize::MAX)
-        .min(upstreams.len());
-    let mut proxy = ProxyConfig::new(upstreams);
-    if !cli.session_headers.is_empty() {
-        proxy.session_headers = cli.session_headers;
-    }
-    proxy.scope_header = cli.scope_header;
-    proxy.client_tokens = client_tokens;
-    proxy.max_load_factor = cli.max_load_factor;
-    proxy.body_session = !cli.no_body_session;
-    proxy.fingerprint = cli.fingerprint;
-    proxy.failover.attempts = attempts;
-    proxy.failover.cooldown = cli.cooldown;
-    proxy.failover.max_broken_streams =
-        usize::try_from(cli.max_broken_streams).expect("at most MAX_BROKEN_STREAMS");
-    proxy.failover.upstream_timeout = cli.upstream_timeout;
-    proxy.failover.idle_timeout = cli.idle_timeout;
-    proxy.failover.max_body_buffer = cli.max_body_buffer;
-    proxy.failover.ws.idle_timeout = cli.ws_idle_timeout;
-    proxy.failover.ws.max_message = usize::try_from(cli.ws_max_message).unwrap_or(usize::MAX);
-    proxy.max_buffered_total = cli.max_buffered_total;
-    proxy.body_timeout = cli.body_timeout;
-    if cli.max_body_buffer > cli.max_buffered_total {
-        return usage(format!(
-            "--max-body-buffer {} is larger than --max-buffered-total {}",
-            cli.max_body_buffer, cli.max_buffered_total
-        ));
-    }
+    let proxy = match proxy_config(&cli, upstreams, secrets) {
+        Ok(p) => p,
+        Err(msg) => return usage(msg),
+    };
     let mut serve = ServeConfig::new(cli.grace);
     serve.header_timeout = cli.header_timeout;
     serve.conn_idle_timeout = cli.conn_idle_timeout;
@@ -686,6 +761,7 @@ async fn main() -> ExitCode {
         Err(code) => return code,
     };
     let settings = Settings {
+        reload: Some(reload_source),
         listen: cli.listen,
         admin: cli.admin,
         admin_token,
@@ -727,18 +803,21 @@ async fn main() -> ExitCode {
 
 /// Builds the proxy over `store`, prints the banner, serves until Ctrl-C/SIGTERM.
 async fn run<St: InspectStore + admin::StoreMetrics + Clone>(
-    settings: Settings,
+    mut settings: Settings,
     store: St,
     store_name: &str,
 ) -> ExitCode {
     let admin_store = store.clone();
-    let app = match app::build(&settings.proxy, store) {
+    let app = match app::build(&settings.proxy, store.clone()) {
         Ok(app) => app,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
+    let source = settings.reload.take().expect("set by main");
+    let reloader = reload::Reloader::new(source, store, app);
+    tokio::spawn(reload::on_sighup(reloader.clone()));
     let listener = match TcpListener::bind(settings.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -752,16 +831,11 @@ async fn run<St: InspectStore + admin::StoreMetrics + Clone>(
         Some(at) => match TcpListener::bind(at).await {
             Ok(l) => {
                 let local = l.local_addr().unwrap_or(at);
-                let router = admin::router(
+                let router = admin::router_live(
                     admin_store,
-                    app.stats.clone(),
+                    reloader.live(),
                     settings.admin_token.clone(),
-                    admin::ProxyMetrics {
-                        picker: Some(app.picker.clone()),
-                        body: app.body_stats.clone(),
-                        budget: Some(app.budget.clone()),
-                        broken: Some(app.broken.clone()),
-                    },
+                    Some(reloader.hook()),
                 );
                 // Served until the process exits.
                 tokio::spawn(app::serve(
@@ -781,7 +855,7 @@ async fn run<St: InspectStore + admin::StoreMetrics + Clone>(
     print_banner(&settings, store_name, addr);
     if let Some(a) = admin_addr {
         println!(
-            "Admin: http://{a}/metrics  http://{a}/bindings?session=ID  (see examples/proxy/admin.rs)"
+            "Admin: http://{a}/ (status page)  http://{a}/metrics  http://{a}/bindings?session=ID  (see examples/proxy/admin.rs)"
         );
     }
 
@@ -791,7 +865,7 @@ async fn run<St: InspectStore + admin::StoreMetrics + Clone>(
     };
     let server = tokio::spawn(app::serve(
         listener,
-        app.service,
+        reloader.service(),
         stop,
         settings.serve.clone(),
     ));
@@ -816,6 +890,8 @@ async fn run<St: InspectStore + admin::StoreMetrics + Clone>(
             ExitCode::from(EXIT_CUT)
         }
     };
+    let running = reloader.current();
+    let app = &running.app;
     tracing::info!(stats = ?app.stats.snapshot(), "sticky session counters at exit");
     tracing::info!(
         refused = app.budget.refused(),
