@@ -12,10 +12,9 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 use tracing::Span;
 
-use crate::body::{ResponseBody, Watch};
+use super::body::{ResponseBody, Watch};
 use crate::classify::{ClassifyResponse, ResponseClass, StatusClassifier};
-use crate::core::{Core, RecordEnabled, StoreOp};
-use crate::layer::Shared;
+use crate::core::{Core, RecordEnabled, Shared, StoreOp};
 use crate::learn::{LearnCtx, Learner};
 use crate::stats::{ClearReason, Counters, DECISION_HEADER, Decision};
 use crate::store::{BindingStore, CommitHint, MokaStore, StoreError};

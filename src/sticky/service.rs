@@ -10,14 +10,13 @@ use http_body::Body;
 use tower_service::Service;
 use tracing::field::Empty;
 
+use super::body::ResponseBody;
+use super::future::{ResponseFuture, Tracking, apply_lookup, apply_response_id};
 use crate::SessionId;
-use crate::body::ResponseBody;
 use crate::body_session::BodySignals;
 use crate::classify::{ClassifyResponse, StatusClassifier};
-use crate::core::RecordEnabled;
+use crate::core::{RecordEnabled, Shared};
 use crate::extract::{EscapedPrefix, Found};
-use crate::future::{ResponseFuture, Tracking, apply_lookup, apply_response_id};
-use crate::layer::{Shared, StickySessionLayer};
 use crate::learn::LearnCtx;
 use crate::stats::{Counters, Decision};
 use crate::store::{BindingStore, MokaStore};
@@ -26,7 +25,7 @@ use crate::upgrade::{Slot, wants_upgrade};
 use http::request::Parts;
 use tracing::Span;
 
-/// Sticky session middleware; made by [`StickySessionLayer`].
+/// Sticky session middleware; made by [`StickySessionLayer`](crate::StickySessionLayer).
 ///
 /// On each request it reads and validates the session id, inserts [`SessionId`] and
 /// [`BindingKey`] into the request extensions and, unless the request already carries a
@@ -67,13 +66,6 @@ use tracing::Span;
 pub struct StickySession<S, St = MokaStore, C = StatusClassifier> {
     inner: S,
     shared: Arc<Shared<St, C>>,
-}
-
-impl<S> StickySession<S> {
-    /// The default layer, [`StickySessionLayer::new`].
-    pub fn layer() -> StickySessionLayer {
-        StickySessionLayer::new()
-    }
 }
 
 impl<S, St, C> StickySession<S, St, C> {
