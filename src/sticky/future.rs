@@ -13,10 +13,11 @@ use tower_service::Service;
 use tracing::Span;
 
 use super::body::{ResponseBody, Watch};
+use super::decide::{Action, Seen, decide};
 use crate::classify::{ClassifyResponse, ResponseClass, StatusClassifier};
 use crate::core::{Core, RecordEnabled, Shared, StoreOp};
 use crate::learn::{LearnCtx, Learner};
-use crate::stats::{ClearReason, Counters, DECISION_HEADER, Decision};
+use crate::stats::{Counters, DECISION_HEADER, Decision};
 use crate::store::{BindingStore, CommitHint, MokaStore, StoreError};
 use crate::types::{
     AuthId, BindingKey, HardPin, PinnedAuth, ServedBy, SessionSource, SessionSourceKind,
@@ -430,7 +431,7 @@ enum Judged<St: BindingStore, ResB: Body, E> {
     Store(StoreOp<St>, Result<Response<ResB>, E>),
 }
 
-/// The response head's part of the state machine (DESIGN.md's table).
+/// The response head's part of the state machine: asks [`decide`] and carries it out.
 fn judge<St, C, ResB, E>(
     t: Tracking<St, C>,
     span: &Span,
@@ -442,75 +443,64 @@ where
     ResB: Body,
 {
     let core = &t.shared.core;
+    let blame_unserved = t.shared.blame_unserved;
     let res = match result {
         Ok(res) => res,
         Err(err) => {
-            // Inner error: the pinned account (if any) did not serve; clear it (unless
-            // failures that name no account are nobody's).
-            let blamed = t.pinned.as_ref().filter(|_| t.shared.blame_unserved);
-            return match blamed {
-                Some(pinned) => {
-                    let op = StoreOp::clear(core, &t.key, pinned, ClearReason::InnerError, span);
+            return match decide(Seen::InnerError, None, t.pinned.as_ref(), blame_unserved) {
+                Action::Clear(account, reason) => {
+                    let op = StoreOp::clear(core, &t.key, account, reason, span);
                     Judged::Store(op, Err(err))
                 }
-                None => {
+                _ => {
                     span.rec("outcome", "kept");
                     Judged::Done(Err(err))
                 }
             };
         }
     };
-    if let Some(account) = t.upgrade.as_ref().and_then(|s| s.accepted()) {
-        // The account accepted the upgrade: committed at once, whatever the classifier
-        // says of a 1xx (no body will ever come through this response).
-        let op = StoreOp::commit(core, &t.key, account, hint_for(&t, account), span);
-        return Judged::Store(op, Ok(res));
-    }
     let served = res.extensions().get::<ServedBy>().map(|s| &s.0);
-    match t.shared.classifier.classify(res.status(), res.headers()) {
-        ResponseClass::Failure => {
-            match served.or(t.pinned.as_ref().filter(|_| t.shared.blame_unserved)) {
-                Some(failed) => {
-                    let op = StoreOp::clear(core, &t.key, failed, ClearReason::FailureStatus, span);
-                    Judged::Store(op, Ok(res))
-                }
-                None => {
-                    span.rec("outcome", "kept");
-                    Judged::Done(Ok(res.map(ResponseBody::passthrough)))
-                }
-            }
+    let seen = match t.upgrade.as_ref().and_then(|s| s.accepted()) {
+        Some(account) => Seen::Upgraded(account),
+        None => {
+            let class = t.shared.classifier.classify(res.status(), res.headers());
+            // Only a success served by an account asks whether its body is empty.
+            let known_empty = class == ResponseClass::Success
+                && served.is_some()
+                && (t.is_head || known_empty(&res));
+            Seen::Head { class, known_empty }
         }
-        ResponseClass::Success => match served {
-            Some(served) if t.is_head || known_empty(&res) => {
-                // No data frame will ever come (and a server may never poll this body):
-                // the account has proved itself now.
-                let op = StoreOp::commit(core, &t.key, served, hint_for(&t, served), span);
-                Judged::Store(op, Ok(res))
-            }
-            Some(served) => {
-                span.rec("outcome", "awaiting_first_chunk");
-                let hint = hint_for(&t, served);
-                let watch = Watch {
-                    span: span.clone(),
-                    core: core.clone(),
-                    key: t.key,
-                    hint,
-                    // On a hit served by its pinned account (the common case) the
-                    // lookup's `AuthId` moves on: no refcount traffic on the account's
-                    // shared `Arc`.
-                    served: match t.pinned {
-                        Some(pinned) if pinned.same(served) => pinned,
-                        _ => served.clone(),
-                    },
-                };
-                Judged::Done(Ok(res.map(|body| ResponseBody::watching(body, watch))))
-            }
-            None => {
-                span.rec("outcome", "kept");
-                Judged::Done(Ok(res.map(ResponseBody::passthrough)))
-            }
-        },
-        ResponseClass::Neutral => {
+    };
+    match decide(seen, served, t.pinned.as_ref(), blame_unserved) {
+        Action::Commit(account) => {
+            // No data frame will ever come (and a server may never poll this body), or
+            // the account accepted an upgrade: the account has proved itself now.
+            let op = StoreOp::commit(core, &t.key, account, hint_for(&t, account), span);
+            Judged::Store(op, Ok(res))
+        }
+        Action::Clear(account, reason) => {
+            let op = StoreOp::clear(core, &t.key, account, reason, span);
+            Judged::Store(op, Ok(res))
+        }
+        Action::AwaitFirstChunk(served) => {
+            span.rec("outcome", "awaiting_first_chunk");
+            let hint = hint_for(&t, served);
+            let watch = Watch {
+                span: span.clone(),
+                core: core.clone(),
+                key: t.key,
+                hint,
+                // On a hit served by its pinned account (the common case) the
+                // lookup's `AuthId` moves on: no refcount traffic on the account's
+                // shared `Arc`.
+                served: match t.pinned {
+                    Some(pinned) if pinned.same(served) => pinned,
+                    _ => served.clone(),
+                },
+            };
+            Judged::Done(Ok(res.map(|body| ResponseBody::watching(body, watch))))
+        }
+        Action::Keep => {
             span.rec("outcome", "kept");
             Judged::Done(Ok(res.map(ResponseBody::passthrough)))
         }

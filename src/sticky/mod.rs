@@ -14,10 +14,13 @@
 //! - `body.rs`: the first data frame — commit before it is handed on, clear when the body
 //!   ends or fails before it.
 //!
+//! - `decide.rs`: the decision table both of them follow, as one pure function.
+//!
 //! Below them, `crate::core` holds the store, the counters and the store operations
 //! in flight. The behaviour is the table in the [crate docs](crate).
 
 mod body;
+mod decide;
 mod future;
 mod layer;
 mod service;
