@@ -2,11 +2,10 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::{Extensions, Request, Response};
+use http::{Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
@@ -14,138 +13,13 @@ use tracing::Span;
 
 use super::body::{ResponseBody, Watch};
 use super::decide::{Action, Seen, decide};
+use super::request::{RequestCtx, Tracking, apply_lookup, apply_response_id};
 use crate::classify::{ClassifyResponse, ResponseClass, StatusClassifier};
-use crate::core::{Core, RecordEnabled, Shared, StoreOp};
-use crate::learn::{LearnCtx, Learner};
-use crate::stats::{Counters, DECISION_HEADER, Decision};
-use crate::store::{BindingStore, CommitHint, MokaStore, StoreError};
-use crate::types::{
-    AuthId, BindingKey, HardPin, PinnedAuth, ServedBy, SessionSource, SessionSourceKind,
-};
-use crate::upgrade::Slot;
-
-/// What the response side needs to know about a request with a valid session id.
-pub(crate) struct Tracking<St, C> {
-    shared: Arc<Shared<St, C>>,
-    key: BindingKey,
-    /// The account the request was pinned to (explicitly or by the store).
-    pub(crate) pinned: Option<AuthId>,
-    /// A `HEAD` request: its response never carries a body, whatever the body type says.
-    is_head: bool,
-    /// What the session's lookup told the store's commit (only ever used with `pinned`,
-    /// when the pinned account served).
-    pub(crate) hint: CommitHint,
-    /// An upgrade request's [`Binding`](crate::Binding) slot.
-    pub(crate) upgrade: Option<Arc<Slot<St>>>,
-}
-
-impl<St, C> Tracking<St, C> {
-    pub(crate) fn key(&self) -> &BindingKey {
-        &self.key
-    }
-
-    pub(crate) fn new(
-        shared: Arc<Shared<St, C>>,
-        key: BindingKey,
-        pinned: Option<AuthId>,
-        is_head: bool,
-    ) -> Self {
-        Self {
-            shared,
-            key,
-            pinned,
-            is_head,
-            hint: CommitHint::NONE,
-            upgrade: None,
-        }
-    }
-}
-
-/// Accounts for a lookup's result and inserts the pin on a hit. `deferred`: the lookup
-/// did not resolve in `call` (it was counted there as started).
-pub(crate) fn apply_lookup<St>(
-    core: &Core<St>,
-    span: &Span,
-    result: Result<Option<AuthId>, StoreError>,
-    extensions: &mut Extensions,
-    deferred: bool,
-) -> (Decision, Option<AuthId>) {
-    let counters = core.counters();
-    let (hits, misses) = if deferred {
-        (&counters.deferred_hits, &counters.deferred_misses)
-    } else {
-        (&counters.hits, &counters.misses)
-    };
-    let (decision, pinned) = match result {
-        Ok(Some(auth)) => {
-            Counters::inc(hits);
-            span.rec("auth", tracing::field::display(&auth));
-            extensions.insert(PinnedAuth(auth.clone()));
-            (Decision::Hit, Some(auth))
-        }
-        Ok(None) => {
-            Counters::inc(misses);
-            (Decision::Miss, None)
-        }
-        Err(e) => {
-            Counters::inc(misses);
-            core.store_error("lookup", &e);
-            (Decision::Miss, None)
-        }
-    };
-    span.rec("decision", decision.as_str());
-    (decision, pinned)
-}
-
-/// Accounts for the lookup of a request's `previous_response_id` among learned response
-/// ids. On a hit, inserts the hard pin (and, for a request without a session of its own,
-/// the response id as its session) and returns the account. `own_session`: the request
-/// has a session of its own, counted as a lookup (a miss then goes on to that session's
-/// lookup, which counts itself).
-pub(crate) fn apply_response_id<St>(
-    core: &Core<St>,
-    span: &Span,
-    result: Result<Option<AuthId>, StoreError>,
-    extensions: &mut Extensions,
-    key: BindingKey,
-    own_session: bool,
-    deferred: bool,
-) -> Option<AuthId> {
-    let counters = core.counters();
-    let auth = match result {
-        Ok(Some(auth)) => auth,
-        Ok(None) => {
-            Counters::inc(&counters.response_ids_unknown);
-            return None;
-        }
-        Err(e) => {
-            Counters::inc(&counters.response_ids_unknown);
-            core.store_error("lookup_response_id", &e);
-            return None;
-        }
-    };
-    Counters::inc(&counters.hard_pins);
-    if own_session {
-        Counters::inc(if deferred {
-            &counters.deferred_hits
-        } else {
-            &counters.hits
-        });
-    } else {
-        counters.source(SessionSourceKind::ResponseId);
-        span.rec("session", tracing::field::display(key.session().redacted()));
-        span.rec("source", SessionSourceKind::ResponseId.as_str());
-        extensions.insert(key.session().clone());
-        extensions.insert(SessionSource::ResponseId);
-        extensions.insert(key);
-    }
-    span.rec("decision", Decision::Hit.as_str());
-    span.rec("hard_pin", true);
-    span.rec("auth", tracing::field::display(&auth));
-    extensions.insert(PinnedAuth(auth.clone()));
-    extensions.insert(HardPin);
-    Some(auth)
-}
+use crate::core::{RecordEnabled, StoreOp};
+use crate::learn::Learner;
+use crate::stats::{DECISION_HEADER, Decision};
+use crate::store::{BindingStore, CommitHint, MokaStore};
+use crate::types::{AuthId, BindingKey, ServedBy};
 
 pin_project! {
     /// Response future of [`StickySession`](crate::StickySession).
@@ -165,14 +39,7 @@ pin_project! {
     {
         #[pin]
         state: State<S, ReqB, St>,
-        tracking: Option<Tracking<St, C>>,
-        // Response-id learning, when on: becomes the body's learner on a success. Boxed,
-        // like the pending response-id lookup's key: both are opt-in, and every request
-        // moves this future around.
-        learn: Option<Box<LearnCtx<St, C>>>,
-        span: Span,
-        decision: Decision,
-        report: bool,
+        ctx: RequestCtx<St, C>,
     }
 }
 
@@ -213,37 +80,23 @@ where
     S: Service<Request<ReqB>>,
     St: BindingStore,
 {
-    pub(crate) fn inner(
-        fut: S::Future,
-        tracking: Option<Tracking<St, C>>,
-        learn: Option<Box<LearnCtx<St, C>>>,
-        span: Span,
-        decision: Decision,
-        report: bool,
-    ) -> Self {
+    /// The inner service was called in `call`.
+    pub(crate) fn inner(fut: S::Future, ctx: RequestCtx<St, C>) -> Self {
         Self {
             state: State::Inner { fut },
-            tracking,
-            learn,
-            span,
-            decision,
-            report,
+            ctx,
         }
     }
 
-    /// A lookup still pending in `call`. `response_id`: the lookup is the request's
-    /// `previous_response_id`'s (then `decision` is the one without a pin).
-    #[allow(clippy::too_many_arguments)]
+    /// A lookup still pending in `call`; the inner service is called once it is done.
+    /// `response_id`: the lookup is the request's `previous_response_id`'s (then
+    /// `ctx.decision` is the one without a pin).
     pub(crate) fn lookup(
         lookup: St::LookupFuture,
         response_id: Option<Box<BindingKey>>,
         svc: S,
         req: Request<ReqB>,
-        tracking: Option<Tracking<St, C>>,
-        learn: Option<Box<LearnCtx<St, C>>>,
-        span: Span,
-        decision: Decision,
-        report: bool,
+        ctx: RequestCtx<St, C>,
     ) -> Self {
         Self {
             state: State::Lookup {
@@ -251,24 +104,23 @@ where
                 call: Some(Box::new((svc, req))),
                 response_id,
             },
-            span,
-            tracking,
-            learn,
-            decision,
-            report,
+            ctx,
         }
     }
 
+    /// Strict mode's `400` for an invalid session id.
     pub(crate) fn rejected(msg: String, span: Span, report: bool) -> Self {
         Self {
             state: State::Rejected {
                 msg: Some(Bytes::from(msg)),
             },
-            tracking: None,
-            learn: None,
-            span,
-            decision: Decision::Invalid,
-            report,
+            ctx: RequestCtx {
+                tracking: None,
+                learn: None,
+                span,
+                decision: Decision::Invalid,
+                report,
+            },
         }
     }
 }
@@ -284,18 +136,10 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let _entered = this.span.enter();
-        let mut out = ready!(poll_state(
-            this.state,
-            this.tracking,
-            this.learn,
-            this.span,
-            this.decision,
-            cx
-        ));
-        if let (true, Ok(res)) = (*this.report, &mut out) {
+        let mut out = ready!(poll_state(this.state, this.ctx, cx));
+        if let (true, Ok(res)) = (this.ctx.report, &mut out) {
             res.headers_mut()
-                .insert(DECISION_HEADER, this.decision.header_value());
+                .insert(DECISION_HEADER, this.ctx.decision.header_value());
         }
         Poll::Ready(out)
     }
@@ -304,10 +148,7 @@ where
 #[allow(clippy::type_complexity)]
 fn poll_state<S, ReqB, ResB, St, C>(
     mut state: Pin<&mut State<S, ReqB, St>>,
-    tracking: &mut Option<Tracking<St, C>>,
-    learn: &mut Option<Box<LearnCtx<St, C>>>,
-    span: &Span,
-    decision: &mut Decision,
+    ctx: &mut RequestCtx<St, C>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<Response<ResponseBody<ResB, St>>, S::Error>>
 where
@@ -316,6 +157,15 @@ where
     St: BindingStore,
     C: ClassifyResponse,
 {
+    let RequestCtx {
+        tracking,
+        learn,
+        span,
+        decision,
+        ..
+    } = ctx;
+    let span = &*span;
+    let _entered = span.enter();
     loop {
         match state.as_mut().project() {
             StateProj::Lookup {

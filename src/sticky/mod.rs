@@ -9,6 +9,9 @@
 //! - `service.rs`: the request side — the session id and its source, the scope, the
 //!   store lookup (answered at once by an in-memory store) and the call of the inner
 //!   service.
+//! - `request.rs`: what the request side hands the response side (`RequestCtx`), and
+//!   what a store lookup's answer does to the request (the service applies an answer
+//!   its store gave at once, the response future one that was pending).
 //! - `future.rs`: the response head — a networked store's pending lookup, then the
 //!   inner service's answer, which commits, clears, or hands the decision to the body.
 //! - `body.rs`: the first data frame — commit before it is handed on, clear when the body
@@ -23,6 +26,7 @@ mod body;
 mod decide;
 mod future;
 mod layer;
+mod request;
 mod service;
 
 pub use self::body::ResponseBody;
