@@ -125,6 +125,34 @@ where
     }
 }
 
+/// Shows the state (`lookup`, `inner`, `finishing`, `rejected`), the layer's decision so
+/// far and the session, redacted as in logs; not the inner future, the store or the
+/// request.
+impl<S, ReqB, St, C> std::fmt::Debug for ResponseFuture<S, ReqB, St, C>
+where
+    S: Service<Request<ReqB>>,
+    St: BindingStore,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            State::Lookup { .. } => "lookup",
+            State::Inner { .. } => "inner",
+            State::Finishing { .. } => "finishing",
+            State::Rejected { .. } => "rejected",
+        };
+        let session = self
+            .ctx
+            .tracking
+            .as_ref()
+            .map(|t| t.key.session().redacted());
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .field("decision", &self.ctx.decision)
+            .field("session", &session)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<S, ReqB, ResB, St, C> Future for ResponseFuture<S, ReqB, St, C>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
@@ -381,4 +409,40 @@ fn known_empty<B: Body>(res: &Response<B>) -> bool {
         .get(http::header::CONTENT_LENGTH)
         .is_some_and(|v| v.to_str().is_ok_and(|v| v.trim().parse::<u64>() == Ok(0)))
         || res.body().is_end_stream()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use http_body_util::Full;
+    use tower::{Layer, Service};
+
+    use crate::StickySessionLayer;
+
+    #[test]
+    fn response_future_debug_shows_state_and_redacted_session() {
+        let mut svc = StickySessionLayer::new().layer(tower::service_fn(|_: Request<()>| {
+            std::future::ready(Ok::<_, Infallible>(Response::new(Full::new(Bytes::new()))))
+        }));
+        let session = "conversation-0123456789";
+        let req = Request::builder()
+            .header("sticky-session-id", session)
+            .body(())
+            .unwrap();
+        let debug = format!("{:?}", svc.call(req));
+        assert!(
+            debug.starts_with("ResponseFuture { state: \"inner\", decision: Miss"),
+            "{debug}"
+        );
+        assert!(!debug.contains(session), "a whole session id in {debug}");
+
+        let debug = format!("{:?}", svc.call(Request::new(())));
+        assert!(
+            debug.contains("decision: NoSession, session: None"),
+            "{debug}"
+        );
+    }
 }
