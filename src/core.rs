@@ -1,4 +1,6 @@
-//! State shared by a layer's services and the bodies they return.
+//! The state shared by a layer's services, futures and bodies: [`Shared`] (the layer's
+//! configuration) and [`Core`] (the store and the counters), and [`StoreOp`], a decided
+//! store operation in flight.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -7,11 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
+use http::request::Parts;
 use tracing::Span;
 
+use crate::extract::Source;
 use crate::stats::{ClearReason, Counters, Stats};
 use crate::store::{BindingStore, CommitHint, StoreError, StoreErrorKind};
-use crate::types::{AuthId, BindingKey};
+use crate::types::{AuthId, BindingKey, Scope};
 
 /// `Span::record` only when the span is enabled: on a disabled span `record` still looks
 /// the field up by name among the span's fields (a string comparison per field), a cost
@@ -25,6 +29,39 @@ impl RecordEnabled for Span {
     fn rec<V: tracing::Value>(&self, field: &'static str, value: V) {
         if !self.is_disabled() {
             self.record(field, value);
+        }
+    }
+}
+
+pub(crate) type ScopeFn = Arc<dyn Fn(&Parts) -> Option<Scope> + Send + Sync>;
+
+/// A layer's configuration, shared by every service it makes (and their clones), their
+/// response futures and bodies, and the response-id learner.
+pub(crate) struct Shared<St, C> {
+    pub(crate) core: Arc<Core<St>>,
+    pub(crate) classifier: C,
+    pub(crate) source: Source,
+    pub(crate) scope: Option<ScopeFn>,
+    pub(crate) max_len: usize,
+    pub(crate) strict: bool,
+    pub(crate) report_decision: bool,
+    pub(crate) learn: bool,
+    /// Failures without `ServedBy` (and inner errors) clear the pinned account.
+    pub(crate) blame_unserved: bool,
+}
+
+impl<St, C: Clone> Clone for Shared<St, C> {
+    fn clone(&self) -> Self {
+        Self {
+            core: self.core.clone(),
+            classifier: self.classifier.clone(),
+            source: self.source.clone(),
+            scope: self.scope.clone(),
+            max_len: self.max_len,
+            strict: self.strict,
+            report_decision: self.report_decision,
+            learn: self.learn,
+            blame_unserved: self.blame_unserved,
         }
     }
 }

@@ -278,32 +278,26 @@
 #![doc(html_root_url = "https://docs.rs/tower-sticky-session/0.1.0")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod body;
 pub mod body_session;
 mod classify;
 pub mod context;
 mod core;
 mod extract;
-mod future;
-mod layer;
 mod learn;
-mod service;
 mod stats;
+mod sticky;
 pub mod store;
 mod types;
 mod upgrade;
 
-pub use crate::body::ResponseBody;
 pub use crate::body_session::{BodySignals, BufferedBody, SessionFromBodyLayer};
 pub use crate::classify::{ClassifyResponse, ResponseClass, StatusClassifier};
 pub use crate::extract::KNOWN_CLIENT_HEADERS;
 pub use crate::extract::{
     DEFAULT_MAX_SESSION_ID_LEN, DEFAULT_SESSION_HEADER, InvalidSessionId, Redacted, SessionId,
 };
-pub use crate::future::ResponseFuture;
-pub use crate::layer::StickySessionLayer;
-pub use crate::service::StickySession;
 pub use crate::stats::{ClearReason, DECISION_HEADER, Decision, Stats, StatsSnapshot};
+pub use crate::sticky::{ResponseBody, ResponseFuture, StickySession, StickySessionLayer};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use crate::store::RedisStore;

@@ -17,9 +17,8 @@ use tracing::Span;
 
 use crate::body_session::{ResponseIdScan, find_response_id};
 use crate::classify::{ClassifyResponse, ResponseClass};
-use crate::core::{Core, StoreOp};
+use crate::core::{Core, Shared, StoreOp};
 use crate::extract::SessionId;
-use crate::layer::Shared;
 use crate::stats::Counters;
 use crate::store::BindingStore;
 use crate::types::{AuthId, BindingKey, Scope, ServedBy};

@@ -10,9 +10,9 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use sync_wrapper::SyncWrapper;
 
+use super::decide::{Action, Polled, Seen, decide};
 use crate::core::{Core, StoreOp};
 use crate::learn::{Fed, Learner};
-use crate::stats::ClearReason;
 use crate::store::{BindingStore, MokaStore};
 use crate::types::{AuthId, BindingKey};
 
@@ -205,19 +205,26 @@ where
                 }
                 State::Ended => return Poll::Ready(None),
                 State::AwaitFirst(watch) => {
-                    let (reason, then) = match ready!(body.as_mut().poll_frame(cx)) {
-                        Some(Ok(frame)) if !frame.data_ref().is_some_and(|d| d.has_remaining()) => {
-                            // Trailers and empty data frames are not the first chunk. But
-                            // trailers end the stream, and so does an empty frame after
-                            // which the body reports its end: a server may never poll
-                            // again after either, so the stream is judged empty now.
-                            if frame.is_trailers() || body.is_end_stream() {
-                                (ClearReason::EmptyStream, Some(Ok(frame)))
-                            } else {
-                                return Poll::Ready(Some(Ok(frame)));
-                            }
+                    let out = ready!(body.as_mut().poll_frame(cx));
+                    let polled = match &out {
+                        Some(Ok(f)) if f.data_ref().is_some_and(|d| d.has_remaining()) => {
+                            Polled::Data
                         }
-                        Some(Ok(frame)) => {
+                        // Trailers end the stream, and so does an empty frame after which
+                        // the body reports its end: a server may never poll again after
+                        // either.
+                        Some(Ok(f)) if f.is_trailers() => Polled::Trailers,
+                        Some(Ok(_)) => Polled::Empty {
+                            end: body.is_end_stream(),
+                        },
+                        None => Polled::End,
+                        Some(Err(_)) => Polled::Error,
+                    };
+                    match (
+                        decide(Seen::Body(polled), Some(&watch.served), None, true),
+                        out,
+                    ) {
+                        (Action::Commit(_), Some(Ok(frame))) => {
                             let op = StoreOp::commit_now(
                                 &watch.core,
                                 &watch.key,
@@ -237,19 +244,27 @@ where
                                 learned,
                                 frame: Some(frame),
                             };
-                            continue;
                         }
-                        None => (ClearReason::EmptyStream, None),
-                        Some(Err(e)) => (ClearReason::StreamError, Some(Err(e))),
-                    };
-                    // Not a success after all: nothing to learn from it.
-                    *this.learner = None;
-                    let op =
-                        StoreOp::clear(&watch.core, &watch.key, &watch.served, reason, &watch.span);
-                    *this.state = State::Clearing {
-                        op: SyncWrapper::new(op),
-                        then: SyncWrapper::new(then),
-                    };
+                        (Action::Clear(_, reason), then) => {
+                            // Not a success after all: nothing to learn from it.
+                            *this.learner = None;
+                            let op = StoreOp::clear(
+                                &watch.core,
+                                &watch.key,
+                                &watch.served,
+                                reason,
+                                &watch.span,
+                            );
+                            *this.state = State::Clearing {
+                                op: SyncWrapper::new(op),
+                                then: SyncWrapper::new(then),
+                            };
+                        }
+                        // Not the first chunk yet (only a data frame commits).
+                        (Action::AwaitFirstChunk(_) | Action::Keep | Action::Commit(_), out) => {
+                            return Poll::Ready(out);
+                        }
+                    }
                 }
             }
         }

@@ -2,150 +2,24 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::{Extensions, Request, Response};
+use http::{Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 use tracing::Span;
 
-use crate::body::{ResponseBody, Watch};
+use super::body::{ResponseBody, Watch};
+use super::decide::{Action, Seen, decide};
+use super::request::{RequestCtx, Tracking, apply_lookup, apply_response_id};
 use crate::classify::{ClassifyResponse, ResponseClass, StatusClassifier};
-use crate::core::{Core, RecordEnabled, StoreOp};
-use crate::layer::Shared;
-use crate::learn::{LearnCtx, Learner};
-use crate::stats::{ClearReason, Counters, DECISION_HEADER, Decision};
-use crate::store::{BindingStore, CommitHint, MokaStore, StoreError};
-use crate::types::{
-    AuthId, BindingKey, HardPin, PinnedAuth, ServedBy, SessionSource, SessionSourceKind,
-};
-use crate::upgrade::Slot;
-
-/// What the response side needs to know about a request with a valid session id.
-pub(crate) struct Tracking<St, C> {
-    shared: Arc<Shared<St, C>>,
-    key: BindingKey,
-    /// The account the request was pinned to (explicitly or by the store).
-    pub(crate) pinned: Option<AuthId>,
-    /// A `HEAD` request: its response never carries a body, whatever the body type says.
-    is_head: bool,
-    /// What the session's lookup told the store's commit (only ever used with `pinned`,
-    /// when the pinned account served).
-    pub(crate) hint: CommitHint,
-    /// An upgrade request's [`Binding`](crate::Binding) slot.
-    pub(crate) upgrade: Option<Arc<Slot<St>>>,
-}
-
-impl<St, C> Tracking<St, C> {
-    pub(crate) fn key(&self) -> &BindingKey {
-        &self.key
-    }
-
-    pub(crate) fn new(
-        shared: Arc<Shared<St, C>>,
-        key: BindingKey,
-        pinned: Option<AuthId>,
-        is_head: bool,
-    ) -> Self {
-        Self {
-            shared,
-            key,
-            pinned,
-            is_head,
-            hint: CommitHint::NONE,
-            upgrade: None,
-        }
-    }
-}
-
-/// Accounts for a lookup's result and inserts the pin on a hit. `deferred`: the lookup
-/// did not resolve in `call` (it was counted there as started).
-pub(crate) fn apply_lookup<St>(
-    core: &Core<St>,
-    span: &Span,
-    result: Result<Option<AuthId>, StoreError>,
-    extensions: &mut Extensions,
-    deferred: bool,
-) -> (Decision, Option<AuthId>) {
-    let counters = core.counters();
-    let (hits, misses) = if deferred {
-        (&counters.deferred_hits, &counters.deferred_misses)
-    } else {
-        (&counters.hits, &counters.misses)
-    };
-    let (decision, pinned) = match result {
-        Ok(Some(auth)) => {
-            Counters::inc(hits);
-            span.rec("auth", tracing::field::display(&auth));
-            extensions.insert(PinnedAuth(auth.clone()));
-            (Decision::Hit, Some(auth))
-        }
-        Ok(None) => {
-            Counters::inc(misses);
-            (Decision::Miss, None)
-        }
-        Err(e) => {
-            Counters::inc(misses);
-            core.store_error("lookup", &e);
-            (Decision::Miss, None)
-        }
-    };
-    span.rec("decision", decision.as_str());
-    (decision, pinned)
-}
-
-/// Accounts for the lookup of a request's `previous_response_id` among learned response
-/// ids. On a hit, inserts the hard pin (and, for a request without a session of its own,
-/// the response id as its session) and returns the account. `own_session`: the request
-/// has a session of its own, counted as a lookup (a miss then goes on to that session's
-/// lookup, which counts itself).
-pub(crate) fn apply_response_id<St>(
-    core: &Core<St>,
-    span: &Span,
-    result: Result<Option<AuthId>, StoreError>,
-    extensions: &mut Extensions,
-    key: BindingKey,
-    own_session: bool,
-    deferred: bool,
-) -> Option<AuthId> {
-    let counters = core.counters();
-    let auth = match result {
-        Ok(Some(auth)) => auth,
-        Ok(None) => {
-            Counters::inc(&counters.response_ids_unknown);
-            return None;
-        }
-        Err(e) => {
-            Counters::inc(&counters.response_ids_unknown);
-            core.store_error("lookup_response_id", &e);
-            return None;
-        }
-    };
-    Counters::inc(&counters.hard_pins);
-    if own_session {
-        Counters::inc(if deferred {
-            &counters.deferred_hits
-        } else {
-            &counters.hits
-        });
-    } else {
-        counters.source(SessionSourceKind::ResponseId);
-        span.rec("session", tracing::field::display(key.session().redacted()));
-        span.rec("source", SessionSourceKind::ResponseId.as_str());
-        extensions.insert(key.session().clone());
-        extensions.insert(SessionSource::ResponseId);
-        extensions.insert(key);
-    }
-    span.rec("decision", Decision::Hit.as_str());
-    span.rec("hard_pin", true);
-    span.rec("auth", tracing::field::display(&auth));
-    extensions.insert(PinnedAuth(auth.clone()));
-    extensions.insert(HardPin);
-    Some(auth)
-}
+use crate::core::{RecordEnabled, StoreOp};
+use crate::learn::Learner;
+use crate::stats::{DECISION_HEADER, Decision};
+use crate::store::{BindingStore, CommitHint, MokaStore};
+use crate::types::{AuthId, BindingKey, ServedBy};
 
 pin_project! {
     /// Response future of [`StickySession`](crate::StickySession).
@@ -165,14 +39,7 @@ pin_project! {
     {
         #[pin]
         state: State<S, ReqB, St>,
-        tracking: Option<Tracking<St, C>>,
-        // Response-id learning, when on: becomes the body's learner on a success. Boxed,
-        // like the pending response-id lookup's key: both are opt-in, and every request
-        // moves this future around.
-        learn: Option<Box<LearnCtx<St, C>>>,
-        span: Span,
-        decision: Decision,
-        report: bool,
+        ctx: RequestCtx<St, C>,
     }
 }
 
@@ -213,37 +80,23 @@ where
     S: Service<Request<ReqB>>,
     St: BindingStore,
 {
-    pub(crate) fn inner(
-        fut: S::Future,
-        tracking: Option<Tracking<St, C>>,
-        learn: Option<Box<LearnCtx<St, C>>>,
-        span: Span,
-        decision: Decision,
-        report: bool,
-    ) -> Self {
+    /// The inner service was called in `call`.
+    pub(crate) fn inner(fut: S::Future, ctx: RequestCtx<St, C>) -> Self {
         Self {
             state: State::Inner { fut },
-            tracking,
-            learn,
-            span,
-            decision,
-            report,
+            ctx,
         }
     }
 
-    /// A lookup still pending in `call`. `response_id`: the lookup is the request's
-    /// `previous_response_id`'s (then `decision` is the one without a pin).
-    #[allow(clippy::too_many_arguments)]
+    /// A lookup still pending in `call`; the inner service is called once it is done.
+    /// `response_id`: the lookup is the request's `previous_response_id`'s (then
+    /// `ctx.decision` is the one without a pin).
     pub(crate) fn lookup(
         lookup: St::LookupFuture,
         response_id: Option<Box<BindingKey>>,
         svc: S,
         req: Request<ReqB>,
-        tracking: Option<Tracking<St, C>>,
-        learn: Option<Box<LearnCtx<St, C>>>,
-        span: Span,
-        decision: Decision,
-        report: bool,
+        ctx: RequestCtx<St, C>,
     ) -> Self {
         Self {
             state: State::Lookup {
@@ -251,25 +104,52 @@ where
                 call: Some(Box::new((svc, req))),
                 response_id,
             },
-            span,
-            tracking,
-            learn,
-            decision,
-            report,
+            ctx,
         }
     }
 
+    /// Strict mode's `400` for an invalid session id.
     pub(crate) fn rejected(msg: String, span: Span, report: bool) -> Self {
         Self {
             state: State::Rejected {
                 msg: Some(Bytes::from(msg)),
             },
-            tracking: None,
-            learn: None,
-            span,
-            decision: Decision::Invalid,
-            report,
+            ctx: RequestCtx {
+                tracking: None,
+                learn: None,
+                span,
+                decision: Decision::Invalid,
+                report,
+            },
         }
+    }
+}
+
+/// Shows the state (`lookup`, `inner`, `finishing`, `rejected`), the layer's decision so
+/// far and the session, redacted as in logs; not the inner future, the store or the
+/// request.
+impl<S, ReqB, St, C> std::fmt::Debug for ResponseFuture<S, ReqB, St, C>
+where
+    S: Service<Request<ReqB>>,
+    St: BindingStore,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            State::Lookup { .. } => "lookup",
+            State::Inner { .. } => "inner",
+            State::Finishing { .. } => "finishing",
+            State::Rejected { .. } => "rejected",
+        };
+        let session = self
+            .ctx
+            .tracking
+            .as_ref()
+            .map(|t| t.key.session().redacted());
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .field("decision", &self.ctx.decision)
+            .field("session", &session)
+            .finish_non_exhaustive()
     }
 }
 
@@ -284,18 +164,10 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let _entered = this.span.enter();
-        let mut out = ready!(poll_state(
-            this.state,
-            this.tracking,
-            this.learn,
-            this.span,
-            this.decision,
-            cx
-        ));
-        if let (true, Ok(res)) = (*this.report, &mut out) {
+        let mut out = ready!(poll_state(this.state, this.ctx, cx));
+        if let (true, Ok(res)) = (this.ctx.report, &mut out) {
             res.headers_mut()
-                .insert(DECISION_HEADER, this.decision.header_value());
+                .insert(DECISION_HEADER, this.ctx.decision.header_value());
         }
         Poll::Ready(out)
     }
@@ -304,10 +176,7 @@ where
 #[allow(clippy::type_complexity)]
 fn poll_state<S, ReqB, ResB, St, C>(
     mut state: Pin<&mut State<S, ReqB, St>>,
-    tracking: &mut Option<Tracking<St, C>>,
-    learn: &mut Option<Box<LearnCtx<St, C>>>,
-    span: &Span,
-    decision: &mut Decision,
+    ctx: &mut RequestCtx<St, C>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<Response<ResponseBody<ResB, St>>, S::Error>>
 where
@@ -316,6 +185,15 @@ where
     St: BindingStore,
     C: ClassifyResponse,
 {
+    let RequestCtx {
+        tracking,
+        learn,
+        span,
+        decision,
+        ..
+    } = ctx;
+    let span = &*span;
+    let _entered = span.enter();
     loop {
         match state.as_mut().project() {
             StateProj::Lookup {
@@ -431,7 +309,7 @@ enum Judged<St: BindingStore, ResB: Body, E> {
     Store(StoreOp<St>, Result<Response<ResB>, E>),
 }
 
-/// The response head's part of the state machine (DESIGN.md's table).
+/// The response head's part of the state machine: asks [`decide`] and carries it out.
 fn judge<St, C, ResB, E>(
     t: Tracking<St, C>,
     span: &Span,
@@ -443,75 +321,64 @@ where
     ResB: Body,
 {
     let core = &t.shared.core;
+    let blame_unserved = t.shared.blame_unserved;
     let res = match result {
         Ok(res) => res,
         Err(err) => {
-            // Inner error: the pinned account (if any) did not serve; clear it (unless
-            // failures that name no account are nobody's).
-            let blamed = t.pinned.as_ref().filter(|_| t.shared.blame_unserved);
-            return match blamed {
-                Some(pinned) => {
-                    let op = StoreOp::clear(core, &t.key, pinned, ClearReason::InnerError, span);
+            return match decide(Seen::InnerError, None, t.pinned.as_ref(), blame_unserved) {
+                Action::Clear(account, reason) => {
+                    let op = StoreOp::clear(core, &t.key, account, reason, span);
                     Judged::Store(op, Err(err))
                 }
-                None => {
+                _ => {
                     span.rec("outcome", "kept");
                     Judged::Done(Err(err))
                 }
             };
         }
     };
-    if let Some(account) = t.upgrade.as_ref().and_then(|s| s.accepted()) {
-        // The account accepted the upgrade: committed at once, whatever the classifier
-        // says of a 1xx (no body will ever come through this response).
-        let op = StoreOp::commit(core, &t.key, account, hint_for(&t, account), span);
-        return Judged::Store(op, Ok(res));
-    }
     let served = res.extensions().get::<ServedBy>().map(|s| &s.0);
-    match t.shared.classifier.classify(res.status(), res.headers()) {
-        ResponseClass::Failure => {
-            match served.or(t.pinned.as_ref().filter(|_| t.shared.blame_unserved)) {
-                Some(failed) => {
-                    let op = StoreOp::clear(core, &t.key, failed, ClearReason::FailureStatus, span);
-                    Judged::Store(op, Ok(res))
-                }
-                None => {
-                    span.rec("outcome", "kept");
-                    Judged::Done(Ok(res.map(ResponseBody::passthrough)))
-                }
-            }
+    let seen = match t.upgrade.as_ref().and_then(|s| s.accepted()) {
+        Some(account) => Seen::Upgraded(account),
+        None => {
+            let class = t.shared.classifier.classify(res.status(), res.headers());
+            // Only a success served by an account asks whether its body is empty.
+            let known_empty = class == ResponseClass::Success
+                && served.is_some()
+                && (t.is_head || known_empty(&res));
+            Seen::Head { class, known_empty }
         }
-        ResponseClass::Success => match served {
-            Some(served) if t.is_head || known_empty(&res) => {
-                // No data frame will ever come (and a server may never poll this body):
-                // the account has proved itself now.
-                let op = StoreOp::commit(core, &t.key, served, hint_for(&t, served), span);
-                Judged::Store(op, Ok(res))
-            }
-            Some(served) => {
-                span.rec("outcome", "awaiting_first_chunk");
-                let hint = hint_for(&t, served);
-                let watch = Watch {
-                    span: span.clone(),
-                    core: core.clone(),
-                    key: t.key,
-                    hint,
-                    // On a hit served by its pinned account (the common case) the
-                    // lookup's `AuthId` moves on: no refcount traffic on the account's
-                    // shared `Arc`.
-                    served: match t.pinned {
-                        Some(pinned) if pinned.same(served) => pinned,
-                        _ => served.clone(),
-                    },
-                };
-                Judged::Done(Ok(res.map(|body| ResponseBody::watching(body, watch))))
-            }
-            None => {
-                span.rec("outcome", "kept");
-                Judged::Done(Ok(res.map(ResponseBody::passthrough)))
-            }
-        },
-        ResponseClass::Neutral => {
+    };
+    match decide(seen, served, t.pinned.as_ref(), blame_unserved) {
+        Action::Commit(account) => {
+            // No data frame will ever come (and a server may never poll this body), or
+            // the account accepted an upgrade: the account has proved itself now.
+            let op = StoreOp::commit(core, &t.key, account, hint_for(&t, account), span);
+            Judged::Store(op, Ok(res))
+        }
+        Action::Clear(account, reason) => {
+            let op = StoreOp::clear(core, &t.key, account, reason, span);
+            Judged::Store(op, Ok(res))
+        }
+        Action::AwaitFirstChunk(served) => {
+            span.rec("outcome", "awaiting_first_chunk");
+            let hint = hint_for(&t, served);
+            let watch = Watch {
+                span: span.clone(),
+                core: core.clone(),
+                key: t.key,
+                hint,
+                // On a hit served by its pinned account (the common case) the
+                // lookup's `AuthId` moves on: no refcount traffic on the account's
+                // shared `Arc`.
+                served: match t.pinned {
+                    Some(pinned) if pinned.same(served) => pinned,
+                    _ => served.clone(),
+                },
+            };
+            Judged::Done(Ok(res.map(|body| ResponseBody::watching(body, watch))))
+        }
+        Action::Keep => {
             span.rec("outcome", "kept");
             Judged::Done(Ok(res.map(ResponseBody::passthrough)))
         }
@@ -542,4 +409,40 @@ fn known_empty<B: Body>(res: &Response<B>) -> bool {
         .get(http::header::CONTENT_LENGTH)
         .is_some_and(|v| v.to_str().is_ok_and(|v| v.trim().parse::<u64>() == Ok(0)))
         || res.body().is_end_stream()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use http_body_util::Full;
+    use tower::{Layer, Service};
+
+    use crate::StickySessionLayer;
+
+    #[test]
+    fn response_future_debug_shows_state_and_redacted_session() {
+        let mut svc = StickySessionLayer::new().layer(tower::service_fn(|_: Request<()>| {
+            std::future::ready(Ok::<_, Infallible>(Response::new(Full::new(Bytes::new()))))
+        }));
+        let session = "conversation-0123456789";
+        let req = Request::builder()
+            .header("sticky-session-id", session)
+            .body(())
+            .unwrap();
+        let debug = format!("{:?}", svc.call(req));
+        assert!(
+            debug.starts_with("ResponseFuture { state: \"inner\", decision: Miss"),
+            "{debug}"
+        );
+        assert!(!debug.contains(session), "a whole session id in {debug}");
+
+        let debug = format!("{:?}", svc.call(Request::new(())));
+        assert!(
+            debug.contains("decision: NoSession, session: None"),
+            "{debug}"
+        );
+    }
 }

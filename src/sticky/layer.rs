@@ -6,47 +6,15 @@ use http::request::Parts;
 use http::{HeaderName, HeaderValue};
 use tower_layer::Layer;
 
+use super::service::StickySession;
 use crate::classify::{ClassifyResponse, StatusClassifier};
-use crate::core::Core;
+use crate::core::{Core, Shared};
 use crate::extract::{
     DEFAULT_MAX_SESSION_ID_LEN, DEFAULT_SESSION_HEADER, KNOWN_CLIENT_HEADERS, Source,
 };
-use crate::service::StickySession;
 use crate::stats::Stats;
 use crate::store::{BindingStore, MokaStore};
 use crate::types::Scope;
-
-pub(crate) type ScopeFn = Arc<dyn Fn(&Parts) -> Option<Scope> + Send + Sync>;
-
-/// Everything a [`StickySession`] service needs, shared by its clones.
-pub(crate) struct Shared<St, C> {
-    pub(crate) core: Arc<Core<St>>,
-    pub(crate) classifier: C,
-    pub(crate) source: Source,
-    pub(crate) scope: Option<ScopeFn>,
-    pub(crate) max_len: usize,
-    pub(crate) strict: bool,
-    pub(crate) report_decision: bool,
-    pub(crate) learn: bool,
-    /// Failures without `ServedBy` (and inner errors) clear the pinned account.
-    pub(crate) blame_unserved: bool,
-}
-
-impl<St, C: Clone> Clone for Shared<St, C> {
-    fn clone(&self) -> Self {
-        Self {
-            core: self.core.clone(),
-            classifier: self.classifier.clone(),
-            source: self.source.clone(),
-            scope: self.scope.clone(),
-            max_len: self.max_len,
-            strict: self.strict,
-            report_decision: self.report_decision,
-            learn: self.learn,
-            blame_unserved: self.blame_unserved,
-        }
-    }
-}
 
 /// Applies sticky session routing to a service; see the [crate docs](crate).
 ///
@@ -86,6 +54,13 @@ impl StickySessionLayer {
     /// [`StatusClassifier`].
     pub fn new() -> Self {
         Self::with_store(MokaStore::new())
+    }
+}
+
+impl<S> StickySession<S> {
+    /// The default layer, [`StickySessionLayer::new`].
+    pub fn layer() -> StickySessionLayer {
+        StickySessionLayer::new()
     }
 }
 
