@@ -194,6 +194,7 @@ async fn the_status_page_shows_the_numbers_metrics_shows_behind_the_admin_token(
         let left = acc["cooling_for_ms"].as_u64().unwrap();
         assert!(left > 500_000 && left <= 600_001, "{name}: {left}");
         assert!(acc["cooling_until"].as_u64().unwrap() > s["generated_at"].as_u64().unwrap());
+        assert_eq!(acc["cooling_why"], "429", "{name}: why it cools down");
     }
 
     // The page: HTML, the accounts and their state rendered on the server.
@@ -205,6 +206,7 @@ async fn the_status_page_shows_the_numbers_metrics_shows_behind_the_admin_token(
         "{html}"
     );
     assert!(html.contains("cooling down until"), "{html}");
+    assert!(html.contains("(429)"), "the reason is shown: {html}");
     assert!(
         html.contains("fetch(\"status.json\""),
         "the page refreshes itself"

@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use tower_sticky_session::{AuthId, BindingKey, BindingStore};
 
+use super::cooldown::CoolReason;
 use super::picker::Picker;
 
 /// The largest `--max-broken-streams` (the ring holds that many keys per account).
@@ -165,7 +166,8 @@ impl BrokenStreams {
         };
         a.tripped.fetch_add(1, Ordering::Relaxed);
         let up = &self.picker.upstreams()[i];
-        self.picker.cool(i, self.cooldown);
+        self.picker
+            .cool(i, self.cooldown, CoolReason::BrokenStreams);
         tracing::info!(
             upstream = %up.name(), why, in_a_row = self.max, sessions = keys.len(),
             cooldown = ?self.cooldown,

@@ -1,7 +1,7 @@
 //! Cooldown: an account that answered 429 (or could not be reached) is skipped by
 //! round-robin and by pins until its `retry-after` (or `--cooldown`) has passed.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
@@ -11,11 +11,46 @@ use http::header::RETRY_AFTER;
 /// still retried after an hour.
 pub(crate) const MAX_COOLDOWN: Duration = Duration::from_secs(3600);
 
+/// Why an account cools down (the status page shows it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CoolReason {
+    /// It answered 429 (for its `retry-after`, else `--cooldown`), over HTTP or inside a
+    /// WebSocket.
+    RateLimited,
+    /// It could not be reached.
+    Unreachable,
+    /// It broke `--max-broken-streams` streams in a row after their first byte.
+    BrokenStreams,
+    /// It failed inside a WebSocket (an error event or an overload close code).
+    FailedInSocket,
+}
+
+impl CoolReason {
+    const ALL: [CoolReason; 4] = [
+        Self::RateLimited,
+        Self::Unreachable,
+        Self::BrokenStreams,
+        Self::FailedInSocket,
+    ];
+
+    /// Words for the status page and logs.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::RateLimited => "429",
+            Self::Unreachable => "unreachable",
+            Self::BrokenStreams => "broken streams",
+            Self::FailedInSocket => "failed inside a WebSocket",
+        }
+    }
+}
+
 /// Per-account cooldown deadlines, lock-free.
 pub(crate) struct Cooldowns {
     start: Instant,
     /// Milliseconds since `start` until which account `i` cools down (0: never cooled).
     until: Box<[AtomicU64]>,
+    /// Why the running cooldown of account `i` was set (an index into `CoolReason::ALL`).
+    why: Box<[AtomicU8]>,
 }
 
 impl Cooldowns {
@@ -24,6 +59,7 @@ impl Cooldowns {
         Self {
             start: Instant::now(),
             until: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            why: (0..n).map(|_| AtomicU8::new(0)).collect(),
         }
     }
 
@@ -33,10 +69,20 @@ impl Cooldowns {
 
     /// Account `i` cools down for `d` (capped at [`MAX_COOLDOWN`]). A longer cooldown
     /// already running is kept.
-    pub(crate) fn cool(&self, i: usize, d: Duration) {
+    pub(crate) fn cool(&self, i: usize, d: Duration, why: CoolReason) {
         let d = d.min(MAX_COOLDOWN);
         let until = self.now_ms() + d.as_millis() as u64 + 1;
-        self.until[i].fetch_max(until, Ordering::Relaxed);
+        if self.until[i].fetch_max(until, Ordering::Relaxed) < until {
+            // This cooldown is the one running now: its reason is shown.
+            let k = CoolReason::ALL.iter().position(|r| *r == why).unwrap_or(0);
+            self.why[i].store(k as u8, Ordering::Relaxed);
+        }
+    }
+
+    /// Why account `i`'s running cooldown was set, `None` when it is not cooling.
+    pub(crate) fn reason(&self, i: usize) -> Option<CoolReason> {
+        self.is_cooling(i)
+            .then(|| CoolReason::ALL[usize::from(self.why[i].load(Ordering::Relaxed)) % 4])
     }
 
     /// Whether account `i` is cooling down now.

@@ -59,7 +59,7 @@ use tower_sticky_session::{
 
 use super::broken::BrokenStreams;
 use super::budget::Buffering;
-use super::cooldown::retry_after;
+use super::cooldown::{CoolReason, retry_after};
 use super::picker::{InFlight, Picker, Plan};
 use super::resources::{local_resource_error, local_unavailable};
 use super::serve::ConnActivity;
@@ -528,7 +528,7 @@ where
         strip_hop_by_hop(&mut head.headers);
         if status == StatusCode::TOO_MANY_REQUESTS {
             let d = retry_after(&head.headers, SystemTime::now()).unwrap_or(self.cfg.cooldown);
-            self.picker.cool(i, d);
+            self.picker.cool(i, d, CoolReason::RateLimited);
         }
         let body = ProxyBody::upstream(
             None,
@@ -559,7 +559,8 @@ where
             return None;
         }
         let why = if e.is_connect() {
-            self.picker.cool(i, self.cfg.cooldown);
+            self.picker
+                .cool(i, self.cfg.cooldown, CoolReason::Unreachable);
             "unreachable"
         } else {
             "failed before its response head"
@@ -626,7 +627,7 @@ where
         let status = head.status;
         if status == StatusCode::TOO_MANY_REQUESTS {
             let d = retry_after(&head.headers, SystemTime::now()).unwrap_or(self.cfg.cooldown);
-            self.picker.cool(i, d);
+            self.picker.cool(i, d, CoolReason::RateLimited);
             tracing::debug!(upstream = %up.name(), cooldown = ?d, "429: account cooling down");
         }
         let idle = self.cfg.idle_timeout;

@@ -17,7 +17,7 @@ use std::time::Duration;
 use tower_sticky_session::AuthId;
 
 use super::Upstream;
-use super::cooldown::Cooldowns;
+use super::cooldown::{CoolReason, Cooldowns};
 use super::ws::WsStats;
 
 /// How a [`Picker`] chose a request's first account.
@@ -127,9 +127,9 @@ impl Picker {
         self.retries.load(Ordering::Relaxed)
     }
 
-    /// Account `i` cools down for `d`.
-    pub(crate) fn cool(&self, i: usize, d: Duration) {
-        self.cooldowns.cool(i, d);
+    /// Account `i` cools down for `d`, because of `why`.
+    pub(crate) fn cool(&self, i: usize, d: Duration, why: CoolReason) {
+        self.cooldowns.cool(i, d, why);
     }
 
     /// Whether account `i`'s load is over `--max-load-factor` × the mean over the

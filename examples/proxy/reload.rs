@@ -160,11 +160,12 @@ impl<St: InspectStore + Clone> Reloader<St> {
         let running = self.current.load_full();
         let old = &running.app;
         for (i, up) in old.picker.upstreams().iter().enumerate() {
-            if let (Some(d), Some(j)) = (
+            if let (Some(d), Some(why), Some(j)) = (
                 old.picker.cooldowns.remaining(i),
+                old.picker.cooldowns.reason(i),
                 index_of(app.picker.upstreams(), up.name()),
             ) {
-                app.picker.cool(j, d);
+                app.picker.cool(j, d, why);
             }
         }
         let tokens = cfg.client_tokens.len();

@@ -6,9 +6,9 @@
 //! page works with scripts off (it is then as fresh as its last load), and every value
 //! is inserted as text (an account name can never inject markup).
 //!
-//! Shown: per account its state (serving, or cooling down until when: a 429, an
-//! unreachable account or a run of broken streams — the cooldown does not record
-//! which), requests in flight, streams broken after their first byte and the times
+//! Shown: per account its state (serving, or cooling down until when and why: a 429,
+//! an unreachable account, a run of broken streams or a failure inside a WebSocket),
+//! requests in flight, streams broken after their first byte and the times
 //! that cooled it down; bindings held (in total: the stores count only that cheaply);
 //! the sticky layer's lookups, hits and hit ratio, sessions by source, failovers
 //! (retries), WebSocket upgrades and open sockets.
@@ -49,6 +49,7 @@ pub(crate) fn snapshot(snap: &StatsSnapshot, bindings: Option<u64>, proxy: &Prox
                     "state": if remaining.is_some() { "cooling" } else { "serving" },
                     "cooling_for_ms": remaining.map(|d| d.as_millis() as u64),
                     "cooling_until": remaining.map(|d| unix_ms(now + d)),
+                    "cooling_why": p.cooldowns.reason(i).map(|r| r.as_str()),
                     "in_flight": p.in_flight(i) as u64,
                     "broken_streams": broken_streams,
                     "broken_stream_cooldowns": broken_cooldowns,
@@ -201,7 +202,7 @@ function txt(v) {{ return v === null || v === undefined ? "\u2013" : String(v); 
 function when(ms) {{ return new Date(ms).toLocaleTimeString(); }}
 function stateText(a) {{
   return a.state === "cooling"
-    ? "cooling down until " + when(a.cooling_until) + " (429, unreachable or broken streams)"
+    ? "cooling down until " + when(a.cooling_until) + " (" + txt(a.cooling_why) + ")"
     : "serving";
 }}
 function configText(c) {{
@@ -266,8 +267,9 @@ fn config_text(c: &Value) -> String {
 fn state_text(a: &Value) -> String {
     match a["cooling_until"].as_u64() {
         Some(ms) if a["state"] == "cooling" => format!(
-            "cooling down until {} (429, unreachable or broken streams)",
-            format_utc(ms)
+            "cooling down until {} ({})",
+            format_utc(ms),
+            a["cooling_why"].as_str().unwrap_or("\u{2013}")
         ),
         _ => "serving".to_owned(),
     }

@@ -55,7 +55,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tower_sticky_session::Binding;
 
 use super::ErrorChain;
-use super::cooldown::retry_after;
+use super::cooldown::{CoolReason, retry_after};
 use super::picker::{InFlight, Picker};
 use super::serve::{Busy, ConnActivity};
 
@@ -385,7 +385,8 @@ impl Relay {
         self.picker.ws.account_failures.fetch_add(1, Relaxed);
         let name = self.picker.upstreams()[self.account].name();
         if let Some(d) = cool {
-            self.picker.cool(self.account, d);
+            self.picker
+                .cool(self.account, d, CoolReason::FailedInSocket);
         }
         tracing::info!(upstream = %name, cooldown = ?cool, "websocket: the account failed inside the socket; unbinding its session");
         if let Some(binding) = &self.binding
