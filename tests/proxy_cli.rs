@@ -11,7 +11,6 @@ mod upstream;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -21,6 +20,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::process::{Child, Command};
 
+use bin::wait_listening;
 use upstream::{Account, Mode, within};
 
 const KEY_A: &str = "sk-alpha-7f3a9c0e1b2d";
@@ -63,15 +63,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-async fn wait_listening(addr: SocketAddr) {
-    within("the proxy listens", async {
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
 }
 
 fn terminate(child: &Child) {

@@ -7,10 +7,8 @@ mod bin;
 #[path = "support/proxy_upstream.rs"]
 mod upstream;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -20,6 +18,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::process::{Child, Command};
 
+use bin::{free_addr, wait_listening};
 use upstream::{Account, Mode, within};
 
 const KEY_A: &str = "sk-alpha-7f3a9c0e1b2d";
@@ -46,22 +45,6 @@ fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-async fn wait_listening(addr: SocketAddr) {
-    within("the proxy listens", async {
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
 }
 
 /// A file holding a test's configuration, in a directory of its own that is removed

@@ -22,6 +22,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::process::{Child, Command};
 
+use bin::{free_addr, wait_listening};
 use upstream::{Account, Mode, within};
 
 const KEY_OLD: &str = "sk-old-1a2b3c4d5e";
@@ -30,22 +31,6 @@ const TOKEN_OLD: &str = "ct-old-0a9b8c7d";
 const TOKEN_NEW: &str = "ct-new-1e2f3a4b";
 
 type TestClient = Client<HttpConnector, Full<Bytes>>;
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-async fn wait_listening(addr: SocketAddr) {
-    within("the proxy listens", async {
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-}
 
 /// A proxy started from a config file it re-reads on reload.
 struct Proxy {

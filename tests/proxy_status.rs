@@ -8,9 +8,7 @@ mod bin;
 #[path = "support/proxy_upstream.rs"]
 mod upstream;
 
-use std::net::SocketAddr;
 use std::process::Stdio;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -21,25 +19,10 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use tokio::process::Command;
 
+use bin::{free_addr, wait_listening};
 use upstream::{Account, Mode, within};
 
 const ADMIN_TOKEN: &str = "at-status-3e9f1a7c";
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-async fn wait_listening(addr: SocketAddr) {
-    within("the proxy listens", async {
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-}
 
 type TestClient = Client<HttpConnector, Full<Bytes>>;
 

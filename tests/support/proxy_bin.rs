@@ -68,3 +68,25 @@ pub(crate) fn proxy_binary() -> &'static std::path::PathBuf {
             .expect("the proxy example's executable")
     })
 }
+
+/// A free loopback address (bound, then released) for a proxy to listen on.
+#[allow(dead_code)]
+pub(crate) fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Waits (at most 20 s) until something accepts connections on `addr`.
+#[allow(dead_code)]
+pub(crate) async fn wait_listening(addr: std::net::SocketAddr) {
+    let wait = async {
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), wait)
+        .await
+        .expect("timed out: the proxy listens");
+}
