@@ -155,7 +155,19 @@ pub(crate) struct Relay {
 /// when hyper has written the `101`). Runs on a task of its own.
 pub(crate) fn spawn(client: OnUpgrade, upstream: OnUpgrade, relay: Relay) {
     tokio::spawn(async move {
-        let (client, upstream) = match tokio::join!(client, upstream) {
+        // Bounded like every wait: a client that never takes its 101 (hyper cannot write
+        // it) must not hold the account's upgraded connection.
+        let both = tokio::time::timeout(relay.cfg.idle_timeout, async {
+            tokio::join!(client, upstream)
+        });
+        let Ok(both) = both.await else {
+            tracing::info!(
+                upstream = %relay.picker.upstreams()[relay.account].name(),
+                "websocket: the client's upgrade did not complete within --ws-idle-timeout"
+            );
+            return;
+        };
+        let (client, upstream) = match both {
             (Ok(c), Ok(u)) => (c, u),
             (c, u) => {
                 let e = c.err().or(u.err());
