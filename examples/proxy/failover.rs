@@ -385,13 +385,9 @@ where
         }
         let (res, served_by) = answer.expect("at least one attempt");
         let final_name = self.picker.upstreams()[served_by].name();
-        if let (true, Some(key), Some(pin)) = (pinned_failed, &key, &pinned)
-            && pin != final_name
-        {
-            // The layer judges only the final account; the failed pin is unbound here.
-            if let Err(e) = self.store.clear_if(key, pin).await {
-                tracing::debug!(error = %e, "could not unbind the failed pinned account");
-            }
+        if pinned_failed {
+            self.unbind_failed_pin(key.as_ref(), pinned.as_ref(), Some(final_name))
+                .await;
         }
         tracing::info!(
             method = %parts.method, path = parts.uri.path(), session = %LogSession(session.as_ref()),
@@ -476,49 +472,25 @@ where
         }
         let res = answer.expect("at least one attempt");
         let final_name = res.extensions().get::<ServedBy>().map(|s| s.0.clone());
-        if let (true, Some(key), Some(pin)) = (pinned_failed, ws.key, ws.pinned)
-            && final_name.as_ref() != Some(pin)
-            && let Err(e) = self.store.clear_if(key, pin).await
-        {
-            tracing::debug!(error = %e, "could not unbind the failed pinned account");
+        if pinned_failed {
+            self.unbind_failed_pin(ws.key, ws.pinned, final_name.as_ref())
+                .await;
         }
         res
     }
 
     /// One upgrade attempt on account `i`.
     async fn ws_attempt(&self, i: usize, up: &Upstream, parts: &Parts) -> WsAttempt {
-        let Ok(target) = up.target(&parts.uri) else {
-            return WsAttempt::Failed(
-                proxy_error(up, StatusCode::BAD_GATEWAY, "cannot build the upstream URL"),
-                "bad URL",
-            );
-        };
-        let mut req = Request::new(Empty::<Bytes>::new());
-        *req.method_mut() = Method::GET;
-        *req.uri_mut() = target;
-        *req.version_mut() = Version::HTTP_11;
-        *req.headers_mut() = parts.headers.clone();
-        up.apply_key(req.headers_mut());
-        let in_flight = self.picker.start(i);
-        let timeout = self.cfg.upstream_timeout;
-        let res = match tokio::time::timeout(timeout, self.ws_client.request(req)).await {
-            Err(_) => {
-                return WsAttempt::Failed(
-                    proxy_error(
-                        up,
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "no response head within --upstream-timeout",
-                    ),
-                    "timeout before the response head",
-                );
-            }
-            Ok(Err(e)) => {
+        let body = Empty::<Bytes>::new();
+        let (res, in_flight) = match self.send(&self.ws_client, i, up, parts, body).await {
+            Ok(sent) => sent,
+            Err(Early::Failed(res, why)) => return WsAttempt::Failed(res, why),
+            Err(Early::Transport(e)) => {
                 return match self.failed_before_head(i, up, &e) {
                     Some((res, why)) => WsAttempt::Failed(res, why),
                     None => WsAttempt::Local,
                 };
             }
-            Ok(Ok(res)) => res,
         };
         let status = res.status();
         if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -527,8 +499,7 @@ where
         let (mut head, body) = res.into_parts();
         strip_hop_by_hop(&mut head.headers);
         if status == StatusCode::TOO_MANY_REQUESTS {
-            let d = retry_after(&head.headers, SystemTime::now()).unwrap_or(self.cfg.cooldown);
-            self.picker.cool(i, d, CoolReason::RateLimited);
+            self.rate_limited(i, up, &head.headers);
         }
         let body = ProxyBody::upstream(
             None,
@@ -542,6 +513,70 @@ where
             WsAttempt::Failed(res, "failure status")
         } else {
             WsAttempt::Answered(res)
+        }
+    }
+
+    /// Sends the request `parts` describes, with `body` and account `i`'s key, through
+    /// `client`, and waits for the response head under `--upstream-timeout`. The request
+    /// counts as in flight on the account from here on.
+    async fn send<Bd>(
+        &self,
+        client: &Client<HttpsConnector<HttpConnector>, Bd>,
+        i: usize,
+        up: &Upstream,
+        parts: &Parts,
+        body: Bd,
+    ) -> Result<(Response<Incoming>, InFlight), Early>
+    where
+        Bd: Body + Send + Unpin + 'static,
+        Bd::Data: Send,
+        Bd::Error: Into<BoxError>,
+    {
+        let Ok(target) = up.target(&parts.uri) else {
+            let res = proxy_error(up, StatusCode::BAD_GATEWAY, "cannot build the upstream URL");
+            return Err(Early::Failed(res, "bad URL"));
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = target;
+        *req.version_mut() = parts.version;
+        *req.headers_mut() = parts.headers.clone();
+        up.apply_key(req.headers_mut());
+        let in_flight = self.picker.start(i);
+        match tokio::time::timeout(self.cfg.upstream_timeout, client.request(req)).await {
+            Ok(Ok(res)) => Ok((res, in_flight)),
+            Ok(Err(e)) => Err(Early::Transport(e)),
+            Err(_) => {
+                let res = proxy_error(
+                    up,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "no response head within --upstream-timeout",
+                );
+                Err(Early::Failed(res, "timeout before the response head"))
+            }
+        }
+    }
+
+    /// Account `i` answered 429: it cools down for its `retry-after`, else `--cooldown`.
+    fn rate_limited(&self, i: usize, up: &Upstream, headers: &HeaderMap) {
+        let d = retry_after(headers, SystemTime::now()).unwrap_or(self.cfg.cooldown);
+        self.picker.cool(i, d, CoolReason::RateLimited);
+        tracing::debug!(upstream = %up.name(), cooldown = ?d, "429: account cooling down");
+    }
+
+    /// The layer judges only the final account: a pinned account that failed before it
+    /// is unbound here (compare-and-delete), unless it is the final one.
+    async fn unbind_failed_pin(
+        &self,
+        key: Option<&BindingKey>,
+        pin: Option<&AuthId>,
+        last: Option<&AuthId>,
+    ) {
+        if let (Some(key), Some(pin)) = (key, pin)
+            && last != Some(pin)
+            && let Err(e) = self.store.clear_if(key, pin).await
+        {
+            tracing::debug!(error = %e, "could not unbind the failed pinned account");
         }
     }
 
@@ -583,35 +618,10 @@ where
         client_failed: &AtomicBool,
         key: Option<&BindingKey>,
     ) -> Attempt {
-        let target = match up.target(&parts.uri) {
-            Ok(uri) => uri,
-            Err(_) => {
-                return Attempt::Failed(
-                    proxy_error(up, StatusCode::BAD_GATEWAY, "cannot build the upstream URL"),
-                    "bad URL",
-                );
-            }
-        };
-        let mut req = Request::new(body);
-        *req.method_mut() = parts.method.clone();
-        *req.uri_mut() = target;
-        *req.version_mut() = parts.version;
-        *req.headers_mut() = parts.headers.clone();
-        up.apply_key(req.headers_mut());
-        let in_flight = self.picker.start(i);
-        let timeout = self.cfg.upstream_timeout;
-        let res = match tokio::time::timeout(timeout, self.client.request(req)).await {
-            Err(_) => {
-                return Attempt::Failed(
-                    proxy_error(
-                        up,
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "no response head within --upstream-timeout",
-                    ),
-                    "timeout before the response head",
-                );
-            }
-            Ok(Err(e)) => {
+        let (res, in_flight) = match self.send(&self.client, i, up, parts, body).await {
+            Ok(sent) => sent,
+            Err(Early::Failed(res, why)) => return Attempt::Failed(res, why),
+            Err(Early::Transport(e)) => {
                 if client_failed.load(Ordering::Relaxed) {
                     return Attempt::ClientBody;
                 }
@@ -620,15 +630,13 @@ where
                     None => Attempt::Local,
                 };
             }
-            Ok(Ok(res)) => res,
         };
+        let timeout = self.cfg.upstream_timeout;
         let (mut head, mut body) = res.into_parts();
         strip_hop_by_hop(&mut head.headers);
         let status = head.status;
         if status == StatusCode::TOO_MANY_REQUESTS {
-            let d = retry_after(&head.headers, SystemTime::now()).unwrap_or(self.cfg.cooldown);
-            self.picker.cool(i, d, CoolReason::RateLimited);
-            tracing::debug!(upstream = %up.name(), cooldown = ?d, "429: account cooling down");
+            self.rate_limited(i, up, &head.headers);
         }
         let idle = self.cfg.idle_timeout;
         if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
@@ -697,6 +705,14 @@ struct WsRequest<'a> {
     session: Option<&'a SessionId>,
     key: Option<&'a BindingKey>,
     pinned: Option<&'a AuthId>,
+}
+
+/// An attempt that ended before the account's response head.
+enum Early {
+    /// The proxy's answer (bad URL, timeout) and why.
+    Failed(Response<ProxyBody>, &'static str),
+    /// The upstream client failed: whose failure it is is decided by the caller.
+    Transport(hyper_util::client::legacy::Error),
 }
 
 /// How one upgrade attempt ended.
