@@ -104,23 +104,31 @@ type WsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 /// client that stops reading (hyper's default is about 400 KiB).
 const UPSTREAM_BUF: usize = 64 * 1024;
 
+/// The connector both upstream clients use: plain TCP (no Nagle, a 10 s connect timeout)
+/// or TLS with the web's roots; HTTP/2 by ALPN when `http2`.
+fn connector(http2: bool) -> Result<HttpsConnector<HttpConnector>, BoxError> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        // An explicit provider: independent of which rustls crypto features other
+        // crates in the build enable.
+        .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))?
+        .https_or_http()
+        .enable_http1();
+    Ok(if http2 {
+        builder.enable_http2().wrap_connector(http)
+    } else {
+        builder.wrap_connector(http)
+    })
+}
+
 fn client<B>() -> Result<UpstreamClient<B>, BoxError>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(Duration::from_secs(10)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        // An explicit provider: independent of which rustls crypto features other
-        // crates in the build enable.
-        .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))?
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_timer(TokioTimer::new())
@@ -128,25 +136,17 @@ where
         .http1_max_buf_size(UPSTREAM_BUF)
         .http2_initial_stream_window_size(UPSTREAM_BUF as u32)
         .http2_keep_alive_interval(Duration::from_secs(30))
-        .build(https))
+        .build(connector(true)?))
 }
 
-/// The client for WebSocket upgrades: HTTP/1.1 only, no idle connections kept.
+/// The client for WebSocket upgrades: HTTP/1.1 only (an upgrade cannot ride an HTTP/2
+/// connection), no idle connections kept.
 fn ws_client() -> Result<WsClient, BoxError> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(Duration::from_secs(10)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))?
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(0)
         .timer(TokioTimer::new())
         .http1_max_buf_size(UPSTREAM_BUF)
-        .build(https))
+        .build(connector(false)?))
 }
 
 /// The failover service (see the module docs). Cheap to clone.
