@@ -53,6 +53,7 @@ use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tower_sticky_session::Binding;
+use tower_sticky_session::body_session::BodySignals;
 
 use super::ErrorChain;
 use super::cooldown::{CoolReason, retry_after};
@@ -476,13 +477,15 @@ fn created_id(text: &[u8]) -> Option<String> {
     Some(v.pointer("/response/id")?.as_str()?.to_owned())
 }
 
-/// A client's `response.create`: its `store` field (`true` when absent).
+/// A client's `response.create`: its `store` field (`true` when absent). Read with the
+/// crate's body scanner (the same one HTTP bodies go through), not a DOM: a turn's
+/// message carries its whole input.
 fn response_create_store(text: &[u8]) -> Option<bool> {
     if event_type(text)? != "response.create" {
         return None;
     }
-    let v: serde_json::Value = serde_json::from_slice(text).ok()?;
-    Some(v.get("store").and_then(serde_json::Value::as_bool) != Some(false))
+    let signals = BodySignals::from_json(text).ok()?;
+    Some(signals.store != Some(false))
 }
 
 /// The `headers` object some error events carry, as a header map.
