@@ -11,12 +11,16 @@
 #   PROXY_ARGS="--no-body-session" RUST_LOG=warn benches/peers.sh
 #   BASE_BIN=/tmp/proxy-before GATEWAYS="proxy base haproxy nginx" benches/peers.sh
 #                                               # "base": another proxy build, same flags
+#   GATEWAYS="proxy floor haproxy" benches/peers.sh # "floor": examples/floor_proxy.rs
 #
 # - proxy: target/release/examples/proxy (2 Tokio workers: THREADS), default flags
 #   (session headers of known clients, which include `session-id`; JSON body reader on;
 #   RUST_LOG as in the environment, default `info`: one log line per request, to a file).
 # - haproxy (Debian package): `nbthread 2`, a stick-table on `req.hdr(session-id)` over
 #   the three servers (round-robin for a new session), `http-reuse always`.
+# - floor (on request): examples/floor_proxy.rs, the least a hyper 1 reverse proxy does
+#   for these requests (hash of `session-id`, pooled hyper-util client, no log, no
+#   timeouts, no layers): what hyper and Tokio cost here, below anything the proxy adds.
 # - nginx (Debian package): 2 worker processes, `hash $http_session_id consistent`,
 #   upstream keep-alive, `proxy_buffering off` (a streaming gateway), no access log.
 #
@@ -58,10 +62,10 @@ HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 if [[ -z "${PROXY_BIN:-}" ]]; then
-    cargo build --release --example proxy --example bench_server >&2
+    cargo build --release --example proxy --example bench_server --example floor_proxy >&2
     PROXY_BIN=target/release/examples/proxy
 else
-    cargo build --release --example bench_server >&2
+    cargo build --release --example bench_server --example floor_proxy >&2
 fi
 UPSTREAM=target/release/examples/bench_server
 
@@ -114,6 +118,14 @@ start_proxy() { # name binary
     wait_port "${port[$1]}"
 }
 [[ -n "${port[proxy]:-}" ]] && start_proxy proxy "$PROXY_BIN"
+if [[ -n "${port[floor]:-}" ]]; then
+    TOKIO_WORKER_THREADS=$THREADS target/release/examples/floor_proxy --listen "127.0.0.1:${port[floor]}" \
+        --upstream "http://${ups[0]}" --upstream "http://${ups[1]}" --upstream "http://${ups[2]}" \
+        >"$work/floor.log" 2>&1 &
+    pids+=($!)
+    pidlist[floor]=$!
+    wait_port "${port[floor]}"
+fi
 [[ -n "${port[base]:-}" ]] && start_proxy base "${BASE_BIN:?BASE_BIN names the other proxy build}"
 
 if [[ -n "${port[haproxy]:-}" ]]; then
