@@ -338,6 +338,57 @@ async fn key_header_keys_reach_their_account_only_and_nothing_secret_is_logged_a
     keys_tokens_and_logs(Some("x-api-key")).await;
 }
 
+/// With several workers, a session's requests on different connections (so, in general,
+/// different workers) all land on its account; sessions spread over the accounts; the
+/// drain ends every worker (exit 0).
+#[tokio::test]
+async fn several_workers_share_one_set_of_bindings_and_drain_together() {
+    let accounts = [
+        Account::start("a", Mode::Stream).await,
+        Account::start("b", Mode::Stream).await,
+        Account::start("c", Mode::Stream).await,
+    ];
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let listen = addr.to_string();
+    let ups: Vec<String> = accounts
+        .iter()
+        .zip(["a", "b", "c"])
+        .map(|(acc, name)| format!("{name}={}", acc.url()))
+        .collect();
+    let mut args = vec!["--listen", &listen, "--workers", "3"];
+    for u in &ups {
+        args.extend(["--upstream", u.as_str()]);
+    }
+    let child = proxy(&args).spawn().unwrap();
+    wait_listening(addr).await;
+    let mut served = std::collections::BTreeMap::new();
+    for round in 0..3 {
+        for session in 0..9 {
+            // A new client, so a new connection, for every request.
+            let client: TestClient = Client::builder(TokioExecutor::new()).build_http();
+            let (status, headers, _) = call(
+                &client,
+                Request::get(format!("http://{addr}/v1/chat"))
+                    .header("session-id", format!("workers-{session}")),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK);
+            let by = headers["x-served-by"].to_str().unwrap().to_owned();
+            let first = served.entry(session).or_insert_with(|| by.clone());
+            assert_eq!(*first, by, "session {session}, round {round}");
+        }
+    }
+    let spread: std::collections::BTreeSet<_> = served.values().collect();
+    assert_eq!(
+        spread.len(),
+        3,
+        "nine new sessions go round-robin: {served:?}"
+    );
+    let (code, out) = stop_and_read(child).await;
+    assert_eq!(code, Some(0), "{out}");
+}
+
 #[tokio::test]
 async fn exit_code_is_non_zero_when_the_grace_period_cuts_a_stream() {
     let a = Account::start("a", Mode::FirstThenHang).await;
@@ -529,6 +580,8 @@ async fn out_of_range_durations_and_sizes_exit_2_naming_the_flag_never_panic() {
         ("--max-body-buffer", "99999999999999999999"),
         ("--max-sessions", "18446744073709551615"),
         ("--max-connections", "18446744073709551615"),
+        ("--workers", "0"),
+        ("--workers", "1025"),
     ] {
         let out = run(&mut proxy(&[
             "--listen",

@@ -257,6 +257,7 @@ impl ProxyConfig {
                 max_body_buffer: 16 * 1024 * 1024,
                 max_broken_streams: 3,
                 ws: ws::WsConfig::default(),
+                workers: 1,
             },
             max_load_factor: None,
             body_session: true,

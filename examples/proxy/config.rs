@@ -74,6 +74,7 @@ pub(crate) struct FileConfig {
     body_timeout: Option<Spanned<f64>>,
     max_connections: Option<Spanned<u64>>,
     max_streams: Option<Spanned<u64>>,
+    workers: Option<Spanned<u64>>,
     max_load_factor: Option<Spanned<f64>>,
     max_body_buffer: Option<Spanned<u64>>,
     ws_idle_timeout: Option<Spanned<f64>>,
@@ -355,6 +356,12 @@ impl Loaded {
         if let Some(v) = &f.max_streams {
             let n = self.count(v, "max_streams", 1..=u64::from(u32::MAX))?;
             set!(max_streams, u32::try_from(n).expect("in range"));
+        }
+        if let Some(v) = &f.workers {
+            set!(
+                workers,
+                Some(self.count(v, "workers", 1..=crate::MAX_WORKERS)?)
+            );
         }
         if let Some(v) = &f.max_load_factor {
             let text = v.get_ref().to_string();

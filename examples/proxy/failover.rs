@@ -62,7 +62,7 @@ use super::budget::Buffering;
 use super::cooldown::{CoolReason, retry_after};
 use super::picker::{InFlight, Picker, Plan};
 use super::resources::{local_resource_error, local_unavailable};
-use super::serve::ConnActivity;
+use super::serve::{self, ConnActivity};
 use super::timeouts::{BodyDeadline, First, ProxyBody, first_data};
 use super::ws::{self, WsConfig};
 use super::{BoxError, ErrorChain, LogSession, Upstream, X_SERVED_BY, strip_hop_by_hop};
@@ -92,6 +92,9 @@ pub(crate) struct FailoverConfig {
     pub(crate) max_broken_streams: usize,
     /// WebSocket relay limits.
     pub(crate) ws: WsConfig,
+    /// Accept workers (`--workers`): each gets its own pool of upstream connections, so
+    /// that a request and the connection it rides are driven by the same thread.
+    pub(crate) workers: usize,
 }
 
 /// The pooled upstream client: HTTP/1.1 and (over TLS, by ALPN) HTTP/2.
@@ -164,7 +167,9 @@ impl<St, B> Clone for Failover<St, B> {
 
 struct Shared<St, B> {
     picker: Arc<Picker>,
-    client: UpstreamClient<B>,
+    /// One pooled client per accept worker (see [`serve::worker`]): a pooled connection
+    /// is driven by the runtime that opened it, so each worker keeps its own.
+    clients: Box<[UpstreamClient<B>]>,
     /// WebSocket upgrades: HTTP/1.1 only (an upgrade cannot ride an HTTP/2 connection),
     /// never pooled (an upgraded connection is the socket's own).
     ws_client: WsClient,
@@ -192,7 +197,9 @@ where
         Ok(Self {
             shared: Arc::new(Shared {
                 picker,
-                client: client()?,
+                clients: (0..cfg.workers.max(1))
+                    .map(|_| client())
+                    .collect::<Result<_, _>>()?,
                 ws_client: ws_client()?,
                 store,
                 broken,
@@ -618,7 +625,16 @@ where
         client_failed: &AtomicBool,
         key: Option<&BindingKey>,
     ) -> Attempt {
-        let (res, in_flight) = match self.send(&self.client, i, up, parts, body).await {
+        let (res, in_flight) = match self
+            .send(
+                &self.clients[serve::worker() % self.clients.len()],
+                i,
+                up,
+                parts,
+                body,
+            )
+            .await
+        {
             Ok(sent) => sent,
             Err(Early::Failed(res, why)) => return Attempt::Failed(res, why),
             Err(Early::Transport(e)) => {

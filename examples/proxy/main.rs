@@ -75,6 +75,7 @@
 //! - Limits: `--max-connections` (10 000, lowered at start-up to what the descriptor
 //!   limit fits: the soft RLIMIT_NOFILE is raised to the hard one, 2 descriptors per
 //!   connection are counted), `--max-streams` (100 per HTTP/2 connection),
+//!   `--workers` (threads serving connections, one per CPU: see below),
 //!   `--max-buffered-total` (256 MiB of request bodies buffered, all requests together:
 //!   a body beyond it streams through with one attempt; must be at least
 //!   `--max-body-buffer`), HTTP/2 keep-alive pings, 64 KiB write buffers per connection.
@@ -109,6 +110,11 @@
 //! - Every duration flag takes at most 999999999 s, `--max-sessions` and
 //!   `--max-connections` at most 10^9, `--max-body-buffer` at most 1 GiB: a larger value
 //!   is a command-line error (exit 2), never a panic later.
+//! - Workers: `--workers N` threads (default: one per CPU, or `TOKIO_WORKER_THREADS`)
+//!   accept from the one listening socket, each on its own single-threaded event loop
+//!   with its own upstream connection pool: a connection and everything its requests do
+//!   stay on one thread, as in HAProxy or NGINX (see `serve.rs`; the admin listener,
+//!   reloads and signals run apart from them).
 //! - Ctrl-C or SIGTERM: stop accepting, close idle connections at once (HTTP/2: GOAWAY),
 //!   let open requests finish (up to `--grace`, 30 s; a
 //!   second Ctrl-C exits at once). Exit code 0 after a clean drain, 3 when streams had to
@@ -155,6 +161,27 @@ const MAX_SECS: u64 = 999_999_999;
 
 /// The largest count (`--max-sessions`, `--max-connections`).
 const MAX_COUNT: u64 = 1_000_000_000;
+
+/// The most `--workers`: a thread each.
+const MAX_WORKERS: u64 = 1024;
+
+/// The `--workers` in effect.
+fn workers(cli: &Cli) -> usize {
+    cli.workers.map_or_else(default_workers, |n| n as usize)
+}
+
+/// `--workers` when not given: `TOKIO_WORKER_THREADS` if it is a number in range, else
+/// the CPUs this process may use.
+fn default_workers() -> usize {
+    std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|n| (1..=MAX_WORKERS).contains(n))
+        .map_or_else(
+            || std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            |n| n as usize,
+        )
+}
 
 /// The largest `--max-body-buffer`: 1 GiB, already more than one request should hold.
 const MAX_BODY_BUFFER: usize = 1 << 30;
@@ -278,6 +305,12 @@ struct Cli {
     /// Most concurrent streams per HTTP/2 client connection.
     #[arg(long = "max-streams", value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     max_streams: u32,
+
+    /// Threads that accept and serve client connections, each with its own event loop
+    /// and upstream connection pool [default: TOKIO_WORKER_THREADS if set, else the
+    /// number of CPUs available].
+    #[arg(long = "workers", value_name = "N", value_parser = clap::value_parser!(u64).range(1..=MAX_WORKERS))]
+    workers: Option<u64>,
 
     /// A pin is not honoured when its account has more than F × the mean in-flight
     /// requests of the available accounts (+1); off unless given. A hard pin (a learned
@@ -634,6 +667,7 @@ fn proxy_config(
     proxy.failover.upstream_timeout = cli.upstream_timeout;
     proxy.failover.idle_timeout = cli.idle_timeout;
     proxy.failover.max_body_buffer = cli.max_body_buffer;
+    proxy.failover.workers = workers(cli);
     proxy.failover.ws.idle_timeout = cli.ws_idle_timeout;
     proxy.failover.ws.max_message = usize::try_from(cli.ws_max_message).unwrap_or(usize::MAX);
     proxy.max_buffered_total = cli.max_buffered_total;
@@ -654,6 +688,8 @@ struct Settings {
     listen: SocketAddr,
     admin: Option<SocketAddr>,
     admin_token: Option<Secret>,
+    /// `--workers`.
+    workers: usize,
     proxy: ProxyConfig,
     serve: ServeConfig,
     /// Whether the accounts are the demo's.
@@ -765,6 +801,7 @@ async fn main() -> ExitCode {
         listen: cli.listen,
         admin: cli.admin,
         admin_token,
+        workers: workers(&cli),
         proxy,
         serve,
         demo,
@@ -859,31 +896,48 @@ async fn run<St: InspectStore + admin::StoreMetrics + Clone>(
         );
     }
 
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let stop = async {
-        let _ = stop_rx.await;
-    };
-    let server = tokio::spawn(app::serve(
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let workers = settings.workers;
+    let mut done = match app::serve::serve_workers(
         listener,
+        workers,
         reloader.service(),
-        stop,
+        stop_rx,
         settings.serve.clone(),
-    ));
-    let mut server = std::pin::pin!(server);
+    ) {
+        Ok(done) => done,
+        Err(e) => {
+            eprintln!("error: cannot start {workers} worker(s) on {addr}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     tokio::select! {
-        _ = &mut server => return ExitCode::FAILURE,
+        _ = done.recv() => return ExitCode::FAILURE,
         () = signal() => {}
     }
     tracing::info!("shutdown signal received (Ctrl-C again to exit at once)");
-    let _ = stop_tx.send(());
+    let _ = stop_tx.send(true);
+    // Every worker waits for every connection (the permits are shared), so they end
+    // together; the most connections any of them cut is the answer.
+    let all_drained = async {
+        let mut cut = None;
+        for _ in 0..workers {
+            match done.recv().await {
+                Some(Drained::Clean) => {}
+                Some(Drained::Cut(n)) => cut = Some(cut.unwrap_or(0).max(n)),
+                None => return Err(()),
+            }
+        }
+        Ok(cut)
+    };
     let code = tokio::select! {
-        drained = &mut server => match drained {
-            Ok(Drained::Clean) => ExitCode::SUCCESS,
-            Ok(Drained::Cut(n)) => {
+        drained = all_drained => match drained {
+            Ok(None) => ExitCode::SUCCESS,
+            Ok(Some(n)) => {
                 eprintln!("error: {n} connection(s) cut at the end of the grace period");
                 ExitCode::from(EXIT_CUT)
             }
-            Err(_) => ExitCode::FAILURE,
+            Err(()) => ExitCode::FAILURE,
         },
         () = signal() => {
             tracing::warn!("second signal: exiting without waiting");

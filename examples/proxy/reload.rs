@@ -16,7 +16,8 @@
 //!   of the session goes round-robin and rebinds.
 //! - Kept until a restart (logged): the listen and admin addresses, the admin token, the
 //!   store (`ttl`, `max_sessions`, `redis*`), the connection limits and timeouts
-//!   (`header_timeout`, `conn_idle_timeout`, `max_connections`, `max_streams`) and
+//!   (`header_timeout`, `conn_idle_timeout`, `max_connections`, `max_streams`,
+//!   `workers`) and
 //!   `grace`.
 //! - A file or variable that does not make a valid configuration leaves the running one
 //!   untouched: the reason is logged (`error` level) and is the admin's answer (400).
@@ -271,6 +272,7 @@ fn restart_only(old: &Cli, new: &Cli) -> Vec<&'static str> {
         old.max_connections != new.max_connections,
     );
     check("max_streams", old.max_streams != new.max_streams);
+    check("workers", old.workers != new.workers);
     check("grace", old.grace != new.grace);
     changed
 }

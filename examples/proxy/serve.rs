@@ -35,7 +35,15 @@
 //! - HTTP/1 upgrades (`101 Switching Protocols`) are served; a connection stays counted
 //!   against `--max-connections` (and in the drain) until every [`Busy`] guard taken for
 //!   it is dropped, so the owner of an upgraded socket holds one for the socket's life.
+//! - Workers ([`serve_workers`], `--workers`): one thread per core, each a
+//!   single-threaded Tokio runtime accepting from the same listening socket, the way
+//!   HAProxy's threads and NGINX's worker processes run. A connection, its requests,
+//!   their upstream connections (each worker has its own pool, see `failover.rs`) and
+//!   their timers stay on one thread: no work stealing, no wake-ups across threads. The
+//!   cost: one busy connection (e.g. an HTTP/2 client multiplexing every session) is
+//!   served by one core. `--max-connections` holds for all workers together.
 
+use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -51,7 +59,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tower::Service;
@@ -215,6 +223,87 @@ impl Activity {
     }
 }
 
+thread_local! {
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The index of the accept worker running on this thread; 0 on any other thread.
+pub(crate) fn worker() -> usize {
+    WORKER.with(Cell::get)
+}
+
+/// Serves `service` on `listener` with `workers` threads (see the module docs), each
+/// running [`serve`]'s loop on its own single-threaded runtime over a duplicate of the
+/// listening socket, until `stop` turns true. Every worker reports how it ended on the
+/// returned channel; one that ends before `stop` has failed (its error is logged).
+/// `--max-connections` (`cfg.max_connections`) holds for all workers together.
+pub(crate) fn serve_workers<S, B>(
+    listener: TcpListener,
+    workers: usize,
+    service: S,
+    stop: watch::Receiver<bool>,
+    cfg: ServeConfig,
+) -> std::io::Result<mpsc::Receiver<Drained>>
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let workers = workers.max(1);
+    // Deregistered from this runtime; each worker registers its own duplicate with its
+    // own: the kernel hands a new connection to whichever worker accepts first.
+    let listening = listener.into_std()?;
+    let permits = Arc::new(Semaphore::new(
+        cfg.max_connections.clamp(1, u32::MAX as usize),
+    ));
+    let (done_tx, done_rx) = mpsc::channel(workers);
+    for i in 0..workers {
+        let listening = listening.try_clone()?;
+        let (service, mut stop, cfg, permits, done) = (
+            service.clone(),
+            stop.clone(),
+            cfg.clone(),
+            permits.clone(),
+            done_tx.clone(),
+        );
+        std::thread::Builder::new()
+            .name(format!("proxy-worker-{i}"))
+            .spawn(move || {
+                WORKER.with(|w| w.set(i));
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(worker = i, error = %e, "cannot start a worker's runtime");
+                        return;
+                    }
+                };
+                let drained = runtime.block_on(async move {
+                    let listener = match TcpListener::from_std(listening) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!(worker = i, error = %e, "cannot register the listener");
+                            return None;
+                        }
+                    };
+                    let shutdown = async move {
+                        let _ = stop.wait_for(|stopped| *stopped).await;
+                    };
+                    Some(serve_on(listener, service, shutdown, cfg, permits).await)
+                });
+                if let Some(drained) = drained {
+                    let _ = done.try_send(drained);
+                }
+            })?;
+    }
+    Ok(done_rx)
+}
+
 /// Serves `service` on `listener` until `shutdown` resolves, then stops accepting, shuts
 /// every connection down gracefully and waits up to `cfg.grace` for their open requests.
 pub(crate) async fn serve<S, B>(
@@ -222,6 +311,28 @@ pub(crate) async fn serve<S, B>(
     service: S,
     shutdown: impl Future<Output = ()>,
     cfg: ServeConfig,
+) -> Drained
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let permits = Arc::new(Semaphore::new(
+        cfg.max_connections.clamp(1, u32::MAX as usize),
+    ));
+    serve_on(listener, service, shutdown, cfg, permits).await
+}
+
+/// [`serve`] with the connection permits given: [`serve_workers`] shares one set.
+async fn serve_on<S, B>(
+    listener: TcpListener,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+    cfg: ServeConfig,
+    permits: Arc<Semaphore>,
 ) -> Drained
 where
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
@@ -249,7 +360,6 @@ where
     // Every connection holds a permit until it is closed: all permits back means
     // every connection is closed.
     let total = cfg.max_connections.clamp(1, u32::MAX as usize);
-    let permits = Arc::new(Semaphore::new(total));
     let (drain_tx, drain_rx) = watch::channel(false);
     let (cut_tx, cut_rx) = watch::channel(false);
     let mut accept_errors = AcceptErrors::default();
@@ -299,12 +409,16 @@ where
         });
     }
     drop(listener);
-    tracing::info!("shutting down: no new connections; waiting for open requests to finish");
+    if worker() == 0 {
+        tracing::info!("shutting down: no new connections; waiting for open requests to finish");
+    }
     let _ = drain_tx.send(true);
     let all_closed = permits.acquire_many(total as u32);
     tokio::select! {
         _ = all_closed => {
-            tracing::info!("all connections closed");
+            if worker() == 0 {
+                tracing::info!("all connections closed");
+            }
             Drained::Clean
         }
         () = tokio::time::sleep(cfg.grace) => {
@@ -313,7 +427,9 @@ where
             if n == 0 {
                 Drained::Clean
             } else {
-                tracing::warn!(grace = ?cfg.grace, connections = n, "grace period over; cutting the remaining connections");
+                if worker() == 0 {
+                    tracing::warn!(grace = ?cfg.grace, connections = n, "grace period over; cutting the remaining connections");
+                }
                 // Let the connection tasks see the cut before the runtime goes away.
                 tokio::task::yield_now().await;
                 Drained::Cut(n)
