@@ -1055,3 +1055,8 @@ fn print_banner(s: &Settings, store: &str, addr: SocketAddr) {
     }
     println!("Ctrl-C to stop. Logs: RUST_LOG (e.g. RUST_LOG=debug).");
 }
+
+/// mimalloc: per-thread free lists suit a proxy that allocates and frees small buffers
+/// on every request (see `BENCHMARKS.md`, the proxy against HAProxy and NGINX).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
