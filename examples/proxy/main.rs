@@ -696,19 +696,53 @@ struct Settings {
     demo: bool,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let (cli, mut reload_source) = match parse_cli() {
+fn main() -> ExitCode {
+    let (cli, reload_source) = match parse_cli() {
         Ok(parsed) => parsed,
         Err(code) => return code,
     };
-    // Logs go to stderr; stdout has only the banner.
+    // Logs go to stderr; stdout has only the banner. Lines are written by a thread of
+    // their own, batched into few writes: a request never waits for stderr. Should
+    // stderr fall behind by LOG_LINES_QUEUED lines, new lines are dropped (and counted
+    // at exit) rather than block the proxy.
+    let (writer, log_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_LINES_QUEUED)
+        .lossy(true)
+        .thread_name("proxy-log")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
+    let dropped = writer.error_counter();
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         // Colour only on a terminal: logs redirected to a file or a pipe stay plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
+    let code = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(proxy_main(cli, reload_source)),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    };
+    // Flushes what is queued.
+    drop(log_guard);
+    let lost = dropped.dropped_lines();
+    if lost > 0 {
+        eprintln!("warning: {lost} log line(s) dropped: stderr did not keep up");
+    }
+    code
+}
+
+/// Log lines queued for stderr at most (about 10 MiB of access lines).
+const LOG_LINES_QUEUED: usize = 64 * 1024;
+
+async fn proxy_main(cli: Cli, mut reload_source: reload::Source) -> ExitCode {
     let redis_url = match (&cli.redis, &cli.redis_env) {
         (Some(url), _) => Some(url.clone()),
         (None, Some(var)) => match std::env::var(var) {
