@@ -188,9 +188,9 @@
 //! themselves, and moves a binding to the protected segment at its second success on the
 //! same account. A new session binds at its first success and is found at its second
 //! request if that comes before `probation` other new bindings have been made (under a
-//! flood of `r` one-off ids per second: within `probation / r` seconds; 10 s at 1 000
-//! ids/s with the defaults). `RELIABILITY.md` has the figures, including what a flood of
-//! ids each used twice does.
+//! flood of `r` one-off ids per second: within `probation / r` seconds; 12.5 s at 1 000
+//! ids/s with the defaults). `RELIABILITY.md`, "Floods", has the figures, including what a
+//! flood of ids each used twice does.
 //!
 //! Stores are pluggable ([`BindingStore`]). A store's operations return futures named by
 //! associated types: the in-memory store answers with `std::future::Ready` (no allocation,

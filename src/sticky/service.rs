@@ -301,8 +301,9 @@ impl<S: Clone, St: BindingStore, C: ClassifyResponse> StickySession<S, St, C> {
     /// inner service (at once when the store answers at once).
     ///
     /// Always inlined: on the hit path the request context then goes from `call` into
-    /// the response future without a copy through this frame (`layer_hit`,
-    /// `benches/hit_instructions.sh`: 7 038 instructions without, 7 007 with).
+    /// the response future without a copy through this frame (`layer_hit` in
+    /// `benches/hit_instructions.sh`; figures in `BENCHMARKS.md`, "The hit path: layer
+    /// against naive store and raw moka read").
     #[inline(always)]
     fn lookup_session<ReqB, ResB>(
         &mut self,
@@ -411,10 +412,10 @@ impl<S: Clone, St: BindingStore, C: ClassifyResponse> StickySession<S, St, C> {
 ///
 /// A hit inserts four (`SessionId`, `SessionSource`, `BindingKey`, `PinnedAuth`). Into
 /// an empty `Extensions` the first insert allocates a map with room for three and the
-/// fourth reallocates and rehashes it: ≈ 600 instructions, a tenth of what the layer adds
-/// to a hit (`BENCHMARKS.md`). A clone of a map that once held four values keeps its
-/// eight slots (`HashMap::clone` copies the table as it is), so cloning this prototype
-/// costs one allocation and no rehash. When the request already has extensions (hyper
+/// fourth reallocates and rehashes it (what that costs a hit: `BENCHMARKS.md`, "The hit
+/// path: layer against naive store and raw moka read"). A clone of a map that once held
+/// four values keeps its eight slots (`HashMap::clone` copies the table as it is), so
+/// cloning this prototype costs one allocation and no rehash. When the request already has extensions (hyper
 /// with upgrades, axum's `MatchedPath`), `Extensions::extend` inserts ours into its map
 /// one by one, as plain inserts would.
 fn presized_extensions() -> Extensions {
