@@ -17,6 +17,14 @@
 //! In a Cluster the `CLIENT TRACKING` command is routed to every node in its own round
 //! trip, and repeated every few seconds (the cluster client connects to new nodes on its
 //! own).
+//!
+//! Why not redis-rs's own client-side cache (its `cache-aio` feature): it is documented as
+//! experimental; it caches the replies of read commands by key and command, and learns
+//! of changes only from invalidations, while this tier must change with the store's own
+//! writes at once (a commit fills it, a clear empties it, `NOLOOP` keeps those from
+//! coming back) and must refuse a reply that raced a clear (the generation above); and its
+//! staleness when the invalidation channel is down must have a bound the user sets (the
+//! near TTL). The tier is a bounded in-memory store of this crate, sized by the user.
 
 use std::convert::Infallible;
 use std::sync::Weak;
