@@ -97,9 +97,10 @@
 //! layer that learns which account created which response.
 
 mod body;
+mod fingerprint;
 mod future;
 mod layer;
-mod scan;
+pub(crate) mod scan;
 mod service;
 mod signals;
 mod stats;
@@ -107,7 +108,10 @@ mod stats;
 pub use self::body::BufferedBody;
 pub use self::future::ResponseFuture;
 pub use self::layer::{DEFAULT_MAX_BUFFER, SessionFromBodyLayer};
-pub use self::scan::{ResponseIdScan, find_response_id};
 pub use self::service::SessionFromBody;
-pub use self::signals::{BODY_FIELDS, BodySession, BodySignals, InvalidJson};
+pub use self::signals::{BodySession, BodySignals, InvalidJson};
 pub use self::stats::{BodySessionStats, BodySessionStatsSnapshot};
+// Defined beside the code that uses them (the client rules beside the header rules, the
+// response-id search beside the learner), public here.
+pub use crate::extract::BODY_FIELDS;
+pub use crate::learn::{ResponseIdScan, find_response_id};
