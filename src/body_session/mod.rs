@@ -13,10 +13,10 @@
 //!   — a valid session id in one of the [configured headers](SessionFromBodyLayer::headers)
 //!   (default: [`KNOWN_CLIENT_HEADERS`](crate::KNOWN_CLIENT_HEADERS)).
 //! - Otherwise the body is buffered, up to the limit, and [scanned](BODY_FIELDS) without
-//!   building a DOM: about 0.25 to 0.5 ms per MiB of realistic agent requests, 4 to 7
-//!   times faster than parsing them into a `serde_json::Value` (see `BENCHMARKS.md`).
-//!   The scan runs in the request's task when the body's last byte arrives (a 16 MiB
-//!   body costs a few milliseconds of CPU there). What it finds goes into the
+//!   building a DOM, faster than parsing it into a `serde_json::Value` (the figures are
+//!   in `BENCHMARKS.md`, section "Session ids from request bodies"). The scan runs in
+//!   the request's task when the body's last byte arrives, so a large body's scan is CPU
+//!   time spent there. What it finds goes into the
 //!   [`BodySignals`] request extension: the session id and the field it came from, the
 //!   `previous_response_id`, the top-level `store` flag, and (opt-in) a conversation
 //!   fingerprint.
