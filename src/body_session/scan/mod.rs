@@ -54,14 +54,18 @@ pub(crate) struct Scanned<'a> {
     /// Candidates per field (index into [`BODY_FIELDS`]); the last occurrence of a key
     /// wins.
     pub(crate) candidates: [Option<Cow<'a, [u8]>>; BODY_FIELDS.len()],
+    /// The top-level `previous_response_id` string.
     pub(crate) previous_response_id: Option<Cow<'a, [u8]>>,
     /// The top-level `store` member, when it is `true` or `false`.
     pub(crate) store: Option<bool>,
     /// The top-level `model` string.
     pub(crate) model: Option<Cow<'a, [u8]>>,
-    /// The fingerprint's inputs, when asked for: the system prompt's value and the first
-    /// user message's content, as raw JSON.
+    /// The fingerprint's first input, when asked for: the system prompt's value as raw
+    /// JSON (`system`, else `instructions`, else the first `system`/`developer` message's
+    /// content).
     pub(crate) system: Option<&'a [u8]>,
+    /// The fingerprint's second input, when asked for: the first user message's content
+    /// as raw JSON (or the Responses API's `input` when it is a string).
     pub(crate) first_user: Option<&'a [u8]>,
 }
 
