@@ -3,11 +3,11 @@
 //!
 //! - this module: the walk of a request body ([`scan`]) and what it yielded ([`Scanned`]);
 //! - `lexer.rs`: the JSON [`Cursor`] it walks with, shared with the response-id search
-//!   (`crate::learn`) and the fingerprint;
+//!   (`src/learn/response_id.rs`) and the fingerprint;
 //! - which fields hold a session id, in which order, and how each client's value is read
-//!   (Claude Code's `metadata.user_id`, Gemini CLI's `user_prompt_id`): `crate::extract`,
-//!   next to the session headers of the same clients;
-//! - the fingerprint's inputs and hash: `super::fingerprint`.
+//!   (Claude Code's `metadata.user_id`, Gemini CLI's `user_prompt_id`):
+//!   `src/extract/body_fields.rs`, next to the session headers of the same clients;
+//! - the fingerprint's inputs and hash: `src/body_session/fingerprint.rs`.
 //!
 //! It is a scanner, not a validator. Where it reads (the top-level object and the
 //! objects it descends into: `metadata`, `request`, `conversation`, and for the
