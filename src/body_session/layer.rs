@@ -5,8 +5,9 @@ use std::sync::Arc;
 use http::HeaderName;
 use tower_layer::Layer;
 
+use super::fingerprint::{DEFAULT_FINGERPRINT_KEY, FingerprintKey};
 use super::service::SessionFromBody;
-use super::signals::{DEFAULT_FINGERPRINT_KEY, FingerprintKey, ScanConfig};
+use super::signals::ScanConfig;
 use super::stats::BodySessionStats;
 use crate::extract::{KNOWN_CLIENT_HEADERS, Source};
 

@@ -13,10 +13,10 @@
 //!   — a valid session id in one of the [configured headers](SessionFromBodyLayer::headers)
 //!   (default: [`KNOWN_CLIENT_HEADERS`](crate::KNOWN_CLIENT_HEADERS)).
 //! - Otherwise the body is buffered, up to the limit, and [scanned](BODY_FIELDS) without
-//!   building a DOM: about 0.25 to 0.5 ms per MiB of realistic agent requests, 4 to 7
-//!   times faster than parsing them into a `serde_json::Value` (see `BENCHMARKS.md`).
-//!   The scan runs in the request's task when the body's last byte arrives (a 16 MiB
-//!   body costs a few milliseconds of CPU there). What it finds goes into the
+//!   building a DOM, faster than parsing it into a `serde_json::Value` (the figures are
+//!   in `BENCHMARKS.md`, section "Session ids from request bodies"). The scan runs in
+//!   the request's task when the body's last byte arrives, so a large body's scan is CPU
+//!   time spent there. What it finds goes into the
 //!   [`BodySignals`] request extension: the session id and the field it came from, the
 //!   `previous_response_id`, the top-level `store` flag, and (opt-in) a conversation
 //!   fingerprint.
@@ -97,9 +97,10 @@
 //! layer that learns which account created which response.
 
 mod body;
+mod fingerprint;
 mod future;
 mod layer;
-mod scan;
+pub(crate) mod scan;
 mod service;
 mod signals;
 mod stats;
@@ -107,7 +108,10 @@ mod stats;
 pub use self::body::BufferedBody;
 pub use self::future::ResponseFuture;
 pub use self::layer::{DEFAULT_MAX_BUFFER, SessionFromBodyLayer};
-pub use self::scan::{ResponseIdScan, find_response_id};
 pub use self::service::SessionFromBody;
-pub use self::signals::{BODY_FIELDS, BodySession, BodySignals, InvalidJson};
+pub use self::signals::{BodySession, BodySignals, InvalidJson};
 pub use self::stats::{BodySessionStats, BodySessionStatsSnapshot};
+// Defined beside the code that uses them (the client rules beside the header rules, the
+// response-id search beside the learner), public here.
+pub use crate::extract::BODY_FIELDS;
+pub use crate::learn::{ResponseIdScan, find_response_id};

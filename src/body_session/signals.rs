@@ -1,34 +1,9 @@
 //! What a request body says about its session.
 
-use std::fmt::Write as _;
-
-use super::scan::{self, FIELDS, Stop};
+use super::fingerprint::{FingerprintKey, fingerprint};
+use super::scan::{self, lexer::Stop};
 use crate::extract::{DEFAULT_MAX_SESSION_ID_LEN, InvalidSessionId, SessionId};
 use crate::types::Scope;
-
-/// The body fields a session id is read from, in priority order: the values
-/// [`BodySession::field`] takes, and the labels of [`BodySessionStatsSnapshot::found`](super::BodySessionStatsSnapshot::found).
-///
-/// | field | sent by |
-/// |---|---|
-/// | `conversation` | OpenAI SDK apps, Responses API (`"conversation": "conv_…"`) |
-/// | `conversation.id` | the same, object form (`"conversation": {"id": "conv_…"}`) |
-/// | `metadata.user_id` | Claude Code: only its session part, see below |
-/// | `prompt_cache_key` | Codex CLI (the session id), OpenCode and Kilo Code with OpenAI providers, OpenAI SDK apps |
-/// | `session_id` | clients and gateways that put it at the top level |
-/// | `sessionId` | the same, camel case |
-/// | `litellm_session_id` | Cline and other clients going through LiteLLM |
-/// | `metadata.session_id` | LiteLLM's metadata form |
-/// | `request.session_id` | Gemini CLI (Code Assist API) |
-/// | `user_prompt_id` | Gemini CLI: the part before `########` (`<session>########<n>`) |
-///
-/// Claude Code's `metadata.user_id` is read in both of its forms,
-/// `user_<hash>_account_<uuid>_session_<uuid>` and a JSON *string* holding
-/// `{"device_id":…,"account_uuid":…,"session_id":"<uuid>"}`; the session is the
-/// `session_id` part. A `user_id` without a session part identifies a user, not a
-/// session, and is ignored (pinning every session of a user to one account defeats
-/// spreading them).
-pub const BODY_FIELDS: [&str; 10] = FIELDS;
 
 /// Request extension inserted by [`SessionFromBody`](super::SessionFromBody) when it has
 /// read a JSON request body: what the body says about the request's session.
@@ -43,7 +18,8 @@ pub const BODY_FIELDS: [&str; 10] = FIELDS;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct BodySignals {
-    /// The session id from the first field of [`BODY_FIELDS`] that holds a valid one.
+    /// The session id from the first field of [`BODY_FIELDS`](super::BODY_FIELDS) that
+    /// holds a valid one.
     pub session: Option<BodySession>,
     /// The body's top-level `previous_response_id` (a Responses API `resp_…`), if valid.
     /// It resolves only on the account that created that response: look it up among
@@ -70,7 +46,8 @@ pub struct BodySignals {
 pub struct BodySession {
     /// The validated session id.
     pub id: SessionId,
-    /// The field it was read from, one of [`BODY_FIELDS`] (e.g. `"prompt_cache_key"`).
+    /// The field it was read from, one of [`BODY_FIELDS`](super::BODY_FIELDS) (e.g.
+    /// `"prompt_cache_key"`).
     pub field: &'static str,
 }
 
@@ -92,13 +69,6 @@ impl std::fmt::Display for InvalidJson {
 }
 
 impl std::error::Error for InvalidJson {}
-
-/// The key of the conversation fingerprint's hash.
-pub(crate) type FingerprintKey = [u8; 16];
-
-/// The fingerprint key used unless one is configured (public, so only good for ids that
-/// need not be unguessable).
-pub(crate) const DEFAULT_FINGERPRINT_KEY: FingerprintKey = *b"tower-sticky-fp1";
 
 /// How to scan.
 #[derive(Clone, Debug)]
@@ -151,36 +121,6 @@ pub(crate) fn scan_body(body: &[u8], config: &ScanConfig) -> Result<Outcome, Inv
     })
 }
 
-/// A keyed 128-bit hash of the system prompt's text and the first user message's text.
-fn fingerprint(key: &FingerprintKey, system: Option<&[u8]>, user: &[u8]) -> Option<SessionId> {
-    let (k0, k1) = key.split_at(8);
-    let k0 = u64::from_le_bytes(k0.try_into().unwrap_or_default());
-    let k1 = u64::from_le_bytes(k1.try_into().unwrap_or_default());
-    // SipHash-2-4 (the algorithm std's `SipHasher` is documented to be), twice with
-    // different keys for 128 bits. std deprecated the type only to steer users to
-    // `DefaultHasher`, whose algorithm is unspecified; we need a fixed one, since
-    // replicas must compute the same fingerprint.
-    #[allow(deprecated)]
-    let mut hashers = [
-        std::hash::SipHasher::new_with_keys(k0, k1),
-        std::hash::SipHasher::new_with_keys(k1 ^ 0x6670_5f68_6967_6800, k0),
-    ];
-    let mut out = String::with_capacity(35);
-    out.push_str("fp-");
-    for h in &mut hashers {
-        use std::hash::Hasher;
-        h.write_u8(u8::from(system.is_some()));
-        if let Some(system) = system {
-            scan::hash_text(system, h);
-        }
-        h.write_u8(0xff);
-        scan::hash_text(user, h);
-        let _ = write!(out, "{:016x}", h.finish());
-    }
-    // 35 bytes of visible ASCII: always a valid id.
-    SessionId::new(&out).ok()
-}
-
 impl BodySignals {
     /// Scans a complete JSON request body with the default settings (no fingerprint,
     /// ids of at most 256 bytes). For bodies a proxy has already buffered itself.
@@ -202,48 +142,6 @@ impl BodySignals {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fp(body: &str, key: FingerprintKey) -> Option<String> {
-        let config = ScanConfig {
-            max_len: DEFAULT_MAX_SESSION_ID_LEN,
-            fingerprint: Some(key),
-        };
-        let out = scan_body(body.as_bytes(), &config).unwrap();
-        out.signals.fingerprint.map(|f| f.as_str().to_owned())
-    }
-
-    const K: FingerprintKey = DEFAULT_FINGERPRINT_KEY;
-
-    #[test]
-    fn fingerprint_is_stable_across_turns_of_one_conversation() {
-        let turn1 = r#"{"system":[{"type":"text","text":"You are Claude Code."}],"messages":[{"role":"user","content":[{"type":"text","text":"fix the bug","cache_control":{"type":"ephemeral"}}]}]}"#;
-        let turn2 = r#"{"system":[{"type":"text","text":"You are Claude Code.","cache_control":{"type":"ephemeral"}}],"messages":[{"role":"user","content":[{"type":"text","text":"fix the bug"}]},{"role":"assistant","content":"done"},{"role":"user","content":"thanks"}]}"#;
-        let a = fp(turn1, K).unwrap();
-        assert!(a.starts_with("fp-") && a.len() == 35, "{a}");
-        assert_eq!(Some(a), fp(turn2, K));
-    }
-
-    #[test]
-    fn fingerprint_differs_by_opener_system_prompt_and_key() {
-        let base = r#"{"system":"S","messages":[{"role":"user","content":"hello"}]}"#;
-        let other_user = r#"{"system":"S","messages":[{"role":"user","content":"hellO"}]}"#;
-        let other_system = r#"{"system":"T","messages":[{"role":"user","content":"hello"}]}"#;
-        let no_system = r#"{"messages":[{"role":"user","content":"hello"}]}"#;
-        let a = fp(base, K);
-        assert_ne!(a, fp(other_user, K));
-        assert_ne!(a, fp(other_system, K));
-        assert_ne!(a, fp(no_system, K));
-        assert_ne!(a, fp(base, *b"another-key-0123"));
-        // The known risk: the same opener is the same fingerprint.
-        assert_eq!(a, fp(base, K));
-    }
-
-    #[test]
-    fn no_user_message_no_fingerprint_and_off_by_default() {
-        assert_eq!(fp(r#"{"system":"S","messages":[]}"#, K), None);
-        let body = br#"{"messages":[{"role":"user","content":"hello"}]}"#;
-        assert_eq!(BodySignals::from_json(body).unwrap().fingerprint, None);
-    }
 
     #[test]
     fn signals_carry_validated_ids_and_the_field() {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use super::scan::FIELDS;
+use crate::extract::BODY_FIELDS;
 
 #[derive(Default)]
 struct Counters {
@@ -14,7 +14,7 @@ struct Counters {
     errors: AtomicU64,
     invalid_json: AtomicU64,
     scanned: AtomicU64,
-    found: [AtomicU64; FIELDS.len()],
+    found: [AtomicU64; BODY_FIELDS.len()],
     no_session: AtomicU64,
     previous_response_ids: AtomicU64,
     fingerprints: AtomicU64,
@@ -62,7 +62,7 @@ impl BodySessionStats {
     pub(crate) fn scanned(&self, field: Option<&'static str>, previous: bool, fingerprint: bool) {
         let c = &self.0;
         c.scanned.fetch_add(1, Relaxed);
-        match field.and_then(|f| FIELDS.iter().position(|x| *x == f)) {
+        match field.and_then(|f| BODY_FIELDS.iter().position(|x| *x == f)) {
             Some(i) => c.found[i].fetch_add(1, Relaxed),
             None => c.no_session.fetch_add(1, Relaxed),
         };
@@ -86,7 +86,7 @@ impl BodySessionStats {
             errors: get(&c.errors),
             invalid_json: get(&c.invalid_json),
             scanned: get(&c.scanned),
-            found: std::array::from_fn(|i| (FIELDS[i], get(&c.found[i]))),
+            found: std::array::from_fn(|i| (BODY_FIELDS[i], get(&c.found[i]))),
             no_session: get(&c.no_session),
             previous_response_ids: get(&c.previous_response_ids),
             fingerprints: get(&c.fingerprints),
@@ -117,7 +117,7 @@ pub struct BodySessionStatsSnapshot {
     pub scanned: u64,
     /// Of the scanned bodies, how many had their session in each field of
     /// [`BODY_FIELDS`](super::BODY_FIELDS) (in that order).
-    pub found: [(&'static str, u64); FIELDS.len()],
+    pub found: [(&'static str, u64); BODY_FIELDS.len()],
     /// Of the scanned bodies, how many had no valid session id in any field.
     pub no_session: u64,
     /// Of the scanned bodies, how many had a valid `previous_response_id`.

@@ -43,6 +43,10 @@ use http::HeaderName;
 /// `session-id` and `thread-id` are generic names; a proxy in front of software that
 /// uses them for something else should build its own list.
 ///
+/// The JSON body fields the same clients put a session id in (for clients that send no
+/// session header):
+/// [`BODY_FIELDS`](crate::body_session::BODY_FIELDS).
+///
 /// ```
 /// use tower_sticky_session::KNOWN_CLIENT_HEADERS;
 ///

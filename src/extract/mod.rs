@@ -2,11 +2,15 @@
 //!
 //! - this module: the [`SessionId`] type and its validation, shared by every source;
 //! - `header.rs`: reading it from an ordered list of headers or a user function;
-//! - `clients.rs`: the header names real clients send ([`KNOWN_CLIENT_HEADERS`]).
+//! - `clients.rs`: the header names real clients send ([`KNOWN_CLIENT_HEADERS`]);
+//! - `body_fields.rs`: the JSON body fields the same clients put a session id in
+//!   ([`BODY_FIELDS`]), and how each client's value is read.
 
+pub(crate) mod body_fields;
 mod clients;
 mod header;
 
+pub use body_fields::BODY_FIELDS;
 pub use clients::KNOWN_CLIENT_HEADERS;
 pub(crate) use header::{EscapedPrefix, Found, Source};
 

@@ -3,10 +3,14 @@
 //! See [`StickySessionLayer::learn_response_ids`](crate::StickySessionLayer::learn_response_ids).
 //! The response side gets a [`Learner`] on a success with `ServedBy` (unless the request
 //! said `store: false`); the body feeds it its data frames until it has found the id,
-//! found none, or given up. A compressed answer's frames go through a [`Decoder`] first
-//! (see [`decode`]).
+//! found none, or given up, each frame searched by [`find_response_id`] (see
+//! `response_id.rs`). A compressed answer's frames go through a [`Decoder`] first (see
+//! [`decode`]).
 
 mod decode;
+mod response_id;
+
+pub use self::response_id::{ResponseIdScan, find_response_id};
 
 use std::io::IoSlice;
 use std::sync::Arc;
@@ -15,7 +19,6 @@ use bytes::Buf;
 use http::{HeaderValue, Response};
 use tracing::Span;
 
-use crate::body_session::{ResponseIdScan, find_response_id};
 use crate::classify::{ClassifyResponse, ResponseClass};
 use crate::core::{Core, Shared, StoreOp};
 use crate::extract::SessionId;
