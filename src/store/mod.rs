@@ -1,7 +1,7 @@
 //! Where bindings live.
 //!
 //! A [`BindingStore`] maps a [`BindingKey`] (scope, session) to the [`AuthId`] that last
-//! served it well. The embedded default is [`MokaStore`]; a networked store (Redis) sits
+//! served it well. The embedded default is [`MemoryStore`]; a networked store (Redis) sits
 //! behind the same trait.
 //!
 //! # The interface
@@ -26,12 +26,12 @@ use std::task::{Context, Poll};
 use crate::types::{AuthId, BindingKey};
 
 mod inspect;
-mod moka;
+mod memory;
 #[cfg(feature = "redis")]
 mod redis;
 
 pub use self::inspect::{BindingInfo, InspectStore};
-pub use self::moka::{DEFAULT_MAX_BINDINGS, DEFAULT_TTL, MokaStore, MokaStoreBuilder};
+pub use self::memory::{DEFAULT_MAX_BINDINGS, DEFAULT_TTL, MemoryStore, MemoryStoreBuilder};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{
@@ -66,7 +66,7 @@ pub use self::redis::{
 /// What a store should therefore do:
 ///
 /// - take effect as early as it can: when the method is called if possible (an in-memory
-///   store: [`MokaStore`] does, its futures are [`std::future::Ready`]), else at the first
+///   store: [`MemoryStore`] does, its futures are [`std::future::Ready`]), else at the first
 ///   poll;
 /// - keep its futures independent of the task that created them (they are `Send +
 ///   'static`): they may finish on another task of the runtime;
@@ -146,7 +146,7 @@ pub trait BindingStore: Send + Sync + 'static {
 
     /// Binds `key` to `auth`, replacing any binding and renewing its time to live. A store
     /// may treat a commit of the account the binding already holds as a renewal it can
-    /// defer for a bounded fraction of the TTL ([`MokaStore`] does, for at most 1/16 of it;
+    /// defer for a bounded fraction of the TTL ([`MemoryStore`] does, for at most 1/16 of it;
     /// so does the Redis store when its near cache is invalidated by Redis).
     fn commit(&self, key: &BindingKey, auth: &AuthId) -> Self::CommitFuture;
 
@@ -158,7 +158,7 @@ pub trait BindingStore: Send + Sync + 'static {
     /// [`commit_hinted`](BindingStore::commit_hinted) of the same key.
     ///
     /// The default wraps [`lookup`](BindingStore::lookup) and returns
-    /// [`CommitHint::NONE`]. [`MokaStore`] returns a hint that lets the commit of a
+    /// [`CommitHint::NONE`]. [`MemoryStore`] returns a hint that lets the commit of a
     /// proven, recently renewed binding to the account it already holds skip its store
     /// access.
     fn lookup_hinted(&self, key: &BindingKey) -> HintedLookup<Self::LookupFuture> {
@@ -187,7 +187,7 @@ pub trait BindingStore: Send + Sync + 'static {
 /// opaque. [`CommitHint::NONE`] says nothing (the commit does all its work).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CommitHint {
-    /// The store's own data (for [`MokaStore`]: key digest, binding, stripe generation).
+    /// The store's own data (for [`MemoryStore`]: key digest, binding, stripe generation).
     pub(crate) a: u64,
     pub(crate) b: u64,
     pub(crate) c: u32,

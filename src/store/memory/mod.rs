@@ -3,6 +3,7 @@
 //! by a second one (a `moka` cache).
 
 mod accounts;
+mod builder;
 mod hot;
 mod probation;
 
@@ -12,34 +13,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use moka::notification::RemovalCause;
-use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 
 use self::accounts::Accounts;
+pub use self::builder::{DEFAULT_MAX_BINDINGS, DEFAULT_TTL, MemoryStoreBuilder};
 use self::hot::Hot;
 use self::probation::Probation;
 use super::{BindingInfo, BindingStore, CommitHint, HintedLookup, StoreError, StoreErrorKind};
 use crate::types::{AuthId, BindingKey};
 
-/// Default capacity of a [`MokaStore`], in bindings.
-pub const DEFAULT_MAX_BINDINGS: u64 = 100_000;
-/// Default time to live of a binding: one hour, renewed by commits ([`MokaStore`] renews
-/// a same-account binding at most once every sixteenth of it; the Redis store on every
-/// commit, or likewise at most once every sixteenth when its near cache is invalidated by
-/// Redis).
-pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
-
 /// A commit of the account a binding already points at rewrites it (renewing its TTL)
 /// only once the binding is older than `ttl / RENEW_DIVISOR`.
 const RENEW_DIVISOR: u32 = 16;
-
-/// The probation segment's default share of `max_bindings`: an eighth, so that a tenth
-/// of `max_bindings` new sessions fits in it whole although its shards fill unevenly
-/// (see [`MokaStore`])…
-const PROBATION_DIVISOR: u64 = 8;
-/// …but at least this many bindings (or half the store, if that is smaller).
-const PROBATION_FLOOR: u64 = 1024;
 
 /// Bits of a binding's value that hold its write time (milliseconds since the store was
 /// built: 2⁴⁰ ms is 34 years); the 24 above them hold the interned account.
@@ -49,13 +34,6 @@ const TIME_MASK: u64 = (1 << TIME_BITS) - 1;
 /// Generation counters per store: one per stripe of keys (indexed by the key digest's low
 /// bits), 16 KiB per store.
 const STRIPES: usize = 1 << 12;
-
-/// The default probation size for a store of `max_bindings`.
-fn default_probation(max_bindings: u64) -> u64 {
-    (max_bindings / PROBATION_DIVISOR)
-        .max(PROBATION_FLOOR.min(max_bindings / 2))
-        .max(max_bindings.min(1))
-}
 
 /// The in-memory binding store: two bounded, expiring segments, the proven one a
 /// [`moka`] cache.
@@ -78,7 +56,7 @@ fn default_probation(max_bindings: u64) -> u64 {
 ///   here. Nothing in probation can evict a protected binding.
 ///
 /// The split: probation gets `max(max_bindings / 8, min(1024, max_bindings / 2))` and
-/// protected the rest (default: 12 500 and 87 500); [`MokaStoreBuilder::probation_bindings`]
+/// protected the rest (default: 12 500 and 87 500); [`MemoryStoreBuilder::probation_bindings`]
 /// sets it. `max_bindings` stays the bound on the total. Why an eighth: protected holds the
 /// sessions that matter (conversations with more than one turn), so it gets most of the
 /// room; probation only has to hold a new session from its first success until its
@@ -120,7 +98,7 @@ fn default_probation(max_bindings: u64) -> u64 {
 /// for `k = probation / 2` and ≈ 86 % for `k = probation` (a bucket keeps its four
 /// newest).
 ///
-/// [`promote_after`]: MokaStoreBuilder::promote_after
+/// [`promote_after`]: MemoryStoreBuilder::promote_after
 ///
 /// **When protected is full**, the proven binding that was least recently read or written
 /// makes room for the newly promoted one (LRU within protected). It is dropped, not
@@ -129,7 +107,7 @@ fn default_probation(max_bindings: u64) -> u64 {
 /// where it could bring back a binding that a concurrent compare-and-delete had just
 /// removed. So only a second success can push a proven binding out; an attacker who uses
 /// every id twice can (`RELIABILITY.md` measures what that does), unless
-/// [`MokaStoreBuilder::promote_after`] caps the rate of promotions.
+/// [`MemoryStoreBuilder::promote_after`] caps the rate of promotions.
 ///
 /// # Bounded, expiring, renewed
 ///
@@ -239,9 +217,9 @@ fn default_probation(max_bindings: u64) -> u64 {
 ///
 /// ```
 /// use std::time::Duration;
-/// use tower_sticky_session::{MokaStore, StickySessionLayer};
+/// use tower_sticky_session::{MemoryStore, StickySessionLayer};
 ///
-/// let store = MokaStore::builder()
+/// let store = MemoryStore::builder()
 ///     .max_bindings(10_000)
 ///     .ttl(Duration::from_secs(600))
 ///     .build();
@@ -250,7 +228,7 @@ fn default_probation(max_bindings: u64) -> u64 {
 /// # let _ = layer;
 /// ```
 #[derive(Clone)]
-pub struct MokaStore {
+pub struct MemoryStore {
     inner: Arc<Inner>,
 }
 
@@ -331,119 +309,7 @@ impl Binding {
     }
 }
 
-/// Builds a [`MokaStore`].
-#[derive(Clone, Debug)]
-#[must_use]
-pub struct MokaStoreBuilder {
-    max_bindings: u64,
-    ttl: Duration,
-    probation: Option<u64>,
-    promote_after: Duration,
-}
-
-impl MokaStoreBuilder {
-    /// The capacity bound, in bindings, both segments together (default 100 000).
-    pub fn max_bindings(mut self, n: u64) -> Self {
-        self.max_bindings = n;
-        self
-    }
-
-    /// How long a binding lives after its last commit (default 1 hour).
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
-        self
-    }
-
-    /// How many of the `max_bindings` go to the probation segment (bindings with one
-    /// success); the rest hold proven bindings. Default: an eighth, at least
-    /// `min(1024, max_bindings / 2)`. Capped at `max_bindings`; with no room left for
-    /// protected, bindings are never promoted. A larger probation gives a new session
-    /// longer to make its second request under a flood (`probation / flood rate`), a
-    /// smaller one leaves more room for proven sessions. See [`MokaStore`].
-    pub fn probation_bindings(mut self, n: u64) -> Self {
-        self.probation = Some(n);
-        self
-    }
-
-    /// Promote a binding at a later success only once its first success is at least
-    /// `age` old (default: zero, the second success promotes whenever it comes).
-    ///
-    /// A defence against a flood of ids each used twice (which would otherwise promote
-    /// every attacker id and turn protected over at the attacker's rate): an id has to
-    /// stay in probation for `age` to be promoted, and probation holds `probation`
-    /// bindings, so however fast a flood is, at most `probation / age` ids are promoted
-    /// per second, and a proven session survives if it is touched once per
-    /// `protected · age / probation` (defaults with `age` = 10 s: 1 000 promotions/s,
-    /// once per 90 s). The price: a session is proven at its first success after `age`
-    /// (a same-account commit before that leaves the binding as it is, its TTL counted
-    /// from the first success), and only if it stays in probation until then — under a
-    /// one-off flood, by making requests at least once per probation window. Keep `age`
-    /// well below the TTL.
-    pub fn promote_after(mut self, age: Duration) -> Self {
-        self.promote_after = age;
-        self
-    }
-
-    /// Does nothing: both segments are always LRU.
-    ///
-    /// This used to switch the single cache from TinyLFU admission to LRU eviction. The
-    /// segmented store needs neither choice: one-off ids compete only among themselves in
-    /// probation (LRU), proven bindings among themselves in protected (LRU).
-    #[deprecated(note = "no effect: MokaStore's two segments are always LRU")]
-    pub fn lru(self) -> Self {
-        self
-    }
-
-    /// Builds the store.
-    pub fn build(self) -> MokaStore {
-        let n = self.max_bindings;
-        let probation = self
-            .probation
-            .unwrap_or_else(|| default_probation(n))
-            .min(n);
-        let keys = RandomState::new();
-        let gens = Arc::new(Generations::new(keys.hash_one(0u8) as u32));
-        let evicted = gens.clone();
-        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
-        let renew_ms = ttl_ms / u64::from(RENEW_DIVISOR);
-        let hot = Hot::new(n.saturating_sub(probation), renew_ms);
-        let evictions = hot.eviction_counter();
-        MokaStore {
-            inner: Arc::new(Inner {
-                // A protected binding's hint goes stale when moka evicts it, too.
-                protected: Cache::builder()
-                    .max_capacity(n - probation)
-                    // Reclaims bindings untouched for `ttl`; the binding's own write time
-                    // enforces the TTL since the last write, never later than the last
-                    // touch.
-                    .time_to_idle(self.ttl)
-                    .eviction_policy(EvictionPolicy::lru())
-                    // Only bumps a counter: it must never take a probation lock (moka
-                    // may run it inside a write that holds one).
-                    .eviction_listener(move |k: Arc<u64>, _, cause: RemovalCause| {
-                        if cause.was_evicted() {
-                            evicted.bump(*k);
-                            evictions.fetch_add(1, Ordering::Relaxed);
-                        }
-                    })
-                    .build_with_hasher(U64Hasher),
-                probation: Probation::new(probation),
-                promote: n > probation,
-                promote_after_ms: u64::try_from(self.promote_after.as_millis()).unwrap_or(u64::MAX),
-                accounts: Accounts::new(),
-                keys,
-                epoch: Instant::now(),
-                ttl: self.ttl,
-                ttl_ms,
-                renew_ms,
-                gens,
-                hot,
-            }),
-        }
-    }
-}
-
-impl MokaStore {
+impl MemoryStore {
     /// A store with the defaults (100 000 bindings, of which 12 500 in probation; 1 hour
     /// TTL).
     pub fn new() -> Self {
@@ -451,13 +317,8 @@ impl MokaStore {
     }
 
     /// A builder for a store with other settings.
-    pub fn builder() -> MokaStoreBuilder {
-        MokaStoreBuilder {
-            max_bindings: DEFAULT_MAX_BINDINGS,
-            ttl: DEFAULT_TTL,
-            probation: None,
-            promote_after: Duration::ZERO,
-        }
+    pub fn builder() -> MemoryStoreBuilder {
+        MemoryStoreBuilder::new()
     }
 
     #[inline]
@@ -648,7 +509,7 @@ impl Inner {
         let Some(account) = self.accounts.intern(auth) else {
             return Err(StoreError::new(
                 StoreErrorKind::Other,
-                Some("too many distinct accounts for one MokaStore (2^24)".into()),
+                Some("too many distinct accounts for one MemoryStore (2^24)".into()),
             ));
         };
         let fresh = Binding::new(account, now);
@@ -737,15 +598,15 @@ impl Inner {
     }
 }
 
-impl Default for MokaStore {
+impl Default for MemoryStore {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl std::fmt::Debug for MokaStore {
+impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MokaStore")
+        f.debug_struct("MemoryStore")
             .field("protected", &self.inner.protected.entry_count())
             .field("probation", &self.inner.probation.len())
             .field("ttl", &self.inner.ttl)
@@ -753,7 +614,7 @@ impl std::fmt::Debug for MokaStore {
     }
 }
 
-impl BindingStore for MokaStore {
+impl BindingStore for MemoryStore {
     type LookupFuture = Ready<Result<Option<AuthId>, StoreError>>;
     type CommitFuture = Ready<Result<(), StoreError>>;
     type ClearFuture = Ready<Result<bool, StoreError>>;
@@ -832,48 +693,48 @@ mod tests {
         BindingKey::new(None, SessionId::new(s).unwrap())
     }
 
-    fn store(ttl: Duration) -> MokaStore {
-        MokaStore::builder().ttl(ttl).build()
+    fn store(ttl: Duration) -> MemoryStore {
+        MemoryStore::builder().ttl(ttl).build()
     }
 
-    fn small(max: u64, probation: u64) -> MokaStore {
-        MokaStore::builder()
+    fn small(max: u64, probation: u64) -> MemoryStore {
+        MemoryStore::builder()
             .max_bindings(max)
             .probation_bindings(probation)
             .build()
     }
 
-    fn commit(store: &MokaStore, s: &str, a: &AuthId) {
+    fn commit(store: &MemoryStore, s: &str, a: &AuthId) {
         store.commit(&key(s), a).into_inner().unwrap();
     }
 
-    fn lookup(store: &MokaStore, k: &BindingKey) -> Option<AuthId> {
+    fn lookup(store: &MemoryStore, k: &BindingKey) -> Option<AuthId> {
         store.lookup(k).into_inner().unwrap()
     }
 
-    fn bound(store: &MokaStore, s: &str) -> Option<AuthId> {
+    fn bound(store: &MemoryStore, s: &str) -> Option<AuthId> {
         lookup(store, &key(s))
     }
 
-    fn clear(store: &MokaStore, s: &str, a: &AuthId) -> bool {
+    fn clear(store: &MemoryStore, s: &str, a: &AuthId) -> bool {
         store.clear_if(&key(s), a).into_inner().unwrap()
     }
 
-    fn age(store: &MokaStore, k: &BindingKey) -> Duration {
+    fn age(store: &MemoryStore, k: &BindingKey) -> Duration {
         store.get(k).and_then(|b| b.age).expect("bound")
     }
 
     /// `(protected, probation)` after moka's pending work.
-    fn segments(store: &MokaStore) -> (u64, u64) {
+    fn segments(store: &MemoryStore) -> (u64, u64) {
         store.run_pending_tasks();
         (store.protected_count(), store.probation_count())
     }
 
-    fn hinted(store: &MokaStore, s: &str) -> Option<(AuthId, CommitHint)> {
+    fn hinted(store: &MemoryStore, s: &str) -> Option<(AuthId, CommitHint)> {
         store.lookup_hinted(&key(s)).into_plain_ready()
     }
 
-    fn commit_hinted(store: &MokaStore, s: &str, a: &AuthId, hint: CommitHint) {
+    fn commit_hinted(store: &MemoryStore, s: &str, a: &AuthId, hint: CommitHint) {
         store.commit_hinted(&key(s), a, hint).into_inner().unwrap();
     }
 
@@ -885,7 +746,7 @@ mod tests {
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
             match std::pin::Pin::new(&mut self).poll(&mut cx) {
                 std::task::Poll::Ready(r) => r.unwrap(),
-                std::task::Poll::Pending => panic!("MokaStore answers at once"),
+                std::task::Poll::Pending => panic!("MemoryStore answers at once"),
             }
         }
     }
@@ -1077,17 +938,6 @@ mod tests {
     }
 
     #[test]
-    fn probation_is_an_eighth_with_a_floor_of_1024_or_half() {
-        assert_eq!(default_probation(100_000), 12_500);
-        assert_eq!(default_probation(1_000_000), 125_000);
-        assert_eq!(default_probation(10_000), 1_250);
-        assert_eq!(default_probation(1_000), 500);
-        assert_eq!(default_probation(3), 1);
-        assert_eq!(default_probation(1), 1);
-        assert_eq!(default_probation(0), 0);
-    }
-
-    #[test]
     fn first_success_binds_in_probation_and_the_second_promotes() {
         let store = store(Duration::from_secs(3600));
         let a = AuthId::from("a");
@@ -1262,7 +1112,7 @@ mod tests {
 
     #[test]
     fn promote_after_holds_a_second_success_in_probation_until_the_first_is_old_enough() {
-        let store = MokaStore::builder()
+        let store = MemoryStore::builder()
             .max_bindings(1_000)
             .promote_after(Duration::from_millis(200))
             .build();
@@ -1294,7 +1144,7 @@ mod tests {
 
     #[test]
     fn promote_after_caps_promotions_by_a_flood_of_ids_used_twice() {
-        let store = MokaStore::builder()
+        let store = MemoryStore::builder()
             .max_bindings(1_000)
             .probation_bindings(100)
             .promote_after(Duration::from_secs(60))
@@ -1342,12 +1192,12 @@ mod tests {
     #[test]
     fn a_pushed_out_first_success_promotes_only_within_ttl_and_after_promote_after() {
         let a = AuthId::from("a");
-        let push_out = |store: &MokaStore| {
+        let push_out = |store: &MemoryStore| {
             for i in 0..1_100 {
                 commit(store, &format!("one-off-{i}"), &a);
             }
         };
-        let capped = MokaStore::builder()
+        let capped = MemoryStore::builder()
             .max_bindings(10_000)
             .probation_bindings(1_024)
             .promote_after(Duration::from_secs(60))
@@ -1361,7 +1211,7 @@ mod tests {
             "first success too young for promote_after"
         );
 
-        let short = MokaStore::builder()
+        let short = MemoryStore::builder()
             .max_bindings(10_000)
             .probation_bindings(1_024)
             .ttl(Duration::from_millis(200))
@@ -1378,7 +1228,7 @@ mod tests {
     /// keys already `age` old when pushed out are remembered.
     #[test]
     fn remembered_keys_do_not_let_more_ids_through_promote_after() {
-        let store = MokaStore::builder()
+        let store = MemoryStore::builder()
             .max_bindings(100_000)
             .probation_bindings(1_024)
             .promote_after(Duration::from_millis(300))
@@ -1409,9 +1259,8 @@ mod tests {
     }
 
     #[test]
-    #[allow(deprecated)]
-    fn lru_option_still_builds_the_segmented_store() {
-        let store = MokaStore::builder().max_bindings(100).lru().build();
+    fn a_store_of_100_bindings_promotes_at_the_second_success() {
+        let store = MemoryStore::builder().max_bindings(100).build();
         let a = AuthId::from("a");
         commit(&store, "s", &a);
         commit(&store, "s", &a);
@@ -1422,7 +1271,7 @@ mod tests {
     fn a_cycle_of_a_tenth_of_the_default_capacity_keeps_every_first_account() {
         // Issue 20: 10 000 sessions used in turn, each bound on its first success, must
         // all find that account at their second request (no shard overflows).
-        let store = MokaStore::new();
+        let store = MemoryStore::new();
         let accounts = [AuthId::from("a"), AuthId::from("b"), AuthId::from("c")];
         let ids: Vec<String> = (0..10_000).map(|i| format!("cycle-{i}")).collect();
         for (i, id) in ids.iter().enumerate() {
@@ -1480,7 +1329,7 @@ mod tests {
 
     /// Whether `k` is in both segments, read under its shard lock (every write of `k`
     /// holds it, so what this sees is the state between two complete operations).
-    fn in_both_segments(store: &MokaStore, s: &str) -> bool {
+    fn in_both_segments(store: &MemoryStore, s: &str) -> bool {
         let k = store.digest(&key(s));
         let shard = store.inner.probation.lock(k);
         shard.peek(k).is_some() && store.inner.protected.contains_key(&k)

@@ -291,7 +291,7 @@ mod tests {
     mod through_the_store {
         use std::time::Duration;
 
-        use crate::store::moka::{Inner, MokaStore};
+        use crate::store::memory::{Inner, MemoryStore};
         use crate::types::{AuthId, BindingKey};
         use crate::{SessionId, store::BindingStore};
 
@@ -299,14 +299,14 @@ mod tests {
             BindingKey::new(None, SessionId::new(s).unwrap())
         }
 
-        fn hinted(store: &MokaStore, k: &BindingKey) -> Option<AuthId> {
+        fn hinted(store: &MemoryStore, k: &BindingKey) -> Option<AuthId> {
             store
                 .inner
                 .lookup_hinted_digest(store.digest(k))
                 .map(|(a, _)| a)
         }
 
-        fn commit(store: &MokaStore, k: &BindingKey, a: &AuthId) {
+        fn commit(store: &MemoryStore, k: &BindingKey, a: &AuthId) {
             store.inner.commit_digest(store.digest(k), a).unwrap();
         }
 
@@ -319,7 +319,9 @@ mod tests {
 
         #[test]
         fn a_proven_binding_is_served_from_its_slot_until_the_key_is_written() {
-            let store = MokaStore::builder().ttl(Duration::from_secs(3600)).build();
+            let store = MemoryStore::builder()
+                .ttl(Duration::from_secs(3600))
+                .build();
             let (a, b) = (AuthId::from("a"), AuthId::from("b"));
             let k = key("hot-session");
             let d = store.digest(&k);
@@ -357,7 +359,7 @@ mod tests {
             // Protected holds 1 600 (its slots go stale after 100 evictions): `first` is
             // evicted by the third of a few promotions, well inside that window, so only
             // the eviction's generation bump can make its slot stale.
-            let store = MokaStore::builder()
+            let store = MemoryStore::builder()
                 .max_bindings(1_600 + 1_024)
                 .probation_bindings(1_024)
                 .build();
@@ -369,7 +371,7 @@ mod tests {
             let d = store.digest(&first);
             // Keys outside `first`'s stripe: their commits must not bump its generation
             // (the stripe is the digest's low 12 bits; digests are keyed per store).
-            let stripe = |d: u64| d as usize & (crate::store::moka::STRIPES - 1);
+            let stripe = |d: u64| d as usize & (crate::store::memory::STRIPES - 1);
             let mut others = (0..).map(|i| key(&format!("other-{i}")));
             let mut other = || {
                 others
@@ -400,7 +402,7 @@ mod tests {
         /// binding, from moka or from a slot.
         #[test]
         fn a_lookup_after_a_clear_never_returns_the_cleared_binding() {
-            let store = MokaStore::builder().build();
+            let store = MemoryStore::builder().build();
             let k = key("raced-session");
             let cleared = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(-1));
             let accounts: Vec<AuthId> = (0..2_000)

@@ -38,7 +38,7 @@
 //! of them; with at least 1 024 per shard the store-wide window stays within a few
 //! percent of `probation` (a key's shard receives a binomial share of the others).
 //!
-//! [`MokaStore`](super::MokaStore) holds a key's shard lock for every write of that key,
+//! [`MemoryStore`](super::MemoryStore) holds a key's shard lock for every write of that key,
 //! in either segment: the lock is the per-key serialization of the whole store (see its
 //! docs). The guard is public to the parent module for that reason.
 
