@@ -178,9 +178,10 @@
 //! binding already on the same account rewrites it only once it is older than a
 //! sixteenth of the TTL, so a binding expires between 15/16 of the TTL and the TTL after
 //! the session's last success; after a hit's lookup, that commit usually needs no store
-//! access at all (the hinted commit, [`BindingStore::commit_hinted`]). Keys are a keyed 64-bit hash of `(scope, session)`: a
-//! binding costs the same whatever the session id's length, and session ids are not kept
-//! in memory (the collision odds and their benign effect are on [`MemoryStore`]).
+//! access at all (the layer hands the store what its lookup saw). Keys are a keyed 64-bit
+//! hash of `(scope, session)`: a binding costs the same whatever the session id's length,
+//! and session ids are not kept in memory (the collision odds and their benign effect are
+//! on [`MemoryStore`]).
 //!
 //! A binding proven by a second success is never evicted by session ids that are used
 //! once, however many: [`MemoryStore`] keeps bindings with one success in a small probation

@@ -20,7 +20,7 @@ use crate::core::{RecordEnabled, Shared};
 use crate::extract::{EscapedPrefix, Found};
 use crate::learn::LearnCtx;
 use crate::stats::{Counters, Decision};
-use crate::store::{BindingStore, MemoryStore};
+use crate::store::{BindingStore, CrateOnly, MemoryStore};
 use crate::types::{BindingKey, PinnedAuth, SessionSource};
 use crate::upgrade::{Slot, wants_upgrade};
 use http::request::Parts;
@@ -318,7 +318,10 @@ impl<S: Clone, St: BindingStore, C: ClassifyResponse> StickySession<S, St, C> {
         let Some(tracking) = ctx.tracking.as_mut() else {
             return self.call_inner(parts, body, ctx);
         };
-        let mut lookup = shared.core.store.lookup_hinted(tracking.key());
+        let mut lookup = shared
+            .core
+            .store
+            .lookup_hinted(tracking.key(), CrateOnly::TOKEN);
         // In-memory stores answer at once: poll once without a real waker and, when the
         // answer is there, call the inner service now (no clone of it is needed).
         let mut noop = Context::from_waker(Waker::noop());

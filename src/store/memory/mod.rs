@@ -19,7 +19,9 @@ use self::accounts::Accounts;
 pub use self::builder::{DEFAULT_MAX_BINDINGS, DEFAULT_TTL, MemoryStoreBuilder};
 use self::hot::Hot;
 use self::probation::Probation;
-use super::{BindingInfo, BindingStore, CommitHint, HintedLookup, StoreError, StoreErrorKind};
+use super::{
+    BindingInfo, BindingStore, CommitHint, CrateOnly, HintedLookup, StoreError, StoreErrorKind,
+};
 use crate::types::{AuthId, BindingKey};
 
 /// A commit of the account a binding already points at rewrites it (renewing its TTL)
@@ -631,7 +633,7 @@ impl BindingStore for MemoryStore {
         ready(Ok(self.inner.clear_digest(self.digest(key), expected)))
     }
 
-    fn lookup_hinted(&self, key: &BindingKey) -> HintedLookup<Self::LookupFuture> {
+    fn lookup_hinted(&self, key: &BindingKey, _: CrateOnly) -> HintedLookup<Self::LookupFuture> {
         HintedLookup::ready(Ok(self.inner.lookup_hinted_digest(self.digest(key))))
     }
 
@@ -643,6 +645,7 @@ impl BindingStore for MemoryStore {
         key: &BindingKey,
         auth: &AuthId,
         hint: CommitHint,
+        _: CrateOnly,
     ) -> Self::CommitFuture {
         if self.inner.hint_says_skip(hint, auth) {
             return ready(Ok(()));
@@ -731,11 +734,16 @@ mod tests {
     }
 
     fn hinted(store: &MemoryStore, s: &str) -> Option<(AuthId, CommitHint)> {
-        store.lookup_hinted(&key(s)).into_plain_ready()
+        store
+            .lookup_hinted(&key(s), CrateOnly::TOKEN)
+            .into_plain_ready()
     }
 
     fn commit_hinted(store: &MemoryStore, s: &str, a: &AuthId, hint: CommitHint) {
-        store.commit_hinted(&key(s), a, hint).into_inner().unwrap();
+        store
+            .commit_hinted(&key(s), a, hint, CrateOnly::TOKEN)
+            .into_inner()
+            .unwrap();
     }
 
     impl<F> HintedLookup<F>
