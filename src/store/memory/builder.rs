@@ -24,7 +24,7 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 
 /// The probation segment's default share of `max_bindings`: an eighth, so that a tenth
 /// of `max_bindings` new sessions fits in it whole although its shards fill unevenly
-/// (see [`MemoryStore`])…
+/// (see the parent module's docs, *Segments*)…
 const PROBATION_DIVISOR: u64 = 8;
 /// …but at least this many bindings (or half the store, if that is smaller).
 const PROBATION_FLOOR: u64 = 1024;
@@ -117,14 +117,15 @@ impl MemoryStoreBuilder {
             inner: Arc::new(Inner {
                 // A protected binding's hint goes stale when moka evicts it, too.
                 protected: Cache::builder()
-                    .max_capacity(n - probation)
+                    .max_capacity(n - probation) // Rule 7, *bounded*.
                     // Reclaims bindings untouched for `ttl`; the binding's own write time
                     // enforces the TTL since the last write, never later than the last
                     // touch.
                     .time_to_idle(self.ttl)
                     .eviction_policy(EvictionPolicy::lru())
-                    // Only bumps a counter: it must never take a probation lock (moka
-                    // may run it inside a write that holds one).
+                    // Bumps the key's stripe once moka dropped the entry (rule 2, *bump
+                    // after write*) and counts the eviction (rule 6); takes no lock: moka
+                    // may run it inside a write that holds one (rule 4, *one lock per key*).
                     .eviction_listener(move |k: Arc<u64>, _, cause: RemovalCause| {
                         if cause.was_evicted() {
                             evicted.bump(*k);

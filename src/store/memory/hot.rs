@@ -40,16 +40,22 @@
 //! [`CommitHint`]: crate::store::CommitHint
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+use std::sync::atomic::Ordering;
+
+use super::sync::{AtomicU32, AtomicU64, fence};
 
 /// Bits of a slot's `filled` word that hold the protected-eviction count at fill time;
 /// the rest (40 bits) hold the fill time in milliseconds.
 const EVICTION_BITS: u32 = 24;
 const EVICTION_MASK: u64 = (1 << EVICTION_BITS) - 1;
 
-/// The most slots a table has (4 MiB), and the fewest a non-empty one has.
+/// The most slots a table has (4 MiB), and the fewest a non-empty one has (rule 7,
+/// *bounded*). The model check uses tables of two slots.
 const MAX_SLOTS: usize = 1 << 17;
+#[cfg(not(sticky_loom))]
 const MIN_SLOTS: usize = 64;
+#[cfg(sticky_loom)]
+const MIN_SLOTS: usize = 2;
 
 #[derive(Default)]
 struct Slot {
@@ -77,7 +83,8 @@ pub(super) struct Hot {
 
 impl Hot {
     /// A table for a protected segment of `protected` bindings: one slot per eight of
-    /// them, a power of two between 64 and 131 072; none when protected has no room.
+    /// them, a power of two between 64 and 131 072 (rule 7, *bounded*); none when
+    /// protected has no room.
     pub(super) fn new(protected: u64, max_age_ms: u64) -> Self {
         let n = if protected == 0 {
             0
@@ -105,7 +112,9 @@ impl Hot {
     }
 
     /// The binding of `digest` if its slot holds it, filled with `generation` (the key's
-    /// stripe generation now), recently enough in time and in protected evictions.
+    /// stripe generation now: rule 3, *generation before read*), recently enough in time
+    /// and in protected evictions (rule 6, *renewal window*). Read under the slot's
+    /// sequence number (rule 1, *slot seqlock*).
     #[inline]
     pub(super) fn get(&self, digest: u64, generation: u32, now_ms: u64) -> Option<u64> {
         let s = self.slot(digest)?;
@@ -129,7 +138,8 @@ impl Hot {
     }
 
     /// Records `binding` of `digest`, just read from protected after reading
-    /// `generation`. Skipped when another filler holds the slot.
+    /// `generation`. Skipped when another filler holds the slot (rule 1, *slot seqlock*:
+    /// the sequence number is odd from the compare-and-swap to the last store).
     #[inline]
     pub(super) fn fill(&self, digest: u64, binding: u64, generation: u32, now_ms: u64) {
         let Some(s) = self.slot(digest) else {
