@@ -55,8 +55,10 @@
 //! 5. **Promote before remove.** A promotion inserts the binding into protected *before*
 //!    it removes it from probation (under the lock of rule 4); a lookup reads protected,
 //!    then probation, then — only if both missed — protected again. So a lookup never
-//!    misses a binding that is being promoted. A binding is in at most one segment
-//!    between two writes of its key.
+//!    misses a binding that is being promoted. (A probation read takes the shard lock,
+//!    so today the order inside the lock is not observable and the third read is what
+//!    matters; the order keeps a lock-free probation read correct.) A binding is in at
+//!    most one segment between two writes of its key.
 //! 6. **Renewal window.** A commit of the account a proven binding already holds leaves
 //!    it as it is while it is younger than `ttl / 16` ([`RENEW_DIVISOR`]); any other
 //!    commit writes. A slot serves only while it was filled less than `ttl / 16` ago and
