@@ -31,8 +31,14 @@
 //!     fn lookup(&self, _: &BindingKey) -> Self::LookupFuture { boxed(async { Ok(None) }) }
 //!     fn commit(&self, _: &BindingKey, _: &AuthId) -> Self::CommitFuture { boxed(async { Ok(()) }) }
 //!     fn clear_if(&self, _: &BindingKey, _: &AuthId) -> Self::ClearFuture { boxed(async { Ok(false) }) }
-//!     // An override must name the token's type: it cannot.
-//!     fn commit_hinted(&self, _: &BindingKey, _: &AuthId, _: _, _: _) -> Self::CommitFuture {
+//!     // An override must name the hint's and the token's types: they are private.
+//!     fn commit_hinted(
+//!         &self,
+//!         _: &BindingKey,
+//!         _: &AuthId,
+//!         _: tower_sticky_session::store::CommitHint,
+//!         _: tower_sticky_session::store::CrateOnly,
+//!     ) -> Self::CommitFuture {
 //!         boxed(async { Ok(()) })
 //!     }
 //! }
