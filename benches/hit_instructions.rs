@@ -12,7 +12,7 @@
 //! - `bare`: one whole request through the trivial inner service alone (the same
 //!   service and driver as `benches/layer.rs`), with a 36-byte `sticky-session-id`.
 //! - `layer_hit`: the same request through `StickySessionLayer` over the default
-//!   `MokaStore`, the session bound to the account that serves it (lookup hit, commit of
+//!   `MemoryStore`, the session bound to the account that serves it (lookup hit, commit of
 //!   the same account).
 //! - `layer_hit_10k`: the same over 10 000 bound sessions in turn.
 //! - `moka_get`: one `get` of a present key from a raw `moka::sync::Cache<u64, u64>`
@@ -32,7 +32,7 @@ use http_body_util::Full;
 use tower::{Layer, Service};
 use tower_sticky_session::store::BindingStore;
 use tower_sticky_session::{
-    AuthId, BindingKey, MokaStore, ServedBy, SessionId, StickySessionLayer,
+    AuthId, BindingKey, MemoryStore, ServedBy, SessionId, StickySessionLayer,
 };
 
 #[allow(dead_code)]
@@ -117,7 +117,7 @@ fn main() {
         "bare" => run_requests(&mut trivial.clone(), &one, iterations),
         "bare_10k" => run_requests(&mut trivial.clone(), &many, iterations),
         "layer_hit" | "layer_hit_10k" => {
-            let store = MokaStore::new();
+            let store = MemoryStore::new();
             let ids = if case == "layer_hit" { &one } else { &many };
             for v in ids {
                 bind(&store, v, &acct);

@@ -58,7 +58,7 @@ use http_body_util::Full;
 use tower::{Layer, Service};
 use tower_sticky_session::store::BindingStore;
 use tower_sticky_session::{
-    AuthId, BindingKey, MokaStore, ServedBy, SessionId, StickySessionLayer,
+    AuthId, BindingKey, MemoryStore, ServedBy, SessionId, StickySessionLayer,
 };
 
 #[allow(dead_code)]
@@ -265,7 +265,7 @@ fn bare_cases(c: &mut Criterion) {
 
 fn request_path(c: &mut Criterion) {
     bare_cases(c);
-    request_cases(c, "layer", MokaStore::new);
+    request_cases(c, "layer", MemoryStore::new);
     request_cases(c, "naive", || NaiveStore::new(TTL));
 }
 
@@ -274,7 +274,7 @@ fn store_cases<St: BindingStore>(c: &mut Criterion, name: &str, store: St) {
     let key = key_of(&HeaderValue::from_static(SESSION));
     let young = key_of(&HeaderValue::from_static("young-session"));
     let absent = key_of(&HeaderValue::from_static("absent-session"));
-    // Two successes: `key` is proven (MokaStore's protected segment); `young` has one
+    // Two successes: `key` is proven (MemoryStore's protected segment); `young` has one
     // (probation).
     now(store.commit(&key, &a)).expect("commit");
     now(store.commit(&key, &a)).expect("commit");
@@ -353,7 +353,7 @@ fn raw_moka_cases(c: &mut Criterion) {
 
 fn store_ops(c: &mut Criterion) {
     raw_moka_cases(c);
-    store_cases(c, "moka", MokaStore::new());
+    store_cases(c, "moka", MemoryStore::new());
     store_cases(c, "naive", NaiveStore::new(TTL));
 }
 
@@ -456,7 +456,7 @@ fn contended(c: &mut Criterion) {
         });
     }
     g.finish();
-    contended_cases(c, "layer", MokaStore::new);
+    contended_cases(c, "layer", MemoryStore::new);
     contended_cases(c, "naive", || NaiveStore::new(TTL));
 }
 

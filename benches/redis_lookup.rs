@@ -22,7 +22,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use tower_sticky_session::store::{BindingStore, MokaStore, RedisStore};
+use tower_sticky_session::store::{BindingStore, MemoryStore, RedisStore};
 use tower_sticky_session::{AuthId, BindingKey, SessionId};
 
 #[path = "../tests/support/redis_server.rs"]
@@ -56,7 +56,7 @@ fn benches(c: &mut Criterion) {
     let k = key("bench-session-0123456789abcdef");
     let auth = AuthId::from("account-1");
 
-    let moka = MokaStore::new();
+    let moka = MemoryStore::new();
     rt.block_on(moka.commit(&k, &auth)).unwrap();
     let redis = RedisStore::builder(&server.url()).build().unwrap();
     connected(&rt, &redis);

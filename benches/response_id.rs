@@ -13,7 +13,7 @@
 //!   event cut in two frames inside the id) and `ServedBy`, each response with a new id.
 //!   `off`: learning off (the baseline); `learn_noop_store`: learning on over a store
 //!   whose operations do nothing, so `learn_noop_store − off` is the layer's own cost of
-//!   learning (scan, id, key, the learner); `learn_moka`: over `MokaStore` (the commit of
+//!   learning (scan, id, key, the learner); `learn_moka`: over `MemoryStore` (the commit of
 //!   a new binding into the probation segment included); `learn_noop_store_split`
 //!   against `off_split`: the bounded prefix copy.
 //!
@@ -36,7 +36,7 @@ use http_body_util::StreamBody;
 use tower::{Layer, Service};
 use tower_sticky_session::body_session::find_response_id;
 use tower_sticky_session::store::{BindingStore, StoreError};
-use tower_sticky_session::{AuthId, BindingKey, MokaStore, ServedBy, StickySessionLayer};
+use tower_sticky_session::{AuthId, BindingKey, MemoryStore, ServedBy, StickySessionLayer};
 
 const INSTRUCTIONS: usize = 4096;
 
@@ -256,7 +256,7 @@ fn request(c: &mut Criterion) {
             |b| b.iter(|| drive(&mut learn)),
         );
     }
-    let store = MokaStore::new();
+    let store = MemoryStore::new();
     let layer = StickySessionLayer::with_store(store.clone()).learn_response_ids(true);
     let mut moka = layer.layer(Upstream::new(false));
     drive(&mut moka);

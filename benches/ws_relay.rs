@@ -35,7 +35,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use tower_sticky_session::MokaStore;
+use tower_sticky_session::MemoryStore;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -91,7 +91,7 @@ async fn echo_account() -> SocketAddr {
 async fn proxy_in_front_of(account: SocketAddr) -> SocketAddr {
     let up = app::Upstream::new("acct-a", &format!("http://{account}")).unwrap();
     let cfg = app::ProxyConfig::new(vec![up]);
-    let built = app::build(&cfg, MokaStore::new()).unwrap();
+    let built = app::build(&cfg, MemoryStore::new()).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(app::serve(

@@ -6,7 +6,7 @@
 //! cargo run --release --example bench_server -- [--layer | --bare | --naive] [--listen 127.0.0.1:0]... [--threads 1] [--events 2]
 //! ```
 //!
-//! `--layer` (the default) puts `StickySessionLayer::new()` (the default `MokaStore`) in
+//! `--layer` (the default) puts `StickySessionLayer::new()` (the default `MemoryStore`) in
 //! front of the inner service, `--naive` the same layer over the benchmarks' naive
 //! `RwLock<HashMap>` store, `--bare` nothing.
 //!

@@ -1,5 +1,5 @@
 //! Memory per binding: the resident-memory delta of a store holding 1 000 000 bindings of
-//! 36-byte session ids, divided by the bindings, for [`MokaStore`] and for the naive
+//! 36-byte session ids, divided by the bindings, for [`MemoryStore`] and for the naive
 //! `RwLock<HashMap>` store of the benchmarks.
 //!
 //! ```text
@@ -11,7 +11,7 @@
 //! the crate docs recommend), `moka_fresh_auth`
 //! (a newly allocated `AuthId` for every commit, as an inner service that builds
 //! `ServedBy(AuthId::from(name))` per response does), `naive` (shared `AuthId`s), and the
-//! cost of each `MokaStore` segment alone: `moka_all_protected` (every binding proven:
+//! cost of each `MemoryStore` segment alone: `moka_all_protected` (every binding proven:
 //! 1 000 000 in the protected moka cache, beside an empty probation of 1 024) and
 //! `moka_all_probation` (`probation_bindings(1 000 000)`: every binding in the probation
 //! segment's sharded LRU), and `moka_one_off_flood` (the default split, every key
@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 use tower_sticky_session::store::BindingStore;
-use tower_sticky_session::{AuthId, BindingKey, MokaStore, SessionId};
+use tower_sticky_session::{AuthId, BindingKey, MemoryStore, SessionId};
 
 #[allow(dead_code)]
 #[path = "../benches/support/naive_store.rs"]
@@ -91,7 +91,7 @@ fn session(n: u64) -> BindingKey {
 }
 
 /// Commits one binding per key; the first `proven` keys twice (a second success, which
-/// moves a `MokaStore` binding to its protected segment).
+/// moves a `MemoryStore` binding to its protected segment).
 fn fill<St: BindingStore>(store: &St, keys: &[BindingKey], fresh_auth: bool, proven: usize) {
     let accounts: Vec<AuthId> = (0..8).map(|i| AuthId::from(format!("acct-{i}"))).collect();
     for (i, key) in keys.iter().enumerate() {
@@ -115,7 +115,7 @@ fn run_case(case: &str) {
     let (held, after) = match case {
         "moka" | "moka_fresh_auth" | "moka_all_protected" | "moka_all_probation"
         | "moka_one_off_flood" => {
-            let b = MokaStore::builder().ttl(ttl);
+            let b = MemoryStore::builder().ttl(ttl);
             let (store, proven) = match case {
                 // Every binding proven; probation (1 024) ends empty.
                 "moka_all_protected" => (

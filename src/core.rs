@@ -14,7 +14,7 @@ use tracing::Span;
 
 use crate::extract::Source;
 use crate::stats::{ClearReason, Counters, Stats};
-use crate::store::{BindingStore, CommitHint, StoreError, StoreErrorKind};
+use crate::store::{BindingStore, CommitHint, CrateOnly, StoreError, StoreErrorKind};
 use crate::types::{AuthId, BindingKey, Scope};
 
 /// `Span::record` only when the span is enabled: on a disabled span `record` still looks
@@ -161,7 +161,7 @@ impl<St: BindingStore> StoreOp<St> {
         announce_commit(key, auth, span);
         Self::new(
             core,
-            OpKind::Commit(core.store.commit_hinted(key, auth, hint)),
+            OpKind::Commit(core.store.commit_hinted(key, auth, hint, CrateOnly::TOKEN)),
         )
     }
 
@@ -176,7 +176,7 @@ impl<St: BindingStore> StoreOp<St> {
         cx: &mut Context<'_>,
     ) -> Option<Self> {
         announce_commit(key, auth, span);
-        let mut fut = core.store.commit_hinted(key, auth, hint);
+        let mut fut = core.store.commit_hinted(key, auth, hint, CrateOnly::TOKEN);
         match Pin::new(&mut fut).poll(cx) {
             Poll::Ready(result) => {
                 committed(core, result);

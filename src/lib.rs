@@ -172,18 +172,19 @@
 //!
 //! # Store, capacity and expiry
 //!
-//! The default store, [`MokaStore`], holds at most 100 000 bindings (configurable) for
+//! The default store, [`MemoryStore`], holds at most 100 000 bindings (configurable) for
 //! one hour (configurable) after the last successful response; there is no sweeper
 //! thread and no global lock. To keep the hit path a read, a commit that finds a proven
 //! binding already on the same account rewrites it only once it is older than a
 //! sixteenth of the TTL, so a binding expires between 15/16 of the TTL and the TTL after
 //! the session's last success; after a hit's lookup, that commit usually needs no store
-//! access at all (the hinted commit, [`BindingStore::commit_hinted`]). Keys are a keyed 64-bit hash of `(scope, session)`: a
-//! binding costs the same whatever the session id's length, and session ids are not kept
-//! in memory (the collision odds and their benign effect are on [`MokaStore`]).
+//! access at all (the layer hands the store what its lookup saw). Keys are a keyed 64-bit
+//! hash of `(scope, session)`: a binding costs the same whatever the session id's length,
+//! and session ids are not kept in memory (the collision odds and their benign effect are
+//! on [`MemoryStore`]).
 //!
 //! A binding proven by a second success is never evicted by session ids that are used
-//! once, however many: [`MokaStore`] keeps bindings with one success in a small probation
+//! once, however many: [`MemoryStore`] keeps bindings with one success in a small probation
 //! segment (an eighth of the store by default), where one-off ids compete only among
 //! themselves, and moves a binding to the protected segment at its second success on the
 //! same account. A new session binds at its first success and is found at its second
@@ -257,7 +258,7 @@
 //! - **`S: Clone`.** With a store whose lookup does not resolve at once (a networked
 //!   store), the service that was polled ready moves into the response future and a
 //!   clone takes its place (tower's "be careful when cloning inner services"), so the
-//!   inner service must be `Clone`. With [`MokaStore`] the clone is never made, but the
+//!   inner service must be `Clone`. With [`MemoryStore`] the clone is never made, but the
 //!   bound stays: it is chosen per store *type*, and expressing "only for stores that can
 //!   be pending" would need every [`BindingStore`] to declare it. For a boxed service use
 //!   `tower::util::BoxCloneService` (or `BoxCloneSyncService`) instead of `BoxService`; a
@@ -301,7 +302,7 @@ pub use crate::sticky::{ResponseBody, ResponseFuture, StickySession, StickySessi
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use crate::store::RedisStore;
-pub use crate::store::{BindingStore, BoxStoreFuture, MokaStore, StoreError, StoreErrorKind};
+pub use crate::store::{BindingStore, BoxStoreFuture, MemoryStore, StoreError, StoreErrorKind};
 pub use crate::types::{
     AuthId, BindingKey, HardPin, PinnedAuth, Scope, ServedBy, SessionSource, SessionSourceKind,
 };

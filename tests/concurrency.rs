@@ -11,7 +11,7 @@
 //!    another account, and a sampler checks that the newer binding never disappears.
 //! 3. The same for the store alone, from OS threads: commits, promotions, clears and
 //!    removals of the same keys; a late clear never removes a newer binding, and no key
-//!    ends in both of `MokaStore`'s segments.
+//!    ends in both of `MemoryStore`'s segments.
 
 mod common;
 
@@ -88,8 +88,8 @@ impl Deliveries {
 
 type Svc = StickySession<Scripted>;
 
-fn layer() -> (StickySessionLayer, MokaStore) {
-    let store = MokaStore::builder().max_bindings(10_000).build();
+fn layer() -> (StickySessionLayer, MemoryStore) {
+    let store = MemoryStore::builder().max_bindings(10_000).build();
     let layer = StickySessionLayer::with_store(store.clone()).scope_fn(scope_from_header);
     (layer, store)
 }
@@ -474,7 +474,7 @@ fn store_commits_promotions_and_clears_of_the_same_keys_keep_invariants() {
     const OWNED: usize = 4;
     const SHARED: usize = 4;
     const ROUNDS: u32 = 400;
-    let store = MokaStore::builder()
+    let store = MemoryStore::builder()
         .max_bindings(10_000)
         .probation_bindings(4_096)
         .build();

@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 use tower::{Layer, Service, ServiceExt};
 use tower_sticky_session::{
-    AuthId, BindingKey, BindingStore, MokaStore, ServedBy, SessionId, StickySessionLayer,
+    AuthId, BindingKey, BindingStore, MemoryStore, ServedBy, SessionId, StickySessionLayer,
 };
 
 const SESSION: &str = "known-empty-1";
@@ -113,7 +113,7 @@ fn key() -> BindingKey {
     BindingKey::new(None, SessionId::new(SESSION).unwrap())
 }
 
-async fn bound(store: &MokaStore) -> Option<String> {
+async fn bound(store: &MemoryStore) -> Option<String> {
     store
         .lookup(&key())
         .await
@@ -212,7 +212,7 @@ enum Proto {
 }
 
 /// A hyper 1 server on 127.0.0.1 serving the layer over [`upstream`].
-async fn hyper_server(proto: Proto) -> (SocketAddr, MokaStore) {
+async fn hyper_server(proto: Proto) -> (SocketAddr, MemoryStore) {
     let layer = StickySessionLayer::new();
     let store = layer.store().clone();
     let svc = layer.layer(tower::service_fn(
@@ -248,7 +248,7 @@ async fn hyper_server(proto: Proto) -> (SocketAddr, MokaStore) {
 
 /// Sends `case`'s request; returns the status once the response head arrived, and the
 /// binding as it was at that moment; then reads the body to its end.
-async fn send(addr: SocketAddr, proto: Proto, case: Case, store: &MokaStore) -> StatusCode {
+async fn send(addr: SocketAddr, proto: Proto, case: Case, store: &MemoryStore) -> StatusCode {
     let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
     let res = match proto {
         Proto::Http1 => {

@@ -55,7 +55,7 @@ use futures_util::future::join_all;
 use http::Method;
 use http_body::Body;
 use matrix::*;
-use tower_sticky_session::{MokaStore, Scope, StickySessionLayer};
+use tower_sticky_session::{MemoryStore, Scope, StickySessionLayer};
 
 const A: &str = "acct-a";
 const B: &str = "acct-b";
@@ -567,7 +567,7 @@ async fn fm1_a_flood_of_session_ids_stays_within_the_store_bound() {
     const CAPACITY: u64 = 40;
     // Response-id learning plays no part in the store's bound.
     for cell in cells().into_iter().filter(|c| !c.learn) {
-        let store = MokaStore::builder().max_bindings(CAPACITY).build();
+        let store = MemoryStore::builder().max_bindings(CAPACITY).build();
         let env = Env::start_with(
             cell,
             Options {

@@ -30,7 +30,7 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tower_sticky_session::body_session::SessionFromBodyLayer;
 use tower_sticky_session::context::{self, AccountContextLayer};
-use tower_sticky_session::{MokaStore, Stats, StickySessionLayer};
+use tower_sticky_session::{MemoryStore, Stats, StickySessionLayer};
 
 use upstream::{Account, Mode, within};
 
@@ -107,7 +107,7 @@ async fn start(deployments: HashMap<&'static str, Vec<(&'static str, String)>>) 
         http: reqwest::Client::new(),
         limit: Semaphore::new(8),
     });
-    let sticky = StickySessionLayer::<MokaStore>::new()
+    let sticky = StickySessionLayer::<MemoryStore>::new()
         .known_client_headers()
         .scope_by_model() // sticky: a session keeps one account per model
         .blame_unserved_failures(false); // sticky: the gateway's own 429s are no account's

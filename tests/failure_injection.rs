@@ -232,7 +232,7 @@ struct Env {
     upstream: Upstream,
     proxy: SocketAddr,
     client: Client,
-    store: MokaStore,
+    store: MemoryStore,
     stats: Stats,
 }
 

@@ -6,7 +6,7 @@
 //! at every checkpoint, the proven sessions must keep their binding whatever the touch
 //! period as long as the flood's ids are used once, and new sessions must still bind and
 //! be found at their second request when it comes within the probation window
-//! (`probation / flood rate`, see `MokaStore`).
+//! (`probation / flood rate`, see `MemoryStore`).
 //!
 //! A second kind of flood uses every id twice (an attacker who knows that a second success
 //! promotes a binding): it competes with proven sessions, and the on-demand run reports
@@ -64,13 +64,13 @@ impl Service<Request<()>> for Picker {
 
 struct Flood {
     svc: StickySession<Picker>,
-    store: MokaStore,
+    store: MemoryStore,
     stats: Stats,
 }
 
 impl Flood {
     fn new(capacity: u64) -> Self {
-        let store = MokaStore::builder().max_bindings(capacity).build();
+        let store = MemoryStore::builder().max_bindings(capacity).build();
         let layer = StickySessionLayer::with_store(store.clone());
         let picker = Picker {
             accounts: ACCOUNTS.iter().map(|a| AuthId::from(*a)).collect(),
@@ -126,7 +126,7 @@ fn rss_bytes() -> Option<u64> {
     Some(pages * 4096)
 }
 
-/// The probation size `MokaStore` picks for `capacity` (its documented default).
+/// The probation size `MemoryStore` picks for `capacity` (its documented default).
 fn probation_of(capacity: u64) -> u64 {
     (capacity / 8)
         .max(1024.min(capacity / 2))

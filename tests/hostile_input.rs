@@ -111,7 +111,7 @@ fn matrix() -> Vec<Case> {
 /// Requests with `Plan`s through the layer, polled in place.
 struct Direct {
     svc: StickySession<Scripted>,
-    store: MokaStore,
+    store: MemoryStore,
     stats: Stats,
 }
 
@@ -159,7 +159,7 @@ fn with_values(name: &HeaderName, values: &[Vec<u8>]) -> Request<()> {
     req
 }
 
-fn bound(store: &MokaStore, id: &str) -> Option<AuthId> {
+fn bound(store: &MemoryStore, id: &str) -> Option<AuthId> {
     store
         .get(&BindingKey::new(None, SessionId::new(id).unwrap()))
         .map(|b| b.auth)

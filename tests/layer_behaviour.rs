@@ -48,7 +48,7 @@ impl Service<Request<()>> for Script {
 struct Harness {
     script: Script,
     svc: StickySession<Script>,
-    store: MokaStore,
+    store: MemoryStore,
     stats: Stats,
 }
 
@@ -511,7 +511,7 @@ fn compare_and_delete_races_with_commits_never_remove_the_new_binding() {
     // If compare-and-delete were a read followed by an unconditional delete, the clear
     // could read "old", lose the race to the commit of "new" and delete "new": the read
     // back would then find nothing.
-    let store = MokaStore::new();
+    let store = MemoryStore::new();
     let k = key("race");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let clearer = {

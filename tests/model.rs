@@ -217,7 +217,7 @@ fn account_index(a: &AuthId) -> usize {
 
 struct Harness {
     svc: StickySession<Scripted>,
-    store: MokaStore,
+    store: MemoryStore,
     stats: Stats,
     model: Model,
     slots: Vec<Option<InFlight>>,
@@ -226,7 +226,7 @@ struct Harness {
 impl Harness {
     fn new() -> Self {
         // Far more room than the 9 keys the cases use: eviction never interferes.
-        let store = MokaStore::builder().max_bindings(10_000).build();
+        let store = MemoryStore::builder().max_bindings(10_000).build();
         let layer = StickySessionLayer::with_store(store.clone()).scope_fn(scope_from_header);
         Self {
             svc: tower::Layer::layer(&layer, Scripted),

@@ -122,7 +122,7 @@ async fn silent_admin_connections_are_closed_at_the_header_timeout_and_the_main_
 
     let a = Account::start("a", Mode::Stream).await;
     let cfg = app::ProxyConfig::new(vec![app::Upstream::new("a", &a.url()).unwrap()]);
-    let store = MokaStore::new();
+    let store = MemoryStore::new();
     let built = app::build(&cfg, store.clone()).unwrap();
     let mut main_cfg = app::ServeConfig::new(BOUND);
     main_cfg.header_timeout = Duration::from_millis(300);
@@ -174,7 +174,7 @@ async fn metrics_export_the_buffer_budget_and_broken_streams_per_account() {
         app::Upstream::new("a", "http://127.0.0.1:9").unwrap(),
         app::Upstream::new("b", "http://127.0.0.1:9").unwrap(),
     ]);
-    let store = MokaStore::new();
+    let store = MemoryStore::new();
     let built = app::build(&cfg, store.clone()).unwrap();
     let grant = built.budget.try_reserve(1000).unwrap();
     let router = admin::router(

@@ -21,7 +21,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
-use tower_sticky_session::{BindingKey, MokaStore, Scope, SessionId};
+use tower_sticky_session::{BindingKey, MemoryStore, Scope, SessionId};
 
 use app::auth::{ClientToken, Tenant};
 use app::keys::Secret;
@@ -34,7 +34,7 @@ const TOKEN_B: &str = "ct-bravo-6c02f1";
 
 struct Proxy {
     addr: SocketAddr,
-    store: MokaStore,
+    store: MemoryStore,
     client: Client<HttpConnector, Full<Bytes>>,
     _stop: oneshot::Sender<()>,
 }
@@ -74,7 +74,7 @@ impl Proxy {
         cfg.client_tokens = tokens;
         cfg.failover.attempts = 1;
         tweak(&mut cfg);
-        let store = MokaStore::new();
+        let store = MemoryStore::new();
         let (Spawned { addr, stop, .. }, _) = harness::start(&cfg, store.clone()).await;
         Self {
             addr,

@@ -32,7 +32,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tower_sticky_session::{BindingKey, MokaStore, SessionId};
+use tower_sticky_session::{BindingKey, MemoryStore, SessionId};
 
 use app::{Drained, ProxyConfig, ServeConfig, Upstream};
 use harness::Spawned;
@@ -43,7 +43,7 @@ const ROUNDS: usize = 4;
 
 struct Proxy {
     addr: SocketAddr,
-    store: MokaStore,
+    store: MemoryStore,
     accounts: [Account; 3],
     client: Client<HttpConnector, Full<Bytes>>,
     others: std::cell::Cell<usize>,
@@ -72,7 +72,7 @@ impl Proxy {
             .collect();
         let cfg = ProxyConfig::new(upstreams);
         assert!(cfg.body_session, "the proxy's default reads bodies");
-        let store = MokaStore::new();
+        let store = MemoryStore::new();
         let (Spawned { addr, stop, server }, _) = harness::start(&cfg, store.clone()).await;
         Self {
             addr,
@@ -540,7 +540,7 @@ async fn a_response_id_learned_from_a_response_created_event_beats_header_and_bo
         Upstream::new("b", &b.url()).unwrap(),
         Upstream::new("c", &c.url()).unwrap(),
     ];
-    let built = app::build(&ProxyConfig::new(upstreams), MokaStore::new()).unwrap();
+    let built = app::build(&ProxyConfig::new(upstreams), MemoryStore::new()).unwrap();
     let Spawned {
         addr,
         stop: _stop,

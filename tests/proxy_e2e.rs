@@ -40,7 +40,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
-use tower_sticky_session::{AuthId, BindingKey, BindingStore, MokaStore, Scope, SessionId, Stats};
+use tower_sticky_session::{
+    AuthId, BindingKey, BindingStore, MemoryStore, Scope, SessionId, Stats,
+};
 
 use app::{Drained, ProxyConfig, Upstream};
 use harness::Spawned;
@@ -283,7 +285,7 @@ async fn respond(
 
 struct Proxy {
     addr: SocketAddr,
-    store: MokaStore,
+    store: MemoryStore,
     stats: Stats,
     client: Client<HttpConnector, Full<Bytes>>,
     stop: Option<oneshot::Sender<()>>,
@@ -316,7 +318,7 @@ impl Proxy {
     }
 
     async fn start_with(upstreams: Vec<Upstream>, opts: Options) -> Self {
-        let store = MokaStore::builder()
+        let store = MemoryStore::builder()
             .max_bindings(1000)
             .ttl(Duration::from_secs(3600))
             .build();

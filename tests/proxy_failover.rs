@@ -25,7 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tower_sticky_session::{AuthId, BindingKey, BindingStore, MokaStore, SessionId};
+use tower_sticky_session::{AuthId, BindingKey, BindingStore, MemoryStore, SessionId};
 
 use app::{Drained, ProxyConfig, ServeConfig, Upstream};
 use harness::Spawned;
@@ -33,7 +33,7 @@ use upstream::{Account, BOUND, Mode, unreachable_url, within};
 
 struct Proxy {
     addr: SocketAddr,
-    store: MokaStore,
+    store: MemoryStore,
     client: Client<HttpConnector, Full<Bytes>>,
     _stop: oneshot::Sender<()>,
     server: JoinHandle<Drained>,
@@ -62,7 +62,7 @@ fn ups(accounts: &[&Account]) -> Vec<Upstream> {
 
 impl Proxy {
     async fn start(cfg: ProxyConfig) -> Self {
-        let store = MokaStore::new();
+        let store = MemoryStore::new();
         let (Spawned { addr, stop, server }, _) = harness::start(&cfg, store.clone()).await;
         Self {
             addr,
@@ -474,7 +474,7 @@ async fn hard_pin_is_never_retried_elsewhere() {
     let a = Account::start("a", Mode::Status(503, None)).await;
     let b = Account::start("b", Mode::Stream).await;
     let cfg = config(ups(&[&a, &b]));
-    let built = app::build(&cfg, MokaStore::new()).unwrap();
+    let built = app::build(&cfg, MemoryStore::new()).unwrap();
     // What the sticky layer does for a learned response id: pin, hard.
     let svc = built.service.map_request(|mut req: Request<Incoming>| {
         req.extensions_mut()

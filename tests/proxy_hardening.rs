@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tower_sticky_session::MokaStore;
+use tower_sticky_session::MemoryStore;
 
 use app::{Drained, ProxyConfig, ServeConfig, Upstream};
 use harness::Spawned;
@@ -33,7 +33,7 @@ struct Proxy {
 async fn start(account: &Account, serve: ServeConfig, upstream_timeout: Duration) -> Proxy {
     let mut cfg = ProxyConfig::new(vec![Upstream::new(account.name, &account.url()).unwrap()]);
     cfg.failover.upstream_timeout = upstream_timeout;
-    let built = app::build(&cfg, MokaStore::new()).unwrap();
+    let built = app::build(&cfg, MemoryStore::new()).unwrap();
     let Spawned { addr, stop, server } = harness::spawn(built.service, serve).await;
     Proxy {
         addr,

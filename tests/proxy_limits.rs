@@ -31,7 +31,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tower_sticky_session::{AuthId, BindingKey, BindingStore, MokaStore, SessionId};
+use tower_sticky_session::{AuthId, BindingKey, BindingStore, MemoryStore, SessionId};
 
 use app::broken::BrokenStreams;
 use app::picker::Picker;
@@ -50,8 +50,8 @@ struct Probe {
 }
 
 /// The proxy for `cfg`, served with `serve`, and its store.
-async fn start(cfg: ProxyConfig, serve: ServeConfig) -> (Spawned, Probe, MokaStore) {
-    let store = MokaStore::new();
+async fn start(cfg: ProxyConfig, serve: ServeConfig) -> (Spawned, Probe, MemoryStore) {
+    let store = MemoryStore::new();
     let built = app::build(&cfg, store.clone()).unwrap();
     let probe = Probe {
         picker: built.picker.clone(),
@@ -405,7 +405,7 @@ async fn a_max_body_buffer_above_the_budget_is_refused() {
     let a = Account::start("a", Mode::Stream).await;
     let mut cfg = config(&a);
     cfg.max_buffered_total = cfg.failover.max_body_buffer - 1;
-    assert!(app::build(&cfg, MokaStore::new()).is_err());
+    assert!(app::build(&cfg, MemoryStore::new()).is_err());
 }
 
 // The local-resource classifier over constructed errors.
@@ -517,7 +517,7 @@ async fn broken_streams_setup(
     a: &Account,
     b: &Account,
     sessions: &[&str],
-) -> (Spawned, Probe, MokaStore) {
+) -> (Spawned, Probe, MemoryStore) {
     let mut cfg = ProxyConfig::new(vec![
         Upstream::new(a.name, &a.url()).unwrap(),
         Upstream::new(b.name, &b.url()).unwrap(),
@@ -539,7 +539,7 @@ fn key(session: &str) -> BindingKey {
     BindingKey::new(None, SessionId::new(session).unwrap())
 }
 
-async fn bound(store: &MokaStore, session: &str) -> Option<String> {
+async fn bound(store: &MemoryStore, session: &str) -> Option<String> {
     store
         .lookup(&key(session))
         .await
@@ -548,7 +548,7 @@ async fn bound(store: &MokaStore, session: &str) -> Option<String> {
 }
 
 /// Waits until none of `sessions` is bound (the unbinding runs on a task of its own).
-async fn unbound(store: &MokaStore, sessions: &[&str], what: &str) {
+async fn unbound(store: &MemoryStore, sessions: &[&str], what: &str) {
     within(what, async {
         for s in sessions {
             while bound(store, s).await.is_some() {

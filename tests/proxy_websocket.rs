@@ -32,7 +32,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use tower_sticky_session::{AuthId, BindingKey, BindingStore, MokaStore, SessionId, Stats};
+use tower_sticky_session::{AuthId, BindingKey, BindingStore, MemoryStore, SessionId, Stats};
 
 use app::{ProxyConfig, Upstream};
 use harness::Spawned;
@@ -197,7 +197,7 @@ async fn serve(
 struct Proxy {
     spawned: Spawned,
     stats: Stats,
-    store: MokaStore,
+    store: MemoryStore,
 }
 
 async fn proxy(accounts: &[&WsAccount], tweak: impl FnOnce(&mut ProxyConfig)) -> Proxy {
@@ -207,7 +207,7 @@ async fn proxy(accounts: &[&WsAccount], tweak: impl FnOnce(&mut ProxyConfig)) ->
         .collect();
     let mut cfg = ProxyConfig::new(ups);
     tweak(&mut cfg);
-    let store = MokaStore::new();
+    let store = MemoryStore::new();
     let (spawned, stats) = harness::start(&cfg, store.clone()).await;
     Proxy {
         spawned,
@@ -273,7 +273,7 @@ fn served_by(res: &http::Response<Option<Vec<u8>>>) -> String {
     res.headers()["x-served-by"].to_str().unwrap().to_owned()
 }
 
-async fn bound(store: &MokaStore, session: &str) -> Option<String> {
+async fn bound(store: &MemoryStore, session: &str) -> Option<String> {
     store
         .lookup(&BindingKey::new(None, SessionId::new(session).unwrap()))
         .await
@@ -490,7 +490,7 @@ async fn proxy_serving(accounts: &[&WsAccount], serve: app::ServeConfig) -> Spaw
         .iter()
         .map(|a| Upstream::new(a.name, &a.url()).unwrap())
         .collect();
-    let built = app::build(&ProxyConfig::new(ups), MokaStore::new()).unwrap();
+    let built = app::build(&ProxyConfig::new(ups), MemoryStore::new()).unwrap();
     harness::spawn(built.service, serve).await
 }
 

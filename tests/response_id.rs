@@ -21,7 +21,7 @@ use tower::util::BoxCloneService;
 use tower::{Layer, ServiceExt};
 use tower_sticky_session::body_session::{BufferedBody, SessionFromBody, SessionFromBodyLayer};
 use tower_sticky_session::{
-    AuthId, BindingKey, BindingStore, HardPin, MokaStore, PinnedAuth, ServedBy, SessionId,
+    AuthId, BindingKey, BindingStore, HardPin, MemoryStore, PinnedAuth, ServedBy, SessionId,
     StickySession, StickySessionLayer,
 };
 
@@ -109,7 +109,7 @@ fn inner(log: Log) -> Inner {
 struct Stack {
     svc: SessionFromBody<StickySession<Inner>>,
     log: Log,
-    store: MokaStore,
+    store: MemoryStore,
     layer: StickySessionLayer,
 }
 
@@ -159,7 +159,7 @@ async fn open(
     st.svc.clone().oneshot(req).await.unwrap().into_body()
 }
 
-fn learned(store: &MokaStore, id: &str) -> Option<String> {
+fn learned(store: &MemoryStore, id: &str) -> Option<String> {
     let key = BindingKey::response_id(None, SessionId::new(id).unwrap());
     store.get(&key).map(|b| b.auth.as_str().to_owned())
 }

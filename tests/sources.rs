@@ -14,7 +14,7 @@ use tower::{Layer, ServiceExt};
 use tower_sticky_session::body_session::{BufferedBody, SessionFromBody, SessionFromBodyLayer};
 use tower_sticky_session::store::{BoxStoreFuture, boxed};
 use tower_sticky_session::{
-    AuthId, BindingKey, BindingStore, HardPin, MokaStore, PinnedAuth, ServedBy, SessionId,
+    AuthId, BindingKey, BindingStore, HardPin, MemoryStore, PinnedAuth, ServedBy, SessionId,
     SessionSource, SessionSourceKind, StickySession, StickySessionLayer,
 };
 
@@ -31,7 +31,7 @@ struct Seen {
 type Log = Arc<Mutex<Vec<Seen>>>;
 
 type Inner = BoxCloneService<Request<BufferedBody<Full<Bytes>>>, Response<Full<Bytes>>, Infallible>;
-type Svc<St = MokaStore> = SessionFromBody<StickySession<Inner, St>>;
+type Svc<St = MemoryStore> = SessionFromBody<StickySession<Inner, St>>;
 
 /// The inner service: serves with the pinned account, else with the account named by
 /// the `x-pick` header (default `b`), and records what it saw.
@@ -64,10 +64,10 @@ fn inner(log: Log) -> Inner {
     ))
 }
 
-struct Stack<St: BindingStore = MokaStore> {
+struct Stack<St: BindingStore = MemoryStore> {
     svc: Svc<St>,
     log: Log,
-    store: MokaStore,
+    store: MemoryStore,
     layer: StickySessionLayer<St>,
 }
 
@@ -112,7 +112,7 @@ fn header(name: &'static str) -> Option<SessionSource> {
     Some(SessionSource::Header(HeaderName::from_static(name)))
 }
 
-fn learn(store: &MokaStore, resp: &str, account: &str) {
+fn learn(store: &MemoryStore, resp: &str, account: &str) {
     let key = BindingKey::response_id(None, SessionId::new(resp).unwrap());
     store
         .commit(&key, &AuthId::from(account))
@@ -369,7 +369,7 @@ async fn stats_count_sessions_by_source() {
 
 /// A store whose every operation is pending once before it answers (a networked store).
 #[derive(Clone)]
-struct Deferred(MokaStore);
+struct Deferred(MemoryStore);
 
 async fn yield_once() {
     let mut yielded = false;
@@ -416,7 +416,7 @@ impl BindingStore for Deferred {
 }
 
 fn deferred_stack() -> Stack<Deferred> {
-    let store = MokaStore::new();
+    let store = MemoryStore::new();
     let sticky = StickySessionLayer::with_store(Deferred(store.clone()))
         .known_client_headers()
         .learn_response_ids(true);

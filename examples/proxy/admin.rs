@@ -120,7 +120,7 @@ pub(crate) trait StoreMetrics {
     fn store_counters(&self) -> Vec<(&'static str, &'static str, u64)>;
 }
 
-impl StoreMetrics for tower_sticky_session::MokaStore {
+impl StoreMetrics for tower_sticky_session::MemoryStore {
     fn store_counters(&self) -> Vec<(&'static str, &'static str, u64)> {
         Vec::new()
     }

@@ -135,7 +135,7 @@ use clap::error::ErrorKind;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use http::HeaderName;
 use tokio::net::TcpListener;
-use tower_sticky_session::MokaStore;
+use tower_sticky_session::MemoryStore;
 use tower_sticky_session::store::InspectStore;
 #[cfg(feature = "redis")]
 use tower_sticky_session::store::RedisStore;
@@ -861,7 +861,7 @@ async fn proxy_main(cli: Cli, mut reload_source: reload::Source) -> ExitCode {
         };
         return run(settings, store, &name).await;
     }
-    let store = MokaStore::builder()
+    let store = MemoryStore::builder()
         .max_bindings(cli.max_sessions)
         .ttl(ttl)
         .build();

@@ -13,7 +13,7 @@ use sync_wrapper::SyncWrapper;
 use super::decide::{Action, Polled, Seen, decide};
 use crate::core::{Core, StoreOp};
 use crate::learn::{Fed, Learner};
-use crate::store::{BindingStore, MokaStore};
+use crate::store::{BindingStore, MemoryStore};
 use crate::types::{AuthId, BindingKey};
 
 pin_project! {
@@ -35,7 +35,7 @@ pin_project! {
     /// body type is). Strict mode's `400` carries its plain-text reason when the data type
     /// is `Bytes` (hyper, axum, http-body-util bodies); with any other data type the `400`
     /// has an empty body.
-    pub struct ResponseBody<B, St = MokaStore>
+    pub struct ResponseBody<B, St = MemoryStore>
     where
         B: Body,
         St: BindingStore,

@@ -18,7 +18,7 @@ use crate::classify::{ClassifyResponse, ResponseClass, StatusClassifier};
 use crate::core::{RecordEnabled, StoreOp};
 use crate::learn::Learner;
 use crate::stats::{DECISION_HEADER, Decision};
-use crate::store::{BindingStore, CommitHint, MokaStore};
+use crate::store::{BindingStore, CommitHint, MemoryStore};
 use crate::types::{AuthId, BindingKey, ServedBy};
 
 pin_project! {
@@ -32,7 +32,7 @@ pin_project! {
     /// poll such bodies. Dropping it while such a commit or clear is in flight does not
     /// cancel the operation (see
     /// [`BindingStore`](crate::BindingStore#operations-that-outlive-their-request)).
-    pub struct ResponseFuture<S, ReqB, St = MokaStore, C = StatusClassifier>
+    pub struct ResponseFuture<S, ReqB, St = MemoryStore, C = StatusClassifier>
     where
         S: Service<Request<ReqB>>,
         St: BindingStore,

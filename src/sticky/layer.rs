@@ -13,7 +13,7 @@ use crate::extract::{
     DEFAULT_MAX_SESSION_ID_LEN, DEFAULT_SESSION_HEADER, KNOWN_CLIENT_HEADERS, Source,
 };
 use crate::stats::Stats;
-use crate::store::{BindingStore, MokaStore};
+use crate::store::{BindingStore, MemoryStore};
 use crate::types::Scope;
 
 /// Applies sticky session routing to a service; see the [crate docs](crate).
@@ -22,9 +22,9 @@ use crate::types::Scope;
 ///
 /// ```
 /// use http::HeaderName;
-/// use tower_sticky_session::{MokaStore, Scope, StickySessionLayer};
+/// use tower_sticky_session::{MemoryStore, Scope, StickySessionLayer};
 ///
-/// let layer = StickySessionLayer::with_store(MokaStore::new())
+/// let layer = StickySessionLayer::with_store(MemoryStore::new())
 ///     // Priority order: the first header present with a valid id wins.
 ///     .headers([
 ///         HeaderName::from_static("sticky-session-id"),
@@ -36,7 +36,7 @@ use crate::types::Scope;
 /// # let _ = layer;
 /// ```
 #[must_use]
-pub struct StickySessionLayer<St = MokaStore, C = StatusClassifier> {
+pub struct StickySessionLayer<St = MemoryStore, C = StatusClassifier> {
     shared: Shared<St, C>,
 }
 
@@ -49,11 +49,11 @@ impl<St, C: Clone> Clone for StickySessionLayer<St, C> {
 }
 
 impl StickySessionLayer {
-    /// A layer with an in-memory [`MokaStore`] (100 000 bindings, 1 hour TTL), the
+    /// A layer with an in-memory [`MemoryStore`] (100 000 bindings, 1 hour TTL), the
     /// [`sticky-session-id`](crate::DEFAULT_SESSION_HEADER) header and the default
     /// [`StatusClassifier`].
     pub fn new() -> Self {
-        Self::with_store(MokaStore::new())
+        Self::with_store(MemoryStore::new())
     }
 }
 
@@ -179,7 +179,7 @@ impl<St: BindingStore, C> StickySessionLayer<St, C> {
     ///   id falls back to the usual sources (headers, body field, fingerprint).
     /// - **Failures never clear a learned id.** Only the creating account can resolve the
     ///   chain, so moving the binding cannot help; it expires by the store's TTL (for
-    ///   [`MokaStore`], between 15/16 of the TTL and the TTL after it was learned). A
+    ///   [`MemoryStore`], between 15/16 of the TTL and the TTL after it was learned). A
     ///   failure clears the *session's* binding as usual.
     /// - **What a hard-pinned request commits.** Its own session (header, body field,
     ///   fingerprint), if it has one, exactly as any pinned request: committed to
@@ -189,7 +189,7 @@ impl<St: BindingStore, C> StickySessionLayer<St, C> {
     ///   teaches the next id of the chain.
     ///
     /// Each learned id is one binding in the store: size the store for sessions *and*
-    /// responses created within one TTL. With [`MokaStore`] a learned id starts in the
+    /// responses created within one TTL. With [`MemoryStore`] a learned id starts in the
     /// probation segment (one success) and is promoted only if a later response carries
     /// the same id, which does not happen: a flood of one-off session ids can evict
     /// learned ids, never proven sessions.

@@ -20,7 +20,7 @@ use crate::core::{RecordEnabled, Shared};
 use crate::extract::{EscapedPrefix, Found};
 use crate::learn::LearnCtx;
 use crate::stats::{Counters, Decision};
-use crate::store::{BindingStore, MokaStore};
+use crate::store::{BindingStore, CrateOnly, MemoryStore};
 use crate::types::{BindingKey, PinnedAuth, SessionSource};
 use crate::upgrade::{Slot, wants_upgrade};
 use http::request::Parts;
@@ -36,7 +36,7 @@ use http::request::Parts;
 ///
 /// With a store whose lookup can be pending (a networked store), the service polled
 /// ready moves into the [`ResponseFuture`] and is called once the lookup is done; a clone
-/// takes its place. The bound holds for every store, [`MokaStore`] included (whose lookup
+/// takes its place. The bound holds for every store, [`MemoryStore`] included (whose lookup
 /// is never pending, so nothing is ever cloned): a bound cannot depend on what a store
 /// does at run time. A boxed service: use `tower::util::BoxCloneService` rather than
 /// `BoxService`. A service that cannot be cloned: give it a cloneable handle with
@@ -63,7 +63,7 @@ use http::request::Parts;
 /// ```
 ///
 /// [`SessionId`]: crate::SessionId
-pub struct StickySession<S, St = MokaStore, C = StatusClassifier> {
+pub struct StickySession<S, St = MemoryStore, C = StatusClassifier> {
     inner: S,
     shared: Arc<Shared<St, C>>,
 }
@@ -319,7 +319,10 @@ impl<S: Clone, St: BindingStore, C: ClassifyResponse> StickySession<S, St, C> {
         let Some(tracking) = ctx.tracking.as_mut() else {
             return self.call_inner(parts, body, ctx);
         };
-        let mut lookup = shared.core.store.lookup_hinted(tracking.key());
+        let mut lookup = shared
+            .core
+            .store
+            .lookup_hinted(tracking.key(), CrateOnly::TOKEN);
         // In-memory stores answer at once: poll once without a real waker and, when the
         // answer is there, call the inner service now (no clone of it is needed).
         let mut noop = Context::from_waker(Waker::noop());

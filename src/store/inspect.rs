@@ -34,18 +34,18 @@ impl BindingInfo {
 /// revoked".
 ///
 /// ```
-/// use tower_sticky_session::{AuthId, BindingKey, BindingStore, MokaStore, SessionId};
+/// use tower_sticky_session::{AuthId, BindingKey, BindingStore, MemoryStore, SessionId};
 /// use tower_sticky_session::store::InspectStore;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// let store = MokaStore::new();
+/// let store = MemoryStore::new();
 /// let key = BindingKey::new(None, SessionId::new("conv-1").unwrap());
 /// store.commit(&key, &AuthId::from("acct-2")).await.unwrap();
 ///
 /// let info = store.inspect(&key).await.unwrap().unwrap();
 /// assert_eq!(info.auth.as_str(), "acct-2");
-/// // (MokaStore also has a synchronous inherent `remove_account`.)
+/// // (MemoryStore also has a synchronous inherent `remove_account`.)
 /// let removed = InspectStore::remove_account(&store, &AuthId::from("acct-2")).await;
 /// assert_eq!(removed.unwrap(), 1);
 /// assert!(store.inspect(&key).await.unwrap().is_none());
@@ -73,22 +73,22 @@ pub trait InspectStore: BindingStore {
 
     /// The number of bindings held, if the store can count them cheaply. It may include
     /// bindings that have expired but whose memory is not reclaimed yet
-    /// ([`MokaStore`](super::MokaStore) reclaims an expired proven binding once it has not
+    /// ([`MemoryStore`](super::MemoryStore) reclaims an expired proven binding once it has not
     /// been read for a TTL, and a probation binding once its slot is reused).
     fn count(&self) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
 }
 
-impl InspectStore for super::MokaStore {
+impl InspectStore for super::MemoryStore {
     async fn inspect(&self, key: &BindingKey) -> Result<Option<BindingInfo>, StoreError> {
         Ok(self.get(key))
     }
 
     async fn remove(&self, key: &BindingKey) -> Result<Option<AuthId>, StoreError> {
-        Ok(super::MokaStore::remove(self, key))
+        Ok(super::MemoryStore::remove(self, key))
     }
 
     async fn remove_account(&self, auth: &AuthId) -> Result<usize, StoreError> {
-        Ok(super::MokaStore::remove_account(self, auth))
+        Ok(super::MemoryStore::remove_account(self, auth))
     }
 
     async fn count(&self) -> Result<Option<u64>, StoreError> {

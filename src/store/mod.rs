@@ -1,7 +1,7 @@
 //! Where bindings live.
 //!
 //! A [`BindingStore`] maps a [`BindingKey`] (scope, session) to the [`AuthId`] that last
-//! served it well. The embedded default is [`MokaStore`]; a networked store (Redis) sits
+//! served it well. The embedded default is [`MemoryStore`]; a networked store (Redis) sits
 //! behind the same trait.
 //!
 //! # The interface
@@ -21,17 +21,18 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use crate::types::{AuthId, BindingKey};
 
+mod hint;
 mod inspect;
-mod moka;
+mod memory;
 #[cfg(feature = "redis")]
 mod redis;
 
+pub(crate) use self::hint::{CommitHint, CrateOnly, HintedLookup};
 pub use self::inspect::{BindingInfo, InspectStore};
-pub use self::moka::{DEFAULT_MAX_BINDINGS, DEFAULT_TTL, MokaStore, MokaStoreBuilder};
+pub use self::memory::{DEFAULT_MAX_BINDINGS, DEFAULT_TTL, MemoryStore, MemoryStoreBuilder};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{
@@ -66,7 +67,7 @@ pub use self::redis::{
 /// What a store should therefore do:
 ///
 /// - take effect as early as it can: when the method is called if possible (an in-memory
-///   store: [`MokaStore`] does, its futures are [`std::future::Ready`]), else at the first
+///   store: [`MemoryStore`] does, its futures are [`std::future::Ready`]), else at the first
 ///   poll;
 /// - keep its futures independent of the task that created them (they are `Send +
 ///   'static`): they may finish on another task of the runtime;
@@ -146,7 +147,7 @@ pub trait BindingStore: Send + Sync + 'static {
 
     /// Binds `key` to `auth`, replacing any binding and renewing its time to live. A store
     /// may treat a commit of the account the binding already holds as a renewal it can
-    /// defer for a bounded fraction of the TTL ([`MokaStore`] does, for at most 1/16 of it;
+    /// defer for a bounded fraction of the TTL ([`MemoryStore`] does, for at most 1/16 of it;
     /// so does the Redis store when its near cache is invalidated by Redis).
     fn commit(&self, key: &BindingKey, auth: &AuthId) -> Self::CommitFuture;
 
@@ -154,111 +155,35 @@ pub trait BindingStore: Send + Sync + 'static {
     /// Resolves to whether a binding was removed.
     fn clear_if(&self, key: &BindingKey, expected: &AuthId) -> Self::ClearFuture;
 
-    /// [`lookup`](BindingStore::lookup), also returning a [`CommitHint`] for a later
-    /// [`commit_hinted`](BindingStore::commit_hinted) of the same key.
+    /// Crate-internal: [`lookup`](BindingStore::lookup), also returning a [`CommitHint`]
+    /// for a later [`commit_hinted`](BindingStore::commit_hinted) of the same key.
     ///
-    /// The default wraps [`lookup`](BindingStore::lookup) and returns
-    /// [`CommitHint::NONE`]. [`MokaStore`] returns a hint that lets the commit of a
+    /// Neither callable nor overridable outside this crate: its [`CrateOnly`] argument can
+    /// be neither named nor made there. The default wraps `lookup` and returns
+    /// [`CommitHint::NONE`]; [`MemoryStore`] returns a hint that lets the commit of a
     /// proven, recently renewed binding to the account it already holds skip its store
     /// access.
-    fn lookup_hinted(&self, key: &BindingKey) -> HintedLookup<Self::LookupFuture> {
+    #[doc(hidden)]
+    fn lookup_hinted(&self, key: &BindingKey, _: CrateOnly) -> HintedLookup<Self::LookupFuture> {
         HintedLookup::plain(self.lookup(key))
     }
 
-    /// [`commit`](BindingStore::commit), given the hint that
+    /// Crate-internal: [`commit`](BindingStore::commit), given the hint that
     /// [`lookup_hinted`](BindingStore::lookup_hinted) of the **same key on this store**
     /// returned. The result must be the same as that of `commit`: a hint only lets a store
     /// skip work that `commit` would find unnecessary, and a stale hint (the binding was
     /// written, cleared or evicted since) must make it do the full commit. The default
     /// ignores the hint.
+    #[doc(hidden)]
     fn commit_hinted(
         &self,
         key: &BindingKey,
         auth: &AuthId,
         hint: CommitHint,
+        _: CrateOnly,
     ) -> Self::CommitFuture {
         let _ = hint;
         self.commit(key, auth)
-    }
-}
-
-/// What a store's [`lookup_hinted`](BindingStore::lookup_hinted) learned about a binding,
-/// for the [`commit_hinted`](BindingStore::commit_hinted) of the same key: small, `Copy`,
-/// opaque. [`CommitHint::NONE`] says nothing (the commit does all its work).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CommitHint {
-    /// The store's own data (for [`MokaStore`]: key digest, binding, stripe generation).
-    pub(crate) a: u64,
-    pub(crate) b: u64,
-    pub(crate) c: u32,
-    /// `false`: no hint.
-    pub(crate) valid: bool,
-}
-
-impl CommitHint {
-    /// No hint: a commit given it does all its work.
-    pub const NONE: Self = Self {
-        a: 0,
-        b: 0,
-        c: 0,
-        valid: false,
-    };
-}
-
-/// The future of [`BindingStore::lookup_hinted`]: either a store's plain lookup (no hint)
-/// or an answer that is already there.
-#[derive(Debug)]
-pub struct HintedLookup<F> {
-    inner: Hinted<F>,
-}
-
-type HintedOutput = Result<Option<(AuthId, CommitHint)>, StoreError>;
-
-#[derive(Debug)]
-enum Hinted<F> {
-    Plain(F),
-    Ready(Option<HintedOutput>),
-}
-
-impl<F> HintedLookup<F> {
-    /// A plain lookup's future; it resolves with [`CommitHint::NONE`].
-    pub fn plain(lookup: F) -> Self {
-        Self {
-            inner: Hinted::Plain(lookup),
-        }
-    }
-
-    /// An answer that is already there (it resolves on the first poll).
-    pub fn ready(result: Result<Option<(AuthId, CommitHint)>, StoreError>) -> Self {
-        Self {
-            inner: Hinted::Ready(Some(result)),
-        }
-    }
-
-    /// The plain lookup inside, if this is one (only a plain lookup can be pending).
-    pub(crate) fn into_plain(self) -> Option<F> {
-        match self.inner {
-            Hinted::Plain(f) => Some(f),
-            Hinted::Ready(_) => None,
-        }
-    }
-}
-
-impl<F> Future for HintedLookup<F>
-where
-    F: Future<Output = Result<Option<AuthId>, StoreError>> + Unpin,
-{
-    type Output = HintedOutput;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.inner {
-            Hinted::Plain(f) => Pin::new(f)
-                .poll(cx)
-                .map(|r| r.map(|a| a.map(|a| (a, CommitHint::NONE)))),
-            Hinted::Ready(r) => {
-                Poll::Ready(r.take().expect("HintedLookup polled after completion"))
-            }
-        }
     }
 }
 
@@ -354,8 +279,12 @@ impl<St: BindingStore> BindingStore for std::sync::Arc<St> {
         (**self).clear_if(key, expected)
     }
 
-    fn lookup_hinted(&self, key: &BindingKey) -> HintedLookup<Self::LookupFuture> {
-        (**self).lookup_hinted(key)
+    fn lookup_hinted(
+        &self,
+        key: &BindingKey,
+        token: CrateOnly,
+    ) -> HintedLookup<Self::LookupFuture> {
+        (**self).lookup_hinted(key, token)
     }
 
     fn commit_hinted(
@@ -363,7 +292,8 @@ impl<St: BindingStore> BindingStore for std::sync::Arc<St> {
         key: &BindingKey,
         auth: &AuthId,
         hint: CommitHint,
+        token: CrateOnly,
     ) -> Self::CommitFuture {
-        (**self).commit_hinted(key, auth, hint)
+        (**self).commit_hinted(key, auth, hint, token)
     }
 }

@@ -69,7 +69,7 @@ pub(crate) fn key(scope: Option<&'static str>, session: &str) -> BindingKey {
 
 /// The account `session` (no scope) is bound to in `store`, if any.
 pub(crate) async fn bound(
-    store: &tower_sticky_session::MokaStore,
+    store: &tower_sticky_session::MemoryStore,
     session: &str,
 ) -> Option<String> {
     use tower_sticky_session::BindingStore;

@@ -11,8 +11,8 @@
 //! ([`BodyKind::Stream`]), or hyper's `Incoming` of a relayed request to a local upstream
 //! server over TCP that streams the same frames ([`BodyKind::Incoming`]).
 //!
-//! The store is a [`MokaStore`] behind a gate: with the gate open it answers at once, like
-//! the moka store does; closed, commits and clears wait until it opens (a networked
+//! The store is a [`MemoryStore`] behind a gate: with the gate open it answers at once, like
+//! the in-memory store does; closed, commits and clears wait until it opens (a networked
 //! store's slow round trip), so a test can drop a response future or body while a
 //! decided operation is still in flight.
 
@@ -42,7 +42,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_sticky_session::{
-    AuthId, BindingKey, BindingStore, BoxStoreFuture, MokaStore, PinnedAuth, Scope, ServedBy,
+    AuthId, BindingKey, BindingStore, BoxStoreFuture, MemoryStore, PinnedAuth, Scope, ServedBy,
     SessionId, Stats, StickySessionLayer, StoreError,
 };
 
@@ -457,10 +457,10 @@ impl<U: Upstream, B: Send + 'static> Service<Request<B>> for Picker<U> {
 
 // ------------------------------------------------------------------ gated store
 
-/// A [`MokaStore`] whose commits and clears wait while the gate is closed.
+/// A [`MemoryStore`] whose commits and clears wait while the gate is closed.
 #[derive(Clone)]
 pub(crate) struct GatedStore {
-    inner: MokaStore,
+    inner: MemoryStore,
     gate: Gate,
     /// Every operation is pending once (see [`Cell::deferred`]).
     deferred: bool,
@@ -524,7 +524,7 @@ impl Gate {
 fn now<F: Future + Unpin>(mut f: F) -> F::Output {
     match Pin::new(&mut f).poll(&mut Context::from_waker(std::task::Waker::noop())) {
         Poll::Ready(v) => v,
-        Poll::Pending => panic!("the moka store answers at once"),
+        Poll::Pending => panic!("the in-memory store answers at once"),
     }
 }
 
@@ -562,7 +562,7 @@ pub(crate) type Sticky = StickySessionLayer<GatedStore>;
 
 /// What a test may change about the stack.
 pub(crate) struct Options {
-    pub(crate) store: MokaStore,
+    pub(crate) store: MemoryStore,
     pub(crate) layer: fn(Sticky) -> Sticky,
     /// An outer timeout around the sticky layer: `tower::timeout::TimeoutLayer`, or
     /// tower-http's `TimeoutLayer` (504) for `Transport::AxumLayer`.
@@ -574,7 +574,7 @@ pub(crate) struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            store: MokaStore::new(),
+            store: MemoryStore::new(),
             layer: |l| l,
             outer_timeout: None,
             body_timeout: None,
@@ -587,7 +587,7 @@ type TowerSvc = BoxCloneService<Request<Empty<Bytes>>, Response<ClientBody>, Box
 /// One running stack for one cell.
 pub(crate) struct Env {
     pub(crate) cell: Cell,
-    pub(crate) store: MokaStore,
+    pub(crate) store: MemoryStore,
     pub(crate) gate: Gate,
     pub(crate) stats: Stats,
     plans: Plans,

@@ -19,7 +19,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tower_sticky_session::{MokaStore, Stats};
+use tower_sticky_session::{MemoryStore, Stats};
 
 use crate::app::{self, Drained, ProxyConfig, ProxyService, ServeConfig};
 use crate::upstream::{BOUND, within};
@@ -34,7 +34,7 @@ pub(crate) struct Spawned {
 }
 
 /// Serves the proxy's `service` with `cfg` on a fresh loopback port until `stop` fires.
-pub(crate) async fn spawn(service: ProxyService<MokaStore>, cfg: ServeConfig) -> Spawned {
+pub(crate) async fn spawn(service: ProxyService<MemoryStore>, cfg: ServeConfig) -> Spawned {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -51,7 +51,7 @@ pub(crate) async fn spawn(service: ProxyService<MokaStore>, cfg: ServeConfig) ->
 
 /// Builds the proxy for `cfg` with its bindings in `store` and serves it with a
 /// [`BOUND`] grace period; also returns the sticky layer's counters.
-pub(crate) async fn start(cfg: &ProxyConfig, store: MokaStore) -> (Spawned, Stats) {
+pub(crate) async fn start(cfg: &ProxyConfig, store: MemoryStore) -> (Spawned, Stats) {
     let built = app::build(cfg, store).unwrap();
     (
         spawn(built.service, ServeConfig::new(BOUND)).await,

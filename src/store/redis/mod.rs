@@ -199,7 +199,7 @@ const SET_UNLESS_FRESH_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] 
 /// # Near cache
 ///
 /// [`near_cache`](RedisStoreBuilder::near_cache) puts a small in-process
-/// [`MokaStore`](crate::store::MokaStore) in front of Redis: a lookup it answers costs no
+/// [`MemoryStore`](crate::store::MemoryStore) in front of Redis: a lookup it answers costs no
 /// round trip. Entries are filled from Redis lookups only and never renewed locally.
 ///
 /// **Invalidation by Redis** (on by default, in every mode; Redis ≥ 6 or Valkey): the
@@ -928,7 +928,7 @@ impl BindingStore for RedisStore {
             // With invalidation on, a write that changes nothing is not free: every other
             // replica that holds the binding would drop it. A same-account renewal is
             // deferred while the binding has more than 15/16 of its TTL left (as
-            // `MokaStore` does; `BindingStore::commit` allows it).
+            // `MemoryStore` does; `BindingStore::commit` allows it).
             cmd.arg("EVAL")
                 .arg(SET_UNLESS_FRESH_SCRIPT)
                 .arg(1)

@@ -33,11 +33,11 @@ use std::time::{Duration, Instant};
 
 use ::redis::{PushInfo, PushKind, Value};
 
-use crate::store::{BindingStore, MokaStore};
+use crate::store::{BindingStore, MemoryStore};
 use crate::types::{AuthId, BindingKey};
 
 pub(super) struct Near {
-    pub(super) cache: MokaStore,
+    pub(super) cache: MemoryStore,
     /// Bumped by every clear, invalidation and commit that changes the local entry: a
     /// lookup whose Redis reply arrives after a bump does not fill the local tier.
     generation: AtomicU64,
@@ -71,7 +71,7 @@ impl Near {
         tracking: Option<Option<Duration>>,
     ) -> Self {
         Self {
-            cache: MokaStore::builder()
+            cache: MemoryStore::builder()
                 .ttl(ttl)
                 .max_bindings(max_bindings)
                 .build(),
@@ -111,7 +111,7 @@ impl Near {
         if let Some(t) = &self.tracking {
             t.index.insert(redis_key.into(), key.clone());
         }
-        // `MokaStore` works synchronously and answers `Ready`.
+        // `MemoryStore` works synchronously and answers `Ready`.
         let _ = self.cache.commit(key, auth).into_inner();
         if self.generation() != generation {
             self.cache.remove(key);

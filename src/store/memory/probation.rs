@@ -38,9 +38,10 @@
 //! of them; with at least 1 024 per shard the store-wide window stays within a few
 //! percent of `probation` (a key's shard receives a binomial share of the others).
 //!
-//! [`MokaStore`](super::MokaStore) holds a key's shard lock for every write of that key,
-//! in either segment: the lock is the per-key serialization of the whole store (see its
-//! docs). The guard is public to the parent module for that reason.
+//! [`MemoryStore`](super::MemoryStore) holds a key's shard lock for every write of that key,
+//! in either segment: the lock is the per-key serialization of the whole store (rule 4,
+//! *one lock per key*, in the parent module's docs). The guard is public to the parent
+//! module for that reason.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -91,7 +92,8 @@ impl Probation {
     }
 
     /// A probation segment of at most `capacity` bindings in `shards` (a power of two)
-    /// shards; the first `capacity % shards` get one binding more than the others. A
+    /// shards; the first `capacity % shards` get one binding more than the others (rule 7,
+    /// *bounded*: the shares add up to `capacity`). A
     /// share beyond [`MAX_SHARD_LEN`] (only for capacities in the billions) is cut to it:
     /// the total stays a bound, just a smaller one.
     fn with_shards(capacity: u64, shards: usize) -> Self {
@@ -105,7 +107,7 @@ impl Probation {
     }
 
     /// The lock of `k`'s shard. Held by the store for every write of `k`, in either
-    /// segment. A poisoned lock is taken over: no shard operation calls out of this module
+    /// segment (rule 4, *one lock per key*). A poisoned lock is taken over: no shard operation calls out of this module
     /// once it has started changing links (`insert` asks `live` first), and the store
     /// calls moka only between shard operations, so a panic never leaves a shard
     /// half-linked.

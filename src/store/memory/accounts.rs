@@ -15,7 +15,7 @@ use std::sync::{OnceLock, RwLock};
 
 use crate::types::AuthId;
 
-/// The most accounts one store can intern (indexes are 24 bits).
+/// The most accounts one store can intern (indexes are 24 bits; rule 7, *bounded*).
 pub(super) const MAX_ACCOUNTS: u32 = 1 << 24;
 
 /// Slots in chunk 0; chunk `c` holds `FIRST << c`.

@@ -1,45 +1,153 @@
-//! The embedded binding store: a probation segment for bindings with one success (a
-//! purpose-built sharded LRU, `probation.rs`) and a protected segment for bindings proven
-//! by a second one (a `moka` cache).
+//! The embedded binding store, [`MemoryStore`]: a probation segment for bindings with one
+//! success and a protected segment for bindings proven by a second one.
+//!
+//! # Parts
+//!
+//! - `probation.rs`: the probation segment, a purpose-built sharded LRU (shards picked by
+//!   bits 32.. of the key digest, each a mutex around an open-addressing index and a slab
+//!   of 24-byte nodes), which also remembers the live keys it pushed out to make room.
+//! - The protected segment: a `moka` cache (LRU, time-to-idle `ttl`) keyed by the digest.
+//! - `hot.rs`: a direct-mapped table of proven bindings just read from protected, read
+//!   under a sequence number, so a session in steady use is found without a moka read.
+//! - `accounts.rs`: interned accounts; a binding's value is 8 bytes, the account's 24-bit
+//!   index and the write time (40 bits of milliseconds since the store was built).
+//! - The stripe generations ([`Generations`]): 4 096 counters per store, a key's stripe
+//!   picked by the digest's low 12 bits.
+//! - `builder.rs`: the settings and how they size the parts.
+//!
+//! A key is a 64-bit keyed SipHash of `(scope, session)`, computed once per operation and
+//! used for every part: raw session ids are not kept, and an entry's key is 8 bytes
+//! whatever the session id's length.
+//!
+//! # Invariants
+//!
+//! The code that keeps each rule names it (`rule N, *name*`). Rules 1–3 are model-checked
+//! with `loom` (`model_check.rs`, built with `--cfg sticky_loom` and run by `.ci/run`);
+//! rules 4–7 are held by the unit tests of this module, `hot.rs` and `probation.rs`.
+//! `docs/store-model-check.md` records what breaking each rule does to those checks.
+//!
+//! 1. **Slot seqlock.** A slot of the hot table is written only by a filler that moved its
+//!    sequence number from even to odd by compare-and-swap, and published by storing the
+//!    next even number (release). A reader returns a slot's binding only if it read the
+//!    same even sequence number before (acquire) and after (behind an acquire fence) the
+//!    slot's fields. So a reader never returns a binding of one fill with the digest,
+//!    generation or fill time of another (no torn slot), and a busy slot reads as empty.
+//! 2. **Bump after write.** Every change of a key's binding — a commit that writes, a
+//!    promotion, a compare-and-delete, a removal, and moka's eviction of a protected
+//!    binding — bumps the generation of the key's stripe *after* the change took effect
+//!    and before the operation returns.
+//! 3. **Generation before read.** A hinted lookup reads the stripe's generation *before*
+//!    it reads the binding (from a slot or from moka); a slot is filled with the
+//!    generation read before its moka read; a slot is served, and a [`CommitHint`] lets a
+//!    commit skip its store access, only while the stripe's generation still equals the
+//!    one recorded. With rule 2: a lookup that starts after a write, clear or removal of
+//!    its key returned never returns the binding from before it (nothing stale after a
+//!    clear), and a skipped commit is one that nothing wrote in between; a lookup that
+//!    overlaps a write may return the binding as it was just before, as a moka read
+//!    racing the write would.
+//! 4. **One lock per key.** Every write of a key, in either segment, holds the lock of the
+//!    key's probation shard from its first read to its last write, the moka insert or
+//!    remove included; protected's eviction listener takes no lock (it only bumps
+//!    counters), so there is no lock-order cycle. So writes of one key are serialized
+//!    whichever segment holds it, and a compare-and-delete never removes a binding that a
+//!    commit wrote after the compare. A poisoned shard lock is taken over: no shard
+//!    operation leaves its list half-linked.
+//! 5. **Promote before remove.** A promotion inserts the binding into protected *before*
+//!    it removes it from probation (under the lock of rule 4); a lookup reads protected,
+//!    then probation, then — only if both missed — protected again. So a lookup never
+//!    misses a binding that is being promoted. (A probation read takes the shard lock,
+//!    so today the order inside the lock is not observable and the third read is what
+//!    matters; the order keeps a lock-free probation read correct.) A binding is in at
+//!    most one segment between two writes of its key.
+//! 6. **Renewal window.** A commit of the account a proven binding already holds leaves
+//!    it as it is while it is younger than `ttl / 16` ([`RENEW_DIVISOR`]); any other
+//!    commit writes. A slot serves only while it was filled less than `ttl / 16` ago and
+//!    fewer than `protected / 16` protected evictions happened since; a hint skips only a
+//!    binding still younger than `ttl / 16` at the commit. So a binding expires between
+//!    `15/16 · ttl` and `ttl` after its last success, a binding in use is read in moka at
+//!    least once per `ttl / 16` (moka's idle timer, `ttl`, never reclaims it) and per
+//!    `protected / 16` evictions (its place in protected's LRU order lags by at most
+//!    that). Expiry itself is lazy: a binding reads as absent once `ttl` has passed since
+//!    its write time.
+//! 7. **Bounded.** Protected holds at most `max_bindings − probation` bindings (moka's
+//!    capacity, counted after its pending work); each probation shard at most its share,
+//!    the shares adding up to `probation`; each shard remembers at most twice its share of
+//!    pushed-out keys (at most 2²⁰); the hot table has at most 131 072 slots of 32 bytes;
+//!    the stripes are 4 096; at most 2²⁴ distinct accounts are interned (a commit of one
+//!    more fails).
+//!
+//! # Segments
+//!
+//! A commit that creates a binding puts it in probation, so one-off session ids compete
+//! only with each other there. A commit of the account a probation binding already points
+//! at promotes it to protected (rule 5); later commits keep it there. A commit of a key
+//! that probation pushed out to make room and still remembers promotes it at once, on
+//! whichever account served it, if its first success is still within `ttl` (and at least
+//! `promote_after` old): without this, sessions that come back a little slower than the
+//! probation window would never be proven. With `promote_after` set, a key is remembered
+//! only if it was already that old when pushed out, so promotions stay bounded by
+//! `probation / promote_after` per second. A binding evicted from a full protected is
+//! dropped, not demoted: a demotion would happen in moka's housekeeping, outside rule 4.
+//!
+//! Probation is sharded (4 per core, at most 64, at least 1 024 bindings each): each shard
+//! is an exact LRU of its own share, so the store-wide window is `probation` other new
+//! bindings within a few percent. Its default share of `max_bindings` is an eighth rather
+//! than a tenth because new sessions fill the shards unevenly (a binomial share): with
+//! the default 12 500 in 8 shards, a cycle of 10 000 sessions keeps each one's first
+//! account.
+//!
+//! # A hit's commit without a store access
+//!
+//! `lookup_hinted` returns a [`CommitHint`]: the key's digest, the binding it read, and
+//! the stripe generation read before it (rule 3). `commit_hinted` returns at once — no
+//! hash, no moka read — when the hint is of a *proven* binding on the committed account,
+//! younger than `ttl / 16` now (rule 6), and the generation is unchanged: the binding is
+//! then exactly what the lookup read, and [`commit`](BindingStore::commit) would have
+//! left it as it is too. Otherwise (a probation binding, whose commit is the promotion;
+//! anything written, cleared or evicted in the stripe since; another account; time to
+//! renew) it is a plain commit, so a compare-and-delete between a hit's lookup and its
+//! commit is never undone by a skip. A hint carries the store's salt mixed into the
+//! generation, so a hint from another store is stale but for a 2⁻³² chance.
+//!
+//! # Hits without a moka read
+//!
+//! A lookup that finds a proven binding in protected records it in its slot of the hot
+//! table (one slot per eight protected bindings), with the stripe generation read before
+//! the moka read. The next lookup of that key takes it from the slot while rules 3 and 6
+//! allow. An eviction by moka takes effect, for the table, when moka's eviction listener
+//! runs, a moment after moka dropped the entry: in between a plain lookup may miss a
+//! binding a hinted one still serves. Under many writes slots go stale sooner and lookups
+//! read moka: it costs speed, never correctness.
 
 mod accounts;
+mod builder;
 mod hot;
+#[cfg(all(test, sticky_loom))]
+mod model_check;
 mod probation;
+mod sync;
 
 use std::future::{Ready, ready};
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use moka::notification::RemovalCause;
-use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 
 use self::accounts::Accounts;
+pub use self::builder::{DEFAULT_MAX_BINDINGS, DEFAULT_TTL, MemoryStoreBuilder};
 use self::hot::Hot;
 use self::probation::Probation;
-use super::{BindingInfo, BindingStore, CommitHint, HintedLookup, StoreError, StoreErrorKind};
+use self::sync::AtomicU32;
+use super::{
+    BindingInfo, BindingStore, CommitHint, CrateOnly, HintedLookup, StoreError, StoreErrorKind,
+};
 use crate::types::{AuthId, BindingKey};
-
-/// Default capacity of a [`MokaStore`], in bindings.
-pub const DEFAULT_MAX_BINDINGS: u64 = 100_000;
-/// Default time to live of a binding: one hour, renewed by commits ([`MokaStore`] renews
-/// a same-account binding at most once every sixteenth of it; the Redis store on every
-/// commit, or likewise at most once every sixteenth when its near cache is invalidated by
-/// Redis).
-pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 
 /// A commit of the account a binding already points at rewrites it (renewing its TTL)
 /// only once the binding is older than `ttl / RENEW_DIVISOR`.
 const RENEW_DIVISOR: u32 = 16;
-
-/// The probation segment's default share of `max_bindings`: an eighth, so that a tenth
-/// of `max_bindings` new sessions fits in it whole although its shards fill unevenly
-/// (see [`MokaStore`])…
-const PROBATION_DIVISOR: u64 = 8;
-/// …but at least this many bindings (or half the store, if that is smaller).
-const PROBATION_FLOOR: u64 = 1024;
 
 /// Bits of a binding's value that hold its write time (milliseconds since the store was
 /// built: 2⁴⁰ ms is 34 years); the 24 above them hold the interned account.
@@ -48,17 +156,19 @@ const TIME_MASK: u64 = (1 << TIME_BITS) - 1;
 
 /// Generation counters per store: one per stripe of keys (indexed by the key digest's low
 /// bits), 16 KiB per store.
+#[cfg(not(sticky_loom))]
 const STRIPES: usize = 1 << 12;
+/// The model check uses four stripes.
+#[cfg(sticky_loom)]
+const STRIPES: usize = 4;
 
-/// The default probation size for a store of `max_bindings`.
-fn default_probation(max_bindings: u64) -> u64 {
-    (max_bindings / PROBATION_DIVISOR)
-        .max(PROBATION_FLOOR.min(max_bindings / 2))
-        .max(max_bindings.min(1))
-}
-
-/// The in-memory binding store: two bounded, expiring segments, the proven one a
-/// [`moka`] cache.
+/// The in-memory binding store: two bounded, expiring segments, for a proxy that runs as
+/// one process.
+///
+/// Pick it when one process serves all the requests of a session (the default store of
+/// [`StickySessionLayer::new`](crate::StickySessionLayer::new)): its operations answer at
+/// once, without a network round trip or an allocation. Replicas that must share bindings
+/// use the Redis store instead (feature `redis`).
 ///
 /// # Segments: proven sessions are never evicted by one-off ids
 ///
@@ -67,181 +177,78 @@ fn default_probation(max_bindings: u64) -> u64 {
 /// - **Probation** holds bindings with one success behind them. A commit that creates a
 ///   binding puts it here, so session ids that are used once — however many, however
 ///   fast — compete only with each other: the least recently used probation binding
-///   makes room. It is a churn buffer, so it is not a moka cache but a purpose-built one:
-///   a few independent LRU lists (shards, picked by the key's digest; 4 per core, at most
-///   64, at least 1 024 bindings each), each a mutex around an open-addressing index and
-///   a slab of 24-byte nodes — ≈ 33–43 bytes and well under a microsecond per insert,
-///   against moka's ≈ 305 bytes and 2.5–3 µs (see `BENCHMARKS.md`).
-/// - **Protected** holds bindings proven by a *second* success, in a moka cache: a
-///   commit of the account a probation binding already points at moves the binding here.
-///   Later commits (TTL renewals, a move to another account after a failover) keep it
-///   here. Nothing in probation can evict a protected binding.
+///   makes room.
+/// - **Protected** holds bindings proven by a *second* success on the same account (a
+///   [`moka`] cache). Later commits (TTL renewals, a move to another account after a
+///   failover) keep the binding here. Nothing in probation can evict a protected binding;
+///   when protected is full, the proven binding least recently read or written makes room
+///   for a newly promoted one.
 ///
-/// The split: probation gets `max(max_bindings / 8, min(1024, max_bindings / 2))` and
-/// protected the rest (default: 12 500 and 87 500); [`MokaStoreBuilder::probation_bindings`]
-/// sets it. `max_bindings` stays the bound on the total. Why an eighth: protected holds the
-/// sessions that matter (conversations with more than one turn), so it gets most of the
-/// room; probation only has to hold a new session from its first success until its
-/// second request, which must therefore come within **`probation / r`** seconds, where
-/// `r` is the rate of *other* new bindings (one-off ids of a flood included) per second:
-/// a new session's second request finds its binding if fewer than `probation` other first
-/// successes happened since its first one (or since it was last looked up). Exactly so in
-/// a probation of one shard (under 2 048 bindings); with several, each shard is an exact
-/// LRU of its own share and receives a random share of the others, so the window is
-/// `probation` other new bindings within a few percent (each shard holds at least 1 024;
-/// see `probation.rs`). With the defaults, against a flood of 1 000 one-off ids/s that is
-/// 12.5 s, against 10 000/s, 1.25 s.
-/// The floor of 1 024 keeps that window usable in small stores. An eighth rather than a
-/// tenth because of the shards: `probation` new sessions spread over `s` shards fill
-/// them unevenly (a binomial share, ± √(probation / s)), so a probation exactly as large
-/// as a cycle of sessions pushes a few of them out before their second request (measured:
-/// 0.6–1.1 % of a 10 000-session cycle with a probation of 10 000 in 8 shards of 1 250,
-/// `benches/peers.sh`), and each of those is bound again on whatever account the picker
-/// chooses. With the default 12 500 in 8 shards of 1 562, a cycle of 10 000 (a tenth of
-/// `max_bindings`) gives a shard 1 250 ± 33 of them: the fullest is still 9 standard
-/// deviations below its share, so every session of the cycle keeps its first account.
+/// A session whose first binding was pushed out of probation before its second request
+/// is still proven by its next success: probation remembers the keys it pushed out, and a
+/// commit of one promotes it straight to protected (if its first success is within the
+/// TTL). That request itself was not pinned (its lookup missed); the next one is.
 ///
-/// **A session that misses the window is still proven by its next success.** Each shard
-/// remembers the live keys it pushed out to make room (key digest and binding, 16 bytes
-/// each, in buckets of four; twice the shard's share of entries — 32 bytes per probation
-/// binding — allocated when the shard first fills): a commit of a key found there — a
-/// session whose first success's binding was pushed out before it came back — promotes it
-/// straight into protected, on whichever account served it (its old binding is gone, so
-/// the picker chose afresh), provided its first success is still within `ttl`. With
-/// [`promote_after`] set, a key is remembered only if it was already that old when pushed
-/// out, so a remembered key, like one still held, has spent `promote_after` in probation
-/// and the bound on promotions per second stays `probation / promote_after`. That request
-/// itself was not pinned (its lookup missed); the next one is. Without this, sessions
-/// that come back a little slower than the window would never be proven: more sessions
-/// in steady use than probation holds, each returning after all the others (a cyclic
-/// pattern), would each find its binding pushed out just before it returns, forever.
-/// One-off ids never come back, so they are remembered and forgotten without effect. A
-/// key pushed out `k` first successes ago is still remembered with probability ≈ 98 %
-/// for `k = probation / 2` and ≈ 86 % for `k = probation` (a bucket keeps its four
-/// newest).
+/// # Sizing
 ///
-/// [`promote_after`]: MokaStoreBuilder::promote_after
+/// [`max_bindings`](MemoryStoreBuilder::max_bindings) (default 100 000) bounds both
+/// segments together at every moment (protected once moka's pending work has run:
+/// [`run_pending_tasks`](Self::run_pending_tasks)). Probation gets
+/// `max(max_bindings / 8, min(1024, max_bindings / 2))` of it (default 12 500) and
+/// protected the rest; [`probation_bindings`](MemoryStoreBuilder::probation_bindings) sets
+/// it. Protected holds the sessions that matter (conversations with more than one turn),
+/// so it gets most of the room; probation only has to hold a new session from its first
+/// success until its second request, which must therefore come within
+/// **`probation / r`** seconds, where `r` is the rate of *other* new bindings per second
+/// (one-off ids of a flood included): with the defaults, 12.5 s against 1 000 one-off
+/// ids/s. [`promote_after`](MemoryStoreBuilder::promote_after) caps the rate of
+/// promotions, against a flood of ids each used twice (`RELIABILITY.md`, section
+/// *Flood*).
 ///
-/// **When protected is full**, the proven binding that was least recently read or written
-/// makes room for the newly promoted one (LRU within protected). It is dropped, not
-/// demoted to probation: under a flood it would last only a few seconds there, and a
-/// demotion happens in moka's housekeeping, outside the per-key serialization below,
-/// where it could bring back a binding that a concurrent compare-and-delete had just
-/// removed. So only a second success can push a proven binding out; an attacker who uses
-/// every id twice can (`RELIABILITY.md` measures what that does), unless
-/// [`MokaStoreBuilder::promote_after`] caps the rate of promotions.
+/// The memory a binding costs in each segment is measured in `BENCHMARKS.md`, section
+/// *Memory per binding*; the cost of each operation in *The segmented store (probation +
+/// protected) against one raw moka read* and *The hit path by instruction count*.
 ///
-/// # Bounded, expiring, renewed
+/// # Expiry and renewal
 ///
-/// - **Bounded.** At most `max_bindings` entries in total (default 100 000): protected
-///   holds at most `max_bindings − probation`, counted after moka's pending work
-///   ([`run_pending_tasks`](Self::run_pending_tasks)), and each probation shard at most
-///   its share of `probation` (the shares add up to `probation`), at every moment. As
-///   shards fill unevenly, probation starts evicting while a fraction of a percent below
-///   its size.
-/// - **Expiring.** A binding lives `ttl` (default 1 hour) after it was last written;
-///   successful responses renew it. Expiry is lazy: no sweeper thread, no task, no walk
-///   over the whole map under a lock. Each binding carries its write time and reads as
-///   absent once `ttl` has passed. moka reclaims a protected binding's memory once it has
-///   been neither read nor written for `ttl` (moka's time-to-idle, which needs no
-///   per-entry write-order list: 32 bytes less per binding than moka's time-to-live; see
-///   `BENCHMARKS.md`); a probation binding's slot is reused once it reaches the tail of
-///   its shard's LRU list (an insert into the shard drops an expired tail even when the
-///   shard is not full).
-/// - **Renewed at most every `ttl / 16`.** A commit that finds a protected binding
-///   already pointing at the same account, written less than `ttl / 16` ago, leaves it as
-///   it is: the common case — every request of a session that stays on its account
-///   commits — is then one read, not a write (a moka write costs several times a read;
-///   see `BENCHMARKS.md`). So a binding expires between `15/16 · ttl` and `ttl` after the
-///   last successful response (56¼ to 60 minutes by default). A commit to another
-///   account, one that creates a binding, and one that promotes it always write.
+/// A binding lives [`ttl`](MemoryStoreBuilder::ttl) (default 1 hour) after it was last
+/// written; successful responses renew it. A commit that finds a proven binding already
+/// on the same account rewrites it only once it is older than `ttl / 16`, so the common
+/// case — every request of a session that stays on its account commits — is a read, not
+/// a write, and a binding expires between `15/16 · ttl` and `ttl` after the last
+/// successful response (56¼ to 60 minutes by default). A commit to another account, one
+/// that creates a binding and one that promotes it always write. Expiry is lazy: no
+/// sweeper thread, no task; an expired binding reads as absent and its memory is reused
+/// later ([`entry_count`](Self::entry_count) may count it until then).
 ///
-/// # Small entries
+/// # Keys and accounts
 ///
-/// - A binding's key is a 64-bit SipHash of `(scope, session)` under a random per-store
-///   key, computed once per operation and used for both segments, so raw session ids are
-///   not kept and each entry's key is 8 bytes whatever the session id's length (a 128-bit
-///   key cost 16 more bytes per binding and a second hash per operation; see
-///   `BENCHMARKS.md`). Two live sessions share a key with probability n²/2⁶⁵ for n live
-///   bindings (3·10⁻⁸ at 1 000 000); a collision makes them share one binding — a request
-///   pinned to the account the other session last used, which the inner service treats
-///   as a hint — and cannot be aimed at without the per-store key.
-/// - A binding's value is 8 bytes: its account as an index into the store's table of
-///   accounts (interned at its first commit, kept for the store's life; at most 2²⁴
-///   distinct accounts, beyond which a commit of a new account fails with
-///   [`StoreErrorKind::Other`]) and its write time in milliseconds. So a new `AuthId`
-///   allocation per response costs nothing per binding.
-/// - Measured at 1 000 000 bindings (`examples/mem_per_binding`): a protected binding
-///   costs ≈ 305 bytes (moka's per-entry structure; 16 of them are the key and value), a
-///   probation binding ≈ 33–43 (the 24-byte node and its 4-byte index entries), plus 32
-///   for the remembered pushed-out keys once its shard has filled (written as it churns).
-///   At the default split, both segments full (an eighth in probation), that is ≈ 282 bytes
-///   per binding; a store whose bindings are all proven pays the protected figure.
+/// A binding's key is a 64-bit keyed hash of `(scope, session)` under a random per-store
+/// key, so session ids are not kept and a binding costs the same whatever the id's
+/// length. Two live sessions share a key with probability n²/2⁶⁵ for n live bindings; a
+/// collision makes them share one binding (a request pinned to the account the other
+/// session last used, which the inner service treats as a hint) and cannot be aimed at
+/// without the per-store key. Accounts are interned at their first commit and kept for the
+/// store's life: at most 2²⁴ distinct accounts, beyond which a commit of a new account
+/// fails with [`StoreErrorKind::Other`].
 ///
-/// # Atomic per key across both segments
+/// # Concurrency
 ///
-/// Every write of a key, in either segment — commit, promotion, compare-and-delete,
-/// removal — holds the lock of the key's probation shard from its first read to its last
-/// write, the protected segment's moka insert or remove included, so writes of one key
-/// are serialized whichever segment the binding is in, and a late compare-and-delete
-/// never removes a binding committed in between, in either segment. (moka's eviction
-/// listener on protected, which may run inside such a write, only bumps a counter and
-/// takes no lock, so there is no lock-order cycle.) A promotion inserts the binding into
-/// protected *before* it leaves probation, under that lock; a lookup reads protected,
-/// then probation, and — only if both missed — protected once more, so it never misses
-/// a binding that is being promoted (a proven binding costs one moka read; a probation
-/// binding a moka read and a shard lookup; a miss two moka reads and a shard lookup).
-/// Lookups of proven bindings and the renewal check take no lock; a probation lookup
-/// holds its shard's lock for the index probe and the move to the front. moka's own
-/// evictions and expiries only ever remove. A poisoned shard lock (a panic elsewhere
-/// while it was held) is taken over, not propagated: no shard operation leaves its list
-/// half-linked.
-///
-/// # A hit's commit without a store access
-///
-/// [`lookup_hinted`](BindingStore::lookup_hinted) returns a [`CommitHint`]: the key's
-/// digest, the binding it read, and the generation of the key's stripe (one of 4 096
-/// counters per store, read *before* the binding; every commit, compare-and-delete and
-/// removal of a key of the stripe bumps it after writing, and so does moka's eviction of
-/// a protected binding). [`commit_hinted`](BindingStore::commit_hinted) returns at once —
-/// no hash, no moka read — when the hint is of a *proven* binding on the committed
-/// account, younger than `ttl / 16` now, and the generation is unchanged: the binding is
-/// then exactly what the lookup read, and [`commit`](BindingStore::commit) would have
-/// left it as it is too. Otherwise (a probation binding, whose commit is the promotion;
-/// anything written, cleared or evicted in the stripe since the lookup; another account;
-/// time to renew) it is a plain commit. So a compare-and-delete between a hit's lookup
-/// and its commit is never undone by a skip: the commit writes the binding again.
-///
-/// # Hits without a moka read
-///
-/// A lookup that finds a proven binding in protected also records it in a small
-/// direct-mapped table (one 32-byte slot per eight protected bindings, at most 131 072
-/// slots: 4 MiB), keyed by the digest, with the stripe generation read before the moka
-/// read. The next lookup of that key takes the binding from its slot — five atomic loads
-/// instead of a moka `get` — as long as the stripe's generation is unchanged (so no
-/// commit, clear, removal or eviction of the key happened since), the slot is younger
-/// than `ttl / 16`, and fewer than `protected / 16` protected bindings were evicted since
-/// it was filled. The last two keep moka's LRU order and idle timer honest: a session in
-/// use is still read in moka at least once per `protected / 16` evictions and per
-/// renewal period, so its place in protected's LRU order lags by at most `protected / 16`
-/// evictions (it survives a flood of promotions about 15/16 as long as if every read went
-/// to moka; the flood figures in `RELIABILITY.md` did not move). A lookup that overlaps a
-/// write may return the binding as it was just before, as a moka read racing the write
-/// would; one that starts after a write has returned never does. An eviction by moka
-/// takes effect, for the table, when moka's eviction listener runs, a moment after moka
-/// dropped the entry: in between, a plain [`lookup`](BindingStore::lookup) may miss a
-/// binding a hinted one still serves. Under many writes (every first success of a new
-/// session bumps one of the 4 096 stripes) slots go stale sooner and lookups read moka,
-/// as before the table: it costs speed, never correctness.
+/// Writes of one key are serialized whichever segment holds it, so
+/// [`clear_if`](BindingStore::clear_if) never removes a binding committed in between, and
+/// a lookup never misses a binding that is being promoted. Lookups of proven bindings take
+/// no lock. A lookup that overlaps a write may return the binding as it was just before;
+/// one that starts after a write has returned never does. (The rules behind this are the
+/// invariants in this module's source, `src/store/memory/mod.rs`.)
 ///
 /// Cloning is cheap and clones share the segments: keep a clone to inspect or edit
 /// bindings.
 ///
 /// ```
 /// use std::time::Duration;
-/// use tower_sticky_session::{MokaStore, StickySessionLayer};
+/// use tower_sticky_session::{MemoryStore, StickySessionLayer};
 ///
-/// let store = MokaStore::builder()
+/// let store = MemoryStore::builder()
 ///     .max_bindings(10_000)
 ///     .ttl(Duration::from_secs(600))
 ///     .build();
@@ -250,7 +257,7 @@ fn default_probation(max_bindings: u64) -> u64 {
 /// # let _ = layer;
 /// ```
 #[derive(Clone)]
-pub struct MokaStore {
+pub struct MemoryStore {
     inner: Arc<Inner>,
 }
 
@@ -298,17 +305,60 @@ impl Generations {
         &self.counters[(k as usize) & (STRIPES - 1)]
     }
 
-    /// The stripe's generation, read before the binding (`Acquire`: a reader that sees a
-    /// bump also sees the write that preceded it).
+    /// The stripe's generation, read before the binding (rule 3, *generation before
+    /// read*; `Acquire`: a reader that sees a bump also sees the write that preceded it).
     #[inline]
     fn read(&self, k: u64) -> u32 {
         self.slot(k).load(Ordering::Acquire) ^ self.salt
     }
 
-    /// Called *after* a write or eviction of `k` took effect, before the operation returns.
+    /// Whether the stripe of `k` is still at `generation` (a value [`read`](Self::read)
+    /// returned): nothing wrote, cleared, removed or evicted a key of the stripe since.
+    #[inline]
+    fn unchanged(&self, k: u64, generation: u32) -> bool {
+        self.read(k) == generation
+    }
+
+    /// Called *after* a write or eviction of `k` took effect, before the operation returns
+    /// (rule 2, *bump after write*).
     #[inline]
     fn bump(&self, k: u64) {
         self.slot(k).fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Runs `write`, a change of `k`'s binding, then bumps `k`'s stripe (rule 2, *bump
+    /// after write*): every write of the store goes through here.
+    #[inline(always)]
+    fn after_write<R>(&self, k: u64, write: impl FnOnce() -> R) -> R {
+        let r = write();
+        self.bump(k);
+        r
+    }
+}
+
+/// The read side of a hinted lookup (rule 3, *generation before read*): the stripe's
+/// generation first, then the binding from `k`'s slot of `hot` if the slot is current,
+/// else from `read` (protected, probation, protected: rule 5), recording a proven one in
+/// the slot with the generation read before it. Returns the binding, whether it is proven,
+/// and that generation (the hint's).
+#[inline(always)]
+fn hinted_read(
+    gens: &Generations,
+    hot: &Hot,
+    k: u64,
+    now: u64,
+    read: impl FnOnce() -> Option<(Binding, bool)>,
+) -> Option<(Binding, bool, u32)> {
+    let generation = gens.read(k);
+    match hot.get(k, generation, now) {
+        Some(b) => Some((Binding(b), true, generation)),
+        None => {
+            let (b, proven) = read()?;
+            if proven {
+                hot.fill(k, b.0, generation, now);
+            }
+            Some((b, proven, generation))
+        }
     }
 }
 
@@ -331,119 +381,7 @@ impl Binding {
     }
 }
 
-/// Builds a [`MokaStore`].
-#[derive(Clone, Debug)]
-#[must_use]
-pub struct MokaStoreBuilder {
-    max_bindings: u64,
-    ttl: Duration,
-    probation: Option<u64>,
-    promote_after: Duration,
-}
-
-impl MokaStoreBuilder {
-    /// The capacity bound, in bindings, both segments together (default 100 000).
-    pub fn max_bindings(mut self, n: u64) -> Self {
-        self.max_bindings = n;
-        self
-    }
-
-    /// How long a binding lives after its last commit (default 1 hour).
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
-        self
-    }
-
-    /// How many of the `max_bindings` go to the probation segment (bindings with one
-    /// success); the rest hold proven bindings. Default: an eighth, at least
-    /// `min(1024, max_bindings / 2)`. Capped at `max_bindings`; with no room left for
-    /// protected, bindings are never promoted. A larger probation gives a new session
-    /// longer to make its second request under a flood (`probation / flood rate`), a
-    /// smaller one leaves more room for proven sessions. See [`MokaStore`].
-    pub fn probation_bindings(mut self, n: u64) -> Self {
-        self.probation = Some(n);
-        self
-    }
-
-    /// Promote a binding at a later success only once its first success is at least
-    /// `age` old (default: zero, the second success promotes whenever it comes).
-    ///
-    /// A defence against a flood of ids each used twice (which would otherwise promote
-    /// every attacker id and turn protected over at the attacker's rate): an id has to
-    /// stay in probation for `age` to be promoted, and probation holds `probation`
-    /// bindings, so however fast a flood is, at most `probation / age` ids are promoted
-    /// per second, and a proven session survives if it is touched once per
-    /// `protected · age / probation` (defaults with `age` = 10 s: 1 000 promotions/s,
-    /// once per 90 s). The price: a session is proven at its first success after `age`
-    /// (a same-account commit before that leaves the binding as it is, its TTL counted
-    /// from the first success), and only if it stays in probation until then — under a
-    /// one-off flood, by making requests at least once per probation window. Keep `age`
-    /// well below the TTL.
-    pub fn promote_after(mut self, age: Duration) -> Self {
-        self.promote_after = age;
-        self
-    }
-
-    /// Does nothing: both segments are always LRU.
-    ///
-    /// This used to switch the single cache from TinyLFU admission to LRU eviction. The
-    /// segmented store needs neither choice: one-off ids compete only among themselves in
-    /// probation (LRU), proven bindings among themselves in protected (LRU).
-    #[deprecated(note = "no effect: MokaStore's two segments are always LRU")]
-    pub fn lru(self) -> Self {
-        self
-    }
-
-    /// Builds the store.
-    pub fn build(self) -> MokaStore {
-        let n = self.max_bindings;
-        let probation = self
-            .probation
-            .unwrap_or_else(|| default_probation(n))
-            .min(n);
-        let keys = RandomState::new();
-        let gens = Arc::new(Generations::new(keys.hash_one(0u8) as u32));
-        let evicted = gens.clone();
-        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
-        let renew_ms = ttl_ms / u64::from(RENEW_DIVISOR);
-        let hot = Hot::new(n.saturating_sub(probation), renew_ms);
-        let evictions = hot.eviction_counter();
-        MokaStore {
-            inner: Arc::new(Inner {
-                // A protected binding's hint goes stale when moka evicts it, too.
-                protected: Cache::builder()
-                    .max_capacity(n - probation)
-                    // Reclaims bindings untouched for `ttl`; the binding's own write time
-                    // enforces the TTL since the last write, never later than the last
-                    // touch.
-                    .time_to_idle(self.ttl)
-                    .eviction_policy(EvictionPolicy::lru())
-                    // Only bumps a counter: it must never take a probation lock (moka
-                    // may run it inside a write that holds one).
-                    .eviction_listener(move |k: Arc<u64>, _, cause: RemovalCause| {
-                        if cause.was_evicted() {
-                            evicted.bump(*k);
-                            evictions.fetch_add(1, Ordering::Relaxed);
-                        }
-                    })
-                    .build_with_hasher(U64Hasher),
-                probation: Probation::new(probation),
-                promote: n > probation,
-                promote_after_ms: u64::try_from(self.promote_after.as_millis()).unwrap_or(u64::MAX),
-                accounts: Accounts::new(),
-                keys,
-                epoch: Instant::now(),
-                ttl: self.ttl,
-                ttl_ms,
-                renew_ms,
-                gens,
-                hot,
-            }),
-        }
-    }
-}
-
-impl MokaStore {
+impl MemoryStore {
     /// A store with the defaults (100 000 bindings, of which 12 500 in probation; 1 hour
     /// TTL).
     pub fn new() -> Self {
@@ -451,13 +389,8 @@ impl MokaStore {
     }
 
     /// A builder for a store with other settings.
-    pub fn builder() -> MokaStoreBuilder {
-        MokaStoreBuilder {
-            max_bindings: DEFAULT_MAX_BINDINGS,
-            ttl: DEFAULT_TTL,
-            probation: None,
-            promote_after: Duration::ZERO,
-        }
+    pub fn builder() -> MemoryStoreBuilder {
+        MemoryStoreBuilder::new()
     }
 
     #[inline]
@@ -558,7 +491,8 @@ impl Inner {
     /// The live binding of `k`: protected first, then probation, then — only if both
     /// missed — protected once more.
     ///
-    /// A promotion inserts into protected (t1) before it removes from probation (t2). A
+    /// Rule 5, *promote before remove*: a promotion inserts into protected (t1) before it
+    /// removes from probation (t2). A
     /// lookup that read protected before t1 and probation after t2 would miss a binding
     /// that never stopped existing; its third read, after t2, sees the protected copy. So
     /// a proven binding costs one read, a probation one two, a miss three.
@@ -589,18 +523,8 @@ impl Inner {
     /// stripe's generation is read *before* the binding, so any write or eviction of the
     /// key that the read may have missed shows as a changed generation.
     fn lookup_hinted_digest(&self, k: u64) -> Option<(AuthId, CommitHint)> {
-        let generation = self.gens.read(k);
         let now = self.now_ms();
-        let (b, proven) = match self.hot.get(k, generation, now) {
-            Some(b) => (Binding(b), true),
-            None => {
-                let (b, proven) = self.read(k)?;
-                if proven {
-                    self.hot.fill(k, b.0, generation, now);
-                }
-                (b, proven)
-            }
-        };
+        let (b, proven, generation) = hinted_read(&self.gens, &self.hot, k, now, || self.read(k))?;
         if !self.live(b, now) {
             return None;
         }
@@ -623,12 +547,13 @@ impl Inner {
     #[inline]
     fn hint_says_skip(&self, hint: CommitHint, auth: &AuthId) -> bool {
         hint.valid
-            && self.gens.read(hint.a) == hint.c
+            && self.gens.unchanged(hint.a, hint.c)
             && self.needs_no_renewal(Binding(hint.b), auth, self.now_ms())
     }
 
     /// Whether a commit of `auth` may leave the proven binding `b` as it is at `now`: it
-    /// already points at `auth` and was written less than `ttl / 16` ago.
+    /// already points at `auth` and was written less than `ttl / 16` ago (rule 6,
+    /// *renewal window*).
     #[inline]
     fn needs_no_renewal(&self, b: Binding, auth: &AuthId, now: u64) -> bool {
         now.saturating_sub(b.at_ms()) < self.renew_ms && self.is(b, auth)
@@ -648,11 +573,19 @@ impl Inner {
         let Some(account) = self.accounts.intern(auth) else {
             return Err(StoreError::new(
                 StoreErrorKind::Other,
-                Some("too many distinct accounts for one MokaStore (2^24)".into()),
+                Some("too many distinct accounts for one MemoryStore (2^24)".into()),
             ));
         };
         let fresh = Binding::new(account, now);
-        // Every write of `k`, in either segment, happens under its probation shard's lock.
+        self.gens
+            .after_write(k, || self.write_locked(k, fresh, account, now));
+        Ok(())
+    }
+
+    /// The write of a commit that does not skip: under `k`'s shard lock (rule 4, *one lock
+    /// per key*), dropped before the stripe's bump.
+    #[inline]
+    fn write_locked(&self, k: u64, fresh: Binding, account: u32, now: u64) {
         let mut shard = self.probation.lock(k);
         let live = |b: Binding| self.live(b, now);
         'write: {
@@ -670,7 +603,8 @@ impl Inner {
             }
             match shard.peek(k) {
                 // A second success on the same account: promote. Into protected first,
-                // then out of probation, so lookups always find it.
+                // then out of probation, so lookups always find it (rule 5, *promote
+                // before remove*).
                 Some(b) if self.promote && b.account() == account && live(b) => {
                     if now.saturating_sub(b.at_ms()) < self.promote_after_ms {
                         // Too young to promote (`promote_after`): leave it as it is, but
@@ -698,13 +632,17 @@ impl Inner {
                 }),
             }
         }
-        drop(shard);
-        self.gens.bump(k);
-        Ok(())
     }
 
     fn clear_digest(&self, k: u64, expected: &AuthId) -> bool {
         let now = self.now_ms();
+        self.gens
+            .after_write(k, || self.clear_locked(k, expected, now))
+    }
+
+    /// The compare-and-delete of `k`, in both segments, under `k`'s shard lock (rule 4,
+    /// *one lock per key*).
+    fn clear_locked(&self, k: u64, expected: &AuthId, now: u64) -> bool {
         let mut removed = false;
         let mut shard = self.probation.lock(k);
         if let Some(p) = self.protected.get(&k)
@@ -720,32 +658,30 @@ impl Inner {
             shard.remove(k);
             removed |= self.live(b, now);
         }
-        drop(shard);
-        self.gens.bump(k);
         removed
     }
 
     fn remove_digest(&self, k: u64) -> Option<AuthId> {
         let now = self.now_ms();
-        let mut shard = self.probation.lock(k);
-        let protected = self.protected.remove(&k);
-        let probation = shard.remove(k);
-        drop(shard);
-        self.gens.bump(k);
+        // Under `k`'s shard lock (rule 4, *one lock per key*).
+        let (protected, probation) = self.gens.after_write(k, || {
+            let mut shard = self.probation.lock(k);
+            (self.protected.remove(&k), shard.remove(k))
+        });
         let found = protected.or(probation).filter(|&b| self.live(b, now))?;
         self.accounts.get(found.account()).cloned()
     }
 }
 
-impl Default for MokaStore {
+impl Default for MemoryStore {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl std::fmt::Debug for MokaStore {
+impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MokaStore")
+        f.debug_struct("MemoryStore")
             .field("protected", &self.inner.protected.entry_count())
             .field("probation", &self.inner.probation.len())
             .field("ttl", &self.inner.ttl)
@@ -753,7 +689,7 @@ impl std::fmt::Debug for MokaStore {
     }
 }
 
-impl BindingStore for MokaStore {
+impl BindingStore for MemoryStore {
     type LookupFuture = Ready<Result<Option<AuthId>, StoreError>>;
     type CommitFuture = Ready<Result<(), StoreError>>;
     type ClearFuture = Ready<Result<bool, StoreError>>;
@@ -770,7 +706,7 @@ impl BindingStore for MokaStore {
         ready(Ok(self.inner.clear_digest(self.digest(key), expected)))
     }
 
-    fn lookup_hinted(&self, key: &BindingKey) -> HintedLookup<Self::LookupFuture> {
+    fn lookup_hinted(&self, key: &BindingKey, _: CrateOnly) -> HintedLookup<Self::LookupFuture> {
         HintedLookup::ready(Ok(self.inner.lookup_hinted_digest(self.digest(key))))
     }
 
@@ -782,6 +718,7 @@ impl BindingStore for MokaStore {
         key: &BindingKey,
         auth: &AuthId,
         hint: CommitHint,
+        _: CrateOnly,
     ) -> Self::CommitFuture {
         if self.inner.hint_says_skip(hint, auth) {
             return ready(Ok(()));
@@ -832,49 +769,54 @@ mod tests {
         BindingKey::new(None, SessionId::new(s).unwrap())
     }
 
-    fn store(ttl: Duration) -> MokaStore {
-        MokaStore::builder().ttl(ttl).build()
+    fn store(ttl: Duration) -> MemoryStore {
+        MemoryStore::builder().ttl(ttl).build()
     }
 
-    fn small(max: u64, probation: u64) -> MokaStore {
-        MokaStore::builder()
+    fn small(max: u64, probation: u64) -> MemoryStore {
+        MemoryStore::builder()
             .max_bindings(max)
             .probation_bindings(probation)
             .build()
     }
 
-    fn commit(store: &MokaStore, s: &str, a: &AuthId) {
+    fn commit(store: &MemoryStore, s: &str, a: &AuthId) {
         store.commit(&key(s), a).into_inner().unwrap();
     }
 
-    fn lookup(store: &MokaStore, k: &BindingKey) -> Option<AuthId> {
+    fn lookup(store: &MemoryStore, k: &BindingKey) -> Option<AuthId> {
         store.lookup(k).into_inner().unwrap()
     }
 
-    fn bound(store: &MokaStore, s: &str) -> Option<AuthId> {
+    fn bound(store: &MemoryStore, s: &str) -> Option<AuthId> {
         lookup(store, &key(s))
     }
 
-    fn clear(store: &MokaStore, s: &str, a: &AuthId) -> bool {
+    fn clear(store: &MemoryStore, s: &str, a: &AuthId) -> bool {
         store.clear_if(&key(s), a).into_inner().unwrap()
     }
 
-    fn age(store: &MokaStore, k: &BindingKey) -> Duration {
+    fn age(store: &MemoryStore, k: &BindingKey) -> Duration {
         store.get(k).and_then(|b| b.age).expect("bound")
     }
 
     /// `(protected, probation)` after moka's pending work.
-    fn segments(store: &MokaStore) -> (u64, u64) {
+    fn segments(store: &MemoryStore) -> (u64, u64) {
         store.run_pending_tasks();
         (store.protected_count(), store.probation_count())
     }
 
-    fn hinted(store: &MokaStore, s: &str) -> Option<(AuthId, CommitHint)> {
-        store.lookup_hinted(&key(s)).into_plain_ready()
+    fn hinted(store: &MemoryStore, s: &str) -> Option<(AuthId, CommitHint)> {
+        store
+            .lookup_hinted(&key(s), CrateOnly::TOKEN)
+            .into_plain_ready()
     }
 
-    fn commit_hinted(store: &MokaStore, s: &str, a: &AuthId, hint: CommitHint) {
-        store.commit_hinted(&key(s), a, hint).into_inner().unwrap();
+    fn commit_hinted(store: &MemoryStore, s: &str, a: &AuthId, hint: CommitHint) {
+        store
+            .commit_hinted(&key(s), a, hint, CrateOnly::TOKEN)
+            .into_inner()
+            .unwrap();
     }
 
     impl<F> HintedLookup<F>
@@ -885,7 +827,7 @@ mod tests {
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
             match std::pin::Pin::new(&mut self).poll(&mut cx) {
                 std::task::Poll::Ready(r) => r.unwrap(),
-                std::task::Poll::Pending => panic!("MokaStore answers at once"),
+                std::task::Poll::Pending => panic!("MemoryStore answers at once"),
             }
         }
     }
@@ -1077,17 +1019,6 @@ mod tests {
     }
 
     #[test]
-    fn probation_is_an_eighth_with_a_floor_of_1024_or_half() {
-        assert_eq!(default_probation(100_000), 12_500);
-        assert_eq!(default_probation(1_000_000), 125_000);
-        assert_eq!(default_probation(10_000), 1_250);
-        assert_eq!(default_probation(1_000), 500);
-        assert_eq!(default_probation(3), 1);
-        assert_eq!(default_probation(1), 1);
-        assert_eq!(default_probation(0), 0);
-    }
-
-    #[test]
     fn first_success_binds_in_probation_and_the_second_promotes() {
         let store = store(Duration::from_secs(3600));
         let a = AuthId::from("a");
@@ -1262,7 +1193,7 @@ mod tests {
 
     #[test]
     fn promote_after_holds_a_second_success_in_probation_until_the_first_is_old_enough() {
-        let store = MokaStore::builder()
+        let store = MemoryStore::builder()
             .max_bindings(1_000)
             .promote_after(Duration::from_millis(200))
             .build();
@@ -1294,7 +1225,7 @@ mod tests {
 
     #[test]
     fn promote_after_caps_promotions_by_a_flood_of_ids_used_twice() {
-        let store = MokaStore::builder()
+        let store = MemoryStore::builder()
             .max_bindings(1_000)
             .probation_bindings(100)
             .promote_after(Duration::from_secs(60))
@@ -1342,12 +1273,12 @@ mod tests {
     #[test]
     fn a_pushed_out_first_success_promotes_only_within_ttl_and_after_promote_after() {
         let a = AuthId::from("a");
-        let push_out = |store: &MokaStore| {
+        let push_out = |store: &MemoryStore| {
             for i in 0..1_100 {
                 commit(store, &format!("one-off-{i}"), &a);
             }
         };
-        let capped = MokaStore::builder()
+        let capped = MemoryStore::builder()
             .max_bindings(10_000)
             .probation_bindings(1_024)
             .promote_after(Duration::from_secs(60))
@@ -1361,7 +1292,7 @@ mod tests {
             "first success too young for promote_after"
         );
 
-        let short = MokaStore::builder()
+        let short = MemoryStore::builder()
             .max_bindings(10_000)
             .probation_bindings(1_024)
             .ttl(Duration::from_millis(200))
@@ -1378,7 +1309,7 @@ mod tests {
     /// keys already `age` old when pushed out are remembered.
     #[test]
     fn remembered_keys_do_not_let_more_ids_through_promote_after() {
-        let store = MokaStore::builder()
+        let store = MemoryStore::builder()
             .max_bindings(100_000)
             .probation_bindings(1_024)
             .promote_after(Duration::from_millis(300))
@@ -1409,9 +1340,8 @@ mod tests {
     }
 
     #[test]
-    #[allow(deprecated)]
-    fn lru_option_still_builds_the_segmented_store() {
-        let store = MokaStore::builder().max_bindings(100).lru().build();
+    fn a_store_of_100_bindings_promotes_at_the_second_success() {
+        let store = MemoryStore::builder().max_bindings(100).build();
         let a = AuthId::from("a");
         commit(&store, "s", &a);
         commit(&store, "s", &a);
@@ -1422,7 +1352,7 @@ mod tests {
     fn a_cycle_of_a_tenth_of_the_default_capacity_keeps_every_first_account() {
         // Issue 20: 10 000 sessions used in turn, each bound on its first success, must
         // all find that account at their second request (no shard overflows).
-        let store = MokaStore::new();
+        let store = MemoryStore::new();
         let accounts = [AuthId::from("a"), AuthId::from("b"), AuthId::from("c")];
         let ids: Vec<String> = (0..10_000).map(|i| format!("cycle-{i}")).collect();
         for (i, id) in ids.iter().enumerate() {
@@ -1480,7 +1410,7 @@ mod tests {
 
     /// Whether `k` is in both segments, read under its shard lock (every write of `k`
     /// holds it, so what this sees is the state between two complete operations).
-    fn in_both_segments(store: &MokaStore, s: &str) -> bool {
+    fn in_both_segments(store: &MemoryStore, s: &str) -> bool {
         let k = store.digest(&key(s));
         let shard = store.inner.probation.lock(k);
         shard.peek(k).is_some() && store.inner.protected.contains_key(&k)

@@ -40,16 +40,22 @@
 //! [`CommitHint`]: crate::store::CommitHint
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+use std::sync::atomic::Ordering;
+
+use super::sync::{AtomicU32, AtomicU64, fence};
 
 /// Bits of a slot's `filled` word that hold the protected-eviction count at fill time;
 /// the rest (40 bits) hold the fill time in milliseconds.
 const EVICTION_BITS: u32 = 24;
 const EVICTION_MASK: u64 = (1 << EVICTION_BITS) - 1;
 
-/// The most slots a table has (4 MiB), and the fewest a non-empty one has.
+/// The most slots a table has (4 MiB), and the fewest a non-empty one has (rule 7,
+/// *bounded*). The model check uses tables of two slots.
 const MAX_SLOTS: usize = 1 << 17;
+#[cfg(not(sticky_loom))]
 const MIN_SLOTS: usize = 64;
+#[cfg(sticky_loom)]
+const MIN_SLOTS: usize = 2;
 
 #[derive(Default)]
 struct Slot {
@@ -77,7 +83,8 @@ pub(super) struct Hot {
 
 impl Hot {
     /// A table for a protected segment of `protected` bindings: one slot per eight of
-    /// them, a power of two between 64 and 131 072; none when protected has no room.
+    /// them, a power of two between 64 and 131 072 (rule 7, *bounded*); none when
+    /// protected has no room.
     pub(super) fn new(protected: u64, max_age_ms: u64) -> Self {
         let n = if protected == 0 {
             0
@@ -105,7 +112,9 @@ impl Hot {
     }
 
     /// The binding of `digest` if its slot holds it, filled with `generation` (the key's
-    /// stripe generation now), recently enough in time and in protected evictions.
+    /// stripe generation now: rule 3, *generation before read*), recently enough in time
+    /// and in protected evictions (rule 6, *renewal window*). Read under the slot's
+    /// sequence number (rule 1, *slot seqlock*).
     #[inline]
     pub(super) fn get(&self, digest: u64, generation: u32, now_ms: u64) -> Option<u64> {
         let s = self.slot(digest)?;
@@ -129,7 +138,8 @@ impl Hot {
     }
 
     /// Records `binding` of `digest`, just read from protected after reading
-    /// `generation`. Skipped when another filler holds the slot.
+    /// `generation`. Skipped when another filler holds the slot (rule 1, *slot seqlock*:
+    /// the sequence number is odd from the compare-and-swap to the last store).
     #[inline]
     pub(super) fn fill(&self, digest: u64, binding: u64, generation: u32, now_ms: u64) {
         let Some(s) = self.slot(digest) else {
@@ -291,7 +301,7 @@ mod tests {
     mod through_the_store {
         use std::time::Duration;
 
-        use crate::store::moka::{Inner, MokaStore};
+        use crate::store::memory::{Inner, MemoryStore};
         use crate::types::{AuthId, BindingKey};
         use crate::{SessionId, store::BindingStore};
 
@@ -299,14 +309,14 @@ mod tests {
             BindingKey::new(None, SessionId::new(s).unwrap())
         }
 
-        fn hinted(store: &MokaStore, k: &BindingKey) -> Option<AuthId> {
+        fn hinted(store: &MemoryStore, k: &BindingKey) -> Option<AuthId> {
             store
                 .inner
                 .lookup_hinted_digest(store.digest(k))
                 .map(|(a, _)| a)
         }
 
-        fn commit(store: &MokaStore, k: &BindingKey, a: &AuthId) {
+        fn commit(store: &MemoryStore, k: &BindingKey, a: &AuthId) {
             store.inner.commit_digest(store.digest(k), a).unwrap();
         }
 
@@ -319,7 +329,9 @@ mod tests {
 
         #[test]
         fn a_proven_binding_is_served_from_its_slot_until_the_key_is_written() {
-            let store = MokaStore::builder().ttl(Duration::from_secs(3600)).build();
+            let store = MemoryStore::builder()
+                .ttl(Duration::from_secs(3600))
+                .build();
             let (a, b) = (AuthId::from("a"), AuthId::from("b"));
             let k = key("hot-session");
             let d = store.digest(&k);
@@ -357,7 +369,7 @@ mod tests {
             // Protected holds 1 600 (its slots go stale after 100 evictions): `first` is
             // evicted by the third of a few promotions, well inside that window, so only
             // the eviction's generation bump can make its slot stale.
-            let store = MokaStore::builder()
+            let store = MemoryStore::builder()
                 .max_bindings(1_600 + 1_024)
                 .probation_bindings(1_024)
                 .build();
@@ -369,7 +381,7 @@ mod tests {
             let d = store.digest(&first);
             // Keys outside `first`'s stripe: their commits must not bump its generation
             // (the stripe is the digest's low 12 bits; digests are keyed per store).
-            let stripe = |d: u64| d as usize & (crate::store::moka::STRIPES - 1);
+            let stripe = |d: u64| d as usize & (crate::store::memory::STRIPES - 1);
             let mut others = (0..).map(|i| key(&format!("other-{i}")));
             let mut other = || {
                 others
@@ -400,7 +412,7 @@ mod tests {
         /// binding, from moka or from a slot.
         #[test]
         fn a_lookup_after_a_clear_never_returns_the_cleared_binding() {
-            let store = MokaStore::builder().build();
+            let store = MemoryStore::builder().build();
             let k = key("raced-session");
             let cleared = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(-1));
             let accounts: Vec<AuthId> = (0..2_000)
