@@ -2,13 +2,11 @@
 //! `redis-server --cluster-enabled yes` on free loopback ports, joined by
 //! `redis-cli --cluster create`. Stopped on drop.
 
-#![allow(dead_code)]
-
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::redis_server::RedisServer;
+use super::redis_server::RedisServer;
 
 pub(crate) struct RedisCluster {
     pub(crate) nodes: Vec<RedisServer>,
