@@ -1,4 +1,4 @@
-//! DESIGN.md's known-empty row: a success that carries no body (a response to HEAD, 204,
+//! The known-empty row of the behaviour table in the crate docs: a success that carries no body (a response to HEAD, 204,
 //! 304, `Content-Length: 0`) commits at once, whatever the body type says, and even when
 //! the server never polls the body.
 //!

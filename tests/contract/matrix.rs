@@ -1,4 +1,4 @@
-//! DESIGN.md's behaviour table and its six failure modes, row by row, through every
+//! The behaviour table in the crate docs and six failure modes (below), row by row, through every
 //! transport — tower directly, hyper 1 over TCP (HTTP/1 and HTTP/2), `axum::serve` over
 //! TCP — with streaming body types: a channel-fed `StreamBody`, and hyper's `Incoming`
 //! of a relayed upstream request passed through (`matrix/harness.rs`).

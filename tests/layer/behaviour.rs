@@ -1,4 +1,4 @@
-//! The DESIGN.md behaviour table, row by row, with controlled frame sequences.
+//! The behaviour table in the crate docs, row by row, with controlled frame sequences.
 //!
 //! The inner service is a scripted account picker: each test hands it the response to
 //! return (status, `ServedBy`, and a body whose frames the test feeds through a channel),

@@ -1,7 +1,7 @@
 //! End-to-end tests of the example proxy (`examples/proxy`) over real sockets.
 //!
 //! Each test starts the proxy's service in-process on 127.0.0.1:0 in front of upstream
-//! accounts it owns on loopback, and checks DESIGN.md's binding table through what a
+//! accounts it owns on loopback, and checks the behaviour table in the crate docs through what a
 //! client sees (`x-served-by`, status, body, stream end) and through the binding store.
 //!
 //! The proxy runs with one attempt per request, so that each test sees the sticky layer

@@ -1,4 +1,4 @@
-//! A Cluster primary fails over under load (issue 23): with a breaker per primary,
+//! A Cluster primary fails over under load: with a breaker per primary,
 //! sessions whose keys live on the other primaries keep their account in every request,
 //! and the outage costs a bounded number of warnings — the store's and the Redis
 //! client's own (`redis-rs` logs through `log`, captured here too).

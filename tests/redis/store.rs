@@ -166,7 +166,8 @@ async fn clear_if_deletes_only_a_binding_to_the_failed_account() {
     );
 }
 
-/// DESIGN.md bug 5 across replicas: a late failure seen by replica 1 must never delete
+/// The behaviour table's compare-and-delete (crate docs) across replicas: a late failure
+/// seen by replica 1 must never delete
 /// the binding replica 2 committed meanwhile. Races the two, many times: with a
 /// non-atomic GET-then-DEL, the interleaving GET(a) · SET(b) · DEL loses b.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@
 //! chunk held back until the test releases it — and reports when the proxy hangs up on
 //! it. The client disconnects before or after the first chunk; an account whose upstream
 //! refuses connections makes the forwarder return an error. Each case checks the binding
-//! against DESIGN.md's table at the point the client can observe the outcome. Waits are
+//! against the behaviour table in the crate docs at the point the client can observe the outcome. Waits are
 //! on events (channels, sockets), never on sleeps; timeouts are hang guards only.
 
 use crate::support::scripted;

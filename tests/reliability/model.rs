@@ -1,4 +1,5 @@
-//! Property test: random interleavings of requests against a model of DESIGN.md's table.
+//! Property test: random interleavings of requests against a model of the behaviour table
+//! in the crate docs.
 //!
 //! Each case is a sequence of operations over a few in-flight request slots: start a
 //! request (valid, invalid or no session; a scope; maybe an explicit pin; a status, the
@@ -160,7 +161,7 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// DESIGN.md's table over a plain map.
+/// The behaviour table in the crate docs, over a plain map.
 #[derive(Default)]
 struct Model {
     bindings: HashMap<(usize, usize), usize>,
