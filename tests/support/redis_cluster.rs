@@ -60,7 +60,13 @@ impl RedisCluster {
             .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
-            .expect("run redis-cli --cluster create");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run `redis-cli --cluster create` ({e}): the Redis Cluster tests need \
+                     `redis-cli` on PATH (Debian/Ubuntu: `apt-get install -y redis-tools`, which \
+                     `redis-server` pulls in; `.ci/run` installs both)."
+                )
+            });
         assert!(
             out.status.success(),
             "redis-cli --cluster create failed: {}{}; nodes: {:?}",
