@@ -15,12 +15,11 @@ repeat="${SOAK_REPEAT:-20}"
 cargo_test() { cargo test --release --all-features "$@"; }
 
 echo "=== build (release) ==="
-cargo_test --no-run --test model --test hostile_input --test flood --test concurrency \
-    --test failure_injection
+cargo_test --no-run --test reliability --test hostile_input
 
 echo
 echo "=== property tests: ${cases} cases each ==="
-PROPTEST_CASES="$cases" cargo_test --test model -- --nocapture --test-threads 1 2>&1 \
+PROPTEST_CASES="$cases" cargo_test --test reliability -- model:: --nocapture --test-threads 1 2>&1 \
     | grep -E '^model:|test result'
 PROPTEST_CASES="$cases" cargo_test --test hostile_input arbitrary_header_bytes 2>&1 \
     | grep -E 'test result'
@@ -28,15 +27,18 @@ echo "hostile input property: ${cases} cases of arbitrary header bytes"
 
 echo
 echo "=== flood: 1 000 000 unique ids, capacity 10 000; retention by touch rate ==="
-cargo_test --test flood -- --include-ignored --nocapture --test-threads 1 2>&1 \
+cargo_test --test reliability -- flood:: --include-ignored --nocapture --test-threads 1 2>&1 \
     | grep -E 'flood:|retention:|test result'
 
 echo
 echo "=== concurrency invariants and failure injection, ${repeat} runs each ==="
-for test in concurrency failure_injection hostile_input; do
+# "test binary:filter" (the reliability tests share one binary; hostile input has its own).
+for run in reliability:concurrency:: reliability:failure_injection:: hostile_input:; do
+    bin="${run%%:*}" filter="${run#*:}" test="${filter%::}"
+    test="${test:-$bin}"
     for _ in $(seq 1 "$repeat"); do
-        cargo_test -q --test "$test" >/dev/null 2>&1 || {
-            echo "FAILED: $test (rerun: cargo test --release --all-features --test $test)"
+        cargo_test -q --test "$bin" -- $filter >/dev/null 2>&1 || {
+            echo "FAILED: $test (rerun: cargo test --release --all-features --test $bin -- $filter)"
             exit 1
         }
     done

@@ -43,7 +43,8 @@ impl NaiveStore {
     }
 
     /// Drops expired bindings: the periodic clean-up such a gateway runs, which walks the
-    /// whole map under the write lock (DESIGN.md, failure mode 1).
+    /// whole map under the write lock (a flood of one-off session ids makes that walk long;
+    /// see "Store, capacity and expiry" in the crate docs).
     pub(crate) fn sweep(&self) {
         let ttl = self.ttl;
         self.map

@@ -39,9 +39,8 @@ pub(crate) fn feature_args() -> Vec<&'static str> {
     args
 }
 
-/// The proxy example's binary (debug profile), built once per test binary with
+/// The proxy example's binary (debug profile), built once per test binary (process) with
 /// [`feature_args`]. (The load test builds its own, in the profile it runs in.)
-#[allow(dead_code)]
 pub(crate) fn proxy_binary() -> &'static std::path::PathBuf {
     static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     BIN.get_or_init(|| {
@@ -70,7 +69,6 @@ pub(crate) fn proxy_binary() -> &'static std::path::PathBuf {
 }
 
 /// A free loopback address (bound, then released) for a proxy to listen on.
-#[allow(dead_code)]
 pub(crate) fn free_addr() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -79,7 +77,6 @@ pub(crate) fn free_addr() -> std::net::SocketAddr {
 }
 
 /// Waits (at most 20 s) until something accepts connections on `addr`.
-#[allow(dead_code)]
 pub(crate) async fn wait_listening(addr: std::net::SocketAddr) {
     let wait = async {
         while tokio::net::TcpStream::connect(addr).await.is_err() {

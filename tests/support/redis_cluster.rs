@@ -2,13 +2,11 @@
 //! `redis-server --cluster-enabled yes` on free loopback ports, joined by
 //! `redis-cli --cluster create`. Stopped on drop.
 
-#![allow(dead_code)]
-
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::redis_server::RedisServer;
+use super::redis_server::RedisServer;
 
 pub(crate) struct RedisCluster {
     pub(crate) nodes: Vec<RedisServer>,
@@ -62,7 +60,13 @@ impl RedisCluster {
             .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
-            .expect("run redis-cli --cluster create");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run `redis-cli --cluster create` ({e}): the Redis Cluster tests need \
+                     `redis-cli` on PATH (Debian/Ubuntu: `apt-get install -y redis-tools`, which \
+                     `redis-server` pulls in; `.ci/run` installs both)."
+                )
+            });
         assert!(
             out.status.success(),
             "redis-cli --cluster create failed: {}{}; nodes: {:?}",

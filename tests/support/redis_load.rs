@@ -1,8 +1,8 @@
 //! Steady request load on two proxy replicas sharing one `RedisStore` deployment, for the
-//! failover tests (`redis_cluster.rs`, `redis_sentinel.rs`): [`replicas`] builds the two
-//! replicas' sticky services, [`request`] sends one session's request through one of them,
-//! and [`Load`] keeps eight sessions busy on both until it is finished.
-#![allow(dead_code)]
+//! failover tests (`tests/redis/cluster.rs`, `sentinel.rs`, `cluster_failover.rs`):
+//! [`replicas`] builds the two replicas' sticky services, [`request`] sends one session's
+//! request through one of them, and [`Load`] keeps eight sessions busy on both until it is
+//! finished.
 
 use std::convert::Infallible;
 use std::sync::Arc;

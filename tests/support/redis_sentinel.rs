@@ -1,13 +1,11 @@
 //! A real Redis Sentinel for tests: `redis-server <conf> --sentinel` on a free loopback
 //! port, monitoring one primary under the name given. Killed on drop.
 
-#![allow(dead_code)]
-
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::redis_server::{RedisServer, answers_ping, command_on};
+use super::redis_server::{RedisServer, answers_ping, command_on};
 
 pub(crate) struct RedisSentinel {
     port: u16,

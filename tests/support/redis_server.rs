@@ -1,11 +1,12 @@
 //! A real `redis-server` for tests and benchmarks: started on a free loopback port with
 //! no persistence, stopped (killed) on drop.
 //!
-//! `redis-server` must be on `PATH`. When it is missing and the tests run as root on a
-//! machine with `apt-get` (a fresh development or CI machine here), the first server
-//! started installs Debian's `redis-server` package, so `cargo test --all-features` works
-//! on a fresh machine; otherwise starting panics with a clear message: the Redis tests
+//! `redis-server` must be on `PATH` (`.ci/run` installs it on a fresh machine). Without
+//! it, starting a server panics with a message saying how to install it: the Redis tests
 //! fail rather than skip.
+//!
+//! Part of the `tests/support` tree, and also included on its own by
+//! `benches/redis_lookup.rs` (hence its own `allow`).
 
 #![allow(dead_code)]
 
@@ -123,7 +124,6 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
-        ensure_installed();
         let dir = self.dir();
         std::fs::create_dir_all(&dir).expect("create the server's directory");
         let child = Command::new("redis-server")
@@ -275,40 +275,4 @@ fn read_value(r: &mut impl std::io::BufRead, out: &mut String) {
         }
         other => panic!("unexpected RESP reply tag {other:?}"),
     }
-}
-
-/// Installs Debian's `redis-server` package once per test binary if the binary is missing
-/// and we may (root, `apt-get` present). Cargo runs test binaries one at a time, so a
-/// process-wide `Once` is enough to keep installs from overlapping.
-fn ensure_installed() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let found = |cmd: &str| {
-            Command::new("sh")
-                .args(["-c", &format!("command -v {cmd}")])
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if found("redis-server") || !found("apt-get") {
-            return;
-        }
-        let root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
-        if !root {
-            return;
-        }
-        eprintln!("redis-server not found: installing Debian's redis-server package");
-        let status = Command::new("sh")
-            .args([
-                "-c",
-                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null",
-            ])
-            .status();
-        if !status.as_ref().is_ok_and(|s| s.success()) {
-            eprintln!("installing redis-server failed: {status:?}");
-        }
-    });
 }

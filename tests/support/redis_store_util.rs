@@ -1,8 +1,6 @@
 //! Helpers shared by the Redis store tests: keys, polling with a bound, and waiting for a
 //! store's background connection.
 
-#![allow(dead_code)]
-
 use std::future::Future;
 use std::time::{Duration, Instant};
 
