@@ -170,7 +170,7 @@ mod tests {
             // success, body errors before the first data frame.
             ("body error before data",               Seen::Body(Polled::Error), S, P, true, Clear("served", StreamError)),
             // (body errors after the first data frame; body dropped before it: no
-            // decision is asked, see the module docs; tests/layer_behaviour.rs
+            // decision is asked, see the module docs; tests/layer/behaviour.rs
             // error_after_first_frame_keeps_binding, drop_before_first_frame_neither_commits_nor_clears.)
             // success known to carry no body: committed at once.
             ("success, known empty",                 empty_head(Success), S,    P,    true,  Commit("served")),
