@@ -32,7 +32,7 @@ use http_body_util::Full;
 use tower::{Layer, Service};
 use tower_sticky_session::store::BindingStore;
 use tower_sticky_session::{
-    AuthId, BindingKey, MemoryStore, ServedBy, SessionId, StickySessionLayer,
+    AuthId, BindingKey, ServedBy, SessionId, StickySessionLayer, store::MemoryStore,
 };
 
 #[allow(dead_code)]

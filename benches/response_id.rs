@@ -36,7 +36,7 @@ use http_body_util::StreamBody;
 use tower::{Layer, Service};
 use tower_sticky_session::body_session::find_response_id;
 use tower_sticky_session::store::{BindingStore, StoreError};
-use tower_sticky_session::{AuthId, BindingKey, MemoryStore, ServedBy, StickySessionLayer};
+use tower_sticky_session::{AuthId, BindingKey, ServedBy, StickySessionLayer, store::MemoryStore};
 
 const INSTRUCTIONS: usize = 4096;
 

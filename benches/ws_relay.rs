@@ -35,7 +35,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use tower_sticky_session::MemoryStore;
+use tower_sticky_session::store::MemoryStore;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 use tower_sticky_session::store::BindingStore;
-use tower_sticky_session::{AuthId, BindingKey, MemoryStore, SessionId};
+use tower_sticky_session::{AuthId, BindingKey, SessionId, store::MemoryStore};
 
 #[allow(dead_code)]
 #[path = "../benches/support/naive_store.rs"]

@@ -122,7 +122,7 @@ impl<St> Core<St> {
 /// (the response future or body that owns it was dropped: a client gone, an outer
 /// timeout), it is polled once more and, if still pending, handed to the tokio runtime
 /// the drop runs on, which drives it to completion. Without a runtime it is lost, and
-/// counted as a store error. See [`BindingStore`]'s "Operations that outlive their
+/// counted as a store error. See [`BindingStore`](crate::store::BindingStore)'s "Operations that outlive their
 /// request".
 pub(crate) struct StoreOp<St: BindingStore> {
     core: Arc<Core<St>>,

@@ -51,7 +51,7 @@
 //! [`ResponseBody`] that decided it is dropped before the store finished it (a client
 //! gone, an outer timeout): the unfinished operation is handed to the tokio runtime the
 //! drop runs on, which completes it. Outside a tokio runtime it is dropped and counted as
-//! a store error. The rule, and what it asks of a custom store, is on [`BindingStore`].
+//! a store error. The rule, and what it asks of a custom store, is on [`BindingStore`](crate::store::BindingStore).
 //!
 //! **Upgrades.** A request that asks for an upgrade (an HTTP/1.1 `Upgrade` header, such
 //! as a WebSocket handshake, or an HTTP/2 `CONNECT`) and has a session id, or is seen
@@ -135,21 +135,21 @@
 //! 2. **Headers**, in the configured order ([`StickySessionLayer::headers`];
 //!    [`StickySessionLayer::known_client_headers`] for the headers real clients send,
 //!    [`KNOWN_CLIENT_HEADERS`]), or the [session function](StickySessionLayer::session_fn).
-//! 3. **A JSON body field**, read by [`SessionFromBodyLayer`] in front of this layer,
-//!    which puts what it found into the [`BodySignals`] request extension.
+//! 3. **A JSON body field**, read by [`SessionFromBodyLayer`](crate::body_session::SessionFromBodyLayer) in front of this layer,
+//!    which puts what it found into the [`BodySignals`](crate::body_session::BodySignals) request extension.
 //! 4. **The conversation fingerprint**, when `SessionFromBodyLayer` computes one.
 //!
 //! An invalid header value falls through to the next source, like an invalid alias. The
 //! layer inserts [`SessionSource`] next to [`SessionId`] (`Header(name)`,
 //! `BodyField(field)`, `Fingerprint`, `Function`, or `ResponseId` for a hard-pinned
 //! request without a session of its own), records it as the span's `source` field and
-//! counts it in [`StatsSnapshot::sources`].
+//! counts it in [`StatsSnapshot::sessions_by_source`].
 //!
 //! ```
 //! use tower::ServiceBuilder;
-//! use tower_sticky_session::{SessionFromBodyLayer, StickySessionLayer};
+//! use tower_sticky_session::{body_session::SessionFromBodyLayer, StickySessionLayer};
 //!
-//! # let picker = tower::service_fn(|_: http::Request<tower_sticky_session::BufferedBody<http_body_util::Full<bytes::Bytes>>>| async {
+//! # let picker = tower::service_fn(|_: http::Request<tower_sticky_session::body_session::BufferedBody<http_body_util::Full<bytes::Bytes>>>| async {
 //! #     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::new())))
 //! # });
 //! let svc = ServiceBuilder::new()
@@ -172,7 +172,7 @@
 //!
 //! # Store, capacity and expiry
 //!
-//! The default store, [`MemoryStore`], holds at most 100 000 bindings (configurable) for
+//! The default store, [`MemoryStore`](crate::store::MemoryStore), holds at most 100 000 bindings (configurable) for
 //! one hour (configurable) after the last successful response; there is no sweeper
 //! thread and no global lock. To keep the hit path a read, a commit that finds a proven
 //! binding already on the same account rewrites it only once it is older than a
@@ -181,10 +181,10 @@
 //! access at all (the layer hands the store what its lookup saw). Keys are a keyed 64-bit
 //! hash of `(scope, session)`: a binding costs the same whatever the session id's length,
 //! and session ids are not kept in memory (the collision odds and their benign effect are
-//! on [`MemoryStore`]).
+//! on [`MemoryStore`](crate::store::MemoryStore)).
 //!
 //! A binding proven by a second success is never evicted by session ids that are used
-//! once, however many: [`MemoryStore`] keeps bindings with one success in a small probation
+//! once, however many: [`MemoryStore`](crate::store::MemoryStore) keeps bindings with one success in a small probation
 //! segment (an eighth of the store by default), where one-off ids compete only among
 //! themselves, and moves a binding to the protected segment at its second success on the
 //! same account. A new session binds at its first success and is found at its second
@@ -193,7 +193,7 @@
 //! ids/s with the defaults). `RELIABILITY.md`, "Floods", has the figures, including what a
 //! flood of ids each used twice does.
 //!
-//! Stores are pluggable ([`BindingStore`]). A store's operations return futures named by
+//! Stores are pluggable ([`BindingStore`](crate::store::BindingStore)). A store's operations return futures named by
 //! associated types: the in-memory store answers with `std::future::Ready` (no allocation,
 //! resolved in the same poll), and the layer calls the inner service directly when the
 //! lookup is already resolved; a networked store's lookup is awaited inside
@@ -242,12 +242,25 @@
 //!   `tower::timeout::TimeoutLayer` (an error, turned into a response by axum's
 //!   `HandleErrorLayer` or your own `map_result`), or map the body to
 //!   `axum::body::Body` first.
-//! - **[`SessionFromBodyLayer`]** (session ids from JSON bodies) goes *outside* the
+//! - **[`SessionFromBodyLayer`](crate::body_session::SessionFromBodyLayer)** (session ids from JSON bodies) goes *outside* the
 //!   sticky layer, directly in front of it, and *inside* authentication and request-body
 //!   limits: it buffers up to its limit, and an unauthenticated client should not be able
 //!   to make it do so.
 //! - With `axum::Router::layer`, layers run bottom to top: call `.layer(StickySessionLayer)`
 //!   *before* (below) the tower-http layers, or pass one `ServiceBuilder` as above.
+//!
+//! # Where things live
+//!
+//! Each public item has one path. The crate root holds the sticky layer
+//! ([`StickySessionLayer`], its service, future and body) and the vocabulary it shares
+//! with the inner service and the stores ([`SessionId`], [`AuthId`], [`PinnedAuth`],
+//! [`ServedBy`], [`BindingKey`], [`Stats`]…). The stores and their trait live in
+//! [`store`] (`store::MemoryStore`, `store::RedisStore`, `store::BindingStore`); the
+//! body reader in [`body_session`]; the account context for gateways that pick
+//! accounts deeper in their stack in [`context`]. Counters of `#[non_exhaustive]`
+//! enums are read per variant or listed by the snapshot (e.g.
+//! [`StatsSnapshot::clear_attempts_by_reason`]), never as fixed-size arrays, so a new
+//! variant is not a breaking change.
 //!
 //! # Tower behaviour
 //!
@@ -258,9 +271,9 @@
 //! - **`S: Clone`.** With a store whose lookup does not resolve at once (a networked
 //!   store), the service that was polled ready moves into the response future and a
 //!   clone takes its place (tower's "be careful when cloning inner services"), so the
-//!   inner service must be `Clone`. With [`MemoryStore`] the clone is never made, but the
+//!   inner service must be `Clone`. With [`MemoryStore`](crate::store::MemoryStore) the clone is never made, but the
 //!   bound stays: it is chosen per store *type*, and expressing "only for stores that can
-//!   be pending" would need every [`BindingStore`] to declare it. For a boxed service use
+//!   be pending" would need every [`BindingStore`](crate::store::BindingStore) to declare it. For a boxed service use
 //!   `tower::util::BoxCloneService` (or `BoxCloneSyncService`) instead of `BoxService`; a
 //!   service that cannot be cloned at all can be wrapped in `tower::buffer::Buffer` (see
 //!   [`StickySession`]).
@@ -291,7 +304,6 @@ pub mod store;
 mod types;
 mod upgrade;
 
-pub use crate::body_session::{BodySignals, BufferedBody, SessionFromBodyLayer};
 pub use crate::classify::{ClassifyResponse, ResponseClass, StatusClassifier};
 pub use crate::extract::KNOWN_CLIENT_HEADERS;
 pub use crate::extract::{
@@ -299,10 +311,6 @@ pub use crate::extract::{
 };
 pub use crate::stats::{ClearReason, DECISION_HEADER, Decision, Stats, StatsSnapshot};
 pub use crate::sticky::{ResponseBody, ResponseFuture, StickySession, StickySessionLayer};
-#[cfg(feature = "redis")]
-#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use crate::store::RedisStore;
-pub use crate::store::{BindingStore, BoxStoreFuture, MemoryStore, StoreError, StoreErrorKind};
 pub use crate::types::{
     AuthId, BindingKey, HardPin, PinnedAuth, Scope, ServedBy, SessionSource, SessionSourceKind,
 };

@@ -24,8 +24,9 @@ pub enum ClearReason {
 }
 
 impl ClearReason {
-    /// All reasons, in a fixed order.
-    pub const ALL: [ClearReason; 5] = [
+    /// All reasons, in a fixed order (crate-internal: the enum may grow; a snapshot's
+    /// [`clear_attempts_by_reason`](StatsSnapshot::clear_attempts_by_reason) lists them).
+    pub(crate) const ALL: [ClearReason; 5] = [
         Self::FailureStatus,
         Self::InnerError,
         Self::EmptyStream,
@@ -216,7 +217,7 @@ pub struct StatsSnapshot {
     /// Requests without any session id.
     pub no_session: u64,
     /// Requests whose session id was invalid, by reason.
-    pub invalid: [(InvalidSessionId, u64); 4],
+    invalid: [(InvalidSessionId, u64); 4],
     /// Requests answered with 400 by strict mode (a subset of `invalid`).
     pub rejected: u64,
     /// Requests that arrived with an explicit [`PinnedAuth`](crate::PinnedAuth), which won
@@ -235,7 +236,7 @@ pub struct StatsSnapshot {
     /// Bindings committed (created or renewed).
     pub commits: u64,
     /// Compare-and-delete attempts, by reason.
-    pub clear_attempts: [(ClearReason, u64); 5],
+    clear_attempts: [(ClearReason, u64); 5],
     /// Compare-and-delete attempts that removed a binding.
     pub cleared: u64,
     /// Store operations that failed (the request was served unsticky).
@@ -243,7 +244,7 @@ pub struct StatsSnapshot {
     /// Requests with a valid session id, by where it came from (the
     /// [`SessionSource`](crate::SessionSource) the layer inserted). Each such request is
     /// counted once, whatever the store said.
-    pub sources: [(SessionSourceKind, u64); 5],
+    sources: [(SessionSourceKind, u64); 5],
     /// Requests pinned by a learned `previous_response_id` ([`HardPin`](crate::HardPin)).
     /// Those with a session of their own are also counted in `hits`.
     pub hard_pins: u64,
@@ -257,7 +258,7 @@ pub struct StatsSnapshot {
     /// `CONNECT`, with [`ServedBy`](crate::ServedBy)): each committed its binding at once.
     pub upgrades: u64,
     /// Successes whose id was not looked for because their request said `"store": false`
-    /// ([`BodySignals::store`](crate::BodySignals::store)): such a response cannot be
+    /// ([`BodySignals::store`](crate::body_session::BodySignals::store)): such a response cannot be
     /// continued with `previous_response_id`, so learning it would only fill the store.
     pub response_ids_not_stored: u64,
     /// Successes whose id was not looked for because the learner cannot decode their
@@ -285,6 +286,28 @@ impl StatsSnapshot {
     /// Requests whose session came from one kind of source.
     pub fn sessions_from(&self, kind: SessionSourceKind) -> u64 {
         self.sources[kind.index()].1
+    }
+
+    /// Invalid session ids by reason, every reason listed (zero included), in a fixed
+    /// order: what a metrics exporter labels.
+    pub fn invalid_by_reason(&self) -> impl ExactSizeIterator<Item = (InvalidSessionId, u64)> {
+        self.invalid.into_iter()
+    }
+
+    /// Clear attempts of every reason.
+    pub fn clear_attempts_total(&self) -> u64 {
+        self.clear_attempts.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Clear attempts by reason, every reason listed (zero included), in a fixed order.
+    pub fn clear_attempts_by_reason(&self) -> impl ExactSizeIterator<Item = (ClearReason, u64)> {
+        self.clear_attempts.into_iter()
+    }
+
+    /// Requests with a session id by where it came from, every kind listed (zero
+    /// included), in a fixed order.
+    pub fn sessions_by_source(&self) -> impl ExactSizeIterator<Item = (SessionSourceKind, u64)> {
+        self.sources.into_iter()
     }
 }
 

@@ -289,7 +289,7 @@ impl fmt::Debug for BindingKey {
 /// Request extension: where the request's [`SessionId`] came from.
 ///
 /// Inserted by the layer next to `SessionId`; also the `source` field of the layer's
-/// tracing span and the label of [`StatsSnapshot::sources`](crate::StatsSnapshot::sources).
+/// tracing span and the label of [`StatsSnapshot::sessions_by_source`](crate::StatsSnapshot::sessions_by_source).
 /// Sources are tried in this order, first valid one wins: a learned response id (only
 /// when it pins the request and the request has no session of its own), the headers
 /// (or the session function), the body's session field, the body's fingerprint.
@@ -307,7 +307,7 @@ impl fmt::Debug for BindingKey {
 pub enum SessionSource {
     /// A request header, by name.
     Header(http::HeaderName),
-    /// A JSON body field read by [`SessionFromBodyLayer`](crate::SessionFromBodyLayer),
+    /// A JSON body field read by [`SessionFromBodyLayer`](crate::body_session::SessionFromBodyLayer),
     /// one of [`BODY_FIELDS`](crate::body_session::BODY_FIELDS).
     BodyField(&'static str),
     /// The body's `previous_response_id`, learned from a response of the account it now
@@ -315,7 +315,7 @@ pub enum SessionSource {
     /// with one keeps that session's source and carries [`HardPin`].
     ResponseId,
     /// The conversation fingerprint computed by
-    /// [`SessionFromBodyLayer::fingerprint`](crate::SessionFromBodyLayer::fingerprint).
+    /// [`SessionFromBodyLayer::fingerprint`](crate::body_session::SessionFromBodyLayer::fingerprint).
     Fingerprint,
     /// The layer's [`session_fn`](crate::StickySessionLayer::session_fn).
     Function,
@@ -344,7 +344,7 @@ impl fmt::Display for SessionSource {
     }
 }
 
-/// The kind of a [`SessionSource`]: what [`StatsSnapshot::sources`](crate::StatsSnapshot::sources)
+/// The kind of a [`SessionSource`]: what [`StatsSnapshot::sessions_by_source`](crate::StatsSnapshot::sessions_by_source)
 /// counts by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -362,8 +362,8 @@ pub enum SessionSourceKind {
 }
 
 impl SessionSourceKind {
-    /// All kinds, in a fixed order.
-    pub const ALL: [SessionSourceKind; 5] = [
+    /// All kinds, in a fixed order (crate-internal: the enum may grow).
+    pub(crate) const ALL: [SessionSourceKind; 5] = [
         Self::Header,
         Self::BodyField,
         Self::ResponseId,

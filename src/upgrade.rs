@@ -58,7 +58,7 @@ use crate::types::{AuthId, BindingKey, Scope, ServedBy};
 /// use http_body_util::Empty;
 /// use bytes::Bytes;
 /// use tower::{Layer, Service, ServiceExt};
-/// use tower_sticky_session::{AuthId, Binding, BindingKey, BindingStore, ServedBy, SessionId, StickySessionLayer};
+/// use tower_sticky_session::{AuthId, Binding, BindingKey, store::BindingStore, ServedBy, SessionId, StickySessionLayer};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {

@@ -1,5 +1,5 @@
 //! The baseline store for the benchmarks: a `RwLock<HashMap>` as a simple gateway would
-//! write it, with the same TTL semantics as [`MemoryStore`](tower_sticky_session::MemoryStore)
+//! write it, with the same TTL semantics as [`MemoryStore`](tower_sticky_session::store::MemoryStore)
 //! (a binding lives `ttl` after its last commit; commit renews it; `clear_if` is a
 //! compare-and-delete) but **no capacity bound**, owned `String` keys (the raw session id)
 //! and lazy expiry only (an expired binding reads as absent and stays in memory until it is

@@ -120,7 +120,7 @@ pub(crate) trait StoreMetrics {
     fn store_counters(&self) -> Vec<(&'static str, &'static str, u64)>;
 }
 
-impl StoreMetrics for tower_sticky_session::MemoryStore {
+impl StoreMetrics for tower_sticky_session::store::MemoryStore {
     fn store_counters(&self) -> Vec<(&'static str, &'static str, u64)> {
         Vec::new()
     }
@@ -245,7 +245,7 @@ pub(crate) fn router_live<St: InspectStore + StoreMetrics + Clone>(
 /// 503 for a store that failed; when Redis was skipped because its circuit breaker is
 /// open (admin calls honour it), the body also says so:
 /// `{"error": .., "breaker": {"open": true, "redis": "host:port", "next_probe_in_ms": n}}`.
-fn store_error(e: tower_sticky_session::StoreError) -> Response {
+fn store_error(e: tower_sticky_session::store::StoreError) -> Response {
     #[cfg(feature = "redis")]
     if let Some(open) = std::error::Error::source(&e)
         .and_then(|s| s.downcast_ref::<tower_sticky_session::store::RedisBreakerOpen>())
@@ -340,7 +340,7 @@ async fn remove_account<St: InspectStore + Clone>(
 pub(crate) async fn remove_account_bindings<St: InspectStore + Clone>(
     store: &St,
     auth: &AuthId,
-) -> Result<Result<usize, tower_sticky_session::StoreError>, tokio::task::JoinError> {
+) -> Result<Result<usize, tower_sticky_session::store::StoreError>, tokio::task::JoinError> {
     let handle = tokio::runtime::Handle::current();
     let (store, who) = (store.clone(), auth.clone());
     tokio::task::spawn_blocking(move || handle.block_on(store.remove_account(&who))).await
@@ -486,7 +486,7 @@ impl Collector for StatsCollector {
             prometheus_client::metrics::MetricType::Counter,
         );
         let mut m = m?;
-        for (reason, v) in s.invalid {
+        for (reason, v) in s.invalid_by_reason() {
             let labels = [("reason", reason.as_str())];
             ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
         }
@@ -497,7 +497,7 @@ impl Collector for StatsCollector {
             None,
             prometheus_client::metrics::MetricType::Counter,
         )?;
-        for (reason, v) in s.clear_attempts {
+        for (reason, v) in s.clear_attempts_by_reason() {
             let labels = [("reason", reason.as_str())];
             ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
         }
@@ -508,7 +508,7 @@ impl Collector for StatsCollector {
             None,
             prometheus_client::metrics::MetricType::Counter,
         )?;
-        for (source, v) in s.sources {
+        for (source, v) in s.sessions_by_source() {
             let labels = [("source", source.as_str())];
             ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
         }

@@ -67,7 +67,7 @@ use tower_sticky_session::body_session::{
     BodySessionStats, BufferedBody, SessionFromBody, SessionFromBodyLayer,
 };
 use tower_sticky_session::{
-    AuthId, BindingStore, SessionId, Stats, StickySession, StickySessionLayer,
+    AuthId, SessionId, Stats, StickySession, StickySessionLayer, store::BindingStore,
 };
 
 pub(crate) use self::budget::BufferBudget;

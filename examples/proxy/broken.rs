@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tower_sticky_session::{AuthId, BindingKey, BindingStore};
+use tower_sticky_session::{AuthId, BindingKey, store::BindingStore};
 
 use super::cooldown::CoolReason;
 use super::picker::Picker;

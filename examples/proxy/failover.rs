@@ -53,8 +53,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::Service;
 use tower_sticky_session::{
-    AuthId, Binding, BindingKey, BindingStore, HardPin, PinnedAuth, ServedBy, SessionId,
-    SessionSource,
+    AuthId, Binding, BindingKey, HardPin, PinnedAuth, ServedBy, SessionId, SessionSource,
+    store::BindingStore,
 };
 
 use super::broken::BrokenStreams;

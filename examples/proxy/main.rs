@@ -135,8 +135,8 @@ use clap::error::ErrorKind;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use http::HeaderName;
 use tokio::net::TcpListener;
-use tower_sticky_session::MemoryStore;
 use tower_sticky_session::store::InspectStore;
+use tower_sticky_session::store::MemoryStore;
 #[cfg(feature = "redis")]
 use tower_sticky_session::store::RedisStore;
 use tracing_subscriber::EnvFilter;

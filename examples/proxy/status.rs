@@ -58,8 +58,7 @@ pub(crate) fn snapshot(snap: &StatsSnapshot, bindings: Option<u64>, proxy: &Prox
             .collect()
     });
     let sources: serde_json::Map<String, Value> = snap
-        .sources
-        .iter()
+        .sessions_by_source()
         .map(|(s, n)| (s.as_str().to_owned(), json!(n)))
         .collect();
     let hit_ratio = (snap.lookups > 0).then(|| snap.hits as f64 / snap.lookups as f64);

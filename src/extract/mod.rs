@@ -126,8 +126,8 @@ pub enum InvalidSessionId {
 }
 
 impl InvalidSessionId {
-    /// All reasons, in a fixed order.
-    pub const ALL: [InvalidSessionId; 4] =
+    /// All reasons, in a fixed order (crate-internal: the enum may grow).
+    pub(crate) const ALL: [InvalidSessionId; 4] =
         [Self::Empty, Self::TooLong, Self::Byte, Self::Conflicting];
 
     /// A short machine-readable name (`empty`, `too_long`, `invalid_byte`, `conflicting`),

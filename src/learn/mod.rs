@@ -42,7 +42,7 @@ pub(crate) struct LearnCtx<St, C> {
     /// An upgrade request's [`Binding`](crate::Binding) slot, for a request without a
     /// session of its own (with one, the session's tracking holds it).
     pub(crate) upgrade: Option<Arc<crate::upgrade::Slot<St>>>,
-    /// The request said `"store": false` (its [`BodySignals`](crate::BodySignals)): the
+    /// The request said `"store": false` (its [`BodySignals`](crate::body_session::BodySignals)): the
     /// response cannot be continued, so its id is not learned.
     pub(crate) not_stored: bool,
 }

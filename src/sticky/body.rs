@@ -26,7 +26,7 @@ pin_project! {
     /// Dropping it before the first data frame does nothing to the binding; dropping it
     /// while a decided commit or clear is in flight does not cancel that operation (it is
     /// handed to the tokio runtime: see
-    /// [`BindingStore`](crate::BindingStore#operations-that-outlive-their-request)).
+    /// [`BindingStore`](crate::store::BindingStore#operations-that-outlive-their-request)).
     ///
     /// [`Body::size_hint`] and [`Body::is_end_stream`] are forwarded exactly, so a
     /// `Content-Length` response stays one.

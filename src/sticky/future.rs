@@ -31,7 +31,7 @@ pin_project! {
     /// already true) commits before it resolves, whatever the body type: servers never
     /// poll such bodies. Dropping it while such a commit or clear is in flight does not
     /// cancel the operation (see
-    /// [`BindingStore`](crate::BindingStore#operations-that-outlive-their-request)).
+    /// [`BindingStore`](crate::store::BindingStore#operations-that-outlive-their-request)).
     pub struct ResponseFuture<S, ReqB, St = MemoryStore, C = StatusClassifier>
     where
         S: Service<Request<ReqB>>,

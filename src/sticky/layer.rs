@@ -22,7 +22,7 @@ use crate::types::Scope;
 ///
 /// ```
 /// use http::HeaderName;
-/// use tower_sticky_session::{MemoryStore, Scope, StickySessionLayer};
+/// use tower_sticky_session::{store::MemoryStore, Scope, StickySessionLayer};
 ///
 /// let layer = StickySessionLayer::with_store(MemoryStore::new())
 ///     // Priority order: the first header present with a valid id wins.
@@ -49,7 +49,7 @@ impl<St, C: Clone> Clone for StickySessionLayer<St, C> {
 }
 
 impl StickySessionLayer {
-    /// A layer with an in-memory [`MemoryStore`] (100 000 bindings, 1 hour TTL), the
+    /// A layer with an in-memory [`MemoryStore`](crate::store::MemoryStore) (100 000 bindings, 1 hour TTL), the
     /// [`sticky-session-id`](crate::DEFAULT_SESSION_HEADER) header and the default
     /// [`StatusClassifier`].
     pub fn new() -> Self {
@@ -118,7 +118,7 @@ impl<St: BindingStore, C> StickySessionLayer<St, C> {
     /// `.headers(KNOWN_CLIENT_HEADERS)`.
     ///
     /// ```
-    /// use tower_sticky_session::{SessionFromBodyLayer, StickySessionLayer};
+    /// use tower_sticky_session::{body_session::SessionFromBodyLayer, StickySessionLayer};
     /// use tower::ServiceBuilder;
     ///
     /// // Headers of known clients first, then session fields of JSON bodies
@@ -165,13 +165,13 @@ impl<St: BindingStore, C> StickySessionLayer<St, C> {
     ///   A compression layer of your own (tower-http's `CompressionLayer`) goes *outside*
     ///   this one, which then sees the upstream's answer, never that layer's output.
     /// - **`store: false`.** A request whose body says `"store": false`
-    ///   ([`BodySignals::store`](crate::BodySignals::store)) asks for a response that
+    ///   ([`BodySignals::store`](crate::body_session::BodySignals::store)) asks for a response that
     ///   cannot be continued: its id is not learned (it would only fill the store), and
     ///   the success is counted in
     ///   [`StatsSnapshot::response_ids_not_stored`](crate::StatsSnapshot::response_ids_not_stored).
     ///   The request itself is still pinned by its own `previous_response_id`.
-    /// - **Pinning.** A request whose [`BodySignals`](crate::BodySignals) (put there by
-    ///   [`SessionFromBodyLayer`](crate::SessionFromBodyLayer) in front of this layer)
+    /// - **Pinning.** A request whose [`BodySignals`](crate::body_session::BodySignals) (put there by
+    ///   [`SessionFromBodyLayer`](crate::body_session::SessionFromBodyLayer) in front of this layer)
     ///   carry a `previous_response_id` that was learned is pinned to its account with
     ///   [`PinnedAuth`](crate::PinnedAuth) *and* [`HardPin`](crate::HardPin), ahead of any
     ///   session header or body field: the inner service must not serve it with another
@@ -179,7 +179,7 @@ impl<St: BindingStore, C> StickySessionLayer<St, C> {
     ///   id falls back to the usual sources (headers, body field, fingerprint).
     /// - **Failures never clear a learned id.** Only the creating account can resolve the
     ///   chain, so moving the binding cannot help; it expires by the store's TTL (for
-    ///   [`MemoryStore`], between 15/16 of the TTL and the TTL after it was learned). A
+    ///   [`MemoryStore`](crate::store::MemoryStore), between 15/16 of the TTL and the TTL after it was learned). A
     ///   failure clears the *session's* binding as usual.
     /// - **What a hard-pinned request commits.** Its own session (header, body field,
     ///   fingerprint), if it has one, exactly as any pinned request: committed to
@@ -189,7 +189,7 @@ impl<St: BindingStore, C> StickySessionLayer<St, C> {
     ///   teaches the next id of the chain.
     ///
     /// Each learned id is one binding in the store: size the store for sessions *and*
-    /// responses created within one TTL. With [`MemoryStore`] a learned id starts in the
+    /// responses created within one TTL. With [`MemoryStore`](crate::store::MemoryStore) a learned id starts in the
     /// probation segment (one success) and is promoted only if a later response carries
     /// the same id, which does not happen: a flood of one-off session ids can evict
     /// learned ids, never proven sessions.
@@ -209,8 +209,8 @@ impl<St: BindingStore, C> StickySessionLayer<St, C> {
     /// account per model (deployments per model, or accounts that serve only some).
     ///
     /// The model is the JSON body's top-level `model`
-    /// ([`BodySignals::model`](crate::BodySignals::model), read by
-    /// [`SessionFromBodyLayer`](crate::SessionFromBodyLayer) in front of this layer), else
+    /// ([`BodySignals::model`](crate::body_session::BodySignals::model), read by
+    /// [`SessionFromBodyLayer`](crate::body_session::SessionFromBodyLayer) in front of this layer), else
     /// the path's `models/{model}` segment (Gemini's `/v1beta/models/gemini-2.5-pro:generateContent`),
     /// else none (one scope for requests that name no model). Replaces any scope function
     /// set before; to combine the model with a tenant or provider, write a
@@ -218,7 +218,7 @@ impl<St: BindingStore, C> StickySessionLayer<St, C> {
     /// extensions.
     ///
     /// ```
-    /// use tower_sticky_session::{SessionFromBodyLayer, StickySessionLayer};
+    /// use tower_sticky_session::{body_session::SessionFromBodyLayer, StickySessionLayer};
     /// use tower::ServiceBuilder;
     ///
     /// let stack = ServiceBuilder::new()
@@ -375,7 +375,7 @@ impl<St, C> std::fmt::Debug for StickySessionLayer<St, C> {
 fn model_scope(parts: &Parts) -> Option<Scope> {
     if let Some(model) = parts
         .extensions
-        .get::<crate::BodySignals>()
+        .get::<crate::body_session::BodySignals>()
         .and_then(|s| s.model.clone())
     {
         return Some(model);

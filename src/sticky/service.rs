@@ -36,7 +36,7 @@ use http::request::Parts;
 ///
 /// With a store whose lookup can be pending (a networked store), the service polled
 /// ready moves into the [`ResponseFuture`] and is called once the lookup is done; a clone
-/// takes its place. The bound holds for every store, [`MemoryStore`] included (whose lookup
+/// takes its place. The bound holds for every store, [`MemoryStore`](crate::store::MemoryStore) included (whose lookup
 /// is never pending, so nothing is ever cloned): a bound cannot depend on what a store
 /// does at run time. A boxed service: use `tower::util::BoxCloneService` rather than
 /// `BoxService`. A service that cannot be cloned: give it a cloneable handle with

@@ -12,7 +12,7 @@
 //!
 //! ```compile_fail
 //! use tower_sticky_session::store::BindingStore;
-//! use tower_sticky_session::{BindingKey, MemoryStore, SessionId};
+//! use tower_sticky_session::{BindingKey, store::MemoryStore, SessionId};
 //!
 //! let key = BindingKey::new(None, SessionId::new("s").unwrap());
 //! // The hint module is private: its token cannot be named, nor made.

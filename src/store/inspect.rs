@@ -34,7 +34,7 @@ impl BindingInfo {
 /// revoked".
 ///
 /// ```
-/// use tower_sticky_session::{AuthId, BindingKey, BindingStore, MemoryStore, SessionId};
+/// use tower_sticky_session::{AuthId, BindingKey, store::BindingStore, store::MemoryStore, SessionId};
 /// use tower_sticky_session::store::InspectStore;
 ///
 /// # #[tokio::main(flavor = "current_thread")]

@@ -85,7 +85,7 @@ pub use self::redis::{
 /// use std::sync::Arc;
 /// use tokio::sync::RwLock;
 /// use tower_sticky_session::store::{boxed, BoxStoreFuture};
-/// use tower_sticky_session::{AuthId, BindingKey, BindingStore, StickySessionLayer};
+/// use tower_sticky_session::{AuthId, BindingKey, store::BindingStore, StickySessionLayer};
 ///
 /// #[derive(Clone, Default)]
 /// struct AsyncMapStore {

@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full};
 use tower::{Layer, Service, ServiceExt};
 use tower_sticky_session::store::{BoxStoreFuture, boxed};
 use tower_sticky_session::{
-    AuthId, BindingKey, BindingStore, PinnedAuth, ServedBy, SessionId, StickySessionLayer,
+    AuthId, BindingKey, PinnedAuth, ServedBy, SessionId, StickySessionLayer, store::BindingStore,
 };
 
 fn request(session: &str) -> Request<()> {

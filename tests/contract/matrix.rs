@@ -54,7 +54,7 @@ use futures_util::future::join_all;
 use harness::*;
 use http::Method;
 use http_body::Body;
-use tower_sticky_session::{MemoryStore, Scope, StickySessionLayer};
+use tower_sticky_session::{Scope, StickySessionLayer, store::MemoryStore};
 
 const A: &str = "acct-a";
 const B: &str = "acct-b";

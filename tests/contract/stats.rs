@@ -15,7 +15,8 @@ use http_body_util::Full;
 use tokio::sync::Semaphore;
 use tower::{Layer, Service, ServiceExt};
 use tower_sticky_session::{
-    AuthId, BindingKey, BindingStore, ServedBy, StatsSnapshot, StickySessionLayer, StoreError,
+    AuthId, BindingKey, ServedBy, StatsSnapshot, StickySessionLayer, store::BindingStore,
+    store::StoreError,
 };
 
 type Boxed<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'static>>;

@@ -23,7 +23,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tower::{Layer, Service};
 use tower_sticky_session::{
-    AuthId, BindingKey, BindingStore, ServedBy, SessionId, StickySessionLayer, StoreError,
+    AuthId, BindingKey, ServedBy, SessionId, StickySessionLayer, store::BindingStore,
+    store::StoreError,
 };
 
 /// Polls a store operation needs before it takes effect.

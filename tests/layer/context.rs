@@ -11,7 +11,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_sticky_session::context::{self, AccountContextLayer, AccountSlot};
-use tower_sticky_session::{AuthId, BindingKey, BindingStore, ServedBy, StickySessionLayer};
+use tower_sticky_session::{AuthId, BindingKey, ServedBy, StickySessionLayer, store::BindingStore};
 
 use scripted::{TestBody, bound, data, respond, streaming};
 

@@ -29,7 +29,7 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tower_sticky_session::body_session::SessionFromBodyLayer;
 use tower_sticky_session::context::{self, AccountContextLayer};
-use tower_sticky_session::{MemoryStore, Stats, StickySessionLayer};
+use tower_sticky_session::{Stats, StickySessionLayer, store::MemoryStore};
 
 use upstream::{Account, Mode, within};
 

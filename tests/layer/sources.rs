@@ -14,8 +14,8 @@ use tower::{Layer, ServiceExt};
 use tower_sticky_session::body_session::{BufferedBody, SessionFromBody, SessionFromBodyLayer};
 use tower_sticky_session::store::{BoxStoreFuture, boxed};
 use tower_sticky_session::{
-    AuthId, BindingKey, BindingStore, HardPin, MemoryStore, PinnedAuth, ServedBy, SessionId,
-    SessionSource, SessionSourceKind, StickySession, StickySessionLayer,
+    AuthId, BindingKey, HardPin, PinnedAuth, ServedBy, SessionId, SessionSource, SessionSourceKind,
+    StickySession, StickySessionLayer, store::BindingStore, store::MemoryStore,
 };
 
 /// What the inner service saw on one request.
@@ -359,8 +359,7 @@ async fn stats_count_sessions_by_source() {
     assert_eq!(s.requests, 6);
     assert_eq!(s.no_session, 2);
     assert_eq!(
-        s.sources
-            .iter()
+        s.sessions_by_source()
             .map(|(k, _)| k.as_str())
             .collect::<Vec<_>>(),
         ["header", "body", "response_id", "fingerprint", "function"]

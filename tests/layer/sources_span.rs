@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full};
 use tower::{Layer, ServiceExt};
 use tower_sticky_session::body_session::{BufferedBody, SessionFromBodyLayer};
 use tower_sticky_session::{
-    AuthId, BindingKey, BindingStore, ServedBy, SessionId, StickySessionLayer,
+    AuthId, BindingKey, ServedBy, SessionId, StickySessionLayer, store::BindingStore,
 };
 use tracing_subscriber::layer::SubscriberExt;
 

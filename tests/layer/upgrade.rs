@@ -17,8 +17,8 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tower::{Layer, Service, ServiceExt};
 use tower_sticky_session::{
-    AuthId, Binding, BindingKey, BindingStore, ClearReason, PinnedAuth, ServedBy, SessionId,
-    StickySessionLayer,
+    AuthId, Binding, BindingKey, ClearReason, PinnedAuth, ServedBy, SessionId, StickySessionLayer,
+    store::BindingStore,
 };
 
 use scripted::{TestBody, bound, empty, respond, streaming};

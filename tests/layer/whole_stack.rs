@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tower::ServiceBuilder;
+use tower_sticky_session::store::BindingStore;
 use tower_sticky_session::*;
 
 type Body = BoxBody<Bytes, std::io::Error>;

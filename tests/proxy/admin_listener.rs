@@ -12,6 +12,8 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::{Service, ServiceExt};
+use tower_sticky_session::store::BindingStore;
+use tower_sticky_session::store::MemoryStore;
 use tower_sticky_session::*;
 
 async fn call(addr: std::net::SocketAddr, method: Method, path: &str) -> (StatusCode, String) {

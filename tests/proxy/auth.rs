@@ -17,7 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
-use tower_sticky_session::{BindingKey, MemoryStore, Scope, SessionId};
+use tower_sticky_session::{BindingKey, Scope, SessionId, store::MemoryStore};
 
 use app::auth::{ClientToken, Tenant};
 use app::keys::Secret;

@@ -28,7 +28,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tower_sticky_session::{BindingKey, MemoryStore, SessionId};
+use tower_sticky_session::{BindingKey, SessionId, store::MemoryStore};
 
 use app::{Drained, ProxyConfig, ServeConfig, Upstream};
 use harness::Spawned;

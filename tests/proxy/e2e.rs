@@ -37,7 +37,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tower_sticky_session::{
-    AuthId, BindingKey, BindingStore, MemoryStore, Scope, SessionId, Stats,
+    AuthId, BindingKey, Scope, SessionId, Stats, store::BindingStore, store::MemoryStore,
 };
 
 use app::{Drained, ProxyConfig, Upstream};

@@ -21,7 +21,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tower_sticky_session::{AuthId, BindingKey, BindingStore, MemoryStore, SessionId};
+use tower_sticky_session::{
+    AuthId, BindingKey, SessionId, store::BindingStore, store::MemoryStore,
+};
 
 use app::{Drained, ProxyConfig, ServeConfig, Upstream};
 use harness::Spawned;

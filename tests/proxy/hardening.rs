@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tower_sticky_session::MemoryStore;
+use tower_sticky_session::store::MemoryStore;
 
 use app::{Drained, ProxyConfig, ServeConfig, Upstream};
 use harness::Spawned;

@@ -18,7 +18,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tower_sticky_session::{MemoryStore, Stats};
+use tower_sticky_session::{Stats, store::MemoryStore};
 
 use crate::app::{self, Drained, ProxyConfig, ProxyService, ServeConfig};
 use crate::support::upstream::{BOUND, within};

@@ -27,7 +27,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tower_sticky_session::{AuthId, BindingKey, BindingStore, MemoryStore, SessionId};
+use tower_sticky_session::{
+    AuthId, BindingKey, SessionId, store::BindingStore, store::MemoryStore,
+};
 
 use app::broken::BrokenStreams;
 use app::picker::Picker;

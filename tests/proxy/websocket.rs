@@ -28,7 +28,9 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use tower_sticky_session::{AuthId, BindingKey, BindingStore, MemoryStore, SessionId, Stats};
+use tower_sticky_session::{
+    AuthId, BindingKey, SessionId, Stats, store::BindingStore, store::MemoryStore,
+};
 
 use app::{ProxyConfig, Upstream};
 use harness::Spawned;

@@ -20,7 +20,7 @@ use std::time::Duration;
 use redis_server::RedisServer;
 use redis_store_util::{key, wait_connected};
 use tower_sticky_session::store::RedisStore;
-use tower_sticky_session::{AuthId, BindingStore};
+use tower_sticky_session::{AuthId, store::BindingStore};
 
 /// Stalls (without blocking the runtime) on the "breaker closed" log line.
 struct StallOnClose;

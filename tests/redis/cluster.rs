@@ -8,7 +8,7 @@ use crate::support::{redis_cluster, redis_load, redis_store_util};
 use std::time::{Duration, Instant};
 
 use tower_sticky_session::store::RedisStore;
-use tower_sticky_session::{AuthId, BindingStore};
+use tower_sticky_session::{AuthId, store::BindingStore};
 
 use redis_cluster::RedisCluster;
 use redis_load::{Load, replicas, request};

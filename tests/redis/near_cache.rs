@@ -8,7 +8,7 @@ use crate::support::{redis_server, redis_store_util};
 use std::time::{Duration, Instant};
 
 use tower_sticky_session::store::RedisStore;
-use tower_sticky_session::{AuthId, BindingStore};
+use tower_sticky_session::{AuthId, store::BindingStore};
 
 use redis_server::RedisServer;
 use redis_store_util::{eventually, key, wait_connected};

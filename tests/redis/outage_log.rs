@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use redis_server::RedisServer;
 use redis_store_util::{key, wait_connected};
 use tower_sticky_session::store::RedisStore;
-use tower_sticky_session::{AuthId, BindingStore};
+use tower_sticky_session::{AuthId, store::BindingStore};
 
 // ---------------------------------------------------------------------------------------
 // Logging during an outage

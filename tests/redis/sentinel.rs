@@ -7,7 +7,7 @@ use crate::support::{redis_load, redis_sentinel, redis_server, redis_store_util}
 use std::time::{Duration, Instant};
 
 use tower_sticky_session::store::RedisStore;
-use tower_sticky_session::{AuthId, BindingStore};
+use tower_sticky_session::{AuthId, store::BindingStore};
 
 use redis_load::{Load, replicas, request};
 use redis_sentinel::RedisSentinel;

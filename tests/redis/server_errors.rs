@@ -17,8 +17,8 @@ use http_body_util::{BodyExt, Full};
 use tower::{Layer, ServiceExt};
 use tower_sticky_session::store::{RedisStore, RedisStoreStats};
 use tower_sticky_session::{
-    AuthId, BindingStore, DEFAULT_SESSION_HEADER, PinnedAuth, ServedBy, StickySessionLayer,
-    StoreErrorKind,
+    AuthId, DEFAULT_SESSION_HEADER, PinnedAuth, ServedBy, StickySessionLayer, store::BindingStore,
+    store::StoreErrorKind,
 };
 
 use redis_server::RedisServer;

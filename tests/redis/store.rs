@@ -23,8 +23,8 @@ use hyper_util::service::TowerToHyperService;
 use tower::Layer;
 use tower_sticky_session::store::{RedisStore, RedisStoreBuilder};
 use tower_sticky_session::{
-    AuthId, BindingKey, BindingStore, DEFAULT_SESSION_HEADER, PinnedAuth, Scope, ServedBy,
-    SessionId, Stats, StickySessionLayer, StoreError,
+    AuthId, BindingKey, DEFAULT_SESSION_HEADER, PinnedAuth, Scope, ServedBy, SessionId, Stats,
+    StickySessionLayer, store::BindingStore, store::StoreError,
 };
 
 use redis_server::RedisServer;

@@ -26,6 +26,7 @@ use futures_util::FutureExt;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use tower::{Service, ServiceExt};
+use tower_sticky_session::store::MemoryStore;
 use tower_sticky_session::*;
 
 const ACCOUNTS: [&str; 4] = ["acct-a", "acct-b", "acct-c", "acct-d"];

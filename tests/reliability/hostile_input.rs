@@ -29,6 +29,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use proptest::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::{Service, ServiceExt};
+use tower_sticky_session::store::MemoryStore;
 use tower_sticky_session::*;
 
 use scripted::*;

@@ -29,6 +29,7 @@ use http_body::Frame;
 use http_body_util::BodyExt;
 use proptest::prelude::*;
 use tower::{Service, ServiceExt};
+use tower_sticky_session::store::MemoryStore;
 use tower_sticky_session::*;
 
 use scripted::*;

@@ -21,8 +21,8 @@ use tower::util::BoxCloneService;
 use tower::{Layer, ServiceExt};
 use tower_sticky_session::body_session::{BufferedBody, SessionFromBody, SessionFromBodyLayer};
 use tower_sticky_session::{
-    AuthId, BindingKey, BindingStore, HardPin, MemoryStore, PinnedAuth, ServedBy, SessionId,
-    StickySession, StickySessionLayer,
+    AuthId, BindingKey, HardPin, PinnedAuth, ServedBy, SessionId, StickySession,
+    StickySessionLayer, store::BindingStore, store::MemoryStore,
 };
 
 type Body = BoxBody<Bytes, Infallible>;

@@ -16,7 +16,8 @@ use tower::{Layer, ServiceExt};
 use tower_sticky_session::body_session::{BufferedBody, SessionFromBodyLayer};
 use tower_sticky_session::store::RedisStore;
 use tower_sticky_session::{
-    AuthId, BindingKey, BindingStore, HardPin, PinnedAuth, ServedBy, SessionId, StickySessionLayer,
+    AuthId, BindingKey, HardPin, PinnedAuth, ServedBy, SessionId, StickySessionLayer,
+    store::BindingStore,
 };
 
 use redis_server::RedisServer;

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use tower_sticky_session::store::RedisStore;
-use tower_sticky_session::{BindingKey, BindingStore, SessionId};
+use tower_sticky_session::{BindingKey, SessionId, store::BindingStore};
 
 /// An unscoped binding key for `session`.
 pub(crate) fn key(session: &str) -> BindingKey {

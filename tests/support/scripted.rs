@@ -66,10 +66,10 @@ pub(crate) fn key(scope: Option<&'static str>, session: &str) -> BindingKey {
 
 /// The account `session` (no scope) is bound to in `store`, if any.
 pub(crate) async fn bound(
-    store: &tower_sticky_session::MemoryStore,
+    store: &tower_sticky_session::store::MemoryStore,
     session: &str,
 ) -> Option<String> {
-    use tower_sticky_session::BindingStore;
+    use tower_sticky_session::store::BindingStore;
     store
         .lookup(&key(None, session))
         .await

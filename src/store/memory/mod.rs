@@ -246,7 +246,7 @@ const STRIPES: usize = 4;
 ///
 /// ```
 /// use std::time::Duration;
-/// use tower_sticky_session::{MemoryStore, StickySessionLayer};
+/// use tower_sticky_session::{store::MemoryStore, StickySessionLayer};
 ///
 /// let store = MemoryStore::builder()
 ///     .max_bindings(10_000)

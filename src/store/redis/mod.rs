@@ -243,7 +243,7 @@ const SET_UNLESS_FRESH_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] 
 /// use tower_sticky_session::StickySessionLayer;
 /// use tower_sticky_session::store::RedisStore;
 ///
-/// # async fn run() -> Result<(), tower_sticky_session::StoreError> {
+/// # async fn run() -> Result<(), tower_sticky_session::store::StoreError> {
 /// let store = RedisStore::builder("redis://127.0.0.1:6379/0")
 ///     .prefix("my-proxy:")
 ///     .timeout(Duration::from_millis(30))
@@ -603,7 +603,7 @@ impl RedisStore {
     /// ```no_run
     /// use tower_sticky_session::store::RedisStore;
     ///
-    /// # async fn run() -> Result<(), tower_sticky_session::StoreError> {
+    /// # async fn run() -> Result<(), tower_sticky_session::store::StoreError> {
     /// let store = RedisStore::cluster_builder(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"])
     ///     .build()?; // the cluster may be unreachable: requests are then served unsticky
     /// // The same, as one URL (e.g. from a command-line flag):
@@ -633,7 +633,7 @@ impl RedisStore {
     /// ```no_run
     /// use tower_sticky_session::store::RedisStore;
     ///
-    /// # async fn run() -> Result<(), tower_sticky_session::StoreError> {
+    /// # async fn run() -> Result<(), tower_sticky_session::store::StoreError> {
     /// let store = RedisStore::sentinel_builder(
     ///     ["redis://10.0.0.1:26379", "redis://10.0.0.2:26379"],
     ///     "mymaster",

@@ -42,8 +42,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_sticky_session::{
-    AuthId, BindingKey, BindingStore, BoxStoreFuture, MemoryStore, PinnedAuth, Scope, ServedBy,
-    SessionId, Stats, StickySessionLayer, StoreError,
+    AuthId, BindingKey, PinnedAuth, Scope, ServedBy, SessionId, Stats, StickySessionLayer,
+    store::BindingStore, store::BoxStoreFuture, store::MemoryStore, store::StoreError,
 };
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
