@@ -20,7 +20,8 @@
 #   the three servers (round-robin for a new session), `http-reuse always`.
 # - floor (on request): examples/floor_proxy.rs, the least a hyper 1 reverse proxy does
 #   for these requests (hash of `session-id`, pooled hyper-util client, no log, no
-#   timeouts, no layers): what hyper and Tokio cost here, below anything the proxy adds.
+#   timeouts, no layers; one current-thread runtime per thread like the proxy, or
+#   FLOOR_RUNTIME=multi): what hyper and Tokio cost here, below anything the proxy adds.
 # - nginx (Debian package): 2 worker processes, `hash $http_session_id consistent`,
 #   upstream keep-alive, `proxy_buffering off` (a streaming gateway), no access log.
 #
@@ -119,7 +120,7 @@ start_proxy() { # name binary
 }
 [[ -n "${port[proxy]:-}" ]] && start_proxy proxy "$PROXY_BIN"
 if [[ -n "${port[floor]:-}" ]]; then
-    TOKIO_WORKER_THREADS=$THREADS target/release/examples/floor_proxy --listen "127.0.0.1:${port[floor]}" \
+    FLOOR_RUNTIME=${FLOOR_RUNTIME:-per-core} TOKIO_WORKER_THREADS=$THREADS target/release/examples/floor_proxy --listen "127.0.0.1:${port[floor]}" \
         --upstream "http://${ups[0]}" --upstream "http://${ups[1]}" --upstream "http://${ups[2]}" \
         >"$work/floor.log" 2>&1 &
     pids+=($!)

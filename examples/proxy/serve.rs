@@ -461,6 +461,38 @@ where
     }
 }
 
+/// What woke a connection's task to act.
+enum ConnEvent {
+    Ended(Result<(), BoxError>),
+    HeaderTimer,
+    /// `Activity::epoch` moved: asked to close (or, after HTTP, an upgrade let go).
+    Asked,
+    IdleTimer,
+    Drain,
+    Cut,
+}
+
+/// The waker a connection's task hands its timers and watchers: it notes that one of
+/// them is ready to be polled, then wakes the task. The connection itself wakes the task
+/// several times per request; polling the others only when they asked for it keeps those
+/// wake-ups to the connection's own work.
+#[derive(Default)]
+struct RareWake {
+    woken: AtomicBool,
+    task: futures_util::task::AtomicWaker,
+}
+
+impl std::task::Wake for RareWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
 /// What a connection's task needs besides the connection.
 struct ConnTask {
     peer: std::net::SocketAddr,
@@ -501,6 +533,11 @@ impl ConnTask {
                 std::pin::pin!(tokio::time::sleep_until(Instant::now() + idle_timeout));
             let mut drained = std::pin::pin!(drain.wait_for(|d| *d).fuse());
             let mut cut_off = std::pin::pin!(cut.wait_for(|c| *c).fuse());
+            // The connection future is polled at every wake-up of the task; the rest
+            // (timers, the drain, the cut, a request to close) only after one of them
+            // woke it, through `rare`'s waker (see `RareWake`).
+            let rare = Arc::new(RareWake::default());
+            let rare_waker = std::task::Waker::from(rare.clone());
             loop {
                 if shut_at.is_none() && activity.close.load(Ordering::Acquire) {
                     tracing::debug!(%peer, "shutting the connection down as asked");
@@ -510,14 +547,45 @@ impl ConnTask {
                     idle_timer.as_mut().reset(now + CLOSE_LINGER);
                     continue;
                 }
-                tokio::select! {
-                    r = conn.as_mut() => {
+                let mut changed = std::pin::pin!(epoch.changed());
+                // New or reset futures: poll each once.
+                rare.woken.store(true, Ordering::Release);
+                let draining = shut_at.is_none();
+                let event = std::future::poll_fn(|cx| {
+                    rare.task.register(cx.waker());
+                    if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                        return Poll::Ready(ConnEvent::Ended(r));
+                    }
+                    if !rare.woken.swap(false, Ordering::AcqRel) {
+                        return Poll::Pending;
+                    }
+                    let mut rcx = Context::from_waker(&rare_waker);
+                    if !header_checked && header_timer.as_mut().poll(&mut rcx).is_ready() {
+                        return Poll::Ready(ConnEvent::HeaderTimer);
+                    }
+                    if changed.as_mut().poll(&mut rcx).is_ready() {
+                        return Poll::Ready(ConnEvent::Asked);
+                    }
+                    if idle_timer.as_mut().poll(&mut rcx).is_ready() {
+                        return Poll::Ready(ConnEvent::IdleTimer);
+                    }
+                    if draining && drained.as_mut().poll(&mut rcx).is_ready() {
+                        return Poll::Ready(ConnEvent::Drain);
+                    }
+                    if cut_off.as_mut().poll(&mut rcx).is_ready() {
+                        return Poll::Ready(ConnEvent::Cut);
+                    }
+                    Poll::Pending
+                })
+                .await;
+                match event {
+                    ConnEvent::Ended(r) => {
                         if let Err(e) = r {
                             tracing::debug!(%peer, error = %ErrorChain(&*e), "connection ended with an error");
                         }
                         break;
                     }
-                    () = header_timer.as_mut(), if !header_checked => {
+                    ConnEvent::HeaderTimer => {
                         if activity.got_head.load(Ordering::Acquire) {
                             header_checked = true;
                         } else {
@@ -525,9 +593,13 @@ impl ConnTask {
                             return;
                         }
                     }
-                    _ = epoch.changed() => {}
-                    () = idle_timer.as_mut() => {
-                        let limit = if shut_at.is_some() { CLOSE_LINGER } else { idle_timeout };
+                    ConnEvent::Asked => {}
+                    ConnEvent::IdleTimer => {
+                        let limit = if shut_at.is_some() {
+                            CLOSE_LINGER
+                        } else {
+                            idle_timeout
+                        };
                         let now = Instant::now();
                         if activity.open() > 0 {
                             idle_timer.as_mut().reset(now + limit);
@@ -548,10 +620,8 @@ impl ConnTask {
                         tracing::debug!(%peer, idle_timeout = ?idle_timeout, "shutting down an idle connection");
                         activity.close_soon();
                     }
-                    _ = &mut drained, if shut_at.is_none() => {
-                        activity.close_soon();
-                    }
-                    _ = &mut cut_off => {
+                    ConnEvent::Drain => activity.close_soon(),
+                    ConnEvent::Cut => {
                         tracing::debug!(%peer, "connection cut at the end of the grace period");
                         return;
                     }
