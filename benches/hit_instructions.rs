@@ -17,7 +17,8 @@
 //! - `layer_hit_10k`: the same over 10 000 bound sessions in turn.
 //! - `moka_get`: one `get` of a present key from a raw `moka::sync::Cache<u64, u64>`
 //!   built like the store's segments (LRU, time-to-idle, the same capacity).
-//! - `naive_hit`: the `layer_hit` request over the naive `RwLock<HashMap>` store.
+//! - `naive_hit`: the `layer_hit` request over the naive `RwLock<HashMap>` store;
+//!   `naive_hit_10k`: the same over 10 000 bound sessions in turn.
 
 use std::convert::Infallible;
 use std::future::{Ready, ready};
@@ -125,11 +126,14 @@ fn main() {
             let mut svc = StickySessionLayer::with_store(store).layer(trivial);
             run_requests(&mut svc, ids, iterations);
         }
-        "naive_hit" => {
+        "naive_hit" | "naive_hit_10k" => {
             let store = naive_store::NaiveStore::new(Duration::from_secs(3600));
-            bind(&store, &one[0], &acct);
+            let ids = if case == "naive_hit" { &one } else { &many };
+            for v in ids {
+                bind(&store, v, &acct);
+            }
             let mut svc = StickySessionLayer::with_store(store).layer(trivial);
-            run_requests(&mut svc, &one, iterations);
+            run_requests(&mut svc, ids, iterations);
         }
         "moka_get" => {
             let cache: moka::sync::Cache<u64, u64> = moka::sync::Cache::builder()

@@ -7,7 +7,7 @@
 #   CASES="bare layer_hit" benches/hit_instructions.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CASES=${CASES:-bare bare_10k layer_hit layer_hit_10k naive_hit moka_get}
+CASES=${CASES:-bare bare_10k layer_hit layer_hit_10k naive_hit naive_hit_10k moka_get}
 N1=${N1:-20000}
 N2=${N2:-40000}
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
@@ -35,4 +35,7 @@ if [[ -n "${per[bare_10k]:-}" && -n "${per[moka_get]:-}" && -n "${per[layer_hit_
 fi
 if [[ -n "${per[naive_hit]:-}" && -n "${per[layer_hit]:-}" ]]; then
     echo "layer_hit / naive_hit: $(awk "BEGIN{printf \"%.3f\", ${per[layer_hit]}/${per[naive_hit]}}")"
+fi
+if [[ -n "${per[naive_hit_10k]:-}" && -n "${per[layer_hit_10k]:-}" ]]; then
+    echo "layer_hit_10k / naive_hit_10k: $(awk "BEGIN{printf \"%.3f\", ${per[layer_hit_10k]}/${per[naive_hit_10k]}}")"
 fi
