@@ -133,6 +133,26 @@ mod tests {
     use crate::body_session::signals::{ScanConfig, scan_body};
     use crate::extract::DEFAULT_MAX_SESSION_ID_LEN;
 
+    /// Replicas of different versions must agree: the fingerprint of a given opening
+    /// under a given key never changes.
+    #[test]
+    fn fingerprint_values_are_fixed() {
+        let with_system = fingerprint(
+            &DEFAULT_FINGERPRINT_KEY,
+            Some(br#""be brief""#),
+            br#""hello""#,
+        );
+        let without = fingerprint(b"0123456789abcdef", None, br#""hello""#);
+        assert_eq!(
+            with_system.unwrap().as_str(),
+            "fp-12df0388c6a2a5a603844641ee7b652e"
+        );
+        assert_eq!(
+            without.unwrap().as_str(),
+            "fp-6d8ae12014080a44443c6fdd803b9468"
+        );
+    }
+
     #[test]
     fn fingerprint_inputs_are_found_in_each_api_shape() {
         let anthropic = br#"{"system":[{"type":"text","text":"S"}],"messages":[{"role":"user","content":"U"},{"role":"user","content":"U2"}]}"#;
