@@ -11,6 +11,8 @@
 use std::fmt::Write as _;
 use std::hash::Hasher;
 
+use siphasher::sip::SipHasher24;
+
 use super::scan::lexer::{Cursor, R, RawStr};
 use crate::extract::SessionId;
 
@@ -30,14 +32,11 @@ pub(crate) fn fingerprint(
     let (k0, k1) = key.split_at(8);
     let k0 = u64::from_le_bytes(k0.try_into().unwrap_or_default());
     let k1 = u64::from_le_bytes(k1.try_into().unwrap_or_default());
-    // SipHash-2-4 (the algorithm std's `SipHasher` is documented to be), twice with
-    // different keys for 128 bits. std deprecated the type only to steer users to
-    // `DefaultHasher`, whose algorithm is unspecified; we need a fixed one, since
+    // SipHash-2-4, twice with different keys for 128 bits: a fixed algorithm, since
     // replicas must compute the same fingerprint.
-    #[allow(deprecated)]
     let mut hashers = [
-        std::hash::SipHasher::new_with_keys(k0, k1),
-        std::hash::SipHasher::new_with_keys(k1 ^ 0x6670_5f68_6967_6800, k0),
+        SipHasher24::new_with_keys(k0, k1),
+        SipHasher24::new_with_keys(k1 ^ 0x6670_5f68_6967_6800, k0),
     ];
     let mut out = String::with_capacity(35);
     out.push_str("fp-");
