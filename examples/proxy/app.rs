@@ -26,6 +26,7 @@
 //! - [`budget`]: `--max-buffered-total`, one budget for buffered request bodies.
 //! - [`resources`]: descriptors, and local resource errors that are nobody's account's.
 //! - [`keys`]: account keys from the environment, URL redaction.
+//! - [`logfmt`]: the log line format, the default one written for less.
 //! - [`serve`]: the hardened HTTP/1 + HTTP/2 accept loop.
 //! - [`ws`]: WebSocket upgrades, failed over before the `101`, relayed after it.
 
@@ -43,6 +44,8 @@ pub(crate) mod failover;
 pub(crate) mod hygiene;
 #[path = "keys.rs"]
 pub(crate) mod keys;
+#[path = "logfmt.rs"]
+pub(crate) mod logfmt;
 #[path = "picker.rs"]
 pub(crate) mod picker;
 #[path = "resources.rs"]

@@ -714,10 +714,12 @@ fn main() -> ExitCode {
             std::io::stderr(),
         ));
     let dropped = writer.error_counter();
+    // Colour only on a terminal: logs redirected to a file or a pipe stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_writer(writer)
-        // Colour only on a terminal: logs redirected to a file or a pipe stay plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(ansi)
+        .event_format(app::logfmt::LineFormat::new(ansi))
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let code = match tokio::runtime::Builder::new_multi_thread()

@@ -20,4 +20,5 @@ mod e2e;
 mod failover;
 mod hardening;
 mod limits;
+mod log_format;
 mod websocket;

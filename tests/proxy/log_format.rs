@@ -1,0 +1,139 @@
+//! The proxy's log line format writes what `tracing-subscriber`'s default formatter
+//! (without colours) writes, byte for byte after the timestamp, and a timestamp of the
+//! same shape and second.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use tracing_subscriber::fmt::MakeWriter;
+
+use crate::app::logfmt::LineFormat;
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[derive(Debug)]
+struct Outer(Inner);
+#[derive(Debug)]
+struct Inner;
+impl fmt::Display for Outer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("outer failed")
+    }
+}
+impl fmt::Display for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("inner cause")
+    }
+}
+impl StdError for Outer {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(&self.0)
+    }
+}
+impl StdError for Inner {}
+
+/// Every kind of field the proxy logs, at every level.
+fn events() {
+    let session = "abc…(3 bytes)";
+    tracing::info!(
+        method = %http::Method::POST, path = "/v1/chat", session = %session,
+        upstream = %"account-a", pick = "round-robin", status = 200u16, "proxied"
+    );
+    tracing::warn!(
+        error = &Outer(Inner) as &(dyn StdError + 'static),
+        "attempt failed"
+    );
+    tracing::error!(error = &Inner as &(dyn StdError + 'static), "plain error");
+    tracing::info!(n = -3i64, f = 1.5f64, ok = true, text = ?"quoted \"x\"", "numbers {} and {}", 1, 2);
+    tracing::warn!(r#type = "raw", "raw identifier");
+    tracing::info!("message only");
+    tracing::info!(only = 1);
+    tracing::error!(stats = ?vec![(1, 2)], "debug value");
+}
+
+fn capture(line_format: bool) -> String {
+    let out = Captured::default();
+    let builder = tracing_subscriber::fmt()
+        .with_writer(out.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::TRACE);
+    if line_format {
+        let subscriber = builder.event_format(LineFormat::new(false)).finish();
+        tracing::subscriber::with_default(subscriber, events);
+    } else {
+        tracing::subscriber::with_default(builder.finish(), events);
+    }
+    String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
+}
+
+#[test]
+fn the_line_format_writes_what_the_default_formatter_writes() {
+    // Both within one second (a retry if they straddle one).
+    let (ours, theirs) = (0..3)
+        .map(|_| (capture(true), capture(false)))
+        .find(|(a, b)| a.get(..19) == b.get(..19))
+        .expect("two captures within one second");
+    let (ours, theirs): (Vec<_>, Vec<_>) = (ours.lines().collect(), theirs.lines().collect());
+    assert_eq!(ours.len(), 8, "{ours:#?}");
+    assert_eq!(ours.len(), theirs.len());
+    for (a, b) in ours.iter().zip(&theirs) {
+        // `2026-12-07T10:29:55.216412Z ` then the rest.
+        let shape = |l: &str| {
+            let b = l.as_bytes();
+            l.len() > 28
+                && b[4] == b'-'
+                && b[7] == b'-'
+                && b[10] == b'T'
+                && b[13] == b':'
+                && b[16] == b':'
+                && b[19] == b'.'
+                && b[26] == b'Z'
+                && b[27] == b' '
+                && b[..26]
+                    .iter()
+                    .enumerate()
+                    .all(|(i, c)| [4, 7, 10, 13, 16, 19].contains(&i) || c.is_ascii_digit())
+        };
+        assert!(shape(a), "{a}");
+        assert!(shape(b), "{b}");
+        assert_eq!(a[..19], b[..19], "the same second");
+        assert_eq!(a[27..], b[27..]);
+    }
+}
+
+#[test]
+fn the_date_and_time_of_known_unix_seconds() {
+    for (secs, text) in [
+        (0, "1970-01-01T00:00:00"),
+        (951_782_399, "2000-02-28T23:59:59"),
+        (951_782_400, "2000-02-29T00:00:00"),
+        (978_307_200, "2001-01-01T00:00:00"),
+        (1_709_251_199, "2024-02-29T23:59:59"),
+        (1_796_687_999, "2026-12-07T23:59:59"),
+        (4_102_444_800, "2100-01-01T00:00:00"),
+    ] {
+        let mut out = String::new();
+        crate::app::logfmt::write_second(&mut out, secs).unwrap();
+        assert_eq!(out, text, "{secs}");
+    }
+}
