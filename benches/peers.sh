@@ -12,6 +12,9 @@
 #   BASE_BIN=/tmp/proxy-before GATEWAYS="proxy base haproxy nginx" benches/peers.sh
 #                                               # "base": another proxy build, same flags
 #   GATEWAYS="proxy floor haproxy" benches/peers.sh # "floor": examples/floor_proxy.rs
+#   GAP_MS=1 GATEWAYS="direct proxy haproxy" benches/peers.sh
+#                                               # events 1 ms apart; "direct": wrk straight
+#                                               # to one upstream listener (no gateway)
 #
 # - proxy: target/release/examples/proxy (2 Tokio workers: THREADS), default flags
 #   (session headers of known clients, which include `session-id`; JSON body reader on;
@@ -93,7 +96,7 @@ wait_port() { # port
 }
 
 # The upstream: three listeners, one Tokio worker.
-"$UPSTREAM" --bare --threads 1 --events "$EVENTS" \
+"$UPSTREAM" --bare --threads 1 --events "$EVENTS" --event-gap "${GAP_MS:-0}" \
     --listen 127.0.0.1:0 --listen 127.0.0.1:0 --listen 127.0.0.1:0 >"$work/upstream.out" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do
@@ -105,6 +108,11 @@ echo "upstream: pid ${pids[0]} on ${ups[*]}" >&2
 
 declare -A port pidlist
 for g in $GATEWAYS; do port[$g]=$(free_port); done
+if [[ -n "${port[direct]:-}" ]]; then
+    # No gateway: the first upstream listener itself (its CPU is the upstream's).
+    port[direct]=${ups[0]##*:}
+    pidlist[direct]=${pids[0]}
+fi
 
 declare -A admin
 start_proxy() { # name binary

@@ -3,7 +3,7 @@
 //! sets `ServedBy`, with or without [`StickySessionLayer`] in front of it.
 //!
 //! ```text
-//! cargo run --release --example bench_server -- [--layer | --bare | --naive] [--listen 127.0.0.1:0]... [--threads 1] [--events 2]
+//! cargo run --release --example bench_server -- [--layer | --bare | --naive] [--listen 127.0.0.1:0]... [--threads 1] [--events 2] [--event-gap MS]
 //! ```
 //!
 //! `--layer` (the default) puts `StickySessionLayer::new()` (the default `MemoryStore`) in
@@ -12,7 +12,9 @@
 //!
 //! `--events N` (default 2) streams N server-sent events instead: N − 1 OpenAI-style
 //! `chat.completion.chunk` events and `data: [DONE]`, all ready at once (an upstream that
-//! has the whole answer). `--listen` may be given several times (e.g. three listeners
+//! has the whole answer); with `--event-gap MS` each event after the first comes that long
+//! after the previous one (an upstream that generates its answer: `benches/peers.sh`'s
+//! `GAP_MS`). `--listen` may be given several times (e.g. three listeners
 //! standing for three accounts of one upstream, `benches/peers.sh`); the same service
 //! answers on each.
 //!
@@ -44,10 +46,14 @@ use tower_sticky_session::{AuthId, PinnedAuth, ServedBy, StickySessionLayer};
 #[path = "../benches/support/naive_store.rs"]
 mod naive_store;
 
-/// A body of a few data frames, all ready, length unknown to hyper (sent chunked, like a
-/// stream).
+/// A body of a few data frames, all ready or each `gap` after the previous one, length
+/// unknown to hyper (sent chunked, like a stream).
 struct Frames {
     frames: std::collections::VecDeque<Bytes>,
+    gap: Option<Duration>,
+    /// The wait before the next frame (after the first), with a gap.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    sent: bool,
 }
 
 impl Body for Frames {
@@ -56,8 +62,19 @@ impl Body for Frames {
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let (Some(gap), true) = (self.gap, self.sent) {
+            if self.frames.is_empty() {
+                return Poll::Ready(None);
+            }
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(gap)));
+            std::task::ready!(timer.as_mut().poll(cx));
+            self.timer = None;
+        }
+        self.sent = true;
         Poll::Ready(self.frames.pop_front().map(|b| Ok(Frame::data(b))))
     }
 
@@ -77,6 +94,8 @@ struct Picker {
     next: Arc<AtomicUsize>,
     /// The body's frames, built once.
     frames: Arc<[Bytes]>,
+    /// `--event-gap`.
+    gap: Option<Duration>,
 }
 
 /// The frames of a response of `events` server-sent events (see the module docs); two
@@ -117,6 +136,9 @@ impl Service<Request<Incoming>> for Picker {
         };
         let body = Frames {
             frames: self.frames.iter().cloned().collect(),
+            gap: self.gap,
+            timer: None,
+            sent: false,
         };
         let mut res = Response::new(body);
         res.headers_mut().insert(
@@ -140,6 +162,7 @@ struct Args {
     listen: Vec<SocketAddr>,
     threads: usize,
     events: usize,
+    gap: Option<Duration>,
 }
 
 fn args() -> Args {
@@ -148,6 +171,7 @@ fn args() -> Args {
         listen: Vec::new(),
         threads: 1,
         events: 2,
+        gap: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -164,11 +188,15 @@ fn args() -> Args {
             "--threads" => {
                 out.threads = it.next().and_then(|v| v.parse().ok()).expect("--threads N");
             }
+            "--event-gap" => {
+                let ms: f64 = it.next().and_then(|v| v.parse().ok()).expect("--event-gap MS");
+                out.gap = (ms > 0.0).then(|| Duration::from_secs_f64(ms / 1000.0));
+            }
             "--events" => {
                 out.events = it.next().and_then(|v| v.parse().ok()).expect("--events N");
             }
             other => panic!(
-                "unknown argument {other:?}; usage: [--layer|--bare|--naive] [--listen IP:PORT]... [--threads N] [--events N]"
+                "unknown argument {other:?}; usage: [--layer|--bare|--naive] [--listen IP:PORT]... [--threads N] [--events N] [--event-gap MS]"
             ),
         }
     }
@@ -269,6 +297,7 @@ fn main() {
             accounts,
             next: Arc::new(AtomicUsize::new(0)),
             frames: frames(args.events),
+            gap: args.gap,
         };
         match args.mode {
             Mode::Layer => with_layer(listener, StickySessionLayer::new(), picker).await,
