@@ -189,7 +189,10 @@ fn args() -> Args {
                 out.threads = it.next().and_then(|v| v.parse().ok()).expect("--threads N");
             }
             "--event-gap" => {
-                let ms: f64 = it.next().and_then(|v| v.parse().ok()).expect("--event-gap MS");
+                let ms: f64 = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--event-gap MS");
                 out.gap = (ms > 0.0).then(|| Duration::from_secs_f64(ms / 1000.0));
             }
             "--events" => {
