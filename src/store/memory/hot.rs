@@ -82,14 +82,15 @@ pub(super) struct Hot {
 }
 
 impl Hot {
-    /// A table for a protected segment of `protected` bindings: one slot per eight of
+    /// A table for a protected segment of `protected` bindings: one slot per four of
     /// them, a power of two between 64 and 131 072 (rule 7, *bounded*); none when
-    /// protected has no room.
+    /// protected has no room. (One per eight left 10 000 sessions in turn colliding in
+    /// 46 % of their slots with the default capacity; one per four, 26 %.)
     pub(super) fn new(protected: u64, max_age_ms: u64) -> Self {
         let n = if protected == 0 {
             0
         } else {
-            let per = usize::try_from(protected / 8).unwrap_or(MAX_SLOTS);
+            let per = usize::try_from(protected / 4).unwrap_or(MAX_SLOTS);
             per.clamp(MIN_SLOTS, MAX_SLOTS)
                 .next_power_of_two()
                 .min(MAX_SLOTS)
@@ -195,7 +196,7 @@ mod tests {
     fn sized_from_protected_capacity() {
         assert_eq!(Hot::new(0, AGE).len(), 0);
         assert_eq!(Hot::new(10, AGE).len(), MIN_SLOTS);
-        assert_eq!(Hot::new(90_000, AGE).len(), 16_384);
+        assert_eq!(Hot::new(90_000, AGE).len(), 32_768);
         assert_eq!(Hot::new(900_000, AGE).len(), MAX_SLOTS);
         assert_eq!(Hot::new(u64::MAX, AGE).len(), MAX_SLOTS);
         // An empty table finds nothing and fills nothing.

@@ -112,7 +112,7 @@
 //! # Hits without a moka read
 //!
 //! A lookup that finds a proven binding in protected records it in its slot of the hot
-//! table (one slot per eight protected bindings), with the stripe generation read before
+//! table (one slot per four protected bindings), with the stripe generation read before
 //! the moka read. The next lookup of that key takes it from the slot while rules 3 and 6
 //! allow. An eviction by moka takes effect, for the table, when moka's eviction listener
 //! runs, a moment after moka dropped the entry: in between a plain lookup may miss a
