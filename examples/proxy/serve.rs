@@ -283,6 +283,7 @@ where
         cfg.max_connections.clamp(1, u32::MAX as usize),
     ));
     let (done_tx, done_rx) = mpsc::channel(workers);
+    let balance = Arc::new(Balance::new(workers));
     for i in 0..workers {
         let listening = listening.try_clone()?;
         let (service, mut stop, cfg, permits, done) = (
@@ -292,6 +293,7 @@ where
             permits.clone(),
             done_tx.clone(),
         );
+        let balance = (balance.clone(), i);
         std::thread::Builder::new()
             .name(format!("proxy-worker-{i}"))
             .spawn(move || {
@@ -317,7 +319,7 @@ where
                     let shutdown = async move {
                         let _ = stop.wait_for(|stopped| *stopped).await;
                     };
-                    Some(serve_on(listener, service, shutdown, cfg, permits).await)
+                    Some(serve_on(listener, service, shutdown, cfg, permits, Some(balance)).await)
                 });
                 if let Some(drained) = drained {
                     let _ = done.try_send(drained);
@@ -346,7 +348,7 @@ where
     let permits = Arc::new(Semaphore::new(
         cfg.max_connections.clamp(1, u32::MAX as usize),
     ));
-    serve_on(listener, service, shutdown, cfg, permits).await
+    serve_on(listener, service, shutdown, cfg, permits, None).await
 }
 
 /// [`serve`] with the connection permits given: [`serve_workers`] shares one set.
@@ -356,6 +358,7 @@ async fn serve_on<S, B>(
     shutdown: impl Future<Output = ()>,
     cfg: ServeConfig,
     permits: Arc<Semaphore>,
+    balance: Option<(Arc<Balance>, usize)>,
 ) -> Drained
 where
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
@@ -392,6 +395,17 @@ where
             p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
             () = &mut shutdown => break,
         };
+        // A worker with more than its share of the open connections leaves the next ones
+        // to the others for a moment (they are woken by the same new connection).
+        if let Some((balance, me)) = &balance
+            && balance.above_share(*me)
+        {
+            drop(permit);
+            tokio::select! {
+                () = tokio::time::sleep(BALANCE_PAUSE) => continue,
+                () = &mut shutdown => break,
+            }
+        }
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => {
@@ -426,8 +440,10 @@ where
             drain: drain_rx.clone(),
             cut: cut_rx.clone(),
         };
+        let counted = balance.as_ref().map(|(b, me)| b.opened(*me));
         tokio::spawn(async move {
             let _permit = permit;
+            let _counted = counted;
             task.run(conn).await;
         });
     }
@@ -458,6 +474,46 @@ where
                 Drained::Cut(n)
             }
         }
+    }
+}
+
+/// How long a worker above its share of connections leaves accepting to the others.
+const BALANCE_PAUSE: Duration = Duration::from_millis(50);
+
+/// Open connections per worker. All workers are woken by a new connection on the shared
+/// socket and the first to call `accept` takes it, so without a rule the least busy
+/// thread at each instant collects them: a burst of new connections can land mostly on
+/// one worker and leave one core idle for the connections' whole life. A worker with
+/// more than its share (the mean, plus one) lets the others accept for a moment.
+pub(crate) struct Balance {
+    open: Box<[AtomicUsize]>,
+}
+
+impl Balance {
+    fn new(workers: usize) -> Self {
+        Self {
+            open: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
+        }
+    }
+
+    fn above_share(&self, me: usize) -> bool {
+        let mine = self.open[me].load(Ordering::Relaxed);
+        let total: usize = self.open.iter().map(|n| n.load(Ordering::Relaxed)).sum();
+        mine > total / self.open.len() + 1
+    }
+
+    fn opened(self: &Arc<Self>, me: usize) -> Opened {
+        self.open[me].fetch_add(1, Ordering::Relaxed);
+        Opened(self.clone(), me)
+    }
+}
+
+/// One connection counted in [`Balance`] while it lives.
+struct Opened(Arc<Balance>, usize);
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        self.0.open[self.1].fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -22,3 +22,4 @@ mod hardening;
 mod limits;
 mod log_format;
 mod websocket;
+mod workers;
