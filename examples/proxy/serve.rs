@@ -41,7 +41,10 @@
 //!   their upstream connections (each worker has its own pool, see `failover.rs`) and
 //!   their timers stay on one thread: no work stealing, no wake-ups across threads. The
 //!   cost: one busy connection (e.g. an HTTP/2 client multiplexing every session) is
-//!   served by one core. `--max-connections` holds for all workers together.
+//!   served by one core. `--max-connections` holds for all workers together. A worker
+//!   holding more than its share of the open connections (the mean plus one) leaves new
+//!   ones to the others for a moment ([`Balance`]), so a burst of connections does not
+//!   all land on whichever worker was free at that instant.
 
 use std::cell::Cell;
 use std::fmt;
