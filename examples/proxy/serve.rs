@@ -400,13 +400,17 @@ where
         };
         // A worker with more than its share of the open connections leaves the next ones
         // to the others for a moment (they are woken by the same new connection).
-        if let Some((balance, me)) = &balance
-            && balance.above_share(*me)
-        {
-            drop(permit);
-            tokio::select! {
-                () = tokio::time::sleep(BALANCE_PAUSE) => continue,
-                () = &mut shutdown => break,
+        if let Some((balance, me)) = &balance {
+            let changed = balance.changed.notified();
+            if balance.above_share(*me) {
+                drop(permit);
+                // Until a connection opens or closes anywhere (then the share is
+                // checked again), at most BALANCE_PAUSE.
+                tokio::select! {
+                    () = changed => continue,
+                    () = tokio::time::sleep(BALANCE_PAUSE) => continue,
+                    () = &mut shutdown => break,
+                }
             }
         }
         let (stream, peer) = tokio::select! {
@@ -480,7 +484,8 @@ where
     }
 }
 
-/// How long a worker above its share of connections leaves accepting to the others.
+/// The longest a worker above its share of connections leaves accepting to the others
+/// before it checks again (it also checks at every connection opened or closed).
 const BALANCE_PAUSE: Duration = Duration::from_millis(50);
 
 /// Open connections per worker. All workers are woken by a new connection on the shared
@@ -490,12 +495,15 @@ const BALANCE_PAUSE: Duration = Duration::from_millis(50);
 /// more than its share (the mean, plus one) lets the others accept for a moment.
 pub(crate) struct Balance {
     open: Box<[AtomicUsize]>,
+    /// Told of every connection opened or closed, for the workers that wait.
+    changed: tokio::sync::Notify,
 }
 
 impl Balance {
     fn new(workers: usize) -> Self {
         Self {
             open: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -507,6 +515,7 @@ impl Balance {
 
     fn opened(self: &Arc<Self>, me: usize) -> Opened {
         self.open[me].fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_waiters();
         Opened(self.clone(), me)
     }
 }
@@ -517,6 +526,7 @@ struct Opened(Arc<Balance>, usize);
 impl Drop for Opened {
     fn drop(&mut self) {
         self.0.open[self.1].fetch_sub(1, Ordering::Relaxed);
+        self.0.changed.notify_waiters();
     }
 }
 
