@@ -165,11 +165,6 @@ const MAX_COUNT: u64 = 1_000_000_000;
 /// The most `--workers`: a thread each.
 const MAX_WORKERS: u64 = 1024;
 
-/// The `--workers` in effect.
-fn workers(cli: &Cli) -> usize {
-    cli.workers.map_or_else(default_workers, |n| n as usize)
-}
-
 /// `--workers` when not given: `TOKIO_WORKER_THREADS` if it is a number in range, else
 /// the CPUs this process may use.
 fn default_workers() -> usize {
@@ -667,7 +662,7 @@ fn proxy_config(
     proxy.failover.upstream_timeout = cli.upstream_timeout;
     proxy.failover.idle_timeout = cli.idle_timeout;
     proxy.failover.max_body_buffer = cli.max_body_buffer;
-    proxy.failover.workers = workers(cli);
+    proxy.failover.workers = cli.workers.map_or_else(default_workers, |n| n as usize);
     proxy.failover.ws.idle_timeout = cli.ws_idle_timeout;
     proxy.failover.ws.max_message = usize::try_from(cli.ws_max_message).unwrap_or(usize::MAX);
     proxy.max_buffered_total = cli.max_buffered_total;
@@ -688,8 +683,6 @@ struct Settings {
     listen: SocketAddr,
     admin: Option<SocketAddr>,
     admin_token: Option<Secret>,
-    /// `--workers`.
-    workers: usize,
     proxy: ProxyConfig,
     serve: ServeConfig,
     /// Whether the accounts are the demo's.
@@ -837,7 +830,6 @@ async fn proxy_main(cli: Cli, mut reload_source: reload::Source) -> ExitCode {
         listen: cli.listen,
         admin: cli.admin,
         admin_token,
-        workers: workers(&cli),
         proxy,
         serve,
         demo,
@@ -933,7 +925,7 @@ async fn run<St: InspectStore + admin::StoreMetrics + Clone>(
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let workers = settings.workers;
+    let workers = settings.proxy.failover.workers;
     let mut done = match app::serve::serve_workers(
         listener,
         workers,
@@ -956,11 +948,11 @@ async fn run<St: InspectStore + admin::StoreMetrics + Clone>(
     // Every worker waits for every connection (the permits are shared), so they end
     // together; the most connections any of them cut is the answer.
     let all_drained = async {
-        let mut cut = None;
+        let mut cut = 0;
         for _ in 0..workers {
             match done.recv().await {
                 Some(Drained::Clean) => {}
-                Some(Drained::Cut(n)) => cut = Some(cut.unwrap_or(0).max(n)),
+                Some(Drained::Cut(n)) => cut = cut.max(n),
                 None => return Err(()),
             }
         }
@@ -968,8 +960,8 @@ async fn run<St: InspectStore + admin::StoreMetrics + Clone>(
     };
     let code = tokio::select! {
         drained = all_drained => match drained {
-            Ok(None) => ExitCode::SUCCESS,
-            Ok(Some(n)) => {
+            Ok(0) => ExitCode::SUCCESS,
+            Ok(n) => {
                 eprintln!("error: {n} connection(s) cut at the end of the grace period");
                 ExitCode::from(EXIT_CUT)
             }

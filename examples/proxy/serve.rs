@@ -118,6 +118,14 @@ impl ServeConfig {
     }
 }
 
+impl ServeConfig {
+    /// Connection permits: `max_connections`, at least one, at most what a semaphore's
+    /// `acquire_many` (the drain's wait for all of them) can take.
+    fn permits(&self) -> usize {
+        self.max_connections.clamp(1, u32::MAX as usize)
+    }
+}
+
 /// How [`serve`] ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Drained {
@@ -282,9 +290,7 @@ where
     // Deregistered from this runtime; each worker registers its own duplicate with its
     // own: the kernel hands a new connection to whichever worker accepts first.
     let listening = listener.into_std()?;
-    let permits = Arc::new(Semaphore::new(
-        cfg.max_connections.clamp(1, u32::MAX as usize),
-    ));
+    let permits = Arc::new(Semaphore::new(cfg.permits()));
     let (done_tx, done_rx) = mpsc::channel(workers);
     let balance = Arc::new(Balance::new(workers));
     for i in 0..workers {
@@ -348,9 +354,7 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let permits = Arc::new(Semaphore::new(
-        cfg.max_connections.clamp(1, u32::MAX as usize),
-    ));
+    let permits = Arc::new(Semaphore::new(cfg.permits()));
     serve_on(listener, service, shutdown, cfg, permits, None).await
 }
 
@@ -388,7 +392,7 @@ where
     let builder = Arc::new(builder);
     // Every connection holds a permit until it is closed: all permits back means
     // every connection is closed.
-    let total = cfg.max_connections.clamp(1, u32::MAX as usize);
+    let total = cfg.permits();
     let (drain_tx, drain_rx) = watch::channel(false);
     let (cut_tx, cut_rx) = watch::channel(false);
     let mut accept_errors = AcceptErrors::default();
