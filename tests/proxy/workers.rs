@@ -14,8 +14,11 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::app;
 
-/// Opens one connection, sends one request, returns the worker that served it.
-async fn worker_of(addr: std::net::SocketAddr) -> usize {
+/// Opens one connection, sends one request, returns the worker that served it and the
+/// connection's sender (the caller keeps the connection open, counted, while it holds it).
+async fn worker_of(
+    addr: std::net::SocketAddr,
+) -> (usize, hyper::client::conn::http1::SendRequest<Empty<Bytes>>) {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
@@ -26,9 +29,7 @@ async fn worker_of(addr: std::net::SocketAddr) -> usize {
         .await
         .unwrap();
     let body = res.into_body().collect().await.unwrap().to_bytes();
-    // Keep the connection open (counted) until the test ends.
-    std::mem::forget(send);
-    std::str::from_utf8(&body).unwrap().parse().unwrap()
+    (std::str::from_utf8(&body).unwrap().parse().unwrap(), send)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,17 +63,21 @@ async fn a_burst_while_one_worker_is_busy_is_shared_once_it_is_free() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let burst: Vec<_> = (0..11).map(|_| tokio::spawn(worker_of(addr))).collect();
     let mut served = [0usize; 2];
-    let busy = tokio::time::timeout(Duration::from_secs(10), first)
+    // The connections stay open until the end of the test.
+    let mut open = Vec::new();
+    let (busy, send) = tokio::time::timeout(Duration::from_secs(10), first)
         .await
         .unwrap()
         .unwrap();
     served[busy] += 1;
+    open.push(send);
     for b in burst {
-        let w = tokio::time::timeout(Duration::from_secs(10), b)
+        let (w, send) = tokio::time::timeout(Duration::from_secs(10), b)
             .await
             .unwrap()
             .unwrap();
         served[w] += 1;
+        open.push(send);
     }
     // Without the rule the free worker takes all 11 (served = 1 and 11).
     assert!(
