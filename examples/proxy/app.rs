@@ -2,9 +2,9 @@
 //! wiring; each concern has its own module beside it.
 //!
 //! ```text
-//! client ─▶ ClientAuth ─▶ StickySessionLayer ─▶ Failover ─▶ account 1..n (pooled client)
+//! client ─▶ ClientAuth ─▶ StickySessionLayer ─▶ Failover ─▶ account 1..n (pooled connections)
 //!           (auth.rs)                            (failover.rs: picker.rs, cooldown.rs,
-//!                                                 timeouts.rs; keys from keys.rs)
+//!                                                 timeouts.rs, pool.rs; keys from keys.rs)
 //! ```
 //!
 //! - [`hygiene`]: requests never forwarded (CONNECT, TRACE, `OPTIONS *`, dot-segments),
@@ -21,6 +21,8 @@
 //!   [`cooldown`]: 429/unreachable accounts are skipped for a while;
 //!   [`broken`]: an account that breaks `--max-broken-streams` streams in a row after
 //!   their first byte loses those sessions and cools down.
+//! - [`pool`]: each worker's idle HTTP/1.1 connections to the `http://` accounts, one
+//!   list per account; `https://` accounts and WebSocket upgrades use hyper-util's client.
 //! - [`timeouts`]: the first-chunk peek, the client's body under `--idle-timeout` and
 //!   `--body-timeout`.
 //! - [`budget`]: `--max-buffered-total`, one budget for buffered request bodies.
@@ -48,6 +50,8 @@ pub(crate) mod keys;
 pub(crate) mod logfmt;
 #[path = "picker.rs"]
 pub(crate) mod picker;
+#[path = "pool.rs"]
+pub(crate) mod pool;
 #[path = "resources.rs"]
 pub(crate) mod resources;
 #[path = "serve.rs"]
@@ -98,6 +102,11 @@ pub(crate) struct Upstream {
     header: HeaderValue,
     scheme: Scheme,
     authority: http::uri::Authority,
+    /// `Host` for a request to the account: the authority without a default port, as
+    /// hyper-util's client writes it.
+    host: HeaderValue,
+    /// Where to connect: the scheme and authority, with the path `/`.
+    origin: Uri,
     /// The base URL's path without its trailing `/` ("" for the root).
     prefix: String,
     /// The header carrying the account's key (value marked sensitive), if it has one.
@@ -145,11 +154,27 @@ impl Upstream {
             ));
         }
         let prefix = uri.path().trim_end_matches('/').to_owned();
+        let default_port = if scheme == Scheme::HTTP { 80 } else { 443 };
+        let host = if authority.port_u16() == Some(default_port) {
+            authority.host()
+        } else {
+            authority.as_str()
+        };
+        let host = HeaderValue::from_str(host)
+            .map_err(|_| format!("URL {:?}: the host is not a header value", redact_url(url)))?;
+        let origin = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| format!("invalid URL {:?}: {e}", redact_url(url)))?;
         Ok(Self {
             name: AuthId::from(name),
             header,
             scheme,
             authority,
+            host,
+            origin,
             prefix,
             key: None,
         })
@@ -181,6 +206,32 @@ impl Upstream {
     /// The account's name.
     pub(crate) fn name(&self) -> &AuthId {
         &self.name
+    }
+
+    /// Whether the account is a plain `http://` one (served by [`pool`]'s connections).
+    pub(crate) fn is_plain_http(&self) -> bool {
+        self.scheme == Scheme::HTTP
+    }
+
+    /// `Host` for a request to the account.
+    pub(crate) fn host(&self) -> &HeaderValue {
+        &self.host
+    }
+
+    /// Where to connect to reach the account (scheme and authority; path `/`).
+    pub(crate) fn origin(&self) -> &Uri {
+        &self.origin
+    }
+
+    /// The target of a request for `original` on a connection of the account's own:
+    /// origin-form (`/path?query`, behind the URL's path prefix).
+    pub(crate) fn origin_target(&self, original: &Uri) -> Result<Uri, http::Error> {
+        let pq = original.path_and_query().map_or("/", PathAndQuery::as_str);
+        Ok(if self.prefix.is_empty() {
+            Uri::from(PathAndQuery::try_from(pq)?)
+        } else {
+            Uri::from(PathAndQuery::try_from(format!("{}{pq}", self.prefix))?)
+        })
     }
 
     /// The URL a request for `path_and_query` goes to.

@@ -61,6 +61,7 @@ use super::broken::BrokenStreams;
 use super::budget::Buffering;
 use super::cooldown::{CoolReason, retry_after};
 use super::picker::{InFlight, Picker, Plan};
+use super::pool::{Pool, Transport};
 use super::resources::{local_resource_error, local_unavailable};
 use super::serve::{self, ConnActivity};
 use super::timeouts::{BodyDeadline, First, ProxyBody, first_data};
@@ -105,15 +106,21 @@ type WsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 /// Read buffer per upstream connection: bounds what an upstream can push ahead of a
 /// client that stops reading (hyper's default is about 400 KiB).
-const UPSTREAM_BUF: usize = 64 * 1024;
+pub(crate) const UPSTREAM_BUF: usize = 64 * 1024;
 
-/// The connector both upstream clients use: plain TCP (no Nagle, a 10 s connect timeout)
-/// or TLS with the web's roots; HTTP/2 by ALPN when `http2`.
-fn connector(http2: bool) -> Result<HttpsConnector<HttpConnector>, BoxError> {
+/// Plain TCP to an account: no Nagle, a 10 s connect timeout.
+fn http_connector() -> HttpConnector {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(Duration::from_secs(10)));
+    http
+}
+
+/// The connector both upstream clients use: plain TCP (no Nagle, a 10 s connect timeout)
+/// or TLS with the web's roots; HTTP/2 by ALPN when `http2`.
+fn connector(http2: bool) -> Result<HttpsConnector<HttpConnector>, BoxError> {
+    let http = http_connector();
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         // An explicit provider: independent of which rustls crypto features other
         // crates in the build enable.
@@ -167,8 +174,12 @@ impl<St, B> Clone for Failover<St, B> {
 
 struct Shared<St, B> {
     picker: Arc<Picker>,
-    /// One pooled client per accept worker (see [`serve::worker`]): a pooled connection
-    /// is driven by the runtime that opened it, so each worker keeps its own.
+    /// One pool of connections to the plain-`http://` accounts per accept worker (see
+    /// [`serve::worker`]): a connection is driven by the runtime that opened it, so each
+    /// worker keeps its own.
+    pools: Box<[Arc<Pool<UpBody<B>>>]>,
+    /// The same per worker for `https://` accounts: hyper-util's pooled client (TLS, and
+    /// HTTP/2 by ALPN).
     clients: Box<[UpstreamClient<B>]>,
     /// WebSocket upgrades: HTTP/1.1 only (an upgrade cannot ride an HTTP/2 connection),
     /// never pooled (an upgraded connection is the socket's own).
@@ -196,6 +207,9 @@ where
     ) -> Result<Self, BoxError> {
         Ok(Self {
             shared: Arc::new(Shared {
+                pools: (0..cfg.workers.max(1))
+                    .map(|_| Arc::new(Pool::new(picker.upstreams().len(), http_connector())))
+                    .collect(),
                 picker,
                 clients: (0..cfg.workers.max(1))
                     .map(|_| client())
@@ -489,7 +503,10 @@ where
     /// One upgrade attempt on account `i`.
     async fn ws_attempt(&self, i: usize, up: &Upstream, parts: &Parts) -> WsAttempt {
         let body = Empty::<Bytes>::new();
-        let (res, in_flight) = match self.send(&self.ws_client, i, up, parts, body).await {
+        let (res, in_flight) = match self
+            .send(Via::Client(&self.ws_client), i, up, parts, body)
+            .await
+        {
             Ok(sent) => sent,
             Err(Early::Failed(res, why)) => return WsAttempt::Failed(res, why),
             Err(Early::Transport(e)) => {
@@ -528,7 +545,7 @@ where
     /// counts as in flight on the account from here on.
     async fn send<Bd>(
         &self,
-        client: &Client<HttpsConnector<HttpConnector>, Bd>,
+        via: Via<'_, Bd>,
         i: usize,
         up: &Upstream,
         parts: &Parts,
@@ -539,7 +556,11 @@ where
         Bd::Data: Send,
         Bd::Error: Into<BoxError>,
     {
-        let Ok(target) = up.target(&parts.uri) else {
+        let target = match via {
+            Via::Pool(_) => up.origin_target(&parts.uri),
+            Via::Client(_) => up.target(&parts.uri),
+        };
+        let Ok(target) = target else {
             let res = proxy_error(up, StatusCode::BAD_GATEWAY, "cannot build the upstream URL");
             return Err(Early::Failed(res, "bad URL"));
         };
@@ -548,10 +569,27 @@ where
         *req.uri_mut() = target;
         *req.version_mut() = parts.version;
         *req.headers_mut() = parts.headers.clone();
+        if let Via::Pool(_) = via {
+            // hyper-util's client sets it from the URL; a connection of our own does not.
+            req.headers_mut().insert(header::HOST, up.host().clone());
+        }
         up.apply_key(req.headers_mut());
         let in_flight = self.picker.start(i);
-        match tokio::time::timeout(self.cfg.upstream_timeout, client.request(req)).await {
-            Ok(Ok(res)) => Ok((res, in_flight)),
+        let sent = async {
+            match via {
+                Via::Client(client) => client
+                    .request(req)
+                    .await
+                    .map(|res| (res, None))
+                    .map_err(Transport::from),
+                Via::Pool(pool) => pool
+                    .send(i, up.origin(), req)
+                    .await
+                    .map(|(res, lease)| (res, Some(lease))),
+            }
+        };
+        match tokio::time::timeout(self.cfg.upstream_timeout, sent).await {
+            Ok(Ok((res, lease))) => Ok((res, in_flight.holding(lease))),
             Ok(Err(e)) => Err(Early::Transport(e)),
             Err(_) => {
                 let res = proxy_error(
@@ -594,9 +632,9 @@ where
         &self,
         i: usize,
         up: &Upstream,
-        e: &hyper_util::client::legacy::Error,
+        e: &Transport,
     ) -> Option<(Response<ProxyBody>, &'static str)> {
-        if let Some(io) = local_resource_error(e) {
+        if let Some(io) = local_resource_error(e.error()) {
             tracing::warn!(upstream = %up.name(), error = %io, "local resource error on the upstream request");
             return None;
         }
@@ -607,7 +645,7 @@ where
         } else {
             "failed before its response head"
         };
-        tracing::debug!(upstream = %up.name(), error = %ErrorChain(e), why, "upstream request failed");
+        tracing::debug!(upstream = %up.name(), error = %ErrorChain(e.error()), why, "upstream request failed");
         let res = proxy_error(
             up,
             StatusCode::BAD_GATEWAY,
@@ -625,16 +663,13 @@ where
         client_failed: &AtomicBool,
         key: Option<&BindingKey>,
     ) -> Attempt {
-        let (res, in_flight) = match self
-            .send(
-                &self.clients[serve::worker() % self.clients.len()],
-                i,
-                up,
-                parts,
-                body,
-            )
-            .await
-        {
+        let worker = serve::worker();
+        let via = if up.is_plain_http() {
+            Via::Pool(&self.pools[worker % self.pools.len()])
+        } else {
+            Via::Client(&self.clients[worker % self.clients.len()])
+        };
+        let (res, in_flight) = match self.send(via, i, up, parts, body).await {
             Ok(sent) => sent,
             Err(Early::Failed(res, why)) => return Attempt::Failed(res, why),
             Err(Early::Transport(e)) => {
@@ -728,8 +763,23 @@ enum Early {
     /// The proxy's answer (bad URL, timeout) and why.
     Failed(Response<ProxyBody>, &'static str),
     /// The upstream client failed: whose failure it is is decided by the caller.
-    Transport(hyper_util::client::legacy::Error),
+    Transport(Transport),
 }
+
+/// How a request reaches its account: a connection of the worker's [`Pool`]
+/// (`http://`), or hyper-util's client (`https://`, and WebSocket upgrades).
+enum Via<'a, Bd> {
+    Pool(&'a Arc<Pool<Bd>>),
+    Client(&'a Client<HttpsConnector<HttpConnector>, Bd>),
+}
+
+impl<Bd> Clone for Via<'_, Bd> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<Bd> Copy for Via<'_, Bd> {}
 
 /// How one upgrade attempt ended.
 enum WsAttempt {

@@ -21,5 +21,6 @@ mod failover;
 mod hardening;
 mod limits;
 mod log_format;
+mod pool;
 mod websocket;
 mod workers;

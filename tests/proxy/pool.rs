@@ -1,0 +1,217 @@
+//! The proxy's own pool of connections to plain-`http://` accounts
+//! (`examples/proxy/pool.rs`), over real sockets: connections are reused, a connection
+//! the account closed while it sat idle is nobody's failure, and a response the client
+//! abandons does not leave a broken connection for the next request.
+
+use crate::app;
+use crate::harness;
+use crate::support::upstream;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tower_sticky_session::store::MemoryStore;
+
+use app::{ProxyConfig, Upstream};
+use harness::Spawned;
+use upstream::{Account, Mode, within};
+
+/// A hyper HTTP/1 account that answers every request with a short event stream and
+/// counts the connections it accepted.
+async fn counting_account() -> (SocketAddr, Arc<AtomicUsize>, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .header("content-type", "text/event-stream")
+                            .body(Full::new(Bytes::from_static(b"data: hello\n\n")))
+                            .unwrap(),
+                    )
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, accepted, task)
+}
+
+/// An account that answers one request per connection as if it kept the connection
+/// open (no `connection: close`), then closes it at once: the pooled connection is
+/// closed by the time the next request looks for one.
+async fn closing_account() -> (SocketAddr, Arc<AtomicUsize>, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                // The proxy's requests here have no body: the head is the request.
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                          content-length: 13\r\n\r\ndata: hello\n\n",
+                    )
+                    .await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (addr, accepted, task)
+}
+
+struct Proxy {
+    addr: SocketAddr,
+    spawned: Spawned,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.spawned.server.abort();
+    }
+}
+
+async fn proxy(urls: &[(&str, String)]) -> Proxy {
+    let ups = urls
+        .iter()
+        .map(|(name, url)| Upstream::new(name, url).unwrap())
+        .collect();
+    let mut cfg = ProxyConfig::new(ups);
+    cfg.failover.upstream_timeout = Duration::from_secs(5);
+    let (spawned, _) = harness::start(&cfg, MemoryStore::new()).await;
+    Proxy {
+        addr: spawned.addr,
+        spawned,
+    }
+}
+
+/// (x-served-by, status, body) of one request, body read to its end.
+async fn get(proxy: &Proxy, session: &str) -> (String, StatusCode, Bytes) {
+    let client = harness::client();
+    let req = harness::chat(Method::POST, proxy.addr, Some(session))
+        .body(Full::default())
+        .unwrap();
+    let res = harness::send(&client, req).await;
+    let by = res
+        .headers()
+        .get("x-served-by")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let status = res.status();
+    let body = within("body", res.into_body().collect())
+        .await
+        .expect("the body ends cleanly")
+        .to_bytes();
+    (by, status, body)
+}
+
+#[tokio::test]
+async fn requests_one_after_another_ride_one_upstream_connection() {
+    let (addr, accepted, task) = counting_account().await;
+    let proxy = proxy(&[("a", format!("http://{addr}"))]).await;
+    for k in 0..10 {
+        let (by, status, body) = get(&proxy, &format!("conv-{k}")).await;
+        assert_eq!((by.as_str(), status), ("a", StatusCode::OK));
+        assert_eq!(body, "data: hello\n\n");
+    }
+    // Each response's body ended before the next request: its connection was back in
+    // the pool, ready. Without a pool this would be 10.
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_connection_the_account_closed_while_idle_is_nobodys_failure() {
+    let (addr, accepted, task) = closing_account().await;
+    // A second account: were the closed connection counted as the first account's
+    // failure, requests would fail over there (and `a` would cool down).
+    let b = Account::start("b", Mode::Stream).await;
+    let proxy = proxy(&[("a", format!("http://{addr}")), ("b", b.url())]).await;
+    for k in 0..20 {
+        // One session: pinned to `a` after the first success.
+        let (by, status, body) = get(&proxy, "conv-close").await;
+        assert_eq!(
+            (by.as_str(), status),
+            ("a", StatusCode::OK),
+            "request {k} after the account closed its connection"
+        );
+        assert_eq!(body, "data: hello\n\n");
+        // Every other request comes a little later: the close is then long known.
+        if k % 2 == 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        20,
+        "one connection per request"
+    );
+    assert_eq!(b.count(), 0, "nothing failed over");
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_response_the_client_abandons_leaves_no_broken_connection_behind() {
+    let a = Account::start(
+        "a",
+        Mode::Sse {
+            chunks: 50,
+            gap: Duration::from_millis(20),
+        },
+    )
+    .await;
+    let proxy = proxy(&[("a", a.url())]).await;
+    let client = harness::client();
+    for _ in 0..3 {
+        let req = harness::chat(Method::POST, proxy.addr, Some("conv-gone"))
+            .body(Full::default())
+            .unwrap();
+        let mut res = harness::send(&client, req).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        // The first event, then the client goes away mid-stream.
+        within("first frame", res.body_mut().frame())
+            .await
+            .expect("a frame")
+            .expect("not an error");
+        drop(res);
+    }
+    a.set(Mode::Stream);
+    for _ in 0..3 {
+        let (by, status, body) = get(&proxy, "conv-gone").await;
+        assert_eq!((by.as_str(), status), ("a", StatusCode::OK));
+        assert_eq!(body, "chunk-1\nchunk-2\nchunk-3\n");
+    }
+}
