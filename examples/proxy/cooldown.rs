@@ -87,7 +87,9 @@ impl Cooldowns {
 
     /// Whether account `i` is cooling down now.
     pub(crate) fn is_cooling(&self, i: usize) -> bool {
-        self.until[i].load(Ordering::Relaxed) > self.now_ms()
+        // 0: never cooled down, told without reading the clock (every request asks).
+        let until = self.until[i].load(Ordering::Relaxed);
+        until != 0 && until > self.now_ms()
     }
 
     /// How much longer account `i` cools down, `None` when it is not cooling (the
