@@ -18,7 +18,6 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 use tower::Service;
-use tower_http::timeout::TimeoutBody;
 use tower_sticky_session::AuthId;
 
 use super::broken::Watch;
@@ -409,13 +408,13 @@ impl Body for ProxyBody {
 }
 
 /// A client's request body as the proxy reads it: each frame must arrive within
-/// `--idle-timeout` of the previous one (tower-http's `TimeoutBody`), and the whole body
+/// `--idle-timeout` of the previous one, and the whole body
 /// within `--body-timeout` of the request head ([`Deadline`]); boxed so that the body
 /// reader and the replay buffer can poll it in place. A client that stops sending its
 /// body mid-way fails like a broken body (400, no binding touched); one that dribbles it
 /// past the deadline gets 408 and its connection is closed — instead of holding its
 /// request, and up to `--max-body-buffer` of memory, open for good.
-pub(crate) type ClientBody = Pin<Box<Deadline<TimeoutBody<Incoming>>>>;
+pub(crate) type ClientBody = Pin<Box<Deadline<Incoming>>>;
 
 /// Wraps every request body in [`ClientBody`] before the rest of the stack runs, and
 /// puts its [`BodyDeadline`] in the request's extensions.
@@ -457,9 +456,13 @@ where
         }
         let idle = self.idle;
         self.inner.call(req.map(|body| {
+            let now = Instant::now();
             Box::pin(Deadline {
-                inner: TimeoutBody::new(idle, body),
-                sleep: tokio::time::sleep(deadline.limit),
+                inner: body,
+                sleep: tokio::time::sleep_until(now + deadline.limit),
+                idle: tokio::time::sleep_until(now + idle),
+                idle_for: idle,
+                idle_armed: true,
                 deadline,
                 empty,
             })
@@ -500,6 +503,22 @@ impl BodyDeadline {
     }
 }
 
+/// No frame of the body arrived within `--idle-timeout` of the previous one.
+#[derive(Debug)]
+pub(crate) struct BodyIdle(pub(crate) Duration);
+
+impl fmt::Display for BodyIdle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "no part of the request body arrived for {:?} (--idle-timeout)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for BodyIdle {}
+
 /// The body missed its `--body-timeout`.
 #[derive(Debug)]
 pub(crate) struct BodyTimedOut(pub(crate) Duration);
@@ -517,19 +536,29 @@ impl fmt::Display for BodyTimedOut {
 impl std::error::Error for BodyTimedOut {}
 
 pin_project_lite::pin_project! {
-    /// A request body that fails with [`BodyTimedOut`] when it has not ended by its
-    /// deadline (the timer runs from the request head; it is looked at only while the
-    /// body has nothing to hand on, so bytes that did arrive in time are never refused).
+    /// A request body that fails with [`BodyIdle`] when no frame comes within
+    /// `--idle-timeout` of the previous one (or of the head), and with [`BodyTimedOut`]
+    /// when it has not ended by its deadline (the timer runs from the request head).
+    /// Both timers are looked at only while the body has nothing to hand on, so bytes
+    /// that did arrive in time are never refused, and a body that is there with its
+    /// head (most are) never registers a timer at all.
     pub(crate) struct Deadline<B> {
         #[pin]
         inner: B,
         #[pin]
         sleep: Sleep,
+        // The idle timer: `idle_for` from the head, then from the first poll that finds
+        // nothing after each frame.
+        #[pin]
+        idle: Sleep,
+        idle_for: Duration,
+        // `idle`'s deadline is current (from the head at first); a frame makes it stale.
+        idle_armed: bool,
         deadline: BodyDeadline,
-        // The request had no body. tower-http's `TimeoutBody` answers neither
-        // `is_end_stream` nor `size_hint`: without this, every bodyless GET would look
-        // like a body of unknown length (reserving --max-body-buffer in the budget, and
-        // sent upstream chunked).
+        // The request had no body: `Incoming` says so, but the budget and the upstream
+        // request must see it through this wrapper too (else every bodyless GET would
+        // look like a body of unknown length, reserving --max-body-buffer in the budget,
+        // and be sent upstream chunked).
         empty: bool,
     }
 }
@@ -546,9 +575,18 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
-        let this = self.project();
+        let mut this = self.project();
         if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            *this.idle_armed = false;
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        if !*this.idle_armed {
+            // The first wait since a frame: the silence starts now.
+            this.idle.as_mut().reset(Instant::now() + *this.idle_for);
+            *this.idle_armed = true;
+        }
+        if this.idle.poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(Box::new(BodyIdle(*this.idle_for)))));
         }
         ready!(this.sleep.poll(cx));
         this.deadline.expired.store(true, Ordering::Release);

@@ -308,6 +308,38 @@ async fn a_dribbled_body_gets_408_past_the_body_timeout_and_no_binding_is_touche
     assert_eq!(store.lookup(&key).await.unwrap(), Some(AuthId::from("a")));
 }
 
+/// `--idle-timeout` bounds the silence between a request body's frames, not the body:
+/// frames a third of it apart are read whole though the body takes twice as long.
+#[tokio::test]
+async fn a_body_whose_frames_each_come_within_the_idle_timeout_is_read_whole() {
+    let a = Account::start("a", Mode::Echo).await;
+    let mut cfg = config(&a);
+    cfg.failover.idle_timeout = SHORT;
+    cfg.body_timeout = BOUND;
+    let (proxy, _app, _) = start(cfg, serve_config()).await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<BoxBody<Bytes, io::Error>>();
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, io::Error>>(1);
+    let req = Request::post(format!("http://{}/v1/chat", proxy.addr))
+        .header("x-session-id", "slow-but-alive")
+        .header("content-type", "application/json")
+        .body(StreamBody::new(ReceiverStream::new(rx)).boxed())
+        .unwrap();
+    let answer = tokio::spawn(client.request(req));
+    for part in ["{\"a\":", "1", ",\"b\"", ":", "2", "}"] {
+        tokio::time::sleep(SHORT / 3).await;
+        tx.send(Ok(Frame::data(Bytes::from(part)))).await.unwrap();
+    }
+    drop(tx);
+    let res = within("answer", answer).await.unwrap().unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = within("body", res.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(body, "{\"a\":1,\"b\":2}");
+    assert_eq!(a.count(), 1);
+}
+
 #[tokio::test]
 async fn bodies_beyond_the_buffer_budget_stream_through_and_the_budget_returns_to_zero() {
     const BODY: usize = 256 * 1024;
