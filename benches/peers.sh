@@ -209,21 +209,24 @@ fi
 
 for g in $GATEWAYS; do echo "$g: pids ${pidlist[$g]} on 127.0.0.1:${port[$g]}" >&2; done
 
-cpu_ticks() { # pids... -> utime+stime in clock ticks, summed
-    local t=0 p
-    for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
-    echo "$t"
+cpu_ticks() { # pids... -> "utime stime" in clock ticks, each summed over the pids
+    local u=0 s=0 p a b
+    for p in "$@"; do
+        read -r a b < <(awk '{print $14, $15}' "/proc/$p/stat")
+        u=$((u + a)) s=$((s + b))
+    done
+    echo "$u $s"
 }
 
 run() { # gateway duration -> one result line
-    local g=$1 dur=$2 t0 t1 out
+    local g=$1 dur=$2 u0 s0 u1 s1 out
     # shellcheck disable=SC2086
-    t0=$(cpu_ticks ${pidlist[$g]})
+    read -r u0 s0 < <(cpu_ticks ${pidlist[$g]})
     out=$(wrk -t1 -c"$CONNS" -d"${dur}s" --latency -s benches/peers_sessions.lua \
         "http://127.0.0.1:${port[$g]}/" -- "$SESSIONS" | grep '^RESULT')
     # shellcheck disable=SC2086
-    t1=$(cpu_ticks ${pidlist[$g]})
-    echo "$g ${out#RESULT } gw_ticks=$((t1 - t0))"
+    read -r u1 s1 < <(cpu_ticks ${pidlist[$g]})
+    echo "$g ${out#RESULT } gw_ticks=$((u1 - u0 + s1 - s0)) gw_sys_ticks=$((s1 - s0))"
 }
 
 hz=$(getconf CLK_TCK)
@@ -292,15 +295,17 @@ function best(arr, m, n, sign,   i, b) { b = arr[m, 1]; for (i = 2; i <= n; i++)
     rps[m, k] = kv("requests") / (kv("duration_us") / 1e6)
     p99[m, k] = kv("p99_us"); p50[m, k] = kv("p50_us")
     cpu[m, k] = kv("gw_ticks") / hz * 1e6 / kv("requests")
+    sys[m, k] = kv("gw_sys_ticks") / hz * 1e6 / kv("requests")
     err[m] += kv("errors") + kv("non2xx")
 }
 END {
     printf "\nper gateway over %d rounds: median (best)\n", n["proxy"] ? n["proxy"] : n["haproxy"]
-    printf "%-8s %20s %18s %18s %22s %7s\n", "", "req/s", "p50 us", "p99 us", "gateway CPU us/req", "errors"
+    printf "%-8s %20s %18s %18s %22s %12s %7s\n", "", "req/s", "p50 us", "p99 us", "gateway CPU us/req", "of it kernel", "errors"
     for (m in seen)
-        printf "%-8s %11.0f (%6.0f) %9.1f (%6.1f) %9.1f (%6.1f) %12.2f (%6.2f) %7d\n", m,
+        printf "%-8s %11.0f (%6.0f) %9.1f (%6.1f) %9.1f (%6.1f) %12.2f (%6.2f) %12.2f %7d\n", m,
             med(rps, m, n[m]), best(rps, m, n[m], 1), med(p50, m, n[m]), best(p50, m, n[m], -1),
-            med(p99, m, n[m]), best(p99, m, n[m], -1), med(cpu, m, n[m]), best(cpu, m, n[m], -1), err[m]
+            med(p99, m, n[m]), best(p99, m, n[m], -1), med(cpu, m, n[m]), best(cpu, m, n[m], -1),
+            med(sys, m, n[m]), err[m]
     if (!("proxy" in seen)) exit
     printf "\nconnections=%d sessions=%d; proxy against each peer: median of the per-round ratios\n", conns, sessions
     for (m in seen) {
