@@ -6,7 +6,8 @@
 //! - `response_id/scan/*`: `find_response_id` on a response's first frame alone: a JSON
 //!   body (`json`, 0.4 KiB) and the first SSE event `response.created` of a streaming
 //!   response (`sse_created`, 4.6 KiB: the event repeats the request's instructions and
-//!   tools after the id).
+//!   tools after the id), and the first SSE event of a Chat Completions stream
+//!   (`sse_chat_chunk`, a `chat.completion.chunk`, which carries no Responses API id).
 //! - `response_id/request/*`: one whole request through the layer (no session id, as an
 //!   OpenAI SDK app sends): `ready`, `call`, poll the future, drain the body; the inner
 //!   service answers at once with the SSE stream in one frame (or, `*_split`, the first
@@ -34,7 +35,7 @@ use http::{HeaderValue, Request, Response};
 use http_body::{Body, Frame};
 use http_body_util::StreamBody;
 use tower::{Layer, Service};
-use tower_sticky_session::body_session::find_response_id;
+use tower_sticky_session::body_session::{ResponseIdScan, find_response_id};
 use tower_sticky_session::store::{BindingStore, StoreError};
 use tower_sticky_session::{AuthId, BindingKey, ServedBy, StickySessionLayer, store::MemoryStore};
 
@@ -46,6 +47,9 @@ fn sse_created(id: &str) -> String {
         "x".repeat(INSTRUCTIONS)
     )
 }
+
+/// A Chat Completions stream's first event, whole: no Responses API id.
+const SSE_CHAT_CHUNK: &str = "data: {\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion.chunk\",\"model\":\"bench\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"token 1\"}}]}\n\n";
 
 fn json_body(id: &str) -> String {
     format!(
@@ -63,6 +67,11 @@ fn scan(c: &mut Criterion) {
     });
     c.bench_function("response_id/scan/sse_created", |b| {
         b.iter(|| black_box(find_response_id(black_box(sse.as_bytes()))))
+    });
+    let chunk = SSE_CHAT_CHUNK.as_bytes();
+    assert_eq!(find_response_id(chunk), ResponseIdScan::Absent);
+    c.bench_function("response_id/scan/sse_chat_chunk", |b| {
+        b.iter(|| black_box(find_response_id(black_box(chunk))))
     });
 }
 
