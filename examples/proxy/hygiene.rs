@@ -55,6 +55,10 @@ pub(crate) fn refuse(method: &Method, uri: &Uri) -> Option<Response<Full<Bytes>>
 /// Whether a segment of `path`, percent-decoded and split at any `/` or `\` the decoding
 /// reveals, is `.` or `..`.
 fn has_dot_segment(path: &str) -> bool {
+    // A dot-segment needs a `.`, plain or percent-encoded: most paths have neither.
+    if !path.bytes().any(|b| b == b'.' || b == b'%') {
+        return false;
+    }
     path.split('/').any(|segment| {
         percent_decode(segment.as_bytes())
             .split(|&b| b == b'/' || b == b'\\')
