@@ -325,12 +325,20 @@ impl ProxyConfig {
 /// Removes the hop-by-hop headers of RFC 9110 §7.6.1, including those the `Connection`
 /// header names.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most heads carry none of them (or only `transfer-encoding`): one pass over the
-    // names present is cheaper than hashing every hop-by-hop name to remove it.
-    if !headers.keys().any(is_hop_by_hop) {
+    // Most heads carry none of them, or only `transfer-encoding`: one pass over the names
+    // present finds which, and only those are removed (each removal hashes its name).
+    let mut present = [false; HOP_BY_HOP.len()];
+    let mut any = false;
+    for name in headers.keys() {
+        if let Some(k) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[k] = true;
+            any = true;
+        }
+    }
+    if !any {
         return;
     }
-    if headers.contains_key(header::CONNECTION) {
+    if present[0] {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -342,13 +350,14 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(name);
     }
 }
 
-/// The headers hop-by-hop by themselves (others are by being named in `Connection`).
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// The headers hop-by-hop by themselves (others are by being named in `Connection`, the
+/// first). A `static`: a `const` array of header names is built and dropped at every use.
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -359,10 +368,6 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
-
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name)
-}
 
 /// A request's session id for the log: redacted, or `-` without one.
 #[derive(Clone, Copy)]
