@@ -236,11 +236,19 @@ where
         counters.source(source.kind());
 
         let key = BindingKey::new(scope, session.clone());
-        let mut ours = presized_extensions();
-        ours.insert(session);
-        ours.insert(source);
-        ours.insert(key.clone());
-        parts.extensions.extend(ours);
+        if parts.extensions.is_empty() {
+            let mut ours = presized_extensions();
+            ours.insert(session);
+            ours.insert(source);
+            ours.insert(key.clone());
+            parts.extensions = ours;
+        } else {
+            // The map is there already (an outer layer's values, or hyper's): room for
+            // ours is its business; a copy into a new map would cost more.
+            parts.extensions.insert(session);
+            parts.extensions.insert(source);
+            parts.extensions.insert(key.clone());
+        }
         let slot = upgrade.then(|| {
             let learn_scope = learn.as_ref().map(|l| l.scope.clone());
             let slot = Slot::new(shared.core.clone(), Some(key.clone()), learn_scope, &parts);
@@ -410,7 +418,6 @@ impl<S: Clone, St: BindingStore, C: ClassifyResponse> StickySession<S, St, C> {
     }
 }
 
-/// The session a body's signals carry: its session field, else its fingerprint.
 /// An empty [`Extensions`] whose map already has room for seven values.
 ///
 /// A hit inserts four (`SessionId`, `SessionSource`, `BindingKey`, `PinnedAuth`). Into
@@ -418,9 +425,9 @@ impl<S: Clone, St: BindingStore, C: ClassifyResponse> StickySession<S, St, C> {
 /// fourth reallocates and rehashes it (what that costs a hit: `BENCHMARKS.md`, "The hit
 /// path: layer against naive store and raw moka read"). A clone of a map that once held
 /// four values keeps its eight slots (`HashMap::clone` copies the table as it is), so
-/// cloning this prototype costs one allocation and no rehash. When the request already has extensions (hyper
-/// with upgrades, axum's `MatchedPath`), `Extensions::extend` inserts ours into its map
-/// one by one, as plain inserts would.
+/// cloning this prototype costs one allocation and no rehash. When the request already
+/// has extensions (hyper with upgrades, axum's `MatchedPath`, an outer layer's), ours go
+/// into its map, as plain inserts would.
 fn presized_extensions() -> Extensions {
     static PROTO: OnceLock<Extensions> = OnceLock::new();
     PROTO
@@ -439,6 +446,7 @@ fn presized_extensions() -> Extensions {
         .clone()
 }
 
+/// The session a body's signals carry: its session field, else its fingerprint.
 fn body_session(signals: &BodySignals) -> Option<(SessionId, SessionSource)> {
     if let Some(s) = &signals.session {
         return Some((s.id.clone(), SessionSource::BodyField(s.field)));
