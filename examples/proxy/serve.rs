@@ -6,7 +6,10 @@
 //!   nothing at all. hyper's HTTP/1 `header_read_timeout` covers neither HTTP/2 nor a
 //!   socket that sends nothing before protocol detection, so each connection is raced
 //!   here against a timer that only its first request's head stops. Later request heads
-//!   on an HTTP/1 keep-alive connection are covered by hyper's own timeout.
+//!   on an HTTP/1 keep-alive connection are covered by the idle timer below: on HTTP/1 a
+//!   connection with nothing open must send its next complete head within the shorter
+//!   of `--header-timeout` and `--conn-idle-timeout`. (hyper's own `header_read_timeout`
+//!   did the same with a new timer, allocated and registered for every request.)
 //! - `--conn-idle-timeout`: a connection with nothing open on it for that long is shut
 //!   down gracefully (HTTP/1: closed; HTTP/2: GOAWAY, then closed), whatever it speaks and
 //!   however diligently it answers pings. *Open* is counted per connection
@@ -215,6 +218,8 @@ struct Activity {
     epoch: watch::Sender<u64>,
     /// The connection sent a complete request head.
     got_head: AtomicBool,
+    /// Its requests are HTTP/1 (then the next head is due within `--header-timeout`).
+    http1: AtomicBool,
     /// The connection is to be shut down.
     close: AtomicBool,
 }
@@ -228,6 +233,7 @@ impl Activity {
             after_http: AtomicBool::new(false),
             epoch: watch::Sender::new(0),
             got_head: AtomicBool::new(false),
+            http1: AtomicBool::new(false),
             close: AtomicBool::new(false),
         }
     }
@@ -379,7 +385,8 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(cfg.header_timeout)
+        // Later heads: the connection's idle timer (see the module docs).
+        .header_read_timeout(None)
         .max_buf_size(CONN_BUF);
     builder
         .http2()
@@ -600,10 +607,21 @@ impl ConnTask {
             let mut header_timer = std::pin::pin!(tokio::time::sleep_until(header_deadline));
             // When the connection was shut down gracefully, if it was.
             let mut shut_at: Option<Instant> = None;
-            // Lazy: fires when the connection could have been idle for the idle timeout
-            // (once shut down: the linger), then checks (see `Activity`).
-            let mut idle_timer =
-                std::pin::pin!(tokio::time::sleep_until(Instant::now() + idle_timeout));
+            // How long the connection may have nothing open: HTTP/1 must send its next
+            // head within the header timeout too.
+            let idle_limit = || {
+                if activity.http1.load(Ordering::Relaxed) {
+                    idle_timeout.min(header_timeout)
+                } else {
+                    idle_timeout
+                }
+            };
+            // Lazy: fires when the connection could have been idle for the idle limit
+            // (once shut down: the linger), then checks (see `Activity`). The protocol
+            // is not known yet: the first check comes at the shorter limit.
+            let mut idle_timer = std::pin::pin!(tokio::time::sleep_until(
+                Instant::now() + idle_timeout.min(header_timeout)
+            ));
             let mut drained = std::pin::pin!(drain.wait_for(|d| *d).fuse());
             let mut cut_off = std::pin::pin!(cut.wait_for(|c| *c).fuse());
             // The connection future is polled at every wake-up of the task; the rest
@@ -671,7 +689,7 @@ impl ConnTask {
                         let limit = if shut_at.is_some() {
                             CLOSE_LINGER
                         } else {
-                            idle_timeout
+                            idle_limit()
                         };
                         let now = Instant::now();
                         if activity.open() > 0 {
@@ -690,7 +708,7 @@ impl ConnTask {
                             tracing::debug!(%peer, "dropping a shut-down connection with nothing open");
                             return;
                         }
-                        tracing::debug!(%peer, idle_timeout = ?idle_timeout, "shutting down an idle connection");
+                        tracing::debug!(%peer, idle_timeout = ?limit, "shutting down an idle connection");
                         activity.close_soon();
                     }
                     ConnEvent::Drain => activity.close_soon(),
@@ -763,6 +781,9 @@ where
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         self.activity.got_head.store(true, Ordering::Release);
+        if req.version() < http::Version::HTTP_2 {
+            self.activity.http1.store(true, Ordering::Relaxed);
+        }
         let busy = self.activity.busy();
         if req.extensions().is_empty() {
             *req.extensions_mut() = presized_extensions();

@@ -73,6 +73,47 @@ async fn header_timeout_closes_a_half_sent_http1_head() {
     assert_eq!(a.count(), 0);
 }
 
+/// On a keep-alive HTTP/1 connection the next head is due within the header timeout too:
+/// one sent by halves after a first answer is cut as the first would be, though the
+/// connection idle timeout is far off.
+#[tokio::test]
+async fn header_timeout_closes_a_half_sent_second_http1_head() {
+    let a = Account::start("a", Mode::Stream).await;
+    let mut serve = serve_config();
+    serve.conn_idle_timeout = upstream::BOUND * 10;
+    let proxy = start(&a, serve, Duration::from_secs(5)).await;
+    let mut conn = TcpStream::connect(proxy.addr).await.unwrap();
+    conn.write_all(b"GET /v1/chat HTTP/1.1\r\nhost: p\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = Vec::new();
+    let mut buf = [0u8; 4096];
+    within("the first answer, whole", async {
+        while !first.ends_with(b"chunk-3\n") {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "closed before the first answer ended: {}",
+                String::from_utf8_lossy(&first)
+            );
+            first.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(first.starts_with(b"HTTP/1.1 200"));
+    conn.write_all(b"GET /v1/chat HTTP/1.1\r\nhost: p\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = within(
+        "the proxy closes the connection",
+        conn.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(!rest.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(a.count(), 1);
+}
+
 #[tokio::test]
 async fn header_timeout_closes_an_http2_connection_without_a_request() {
     let a = Account::start("a", Mode::Stream).await;
