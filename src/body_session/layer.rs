@@ -93,12 +93,15 @@ impl SessionFromBodyLayer {
     /// Computes a conversation fingerprint (default: off) into
     /// [`BodySignals::fingerprint`](super::BodySignals::fingerprint).
     ///
-    /// The fingerprint is a keyed hash of the system prompt (`system`, else
-    /// `instructions`, else the first `messages`/`input` item with role `system` or
-    /// `developer`) and the first user message (the first item with role `user`, or a
-    /// string `input`); of their text only, so markers clients move between turns (such
-    /// as `cache_control`) do not change it. Bodies without a user message get none.
-    /// Gemini's `request.contents` are not read (Gemini CLI sends a session id).
+    /// The fingerprint is a keyed hash of the system prompt (`system`, else Gemini's
+    /// `systemInstruction`/`system_instruction`, else `instructions`, else the first
+    /// `messages`/`input` item with role `system` or `developer`) and the first user
+    /// message (the first `messages`/`input` item with role `user`, or a string `input`,
+    /// else the first Gemini `contents` item with role `user` or no role); of their text
+    /// only (strings, and the `text` of content blocks or Gemini parts), so markers
+    /// clients move between turns (such as `cache_control`) do not change it. Bodies
+    /// without a user message get none. Top-level fields only: Gemini Code Assist's
+    /// `request.contents` are not read (Gemini CLI sends a session id there).
     ///
     /// **Risk:** two conversations that open with the same system prompt and the same
     /// first message — a common "hi", a scripted benchmark, the same tool run by many

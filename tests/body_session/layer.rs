@@ -352,6 +352,45 @@ async fn fingerprint_is_off_by_default_and_on_when_asked() {
 }
 
 #[tokio::test]
+async fn gemini_api_turns_of_one_conversation_share_a_fingerprint() {
+    // Gemini CLI with an API key: `POST /v1beta/models/{model}:streamGenerateContent`, no
+    // session id; the second turn resends the first with a model turn and a new user turn.
+    let system = r#""systemInstruction":{"role":"user","parts":[{"text":"You are Gemini CLI."}]}"#;
+    let rest = r#""generationConfig":{"temperature":0},"tools":[{"functionDeclarations":[{"name":"ls"}]}]"#;
+    let opener = r#"{"role":"user","parts":[{"text":"This is the Gemini CLI."}]}"#;
+    let turn1 = format!(r#"{{"contents":[{opener}],{system},{rest}}}"#);
+    let turn2 = format!(
+        r#"{{"contents":[{opener},{{"role":"model","parts":[{{"text":"hi"}},{{"functionCall":{{"name":"ls","args":{{}}}}}}]}},{{"role":"user","parts":[{{"functionResponse":{{"name":"ls","response":{{}}}}}}]}},{{"role":"user","parts":[{{"text":"say hi again"}}]}}],{system},{rest}}}"#
+    );
+    let request = |body: &str| {
+        Request::post("/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse")
+            .header("content-type", "application/json")
+            .body(stream(body.as_bytes().chunks(7).map(data).collect()))
+            .unwrap()
+    };
+    let layer = SessionFromBodyLayer::new().fingerprint(true);
+    let a = call(&layer, request(&turn1)).await.signals.unwrap();
+    let b = call(&layer, request(&turn2)).await.signals.unwrap();
+    assert!(a.session.is_none());
+    let a = a.fingerprint.expect("a Gemini body is fingerprinted");
+    assert!(a.as_str().starts_with("fp-"));
+    assert_eq!(Some(a.clone()), b.fingerprint);
+    // The snake_case spelling of the system instruction: the same conversation.
+    let snake = turn1.replace("systemInstruction", "system_instruction");
+    let c = call(&layer, request(&snake)).await.signals.unwrap();
+    assert_eq!(Some(a.clone()), c.fingerprint);
+    // Another system instruction or opener: another conversation.
+    for other in [
+        turn1.replace("You are Gemini CLI.", "You are someone else."),
+        turn1.replace("This is the Gemini CLI.", "This is not the Gemini CLI."),
+    ] {
+        let d = call(&layer, request(&other)).await.signals.unwrap();
+        assert_ne!(Some(a.clone()), d.fingerprint);
+    }
+    assert_eq!(stats(&layer).fingerprints, 5);
+}
+
+#[tokio::test]
 async fn a_stream_with_no_data_is_counted_empty_and_ends_empty() {
     let layer = SessionFromBodyLayer::new();
     let frames = vec![data(b""), data(b"")];

@@ -346,6 +346,49 @@ async fn fingerprint_keeps_one_opening_on_its_account_within_a_tenant_never_acro
 }
 
 #[tokio::test]
+async fn fingerprint_keeps_a_gemini_api_conversation_on_its_account() {
+    let a = Account::start("a", Mode::Stream).await;
+    let b = Account::start("b", Mode::Stream).await;
+    let tokens = vec![token("acme", TOKEN_A), token("bolt", TOKEN_B)];
+    let proxy = Proxy::start_with(&[&a, &b], tokens, None, |cfg| cfg.fingerprint = true).await;
+    // Gemini CLI with an API key: the key in `x-goog-api-key` or `?key=`, no session id;
+    // each turn resends the conversation with a model turn and a user turn more.
+    let turn = |n: usize, opener: &str| {
+        let mut contents = vec![format!(
+            r#"{{"role":"user","parts":[{{"text":"{opener}"}}]}}"#
+        )];
+        for i in 0..n {
+            contents.push(format!(r#"{{"role":"model","parts":[{{"text":"a{i}"}}]}}"#));
+            contents.push(format!(r#"{{"role":"user","parts":[{{"text":"u{i}"}}]}}"#));
+        }
+        Bytes::from(format!(
+            r#"{{"contents":[{}],"systemInstruction":{{"parts":[{{"text":"be brief"}}]}},"generationConfig":{{}}}}"#,
+            contents.join(",")
+        ))
+    };
+    let path = "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse";
+    let path_with_key = format!("{path}&key={TOKEN_B}");
+    let json = ("content-type", "application/json");
+    let mut seen = Vec::new();
+    for n in 0..3 {
+        let (status, by, _) = proxy
+            .send_body(path, &[json, ("x-goog-api-key", TOKEN_A)], turn(n, "hi"))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        seen.push(by);
+        let (status, by, _) = proxy
+            .send_body(&path_with_key, &[json], turn(n, "hello"))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        seen.push(by);
+        // A request with no session signal moves round-robin on by one.
+        let (status, _, _) = proxy.send(path, &[("x-goog-api-key", TOKEN_A)]).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(seen, ["a", "b", "a", "b", "a", "b"]);
+}
+
+#[tokio::test]
 async fn a_response_id_learned_for_one_tenant_does_not_pin_another_tenants_request() {
     const CREATED: &str = r#"{"id":"resp_0a1b2c3d4e5f","object":"response","output":[]}"#;
     let a = Account::start("a", Mode::Json(CREATED)).await;

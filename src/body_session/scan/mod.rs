@@ -11,7 +11,8 @@
 //!
 //! It is a scanner, not a validator. Where it reads (the top-level object and the
 //! objects it descends into: `metadata`, `request`, `conversation`, and for the
-//! fingerprint the opening messages) it checks the grammar fully, bare words included
+//! fingerprint the opening messages of `messages`/`input`, Gemini's `contents` and its
+//! `systemInstruction`/`system_instruction` object) it checks the grammar fully, bare words included
 //! (numbers or `true`/`false`/`null`); inside an array or object it only skips, it
 //! checks that strings end, brackets balance and match and nesting stays within
 //! [`MAX_DEPTH`](lexer::MAX_DEPTH), and passes over whatever else lies between strings
@@ -37,7 +38,7 @@ use std::borrow::Cow;
 use http::HeaderValue;
 
 use self::lexer::{Cursor, RawStr, Stop, scalar_ok};
-use super::fingerprint::opening_messages;
+use super::fingerprint::{instruction_parts, opening_contents, opening_messages};
 use crate::extract::body_fields::{
     BODY_FIELDS, CONVERSATION, CONVERSATION_ID, LITELLM_SESSION_ID, METADATA_SESSION_ID,
     METADATA_USER_ID, PROMPT_CACHE_KEY, REQUEST_SESSION_ID, SESSION_ID, SESSION_ID_CAMEL,
@@ -61,11 +62,12 @@ pub(crate) struct Scanned<'a> {
     /// The top-level `model` string.
     pub(crate) model: Option<Cow<'a, [u8]>>,
     /// The fingerprint's first input, when asked for: the system prompt's value as raw
-    /// JSON (`system`, else `instructions`, else the first `system`/`developer` message's
-    /// content).
+    /// JSON (`system`, else Gemini's `systemInstruction`/`system_instruction` `parts`,
+    /// else `instructions`, else the first `system`/`developer` message's content).
     pub(crate) system: Option<&'a [u8]>,
     /// The fingerprint's second input, when asked for: the first user message's content
-    /// as raw JSON (or the Responses API's `input` when it is a string).
+    /// as raw JSON (or the Responses API's `input` when it is a string), else the `parts`
+    /// of Gemini's first user content.
     pub(crate) first_user: Option<&'a [u8]>,
 }
 
@@ -131,8 +133,10 @@ pub(crate) fn scan(body: &[u8], fingerprint: bool) -> Result<Scanned<'_>, Stop> 
         };
     }
     let mut system = None;
+    let mut system_instruction = None;
     let mut instructions = None;
     let mut system_message = None;
+    let mut first_content = None;
     c.object(|c, key| {
         let k = if key.escaped() {
             match key.unescaped() {
@@ -211,6 +215,11 @@ pub(crate) fn scan(body: &[u8], fingerprint: bool) -> Result<Scanned<'_>, Stop> 
                 };
             }
             b"system" if fingerprint => system = Some(c.skip_value()?),
+            // Gemini: the proto field's JSON name and its original name, one field (the
+            // later occurrence replaces the earlier, as a repeated key does).
+            b"systemInstruction" | b"system_instruction" if fingerprint => {
+                system_instruction = instruction_parts(c)?;
+            }
             b"instructions" if fingerprint => instructions = Some(c.skip_value()?),
             b"messages" | b"input" if fingerprint => {
                 if c.peek()? == b'"' {
@@ -222,6 +231,9 @@ pub(crate) fn scan(body: &[u8], fingerprint: bool) -> Result<Scanned<'_>, Stop> 
                     c.skip_value()?;
                 }
             }
+            b"contents" if fingerprint && c.peek()? == b'[' => {
+                opening_contents(c, &mut first_content)?;
+            }
             _ => {
                 c.skip_value()?;
             }
@@ -231,7 +243,14 @@ pub(crate) fn scan(body: &[u8], fingerprint: bool) -> Result<Scanned<'_>, Stop> 
     if !c.at_end() {
         return Err(Stop::Invalid);
     }
-    out.system = system.or(instructions).or(system_message);
+    // One body has one API's shape; for a body with several, the top-level system fields
+    // come first (Anthropic's, then Gemini's, then the Responses API's), then a system
+    // message, and a user message of `messages`/`input` before a Gemini content.
+    out.system = system
+        .or(system_instruction)
+        .or(instructions)
+        .or(system_message);
+    out.first_user = out.first_user.or(first_content);
     Ok(out)
 }
 
@@ -651,6 +670,7 @@ pub(crate) mod tests {
                         "true", "null", " ", "\"session_id\"", "\"metadata\"", "\"user_id\"",
                         "\"conversation\"", "\"messages\"", "\"role\"", "\"user\"", "\"content\"",
                         "\"text\"", "data:", "event:", "\n", "\"response\"", "\"id\"", "\"resp_1\"",
+                        "\"contents\"", "\"parts\"", "\"systemInstruction\"", "\"model\"",
                     ][..]),
                     0..64,
                 )
