@@ -106,8 +106,18 @@ impl Visit for Fields<'_, '_> {
         if self.result.is_err() {
             return;
         }
-        if field.name() == "message" {
+        let name = field.name();
+        if name == "message" {
             self.record_debug(field, &format_args!("{value}"));
+        } else if !name.starts_with("log.") && debug_is_quoted(value) {
+            // What `{value:?}` writes, without the formatting machinery.
+            let name = name.strip_prefix("r#").unwrap_or(name);
+            self.result = self.pad().and_then(|()| {
+                self.writer.write_str(name)?;
+                self.writer.write_str("=\"")?;
+                self.writer.write_str(value)?;
+                self.writer.write_char('"')
+            });
         } else {
             self.record_debug(field, &value);
         }
@@ -133,14 +143,21 @@ impl Visit for Fields<'_, '_> {
             return;
         }
         self.result = self.pad().and_then(|()| {
-            if name == "message" {
-                write!(self.writer, "{value:?}")
-            } else {
+            if name != "message" {
                 let name = name.strip_prefix("r#").unwrap_or(name);
-                write!(self.writer, "{name}={value:?}")
+                self.writer.write_str(name)?;
+                self.writer.write_char('=')?;
             }
+            write!(self.writer, "{value:?}")
         });
     }
+}
+
+/// Whether `{s:?}` is `s` between quotes: printable ASCII with no `"` or `\` (what
+/// `str`'s `Debug` escapes are quotes, backslashes, control and non-ASCII characters).
+fn debug_is_quoted(s: &str) -> bool {
+    s.bytes()
+        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
 }
 
 /// An error's sources as the default formatter lists them: `[a, b]`.

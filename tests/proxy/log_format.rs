@@ -66,6 +66,20 @@ fn events() {
     tracing::error!(error = &Inner as &(dyn StdError + 'static), "plain error");
     tracing::info!(n = -3i64, f = 1.5f64, ok = true, text = ?"quoted \"x\"", "numbers {} and {}", 1, 2);
     tracing::warn!(r#type = "raw", "raw identifier");
+    // String fields: plain ASCII (written between quotes as it is), and every kind of
+    // character `Debug` escapes or might (quotes, backslashes, controls, non-ASCII).
+    tracing::info!(
+        plain = "a-b c_d/e.f:1~",
+        quote = "say \"hi\"",
+        backslash = "a\\b",
+        control = "tab\there\nnewline",
+        accent = "caf\u{e9}",
+        combining = "e\u{301}",
+        nul = "\0",
+        empty = "",
+        apostrophe = "it's",
+        "strings"
+    );
     tracing::info!("message only");
     tracing::info!(only = 1);
     tracing::error!(stats = ?vec![(1, 2)], "debug value");
@@ -94,7 +108,7 @@ fn the_line_format_writes_what_the_default_formatter_writes() {
         .find(|(a, b)| a.get(..19) == b.get(..19))
         .expect("two captures within one second");
     let (ours, theirs): (Vec<_>, Vec<_>) = (ours.lines().collect(), theirs.lines().collect());
-    assert_eq!(ours.len(), 8, "{ours:#?}");
+    assert_eq!(ours.len(), 9, "{ours:#?}");
     assert_eq!(ours.len(), theirs.len());
     for (a, b) in ours.iter().zip(&theirs) {
         // `2026-12-07T10:29:55.216412Z ` then the rest.
