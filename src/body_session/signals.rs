@@ -2,7 +2,7 @@
 
 use super::fingerprint::{FingerprintKey, fingerprint};
 use super::scan::{self, lexer::Stop};
-use crate::extract::{DEFAULT_MAX_SESSION_ID_LEN, InvalidSessionId, SessionId};
+use crate::extract::{DEFAULT_MAX_SESSION_ID_LEN, InvalidSessionId, SessionId, validate};
 use crate::types::Scope;
 
 /// Request extension inserted by [`SessionFromBody`](super::SessionFromBody) when it has
@@ -111,11 +111,13 @@ pub(crate) fn scan_body(body: &[u8], config: &ScanConfig) -> Result<Outcome, Inv
             previous_response_id,
             fingerprint,
             store: scanned.store,
+            // Held to the session-id rules (visible ASCII, at most 256 bytes), copied
+            // once: `validate` is the whole rule, no `HeaderValue` needed on the way.
             model: scanned
                 .model
                 .as_deref()
-                .and_then(|v| scan::session_id(v, DEFAULT_MAX_SESSION_ID_LEN).ok())
-                .map(|m| Scope::new(bytes::Bytes::copy_from_slice(m.as_str().as_bytes()))),
+                .filter(|v| validate(v, DEFAULT_MAX_SESSION_ID_LEN).is_ok())
+                .map(|m| Scope::new(bytes::Bytes::copy_from_slice(m))),
         },
         rejected,
     })
@@ -165,6 +167,17 @@ mod tests {
         assert_eq!(s.model, Some(Scope::from_static("gpt-5-mini")));
         let s = BodySignals::from_json(br#"{"model":"has space"}"#).unwrap();
         assert_eq!(s.model, None);
+        // Held to the session-id rules: not empty, at most 256 bytes, visible ASCII.
+        for (model, kept) in [
+            ("", false),
+            ("é", false),
+            (&*"m".repeat(256), true),
+            (&*"m".repeat(257), false),
+        ] {
+            let body = format!(r#"{{"model":"{model}"}}"#);
+            let s = BodySignals::from_json(body.as_bytes()).unwrap();
+            assert_eq!(s.model.is_some(), kept, "{} bytes", model.len());
+        }
     }
 
     #[test]
