@@ -69,7 +69,8 @@
 //!   response body, and inside a client's request body: then 400; also a client that
 //!   does not read its response that long: the upstream request is cancelled and the
 //!   connection closed), `--header-timeout` (30 s, any connection without a complete
-//!   request head, whatever its protocol), `--conn-idle-timeout` (60 s, a connection with
+//!   request head, whatever its protocol; on HTTP/1 keep-alive also the next head after
+//!   an exchange), `--conn-idle-timeout` (60 s, a connection with
 //!   no open request or stream: closed, GOAWAY for HTTP/2), `--body-timeout` (60 s for a
 //!   whole request body: then 408 and the connection is closed).
 //! - Limits: `--max-connections` (10 000, lowered at start-up to what the descriptor
@@ -279,7 +280,8 @@ struct Cli {
     #[arg(long = "idle-timeout", value_name = "SECS", default_value = "300", value_parser = parse_positive_secs)]
     idle_timeout: Duration,
 
-    /// Seconds a connection has to send a complete request head (any protocol).
+    /// Seconds a connection has to send a complete request head (any protocol); on an
+    /// HTTP/1 keep-alive connection, also its next head after an exchange.
     #[arg(long = "header-timeout", value_name = "SECS", default_value = "30", value_parser = parse_positive_secs)]
     header_timeout: Duration,
 

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Instructions per request through the example proxy, counted by callgrind: the proxy
+# (2 workers) under `valgrind --tool=callgrind` in front of three examples/bench_server
+# listeners (4 SSE events per answer, as benches/peers.sh), driven by wrk with 8
+# connections over SESSIONS session ids (default 1 000, so that the sessions' first
+# requests are a small share and the steady state dominates). Every thread of the proxy
+# is counted (the log thread too). Total instructions over requests, start-up included
+# (a few million: under 1 % at these request counts). Unlike CPU time, the count does
+# not move with the machine's load; it does not weigh cache misses or preemption either:
+# read it next to benches/peers.sh.
+#
+#   benches/proxy_instructions.sh                               # the release build, warn and info
+#   PROXY_BIN=target/proxy-before LEVELS=warn benches/proxy_instructions.sh
+#   SESSIONS=10000 DURATION=20 benches/proxy_instructions.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-15}
+SESSIONS=${SESSIONS:-1000}
+LEVELS=${LEVELS:-warn info}
+for tool in valgrind wrk; do
+    command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install $tool)" >&2; exit 1; }
+done
+if [[ -z "${PROXY_BIN:-}" ]]; then
+    cargo build --release --example proxy --example bench_server >&2
+    PROXY_BIN=target/release/examples/proxy
+else
+    cargo build --release --example bench_server >&2
+fi
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+target/release/examples/bench_server --bare --threads 1 --events 4 \
+    --listen 127.0.0.1:0 --listen 127.0.0.1:0 --listen 127.0.0.1:0 >"$work/up.out" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do
+    [[ $(grep -c '^listening on' "$work/up.out" 2>/dev/null || true) == 3 ]] && break
+    sleep 0.05
+done
+mapfile -t ups < <(sed -n 's/^listening on //p' "$work/up.out")
+
+for level in $LEVELS; do
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    RUST_LOG=$level TOKIO_WORKER_THREADS=2 valgrind --tool=callgrind \
+        --callgrind-out-file="$work/cg.$level" "$PROXY_BIN" --listen "127.0.0.1:$port" \
+        --upstream "account-a=http://${ups[0]}" --upstream "account-b=http://${ups[1]}" \
+        --upstream "account-c=http://${ups[2]}" >"$work/proxy.$level.log" 2>"$work/proxy.$level.err" &
+    vp=$!
+    for _ in $(seq 600); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+    out=$(wrk -t1 -c8 -d"${DURATION}s" -s benches/peers_sessions.lua \
+        "http://127.0.0.1:$port/" -- "$SESSIONS" | grep '^RESULT')
+    kill -TERM "$vp"
+    wait "$vp" || true
+    reqs=$(echo "$out" | sed 's/.*requests=\([0-9]*\).*/\1/')
+    instr=$(sed -n 's/^summary: //p;s/^totals: //p' "$work/cg.$level" | head -1)
+    echo "RUST_LOG=$level: $instr instructions / $reqs requests = $(awk -v i="$instr" -v n="$reqs" 'BEGIN {printf "%.0f", i / n}') per request"
+done
