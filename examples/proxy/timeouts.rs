@@ -462,7 +462,7 @@ where
                 sleep: tokio::time::sleep_until(now + deadline.limit),
                 idle: tokio::time::sleep_until(now + idle),
                 idle_for: idle,
-                idle_armed: true,
+                idle_armed: false,
                 deadline,
                 empty,
             })
@@ -537,7 +537,7 @@ impl std::error::Error for BodyTimedOut {}
 
 pin_project_lite::pin_project! {
     /// A request body that fails with [`BodyIdle`] when no frame comes within
-    /// `--idle-timeout` of the previous one (or of the head), and with [`BodyTimedOut`]
+    /// `--idle-timeout` of the previous one (or of the first read), and with [`BodyTimedOut`]
     /// when it has not ended by its deadline (the timer runs from the request head).
     /// Both timers are looked at only while the body has nothing to hand on, so bytes
     /// that did arrive in time are never refused, and a body that is there with its
@@ -547,12 +547,14 @@ pin_project_lite::pin_project! {
         inner: B,
         #[pin]
         sleep: Sleep,
-        // The idle timer: `idle_for` from the head, then from the first poll that finds
-        // nothing after each frame.
+        // The idle timer: `idle_for` from the first poll that finds nothing, and again
+        // after each frame. (Not from the head: time the proxy takes before it first
+        // reads the body, e.g. connecting upstream before hyper sends `100 Continue`,
+        // is not the client's.)
         #[pin]
         idle: Sleep,
         idle_for: Duration,
-        // `idle`'s deadline is current (from the head at first); a frame makes it stale.
+        // `idle`'s deadline is current; a frame makes it stale.
         idle_armed: bool,
         deadline: BodyDeadline,
         // The request had no body: `Incoming` says so, but the budget and the upstream
