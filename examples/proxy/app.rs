@@ -155,10 +155,10 @@ impl Upstream {
         }
         let prefix = uri.path().trim_end_matches('/').to_owned();
         let default_port = if scheme == Scheme::HTTP { 80 } else { 443 };
-        let host = if authority.port_u16() == Some(default_port) {
-            authority.host()
-        } else {
-            authority.as_str()
+        // As hyper-util's client: the port only when it parses and is not the default.
+        let host = match authority.port_u16() {
+            Some(p) if p != default_port => authority.as_str(),
+            _ => authority.host(),
         };
         let host = HeaderValue::from_str(host)
             .map_err(|_| format!("URL {:?}: the host is not a header value", redact_url(url)))?;

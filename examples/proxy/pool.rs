@@ -7,7 +7,9 @@
 //! pool is one list of idle connections per account, indexed by the account, and a
 //! connection goes back when the response body that rode it is dropped (see [`Lease`]):
 //! by then hyper has read the body's end and the connection is ready for the next
-//! request, or it is closed and is not kept.
+//! request, or (a body dropped before its end) hyper is draining or closing it. Only a
+//! connection hyper reports ready is handed out; closed and expired ones are dropped
+//! when a request looks for one, and by the sweep.
 //!
 //! Kept from hyper-util's client, deliberately:
 //! - the connector (`HttpConnector`: no Nagle, a 10 s connect timeout), so a connection
@@ -18,9 +20,13 @@
 //! - idle connections are closed after `IDLE_TIMEOUT` (90 s), by a sweep every
 //!   `IDLE_TIMEOUT / 3` on the worker's runtime and whenever a request looks for one.
 //!
-//! Bounds: at most [`MAX_IDLE`] idle connections per account per worker (one more goes
-//! back closed); the others are in use, and those are bounded by the client
-//! connections the proxy admits (`--max-connections`), one upstream request each.
+//! Bounds: at most [`MAX_IDLE`] kept connections per account per worker (one more goes
+//! back closed; the count includes closed and draining ones until they are found out,
+//! at most one sweep later); the others are in use, one per upstream request in flight,
+//! and those are bounded by the client connections the proxy admits
+//! (`--max-connections`) times their streams (one for HTTP/1, `--max-streams` for
+//! HTTP/2). As with hyper-util's pool before it, idle upstream sockets are not counted
+//! in the descriptor budget `--max-connections` is fitted to.
 //!
 //! `https://` accounts keep hyper-util's client (TLS, and HTTP/2 by ALPN), and so do
 //! WebSocket upgrades (never pooled).
