@@ -114,6 +114,53 @@ async fn header_timeout_closes_a_half_sent_second_http1_head() {
     assert_eq!(a.count(), 1);
 }
 
+/// ...and the rule is about heads, not answers: a second answer on a keep-alive
+/// connection that streams for twice the header timeout is not cut.
+#[tokio::test]
+async fn header_timeout_spares_a_long_second_answer_on_a_keep_alive_connection() {
+    let a = Account::start("a", Mode::Stream).await;
+    let proxy = start(&a, serve_config(), Duration::from_secs(5)).await;
+    let mut conn = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    conn.write_all(b"GET /v1/chat HTTP/1.1\r\nhost: p\r\n\r\n")
+        .await
+        .unwrap();
+    within("the first answer, whole", async {
+        while !seen.ends_with(b"chunk-3\n") {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before the first answer ended");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    a.set(Mode::Sse {
+        chunks: 6,
+        gap: HEADER_TIMEOUT / 3,
+    });
+    conn.write_all(b"GET /v1/chat HTTP/1.1\r\nhost: p\r\n\r\n")
+        .await
+        .unwrap();
+    seen.clear();
+    within("the second answer, whole", async {
+        while !seen.windows(6).any(|w| w == b"[DONE]") {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "closed during the second answer: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&seen);
+    for i in 1..=6 {
+        assert!(text.contains(&format!("data: {i}\n\n")), "{text}");
+    }
+    assert_eq!(a.count(), 2);
+}
+
 #[tokio::test]
 async fn header_timeout_closes_an_http2_connection_without_a_request() {
     let a = Account::start("a", Mode::Stream).await;

@@ -1,6 +1,7 @@
 //! The proxy's own pool of connections to plain-`http://` accounts
 //! (`examples/proxy/pool.rs`), over real sockets: connections are reused, a connection
-//! the account closed while it sat idle is nobody's failure, and a response the client
+//! the account closed while it sat idle is nobody's failure, a request that a pooled
+//! connection could no longer take goes out on a new one, and a response the client
 //! abandons does not leave a broken connection for the next request.
 
 use crate::app;
@@ -214,4 +215,81 @@ async fn a_response_the_client_abandons_leaves_no_broken_connection_behind() {
         assert_eq!((by.as_str(), status), ("a", StatusCode::OK));
         assert_eq!(body, "chunk-1\nchunk-2\nchunk-3\n");
     }
+}
+
+/// The pool itself, on a connection whose account closed it after the pool last saw it
+/// ready (the keep-alive race: an account closing an idle connection just as a request
+/// goes out on it). hyper writes the request before it reads the close, so the request
+/// may have reached the account: it is not sent again here (a POST to a model API is not
+/// idempotent), it fails before its response head as no account's unreachability, and
+/// failover decides. The account runs on a thread of its own, so it closes its end while
+/// this runtime does not run.
+#[tokio::test]
+async fn a_request_on_a_connection_closed_in_the_meantime_is_not_sent_twice() {
+    use std::io::{Read, Write};
+    use std::sync::mpsc;
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(false).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (close_tx, close_rx) = mpsc::channel::<()>();
+    let (closed_tx, closed_rx) = mpsc::channel::<()>();
+    let account = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut buf).unwrap();
+            assert!(n > 0, "the proxy closed before its request head");
+            head.extend_from_slice(&buf[..n]);
+        }
+        conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .unwrap();
+        // Kept open (keep-alive) until the test says so, then closed.
+        close_rx.recv().unwrap();
+        drop(conn);
+        closed_tx.send(()).unwrap();
+        // Any further connection would be a second sending of the request.
+        listener.set_nonblocking(true).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        listener.accept().is_ok()
+    });
+
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    let pool = Arc::new(app::pool::Pool::<Full<Bytes>>::new(1, connector));
+    let uri: http::Uri = format!("http://{addr}/").parse().unwrap();
+    let request = || {
+        http::Request::post("/v1/responses")
+            .header("host", addr.to_string())
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap()
+    };
+    let (res, lease) = within("the first answer", pool.send(0, &uri, request()))
+        .await
+        .unwrap();
+    let body = within("the first body", res.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(body, "ok");
+    drop(lease);
+    // Let the connection's task take the end of the exchange in: it is ready again.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    // The account closes it, and this runtime does not run until that is done.
+    close_tx.send(()).unwrap();
+    closed_rx.recv().unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let Err(err) = within("the second attempt", pool.send(0, &uri, request())).await else {
+        panic!("answered on a connection the account had closed");
+    };
+    assert!(
+        !err.is_connect(),
+        "not the account's unreachability: {err:?}"
+    );
+    assert!(
+        !account.join().unwrap(),
+        "the request was sent a second time"
+    );
 }
