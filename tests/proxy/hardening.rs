@@ -73,6 +73,28 @@ async fn header_timeout_closes_a_half_sent_http1_head() {
     assert_eq!(a.count(), 0);
 }
 
+/// Sends a GET on `conn` and reads its answer until `done` says it is whole.
+async fn exchange(conn: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+    conn.write_all(b"GET /v1/chat HTTP/1.1\r\nhost: p\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    within("the answer, whole", async {
+        while !done(&seen) {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "closed before the answer ended: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    seen
+}
+
 /// On a keep-alive HTTP/1 connection the next head is due within the header timeout too:
 /// one sent by halves after a first answer is cut as the first would be, though the
 /// connection idle timeout is far off.
@@ -83,23 +105,7 @@ async fn header_timeout_closes_a_half_sent_second_http1_head() {
     serve.conn_idle_timeout = upstream::BOUND * 10;
     let proxy = start(&a, serve, Duration::from_secs(5)).await;
     let mut conn = TcpStream::connect(proxy.addr).await.unwrap();
-    conn.write_all(b"GET /v1/chat HTTP/1.1\r\nhost: p\r\n\r\n")
-        .await
-        .unwrap();
-    let mut first = Vec::new();
-    let mut buf = [0u8; 4096];
-    within("the first answer, whole", async {
-        while !first.ends_with(b"chunk-3\n") {
-            let n = conn.read(&mut buf).await.unwrap();
-            assert!(
-                n > 0,
-                "closed before the first answer ended: {}",
-                String::from_utf8_lossy(&first)
-            );
-            first.extend_from_slice(&buf[..n]);
-        }
-    })
-    .await;
+    let first = exchange(&mut conn, |seen| seen.ends_with(b"chunk-3\n")).await;
     assert!(first.starts_with(b"HTTP/1.1 200"));
     conn.write_all(b"GET /v1/chat HTTP/1.1\r\nhost: p\r\n")
         .await
@@ -121,39 +127,12 @@ async fn header_timeout_spares_a_long_second_answer_on_a_keep_alive_connection()
     let a = Account::start("a", Mode::Stream).await;
     let proxy = start(&a, serve_config(), Duration::from_secs(5)).await;
     let mut conn = TcpStream::connect(proxy.addr).await.unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    conn.write_all(b"GET /v1/chat HTTP/1.1\r\nhost: p\r\n\r\n")
-        .await
-        .unwrap();
-    within("the first answer, whole", async {
-        while !seen.ends_with(b"chunk-3\n") {
-            let n = conn.read(&mut buf).await.unwrap();
-            assert!(n > 0, "closed before the first answer ended");
-            seen.extend_from_slice(&buf[..n]);
-        }
-    })
-    .await;
+    exchange(&mut conn, |seen| seen.ends_with(b"chunk-3\n")).await;
     a.set(Mode::Sse {
         chunks: 6,
         gap: HEADER_TIMEOUT / 3,
     });
-    conn.write_all(b"GET /v1/chat HTTP/1.1\r\nhost: p\r\n\r\n")
-        .await
-        .unwrap();
-    seen.clear();
-    within("the second answer, whole", async {
-        while !seen.windows(6).any(|w| w == b"[DONE]") {
-            let n = conn.read(&mut buf).await.unwrap();
-            assert!(
-                n > 0,
-                "closed during the second answer: {}",
-                String::from_utf8_lossy(&seen)
-            );
-            seen.extend_from_slice(&buf[..n]);
-        }
-    })
-    .await;
+    let seen = exchange(&mut conn, |seen| seen.windows(6).any(|w| w == b"[DONE]")).await;
     let text = String::from_utf8_lossy(&seen);
     for i in 1..=6 {
         assert!(text.contains(&format!("data: {i}\n\n")), "{text}");
