@@ -91,6 +91,26 @@ struct Fields<'a, 'w> {
 }
 
 impl Fields<'_, '_> {
+    /// One field as the default visitor writes it: none for `log.*` names; else a space
+    /// before all but the first, `name=` unless it is the message, then `value`.
+    fn field(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+        if self.result.is_err() {
+            return;
+        }
+        let name = field.name();
+        if name.starts_with("log.") {
+            return;
+        }
+        self.result = self.pad().and_then(|()| {
+            if name != "message" {
+                self.writer
+                    .write_str(name.strip_prefix("r#").unwrap_or(name))?;
+                self.writer.write_char('=')?;
+            }
+            value(self.writer)
+        });
+    }
+
     fn pad(&mut self) -> fmt::Result {
         if self.first {
             self.first = false;
@@ -103,20 +123,14 @@ impl Fields<'_, '_> {
 
 impl Visit for Fields<'_, '_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        if self.result.is_err() {
-            return;
-        }
-        let name = field.name();
-        if name == "message" {
+        if field.name() == "message" {
             self.record_debug(field, &format_args!("{value}"));
-        } else if !name.starts_with("log.") && debug_is_quoted(value) {
+        } else if debug_is_quoted(value) {
             // What `{value:?}` writes, without the formatting machinery.
-            let name = name.strip_prefix("r#").unwrap_or(name);
-            self.result = self.pad().and_then(|()| {
-                self.writer.write_str(name)?;
-                self.writer.write_str("=\"")?;
-                self.writer.write_str(value)?;
-                self.writer.write_char('"')
+            self.field(field, |w| {
+                w.write_char('"')?;
+                w.write_str(value)?;
+                w.write_char('"')
             });
         } else {
             self.record_debug(field, &value);
@@ -135,21 +149,7 @@ impl Visit for Fields<'_, '_> {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if self.result.is_err() {
-            return;
-        }
-        let name = field.name();
-        if name.starts_with("log.") {
-            return;
-        }
-        self.result = self.pad().and_then(|()| {
-            if name != "message" {
-                let name = name.strip_prefix("r#").unwrap_or(name);
-                self.writer.write_str(name)?;
-                self.writer.write_char('=')?;
-            }
-            write!(self.writer, "{value:?}")
-        });
+        self.field(field, |w| write!(w, "{value:?}"));
     }
 }
 
