@@ -93,6 +93,13 @@ struct Idle<B> {
     since: Instant,
 }
 
+impl<B> Idle<B> {
+    /// Closed by its peer or hyper, or idle for [`IDLE_TIMEOUT`]: not to be kept.
+    fn stale(&self) -> bool {
+        self.tx.is_closed() || self.since.elapsed() >= IDLE_TIMEOUT
+    }
+}
+
 /// One worker's connections to the plain-`http://` accounts (see the module docs).
 pub(crate) struct Pool<B> {
     /// Idle connections per account (by the picker's index), most recently used last.
@@ -163,7 +170,7 @@ where
         while k > 0 {
             k -= 1;
             let c = &idle[k];
-            if c.tx.is_closed() || c.since.elapsed() >= IDLE_TIMEOUT {
+            if c.stale() {
                 idle.swap_remove(k);
             } else if c.tx.is_ready() {
                 return Some(idle.swap_remove(k).tx);
@@ -215,7 +222,7 @@ impl<B> Pool<B> {
         for list in &self.idle {
             list.lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .retain(|c| !c.tx.is_closed() && c.since.elapsed() < IDLE_TIMEOUT);
+                .retain(|c| !c.stale());
         }
     }
 }
