@@ -60,6 +60,7 @@ use tower_sticky_session::{
 use super::broken::BrokenStreams;
 use super::budget::Buffering;
 use super::cooldown::{CoolReason, retry_after};
+use super::logfmt;
 use super::picker::{InFlight, Picker, Plan};
 use super::pool::{Pool, Transport};
 use super::resources::{local_resource_error, local_unavailable};
@@ -410,11 +411,30 @@ where
             self.unbind_failed_pin(key.as_ref(), pinned.as_ref(), Some(final_name))
                 .await;
         }
-        tracing::info!(
-            method = %parts.method, path = parts.uri.path(), session = %LogSession(session.as_ref()),
-            %source, upstream = %final_name, pick = plan.how.label(answered),
-            status = res.status().as_u16(), "proxied"
+        let (method, path, session) = (
+            &parts.method,
+            parts.uri.path(),
+            LogSession(session.as_ref()),
         );
+        let (pick, status) = (plan.how.label(answered), res.status().as_u16());
+        // The access line: straight to the log writer when it can be (logfmt::direct),
+        // else the same event through `tracing`.
+        if tracing::enabled!(tracing::Level::INFO)
+            && !logfmt::direct(module_path!(), "proxied", |l| {
+                l.display_str("method", method.as_str());
+                l.str("path", path);
+                l.display("session", session);
+                l.display("source", &source);
+                l.display_str("upstream", final_name.as_str());
+                l.str("pick", pick);
+                l.u64("status", status.into());
+            })
+        {
+            tracing::info!(
+                method = %method, path, %session, %source, upstream = %final_name, pick, status,
+                "proxied"
+            );
+        }
         res
     }
 

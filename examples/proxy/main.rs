@@ -711,6 +711,10 @@ fn main() -> ExitCode {
     let dropped = writer.error_counter();
     // Colour only on a terminal: logs redirected to a file or a pipe stay plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if !ansi {
+        // The access line's own path to the same writer (see app::logfmt::direct).
+        app::logfmt::install_direct(writer.clone());
+    }
     tracing_subscriber::fmt()
         .with_writer(writer)
         .with_ansi(ansi)

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use tracing_subscriber::fmt::MakeWriter;
 
-use crate::app::logfmt::LineFormat;
+use crate::app::logfmt::{self, LineFormat};
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -150,4 +150,63 @@ fn the_date_and_time_of_known_unix_seconds() {
         crate::app::logfmt::write_second(&mut out, secs).unwrap();
         assert_eq!(out, text, "{secs}");
     }
+}
+
+/// The access line as `logfmt::direct` writes it is the line its event writes through
+/// `tracing` (and so the default formatter's), for each kind of field it has: `%`-fields
+/// given as strings or as `Display` values, string fields plain and escaped, numbers.
+#[test]
+fn the_direct_line_writes_what_the_event_writes() {
+    let paths = [
+        "/v1/chat/completions",
+        "/say \"hi\"",
+        "/caf\u{e9}",
+        "/tab\there",
+        "",
+    ];
+    for path in paths {
+        for status in [0u16, 7, 200, 503, u16::MAX] {
+            let event = || {
+                tracing::info!(
+                    method = %http::Method::POST, path, session = %"abcd…(36 bytes)",
+                    source = %format_args!("header:{}", "session-id"), upstream = %"account-a",
+                    pick = "round-robin", status, "proxied"
+                );
+            };
+            let theirs = capture_one(event);
+            let mut ours = String::new();
+            logfmt::line(
+                &mut ours,
+                std::time::SystemTime::now(),
+                module_path!(),
+                "proxied",
+                |l| {
+                    l.display_str("method", http::Method::POST.as_str());
+                    l.str("path", path);
+                    l.display("session", "abcd…(36 bytes)");
+                    l.display("source", format_args!("header:{}", "session-id"));
+                    l.display_str("upstream", "account-a");
+                    l.str("pick", "round-robin");
+                    l.u64("status", status.into());
+                },
+            )
+            .unwrap();
+            // The same line after the timestamp (`…Z `), and a timestamp of the same shape.
+            assert_eq!(ours.get(27..), theirs.get(27..), "{ours}{theirs}");
+            assert_eq!(ours.len(), theirs.len());
+            assert!(ours.ends_with('\n') && ours.lines().count() == 1, "{ours}");
+        }
+    }
+}
+
+/// What one event writes through `LineFormat`.
+fn capture_one(event: impl FnOnce()) -> String {
+    let out = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(out.clone())
+        .with_ansi(false)
+        .event_format(LineFormat::new(false))
+        .finish();
+    tracing::subscriber::with_default(subscriber, event);
+    String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
 }

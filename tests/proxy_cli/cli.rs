@@ -516,6 +516,51 @@ async fn stop_and_read(mut child: Child) -> (Option<i32>, String) {
     (status.code(), String::from_utf8_lossy(&out).into_owned())
 }
 
+/// The access line is written straight to the log writer, except inside a span (with
+/// the sticky layer's `debug` span on), where it goes through `tracing`: both write the
+/// same fields. Fails when the two field lists of the `proxied` line part.
+#[tokio::test]
+async fn the_proxied_line_has_the_same_fields_written_directly_or_through_tracing() {
+    async fn proxied_fields(rust_log: &str) -> (Vec<String>, String) {
+        let a = Account::start("a", Mode::Stream).await;
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let (ua, listen) = (format!("a={}", a.url()), addr.to_string());
+        let child = proxy(&["--listen", &listen, "--upstream", &ua])
+            .env("RUST_LOG", rust_log)
+            .spawn()
+            .unwrap();
+        wait_listening(addr).await;
+        let client: TestClient = Client::builder(TokioExecutor::new()).build_http();
+        let url = format!("http://{addr}/v1/chat?q=%22x%22");
+        call(&client, Request::get(&url).header("x-session-id", "conv-1")).await;
+        call(&client, Request::get(&url).header("x-session-id", "conv-1")).await;
+        call(&client, Request::post(&url)).await;
+        drop(client);
+        let (_, log) = stop_and_read(child).await;
+        let fields = log
+            .lines()
+            .filter_map(|l| l.split_once(" proxied ").map(|(_, f)| f.to_owned()))
+            .collect();
+        (fields, log)
+    }
+    let (direct, log) = proxied_fields("info").await;
+    assert_eq!(direct.len(), 3, "{log}");
+    assert!(!log.contains("sticky_session{"), "{log}");
+    assert!(direct[0].starts_with("method=GET path=\"/v1/chat\" session=conv…(6 bytes) source=header:x-session-id upstream=a pick="), "{log}");
+    assert!(
+        direct[2].starts_with("method=POST path=\"/v1/chat\" session=- source=- upstream=a"),
+        "{log}"
+    );
+    let (traced, log) = proxied_fields("info,tower_sticky_session=debug").await;
+    // Each line in the layer's span: written by `tracing`'s formatter.
+    let in_span = log
+        .lines()
+        .filter(|l| l.contains(" proxied ") && l.contains("sticky_session{"))
+        .count();
+    assert_eq!(in_span, 3, "{log}");
+    assert_eq!(direct, traced, "{log}");
+}
+
 #[tokio::test]
 async fn the_proxied_log_line_says_failover_when_a_retry_served_not_pinned() {
     let a = Account::start("a", Mode::Stream).await;
