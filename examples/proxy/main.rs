@@ -1121,6 +1121,13 @@ fn print_banner(s: &Settings, store: &str, addr: SocketAddr) {
 }
 
 /// mimalloc: per-thread free lists suit a proxy that allocates and frees small buffers
-/// on every request (see `BENCHMARKS.md`, the proxy against HAProxy and NGINX).
+/// on every request (see `BENCHMARKS.md`, the proxy against HAProxy and NGINX). It is
+/// linked as the process's `malloc` (its `override` feature), which Rust's `System`
+/// allocator calls: plain `malloc`/`free` for the usual alignments, where `MiMalloc`
+/// takes mimalloc's aligned entry for every allocation, and its slow path for every
+/// block over 1 KiB.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: std::alloc::System = std::alloc::System;
+
+// Linked for its `malloc`, which nothing names.
+extern crate mimalloc;

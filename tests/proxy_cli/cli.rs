@@ -502,6 +502,17 @@ async fn one_token_for_two_tenants_or_a_bad_tenant_exits_2_without_echoing_the_t
     }
 }
 
+/// The proxy's allocator is mimalloc, linked as the process's `malloc`: asked to, it
+/// says so as it starts. Fails when it is no longer linked (and the proxy falls back to
+/// glibc's allocator without a word).
+#[tokio::test]
+async fn the_proxy_allocates_with_mimalloc() {
+    let out = run(proxy(&["--help"]).env("MIMALLOC_VERBOSE", "1")).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("mimalloc: process init"), "{err}");
+}
+
 /// SIGTERM, then the proxy's exit code and everything it printed (stdout, then stderr).
 async fn stop_and_read(mut child: Child) -> (Option<i32>, String) {
     use tokio::io::AsyncReadExt;
