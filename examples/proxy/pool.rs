@@ -323,9 +323,10 @@ impl<B> Drop for Lease<B> {
     fn drop(&mut self) {
         let Some(tx) = self.tx.take() else { return };
         let mut driver = self.driver.take();
-        // One more turn: hyper may have the response's end read but not yet be ready
-        // for the next request.
-        if let Some(d) = &mut driver
+        // One more turn when hyper has the response's end read but is not yet ready for
+        // the next request (usually it is: the poll that read the end went on to that).
+        if !tx.is_ready()
+            && let Some(d) = &mut driver
             && turn_quietly(d)
         {
             return;
