@@ -45,6 +45,7 @@ use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Empty;
+use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -61,7 +62,7 @@ use super::budget::Buffering;
 use super::cooldown::{CoolReason, retry_after};
 use super::logfmt;
 use super::picker::{InFlight, Picker, Plan};
-use super::pool::{Driven, Pool, Transport};
+use super::pool::{Pool, Transport};
 use super::resources::{local_resource_error, local_unavailable};
 use super::serve::{self, ConnActivity};
 use super::timeouts::{BodyDeadline, First, ProxyBody, first_data};
@@ -569,7 +570,7 @@ where
         up: &Upstream,
         parts: &Parts,
         body: Bd,
-    ) -> Result<(Response<Driven>, InFlight), Early>
+    ) -> Result<(Response<Incoming>, InFlight), Early>
     where
         Bd: Body + Send + Unpin + 'static,
         Bd::Data: Send,
@@ -599,16 +600,16 @@ where
                 Via::Client(client) => client
                     .request(req)
                     .await
-                    .map(|res| res.map(Driven::elsewhere))
+                    .map(|res| (res, None))
                     .map_err(Transport::from),
                 Via::Pool(pool) => pool
                     .send(i, up.origin(), req)
                     .await
-                    .map(|(res, lease)| res.map(|body| Driven::new(body, lease))),
+                    .map(|(res, lease)| (res, Some(lease))),
             }
         };
         match tokio::time::timeout(self.cfg.upstream_timeout, sent).await {
-            Ok(Ok(res)) => Ok((res, in_flight)),
+            Ok(Ok((res, lease))) => Ok((res, in_flight.holding(lease))),
             Ok(Err(e)) => Err(Early::Transport(e)),
             Err(_) => {
                 let res = proxy_error(
@@ -803,7 +804,7 @@ impl<Bd> Copy for Via<'_, Bd> {}
 /// How one upgrade attempt ended.
 enum WsAttempt {
     /// `101`: the account's response (its upgrade to take) and the in-flight count.
-    Upgraded(Response<Driven>, InFlight),
+    Upgraded(Response<Incoming>, InFlight),
     /// Neither an upgrade nor a failure: the client's answer.
     Answered(Response<ProxyBody>),
     /// 429/5xx, unreachable, timed out: the next account is tried.

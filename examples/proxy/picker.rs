@@ -114,6 +114,7 @@ impl Picker {
         InFlight {
             picker: self.clone(),
             i,
+            conn: None,
         }
     }
 
@@ -207,10 +208,22 @@ impl Picker {
     }
 }
 
-/// One request in flight on an account; dropping it ends the count.
+/// One request in flight on an account; dropping it ends the count, and gives back the
+/// upstream connection it holds, if any (see [`InFlight::holding`]).
 pub(crate) struct InFlight {
     picker: Arc<Picker>,
     i: usize,
+    conn: Option<Box<dyn Send + Sync>>,
+}
+
+impl InFlight {
+    /// Holds `conn` (an upstream connection's lease) until the count ends.
+    pub(crate) fn holding(mut self, conn: Option<impl Send + Sync + 'static>) -> Self {
+        if let Some(conn) = conn {
+            self.conn = Some(Box::new(conn));
+        }
+        self
+    }
 }
 
 impl Drop for InFlight {

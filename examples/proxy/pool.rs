@@ -2,21 +2,14 @@
 //!
 //! hyper-util's pooled client does more per request than a gateway in front of a handful
 //! of accounts needs: a hash of the scheme and authority to find the pool (twice: out and
-//! back in), a checkout future raced against a lazy connect, a task spawned per
-//! streamed response only to put its connection back once it is idle again, and a task
-//! per connection that reads the response and hands its body over one frame at a time,
-//! a switch between tasks for every frame. Here the pool is one list of idle connections
-//! per account, indexed by the account, and a connection is driven by whoever holds it
-//! (see [`Lease`]): the request's own task, which reads the response head and then, in
-//! the body's polls ([`Driven`]), every frame the upstream sent, with no other task in
-//! between. A connection goes back when the response body that rode it is dropped: by
-//! then hyper has read the body's end and the connection is ready for the next request,
-//! or (a body dropped before its end) it is handed to a task of its own that drains or
-//! closes it. Only a connection hyper reports ready is handed out; closed and expired
-//! ones are dropped when a request looks for one, and by the sweep. An idle connection
-//! has nobody to wake: the checkout and the sweep let it take in what arrived meanwhile
-//! (its peer's close) before they look at it, so a socket the account closed is
-//! released at the latest by the next sweep.
+//! back in), a checkout future raced against a lazy connect, and a task spawned per
+//! streamed response only to put its connection back once it is idle again. Here the
+//! pool is one list of idle connections per account, indexed by the account, and a
+//! connection goes back when the response body that rode it is dropped (see [`Lease`]):
+//! by then hyper has read the body's end and the connection is ready for the next
+//! request, or (a body dropped before its end) hyper is draining or closing it. Only a
+//! connection hyper reports ready is handed out; closed and expired ones are dropped
+//! when a request looks for one, and by the sweep.
 //!
 //! Kept from hyper-util's client, deliberately:
 //! - the connector (`HttpConnector`: no Nagle, a 10 s connect timeout), so a connection
@@ -39,16 +32,12 @@
 //! WebSocket upgrades (never pooled).
 
 use std::error::Error as StdError;
-use std::future::{Future, poll_fn};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{Request, Response, Uri};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -99,40 +88,14 @@ impl From<hyper_util::client::legacy::Error> for Transport {
     }
 }
 
-/// A connection's I/O: hyper's HTTP/1 state machine over the socket, as a future that
-/// ends when the connection closes (logging why, if it failed). It is polled by whoever
-/// holds the connection: the request's own task while the request is in flight (see
-/// [`Lease`]), the pool's checkout and sweep while it is idle (with no waker: nobody
-/// waits on an idle connection), or a task of its own for a response dropped before its
-/// end.
-type Driver = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// Polls `driver` once with a waker that does nothing; `true` when the connection has
-/// closed.
-fn turn_quietly(driver: &mut Driver) -> bool {
-    driver
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-        .is_ready()
-}
-
 struct Idle<B> {
     tx: http1::SendRequest<B>,
-    /// `None`: the connection is driven by a task of its own (it was handed back before
-    /// its response's end, and reads the rest there).
-    driver: Option<Driver>,
     since: Instant,
 }
 
 impl<B> Idle<B> {
-    /// Closed by its peer or hyper, or idle for [`IDLE_TIMEOUT`]: not to be kept. First
-    /// lets the connection take in what arrived while it sat idle (its peer's close).
-    fn stale(&mut self) -> bool {
-        if let Some(driver) = &mut self.driver
-            && turn_quietly(driver)
-        {
-            return true;
-        }
+    /// Closed by its peer or hyper, or idle for [`IDLE_TIMEOUT`]: not to be kept.
+    fn stale(&self) -> bool {
         self.tx.is_closed() || self.since.elapsed() >= IDLE_TIMEOUT
     }
 }
@@ -162,10 +125,8 @@ where
     }
 
     /// Sends `req` (origin-form, with its `Host`) to account `i` at `uri` (its absolute
-    /// URL, to connect to), on an idle connection or a new one, and waits for the
-    /// response head, driving the connection from this task. The connection comes back
-    /// to the pool when the returned [`Lease`] is dropped; until then whoever holds it
-    /// drives it (the response body does: [`Driven`]).
+    /// URL, to connect to), on an idle connection or a new one. The connection comes
+    /// back to the pool when the returned [`Lease`] is dropped.
     pub(crate) async fn send(
         self: &Arc<Self>,
         i: usize,
@@ -173,29 +134,19 @@ where
         mut req: Request<B>,
     ) -> Result<(Response<Incoming>, Lease<B>), Transport> {
         loop {
-            let (mut tx, driver, reused) = match self.checkout(i) {
-                Some((tx, driver)) => (tx, driver, true),
-                // Boxed: a new connection's handshake is rare, and would otherwise make
-                // every request's future larger.
-                None => {
-                    let (tx, driver) = Box::pin(self.connect(uri)).await?;
-                    (tx, Some(driver), false)
+            let (mut tx, reused) = match self.checkout(i) {
+                Some(tx) => (tx, true),
+                None => (self.connect(uri).await?, false),
+            };
+            match tx.try_send_request(req).await {
+                Ok(res) => {
+                    let lease = Lease {
+                        pool: Arc::downgrade(self),
+                        i,
+                        tx: Some(tx),
+                    };
+                    return Ok((res, lease));
                 }
-            };
-            let mut response = std::pin::pin!(tx.try_send_request(req));
-            let mut lease = Lease {
-                pool: Arc::downgrade(self),
-                i,
-                tx: Some(tx),
-                driver,
-            };
-            let sent = poll_fn(|cx| {
-                lease.drive(cx);
-                response.as_mut().poll(cx)
-            })
-            .await;
-            match sent {
-                Ok(res) => return Ok((res, lease)),
                 Err(mut e) => match e.take_message() {
                     // The idle connection closed before it took the request: nothing was
                     // sent, so it goes out again. A new connection ends this loop.
@@ -213,28 +164,24 @@ where
 
     /// The most recently used idle connection to account `i` that is ready for a
     /// request, closing the expired and closed ones met on the way.
-    fn checkout(&self, i: usize) -> Option<(http1::SendRequest<B>, Option<Driver>)> {
+    fn checkout(&self, i: usize) -> Option<http1::SendRequest<B>> {
         let mut idle = self.idle[i].lock().unwrap_or_else(PoisonError::into_inner);
         let mut k = idle.len();
         while k > 0 {
             k -= 1;
-            let c = &mut idle[k];
+            let c = &idle[k];
             if c.stale() {
                 idle.swap_remove(k);
             } else if c.tx.is_ready() {
-                let c = idle.swap_remove(k);
-                return Some((c.tx, c.driver));
+                return Some(idle.swap_remove(k).tx);
             }
-            // Else its connection (on a task of its own) is still reading the end of a
-            // response dropped before it: left for a later request.
+            // Else its connection task has not yet taken in the end of the last
+            // response: left for a later request.
         }
         None
     }
 
-    async fn connect(
-        self: &Arc<Self>,
-        uri: &Uri,
-    ) -> Result<(http1::SendRequest<B>, Driver), Transport> {
+    async fn connect(self: &Arc<Self>, uri: &Uri) -> Result<http1::SendRequest<B>, Transport> {
         if !self.sweeping.swap(true, Ordering::Relaxed) {
             tokio::spawn(sweep(Arc::downgrade(self)));
         }
@@ -249,23 +196,22 @@ where
             .handshake(io)
             .await
             .map_err(Transport::connect)?;
-        let driver: Driver = Box::pin(async move {
+        tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %super::ErrorChain(&e), "upstream connection failed");
             }
         });
-        Ok((tx, driver))
+        Ok(tx)
     }
 }
 
 impl<B> Pool<B> {
     /// Keeps `tx` as an idle connection to account `i`, unless [`MAX_IDLE`] are kept.
-    fn put(&self, i: usize, tx: http1::SendRequest<B>, driver: Option<Driver>) {
+    fn put(&self, i: usize, tx: http1::SendRequest<B>) {
         let mut idle = self.idle[i].lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < MAX_IDLE {
             idle.push(Idle {
                 tx,
-                driver,
                 since: Instant::now(),
             });
         }
@@ -276,7 +222,7 @@ impl<B> Pool<B> {
         for list in &self.idle {
             list.lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .retain_mut(|c| !c.stale());
+                .retain(|c| !c.stale());
         }
     }
 }
@@ -292,122 +238,24 @@ async fn sweep<B>(pool: Weak<Pool<B>>) {
     }
 }
 
-/// A request's hold on its connection, and the connection's driver while the request
-/// is in flight: the response body polls it ([`Driven`]), so the upstream's frames are
-/// read by the task that hands them on, with no task switch per frame.
-///
-/// Dropped with the response body (or with the response, if it fails before its body
-/// is read), it puts the connection back in the pool: ready for the next request when
-/// the response was read to its end; else (a body dropped before its end) driven by a
-/// task of its own, as hyper-util's client does, until hyper has drained or closed it.
+/// A request's hold on its connection: dropped with the response body (or with the
+/// response, if it fails before its body is read), it puts the connection back in the
+/// pool unless it is closed. A body dropped before its end closes the connection (hyper
+/// cannot reuse it), which the pool then finds closed.
 pub(crate) struct Lease<B> {
     pool: Weak<Pool<B>>,
     i: usize,
     tx: Option<http1::SendRequest<B>>,
-    /// `None` once the connection closed, or while a task of its own drives it.
-    driver: Option<Driver>,
-}
-
-impl<B> Lease<B> {
-    /// Lets the connection read and write what it can, waking `cx` when it can do more.
-    fn drive(&mut self, cx: &mut Context<'_>) {
-        if let Some(driver) = &mut self.driver
-            && driver.as_mut().poll(cx).is_ready()
-        {
-            self.driver = None;
-        }
-    }
 }
 
 impl<B> Drop for Lease<B> {
     fn drop(&mut self) {
         let Some(tx) = self.tx.take() else { return };
-        let mut driver = self.driver.take();
-        // One more turn when hyper has the response's end read but is not yet ready for
-        // the next request (usually it is: the poll that read the end went on to that).
-        if !tx.is_ready()
-            && let Some(d) = &mut driver
-            && turn_quietly(d)
-        {
-            return;
-        }
         if tx.is_closed() {
             return;
         }
-        if let Some(d) = driver.take_if(|_| !tx.is_ready()) {
-            // A response dropped before its end: hyper reads the rest (or closes) on a
-            // task of its own. Without a runtime (shutting down) it is just closed.
-            match tokio::runtime::Handle::try_current() {
-                Ok(rt) => drop(rt.spawn(d)),
-                Err(_) => return,
-            }
-        }
         if let Some(pool) = self.pool.upgrade() {
-            pool.put(self.i, tx, driver);
+            pool.put(self.i, tx);
         }
-    }
-}
-
-/// What [`Driven`] needs of a [`Lease`] whatever its request body type.
-trait Drive: Send {
-    fn drive(&mut self, cx: &mut Context<'_>);
-}
-
-impl<B: Send> Drive for Lease<B> {
-    fn drive(&mut self, cx: &mut Context<'_>) {
-        Lease::drive(self, cx);
-    }
-}
-
-/// An upstream response body, and the connection that carries it when the pool's (the
-/// body polls the connection before itself, see [`Lease`]); hyper-util's client drives
-/// its connections on tasks of their own.
-pub(crate) struct Driven {
-    body: Incoming,
-    lease: Option<Box<dyn Drive>>,
-}
-
-impl Driven {
-    /// A body on a connection of the pool's, driven through `lease`.
-    pub(crate) fn new<B: Send + 'static>(body: Incoming, lease: Lease<B>) -> Self {
-        Self {
-            body,
-            lease: Some(Box::new(lease)),
-        }
-    }
-
-    /// A body whose connection is driven elsewhere.
-    pub(crate) fn elsewhere(body: Incoming) -> Self {
-        Self { body, lease: None }
-    }
-
-    /// Whether this body's polls drive its connection: then a `Pending` means the
-    /// upstream sent nothing more yet, not that another task has a frame to hand over.
-    pub(crate) fn drives_its_connection(&self) -> bool {
-        self.lease.is_some()
-    }
-}
-
-impl Body for Driven {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        if let Some(lease) = &mut this.lease {
-            lease.drive(cx);
-        }
-        Pin::new(&mut this.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }

@@ -22,7 +22,6 @@ use tower_sticky_session::AuthId;
 
 use super::broken::Watch;
 use super::picker::InFlight;
-use super::pool::Driven;
 use super::serve::CloseConnection;
 use super::{BoxError, ErrorChain};
 
@@ -38,7 +37,7 @@ pub(crate) enum First {
 
 /// Waits for the first non-empty data frame of `body` (empty data frames are skipped;
 /// trailers before any data mean the stream is empty).
-pub(crate) async fn first_data(body: &mut Driven) -> First {
+pub(crate) async fn first_data(body: &mut Incoming) -> First {
     loop {
         let frame = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await;
         match frame {
@@ -80,15 +79,13 @@ pub(crate) const GATHER_MAX: usize = 64 * 1024;
 /// Upstream data frames that are ready together are handed on as one frame (up to
 /// [`GATHER_MAX`]), so hyper writes them to the client in one system call instead of one
 /// per frame: an account that sends several server-sent events at once (or the whole
-/// answer) reaches the client in one write. A connection of the proxy's pool is driven
-/// by the body's own polls ([`Driven`]): the body reads frames until the upstream has
-/// sent no more, in one poll. hyper-util's client (`https://` accounts) drives its
-/// connections on tasks of their own that hand over one frame at a time, so there after
-/// a frame the body *yields* once (wakes itself and returns `Pending`) to let that task
-/// deliver the next one; it goes on gathering only while a yield brought new data, and
-/// hands on what it has as soon as one did not. Either way a slow stream's frames are
-/// never held back waiting for more. [`ProxyBody::gather_ready`] does the same for the
-/// first chunk before the response is returned, so the response head goes out with it.
+/// answer) reaches the client in one write. The upstream connection is driven by a task
+/// of its own that hands over one frame at a time, so after a frame the body *yields*
+/// once (wakes itself and returns `Pending`) to let that task deliver the next one; it
+/// goes on gathering only while a yield brought new data, and hands on what it has as
+/// soon as one did not — a slow stream's frames are never held back waiting for more.
+/// [`ProxyBody::gather_ready`] does the same for the first chunk before the response is
+/// returned, so the response head goes out with it.
 ///
 /// An upstream body that fails or falls silent yields an error, so hyper aborts the
 /// response to the client instead of ending it cleanly; the data received before the
@@ -108,7 +105,7 @@ pub(crate) struct Streamed {
     /// Data read from the upstream and not yet handed on: the first chunk (read before
     /// the response was returned) and the frames gathered with it.
     ready: Gathered,
-    body: Driven,
+    body: Incoming,
     idle_for: Duration,
     idle: Pin<Box<Sleep>>,
     /// The account, for the log.
@@ -169,7 +166,7 @@ impl ProxyBody {
     /// `body` (after `first`, if given), timed by `idle_for`.
     pub(crate) fn upstream(
         first: Option<Bytes>,
-        body: Driven,
+        body: Incoming,
         idle_for: Duration,
         upstream: AuthId,
         in_flight: Option<InFlight>,
@@ -261,10 +258,7 @@ impl Streamed {
                     self.failing = Some(Box::new(e));
                 }
                 Poll::Ready(None) => self.ended = true,
-                // A body that drives its connection has read all the upstream sent.
-                Poll::Pending => {
-                    return std::mem::take(&mut self.grew) && !self.body.drives_its_connection();
-                }
+                Poll::Pending => return std::mem::take(&mut self.grew),
             }
         }
         false
