@@ -1,8 +1,10 @@
 //! The proxy's own pool of connections to plain-`http://` accounts
 //! (`examples/proxy/pool.rs`), over real sockets: connections are reused, a connection
 //! the account closed while it sat idle is nobody's failure, a request that a pooled
-//! connection could no longer take goes out on a new one, and a response the client
-//! abandons does not leave a broken connection for the next request.
+//! connection could no longer take goes out on a new one, a response the client
+//! abandons does not leave a broken connection for the next request, and the frames an
+//! account sends together reach the client together while a frame that comes alone is
+//! not held back.
 
 use crate::app;
 use crate::harness;
@@ -119,13 +121,18 @@ async fn proxy(urls: &[(&str, String)]) -> Proxy {
     }
 }
 
-/// (x-served-by, status, body) of one request, body read to its end.
-async fn get(proxy: &Proxy, session: &str) -> (String, StatusCode, Bytes) {
+/// The response (head) to one chat request of `session`.
+async fn ask(proxy: &Proxy, session: &str) -> Response<hyper::body::Incoming> {
     let client = harness::client();
     let req = harness::chat(Method::POST, proxy.addr, Some(session))
         .body(Full::default())
         .unwrap();
-    let res = harness::send(&client, req).await;
+    harness::send(&client, req).await
+}
+
+/// (x-served-by, status, body) of one request, body read to its end.
+async fn get(proxy: &Proxy, session: &str) -> (String, StatusCode, Bytes) {
+    let res = ask(proxy, session).await;
     let by = res
         .headers()
         .get("x-served-by")
@@ -226,7 +233,7 @@ async fn a_response_the_client_abandons_leaves_no_broken_connection_behind() {
 /// this runtime does not run.
 #[tokio::test]
 async fn a_request_on_a_connection_closed_in_the_meantime_is_not_sent_twice() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::sync::mpsc;
 
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -236,13 +243,7 @@ async fn a_request_on_a_connection_closed_in_the_meantime_is_not_sent_twice() {
     let (closed_tx, closed_rx) = mpsc::channel::<()>();
     let account = std::thread::spawn(move || {
         let (mut conn, _) = listener.accept().unwrap();
-        let mut head = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = conn.read(&mut buf).unwrap();
-            assert!(n > 0, "the proxy closed before its request head");
-            head.extend_from_slice(&buf[..n]);
-        }
+        read_request_head(&mut conn);
         conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
             .unwrap();
         // Kept open (keep-alive) until the test says so, then closed.
@@ -292,4 +293,99 @@ async fn a_request_on_a_connection_closed_in_the_meantime_is_not_sent_twice() {
         !account.join().unwrap(),
         "the request was sent a second time"
     );
+}
+
+/// Reads a request head (these requests have no body) from a blocking socket.
+fn read_request_head(conn: &mut std::net::TcpStream) {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut buf).unwrap();
+        assert!(n > 0, "the proxy closed before its request head");
+        head.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// An account on a thread of its own that answers one request with an event stream's
+/// head and the chunks `first`, in one write, then, once `go` says so (or after 10 s), with `rest`,
+/// and closes the connection.
+fn scripted_account(
+    first: &'static [u8],
+    rest: &'static [u8],
+) -> (
+    SocketAddr,
+    std::sync::mpsc::Sender<()>,
+    std::thread::JoinHandle<()>,
+) {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let account = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        read_request_head(&mut conn);
+        conn.write_all(&[EVENTS_HEAD, first].concat()).unwrap();
+        if !rest.is_empty() {
+            let _ = go_rx.recv_timeout(Duration::from_secs(10));
+            conn.write_all(rest).unwrap();
+        }
+        // The answer is whole: the connection closes with this thread.
+    });
+    (addr, go_tx, account)
+}
+
+const EVENTS_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+    transfer-encoding: chunked\r\n\r\n";
+
+/// Four events the account sends in one write, each its own chunk, reach the client as
+/// one body with a length: the body gathered every frame the account had sent before
+/// the response went out, although the connection's task hands them over one at a time.
+#[tokio::test]
+async fn events_the_account_sends_together_reach_the_client_together() {
+    let answer = b"9\r\ndata: 1\n\n\r\n9\r\ndata: 2\n\n\r\n9\r\ndata: 3\n\n\r\n\
+        e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n";
+    let (addr, _go, account) = scripted_account(answer, b"");
+    let proxy = proxy(&[("a", format!("http://{addr}"))]).await;
+    let res = ask(&proxy, "conv-together").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = "data: 1\n\ndata: 2\n\ndata: 3\n\ndata: [DONE]\n\n";
+    assert_eq!(
+        res.headers().get("content-length").map(|v| v.as_bytes()),
+        Some(body.len().to_string().as_bytes()),
+        "{:?}",
+        res.headers()
+    );
+    let got = within("body", res.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(got, body);
+    drop(proxy);
+    account.join().unwrap();
+}
+
+/// An event that comes alone is handed on at once, not held back for the next: the
+/// account sends its second event only once the client has the first.
+#[tokio::test]
+async fn an_event_that_comes_alone_is_not_held_back() {
+    let first = b"9\r\ndata: 1\n\n\r\n";
+    let (addr, go, account) = scripted_account(first, b"9\r\ndata: 2\n\n\r\n0\r\n\r\n");
+    let proxy = proxy(&[("a", format!("http://{addr}"))]).await;
+    let res = ask(&proxy, "conv-alone").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut body = res.into_body();
+    let frame = within(
+        "the first event, before the account sends the second",
+        body.frame(),
+    )
+    .await
+    .expect("a frame")
+    .unwrap();
+    assert_eq!(frame.into_data().unwrap(), "data: 1\n\n");
+    go.send(()).unwrap();
+    let rest = within("the rest", body.collect()).await.unwrap().to_bytes();
+    assert_eq!(rest, "data: 2\n\n");
+    drop(proxy);
+    account.join().unwrap();
 }
