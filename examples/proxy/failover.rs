@@ -418,18 +418,27 @@ where
         );
         let (pick, status) = (plan.how.label(answered), res.status().as_u16());
         // The access line: straight to the log writer when it can be (logfmt::direct),
-        // else the same event through `tracing`.
-        if tracing::enabled!(tracing::Level::INFO)
-            && !logfmt::direct(module_path!(), "proxied", |l| {
-                l.display_str("method", method.as_str());
-                l.str("path", path);
-                l.display("session", session);
-                l.display("source", &source);
-                l.display_str("upstream", final_name.as_str());
-                l.str("pick", pick);
-                l.u64("status", status.into());
-            })
-        {
+        // else the same event through `tracing`. Asked as the event with its fields, so
+        // that `RUST_LOG` directives on field names decide as they do for the event.
+        if tracing::event_enabled!(
+            tracing::Level::INFO,
+            message,
+            method,
+            path,
+            session,
+            source,
+            upstream,
+            pick,
+            status
+        ) && !logfmt::direct(module_path!(), "proxied", |l| {
+            l.display_str("method", method.as_str());
+            l.str("path", path);
+            l.display("session", session);
+            l.display("source", &source);
+            l.display_str("upstream", final_name.as_str());
+            l.str("pick", pick);
+            l.u64("status", status.into());
+        }) {
             tracing::info!(
                 method = %method, path, %session, %source, upstream = %final_name, pick, status,
                 "proxied"

@@ -20,8 +20,8 @@
 //! being visited as `dyn Debug` values through `core::fmt`, which cost about 4 500
 //! instructions of a request's 83 000. The line is the same bytes, goes to the same
 //! writer (the log thread's queue, with its bound and its count of dropped lines) and
-//! obeys `RUST_LOG` as before: the caller asks `tracing::enabled!` for its target and
-//! level first. Where the two could differ, [`direct`] declines and the caller logs
+//! obeys `RUST_LOG` as before: the caller first asks `tracing::event_enabled!` for an
+//! event of its target, level and field names (field-name directives included). Where the two could differ, [`direct`] declines and the caller logs
 //! through `tracing`: before `main` installs the writer (tests that build the service
 //! themselves), on a terminal (colours), and inside a span (at `debug` and below).
 

@@ -1121,13 +1121,20 @@ fn print_banner(s: &Settings, store: &str, addr: SocketAddr) {
 }
 
 /// mimalloc: per-thread free lists suit a proxy that allocates and frees small buffers
-/// on every request (see `BENCHMARKS.md`, the proxy against HAProxy and NGINX). It is
-/// linked as the process's `malloc` (its `override` feature), which Rust's `System`
-/// allocator calls: plain `malloc`/`free` for the usual alignments, where `MiMalloc`
-/// takes mimalloc's aligned entry for every allocation, and its slow path for every
-/// block over 1 KiB.
+/// on every request (see `BENCHMARKS.md`, the proxy against HAProxy and NGINX). On Unix
+/// it is linked as the process's `malloc` (its `override` feature), which Rust's
+/// `System` allocator calls: plain `malloc`/`free` for the usual alignments, where
+/// `MiMalloc` takes mimalloc's aligned entry for every allocation, and its slow path
+/// for every block over 1 KiB. (So a heap tool that interposes `malloc` sees
+/// mimalloc's: valgrind's memcheck needs `--soname-synonyms=somalloc=NONE`.) Elsewhere
+/// the override is not built, and `MiMalloc` is the allocator.
+#[cfg(unix)]
 #[global_allocator]
 static GLOBAL: std::alloc::System = std::alloc::System;
+#[cfg(not(unix))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 // Linked for its `malloc`, which nothing names.
+#[cfg(unix)]
 extern crate mimalloc;

@@ -308,7 +308,7 @@ fn read_request_head(conn: &mut std::net::TcpStream) {
 }
 
 /// An account on a thread of its own that answers one request with an event stream's
-/// head and the chunks `first`, in one write, then, once `go` says so (or after 10 s), with `rest`,
+/// head and the chunks `first`, in one write, then, once `go` says so (or after 30 s), with `rest`,
 /// and closes the connection.
 fn scripted_account(
     first: &'static [u8],
@@ -327,7 +327,9 @@ fn scripted_account(
         read_request_head(&mut conn);
         conn.write_all(&[EVENTS_HEAD, first].concat()).unwrap();
         if !rest.is_empty() {
-            let _ = go_rx.recv_timeout(Duration::from_secs(10));
+            // Longer than the test's bound: a held-back frame fails the test by timing
+            // out, not by arriving late with the next.
+            let _ = go_rx.recv_timeout(upstream::BOUND + Duration::from_secs(10));
             conn.write_all(rest).unwrap();
         }
         // The answer is whole: the connection closes with this thread.

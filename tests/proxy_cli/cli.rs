@@ -505,6 +505,7 @@ async fn one_token_for_two_tenants_or_a_bad_tenant_exits_2_without_echoing_the_t
 /// The proxy's allocator is mimalloc, linked as the process's `malloc`: asked to, it
 /// says so as it starts. Fails when it is no longer linked (and the proxy falls back to
 /// glibc's allocator without a word).
+#[cfg(unix)]
 #[tokio::test]
 async fn the_proxy_allocates_with_mimalloc() {
     let out = run(proxy(&["--help"]).env("MIMALLOC_VERBOSE", "1")).await;
@@ -527,33 +528,36 @@ async fn stop_and_read(mut child: Child) -> (Option<i32>, String) {
     (status.code(), String::from_utf8_lossy(&out).into_owned())
 }
 
+/// The fields of each `proxied` line the proxy logs under `rust_log` for three
+/// requests (two of one session, one without), and its whole log.
+async fn proxied_fields(rust_log: &str) -> (Vec<String>, String) {
+    let a = Account::start("a", Mode::Stream).await;
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (ua, listen) = (format!("a={}", a.url()), addr.to_string());
+    let child = proxy(&["--listen", &listen, "--upstream", &ua])
+        .env("RUST_LOG", rust_log)
+        .spawn()
+        .unwrap();
+    wait_listening(addr).await;
+    let client: TestClient = Client::builder(TokioExecutor::new()).build_http();
+    let url = format!("http://{addr}/v1/chat?q=%22x%22");
+    call(&client, Request::get(&url).header("x-session-id", "conv-1")).await;
+    call(&client, Request::get(&url).header("x-session-id", "conv-1")).await;
+    call(&client, Request::post(&url)).await;
+    drop(client);
+    let (_, log) = stop_and_read(child).await;
+    let fields = log
+        .lines()
+        .filter_map(|l| l.split_once(" proxied ").map(|(_, f)| f.to_owned()))
+        .collect();
+    (fields, log)
+}
+
 /// The access line is written straight to the log writer, except inside a span (with
 /// the sticky layer's `debug` span on), where it goes through `tracing`: both write the
 /// same fields. Fails when the two field lists of the `proxied` line part.
 #[tokio::test]
 async fn the_proxied_line_has_the_same_fields_written_directly_or_through_tracing() {
-    async fn proxied_fields(rust_log: &str) -> (Vec<String>, String) {
-        let a = Account::start("a", Mode::Stream).await;
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let (ua, listen) = (format!("a={}", a.url()), addr.to_string());
-        let child = proxy(&["--listen", &listen, "--upstream", &ua])
-            .env("RUST_LOG", rust_log)
-            .spawn()
-            .unwrap();
-        wait_listening(addr).await;
-        let client: TestClient = Client::builder(TokioExecutor::new()).build_http();
-        let url = format!("http://{addr}/v1/chat?q=%22x%22");
-        call(&client, Request::get(&url).header("x-session-id", "conv-1")).await;
-        call(&client, Request::get(&url).header("x-session-id", "conv-1")).await;
-        call(&client, Request::post(&url)).await;
-        drop(client);
-        let (_, log) = stop_and_read(child).await;
-        let fields = log
-            .lines()
-            .filter_map(|l| l.split_once(" proxied ").map(|(_, f)| f.to_owned()))
-            .collect();
-        (fields, log)
-    }
     let (direct, log) = proxied_fields("info").await;
     assert_eq!(direct.len(), 3, "{log}");
     assert!(!log.contains("sticky_session{"), "{log}");
@@ -570,6 +574,16 @@ async fn the_proxied_line_has_the_same_fields_written_directly_or_through_tracin
         .count();
     assert_eq!(in_span, 3, "{log}");
     assert_eq!(direct, traced, "{log}");
+}
+
+/// A `RUST_LOG` directive on a field of the access line (here `pick`, at `warn`) turns
+/// the line off as it does the event, although the line is written without `tracing`;
+/// the other `info` lines stay.
+#[tokio::test]
+async fn a_rust_log_directive_on_the_access_lines_fields_applies_to_it() {
+    let (lines, log) = proxied_fields("info,proxy::app::failover[{pick}]=warn").await;
+    assert!(lines.is_empty(), "{log}");
+    assert!(log.contains("listening on"), "{log}");
 }
 
 #[tokio::test]
