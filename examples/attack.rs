@@ -284,14 +284,27 @@ async fn large(proxy: SocketAddr, tally: Arc<Tally>, stop: Arc<AtomicBool>) {
             .header("content-length", 15 * MIB)
             .body(StreamBody::new(futures_util::stream::iter(chunks)))
             .unwrap();
-        let ok = match client.request(req).await {
-            Ok(res) if res.status() == StatusCode::OK => res
-                .into_body()
-                .collect()
-                .await
-                .is_ok_and(|b| b.to_bytes().ends_with(b"[DONE]\n\n")),
-            _ => false,
+        let failure = match client.request(req).await {
+            Ok(res) if res.status() == StatusCode::OK => {
+                match res.into_body().collect().await.map(|b| b.to_bytes()) {
+                    Ok(b) if b.ends_with(b"[DONE]\n\n") => None,
+                    Ok(_) => Some("a 200 whose stream has no [DONE]".to_owned()),
+                    Err(e) => Some(format!("a 200 whose stream broke: {e}")),
+                }
+            }
+            Ok(res) => {
+                let status = res.status();
+                let body = res.into_body().collect().await.map(|b| b.to_bytes());
+                Some(format!("{status}: {:?}", body.unwrap_or_default()))
+            }
+            Err(e) => Some(format!("no answer: {e:?}")),
         };
+        let ok = failure.is_none();
+        if let Some(why) = failure
+            && tally.large_failed.load(Ordering::Relaxed) < 5
+        {
+            eprintln!("large-body request failed: {why}");
+        }
         let c = if ok {
             &tally.large_ok
         } else {
