@@ -210,3 +210,47 @@ fn capture_one(event: impl FnOnce()) -> String {
     tracing::subscriber::with_default(subscriber, event);
     String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
 }
+
+/// The proxy's access line reaches the writer `logfmt::direct` was given without going
+/// through `tracing`: the subscriber here enables `info` (so the line is wanted) but
+/// writes nowhere, so the line can only have come the direct way. Fails when the
+/// proxy logs its `proxied` line through `tracing` only.
+#[tokio::test]
+async fn the_access_line_goes_to_the_installed_writer_past_tracing() {
+    use crate::support::upstream::{Account, Mode};
+    use tower_sticky_session::store::MemoryStore;
+
+    let out = Captured::default();
+    let (writer, flush) = tracing_appender::non_blocking(out.clone());
+    logfmt::install_direct(writer);
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(io::sink)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _subscriber = tracing::subscriber::set_default(subscriber);
+
+    let a = Account::start("a", Mode::Stream).await;
+    let cfg = crate::app::ProxyConfig::new(vec![crate::app::Upstream::new("a", &a.url()).unwrap()]);
+    let (spawned, _) = crate::harness::start(&cfg, MemoryStore::new()).await;
+    let client = crate::harness::client();
+    let req = crate::harness::chat(http::Method::POST, spawned.addr, Some("conv-direct"))
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let res = crate::harness::send(&client, req).await;
+    assert_eq!(res.status(), http::StatusCode::OK);
+    http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .unwrap();
+    spawned.server.abort();
+    // The log thread writes what is queued before it ends.
+    drop(flush);
+    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains(" proxied "))
+        .unwrap_or_else(|| panic!("no proxied line written directly: {text:?}"));
+    assert!(
+        line.contains(" INFO proxy::app::failover: proxied method=POST path=\"/v1/chat\" session=conv…(11 bytes)"),
+        "{line}"
+    );
+}
