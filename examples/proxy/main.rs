@@ -295,7 +295,8 @@ struct Cli {
     #[arg(long = "body-timeout", value_name = "SECS", default_value = "60", value_parser = parse_positive_secs)]
     body_timeout: Duration,
 
-    /// Most client connections open at once (lowered to what the descriptor limit fits).
+    /// Most client connections open at once (lowered to what the descriptor limit fits);
+    /// also the listen backlog (within net.core.somaxconn).
     #[arg(long = "max-connections", value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=MAX_COUNT))]
     max_connections: u64,
 
@@ -691,6 +692,25 @@ struct Settings {
     demo: bool,
 }
 
+/// The client listener on `addr`, with a backlog for a burst of `max_connections` new
+/// connections (at most 65 535; the kernel caps it at `net.core.somaxconn`, 4 096 by
+/// default). Tokio's `TcpListener::bind` asks for 1 024: a burst of a few thousand
+/// connections (clients reconnecting after a restart, or an attack) then overflowed
+/// the accept queue and the kernel fell back to SYN cookies, which drop the
+/// connections' TCP options (window scaling among them). HAProxy sizes its backlog by
+/// its `maxconn` in the same way. Otherwise as `bind`: `SO_REUSEADDR` on Unix.
+fn listen(addr: std::net::SocketAddr, max_connections: usize) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(u32::try_from(max_connections.clamp(1024, 65_535)).unwrap_or(65_535))
+}
+
 fn main() -> ExitCode {
     let (cli, reload_source) = match parse_cli() {
         Ok(parsed) => parsed,
@@ -919,7 +939,7 @@ async fn run<St: InspectStore + admin::StoreMetrics + Clone>(
     let source = settings.reload.take().expect("set by main");
     let reloader = reload::Reloader::new(source, store, app);
     tokio::spawn(reload::on_sighup(reloader.clone()));
-    let listener = match TcpListener::bind(settings.listen).await {
+    let listener = match listen(settings.listen, settings.serve.max_connections) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: cannot listen on {}: {e}", settings.listen);

@@ -27,7 +27,8 @@
 //!   is shut down as above (its other streams may finish).
 //! - HTTP/2 keep-alive pings find dead peers; at most `--max-streams` concurrent streams
 //!   per HTTP/2 connection; `--max-connections` bounds the open connections (a semaphore
-//!   around `accept`; the excess waits in the kernel's backlog).
+//!   around `accept`; the excess waits in the kernel's backlog, which `main` sizes by
+//!   `--max-connections` too).
 //! - Small write buffers (HTTP/1 `max_buf_size`, HTTP/2 `max_send_buf_size`): a client
 //!   that stops reading holds at most about [`CONN_BUF`] of response per connection.
 //! - Accept failures (e.g. out of file descriptors) back off and are logged at most once

@@ -514,6 +514,44 @@ async fn the_proxy_allocates_with_mimalloc() {
     assert!(err.contains("mimalloc: process init"), "{err}");
 }
 
+/// The client listener's backlog follows `--max-connections` (within the kernel's
+/// `somaxconn`), not Tokio's 1 024: a burst of new connections waits in the accept queue
+/// instead of overflowing it into SYN cookies. Read from `ss` (iproute2), whose `Send-Q`
+/// of a listening socket is its backlog; without `ss` or with `somaxconn` at 1 024 or
+/// less there is nothing to tell apart, and the test says so and passes.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_listen_backlog_follows_max_connections() {
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    if somaxconn <= 1024 || std::process::Command::new("ss").arg("-V").output().is_err() {
+        eprintln!("skipped: no `ss`, or net.core.somaxconn {somaxconn} <= 1024");
+        return;
+    }
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let listen = addr.to_string();
+    let child = proxy(&["--listen", &listen, "--max-connections", "3000"])
+        .spawn()
+        .unwrap();
+    wait_listening(addr).await;
+    let out = std::process::Command::new("ss")
+        .args(["-Hlnt", &format!("sport = :{}", addr.port())])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // `LISTEN 0 4096 127.0.0.1:PORT 0.0.0.0:*`: state, Recv-Q, Send-Q (the backlog), ...
+    let backlog: u32 = text
+        .split_whitespace()
+        .nth(2)
+        .and_then(|q| q.parse().ok())
+        .unwrap_or_else(|| panic!("no listening socket in `ss` output: {text:?}"));
+    assert_eq!(backlog, somaxconn.min(3000), "{text}");
+    let (code, log) = stop_and_read(child).await;
+    assert_eq!(code, Some(0), "{log}");
+}
+
 /// SIGTERM, then the proxy's exit code and everything it printed (stdout, then stderr).
 async fn stop_and_read(mut child: Child) -> (Option<i32>, String) {
     use tokio::io::AsyncReadExt;
