@@ -21,28 +21,14 @@ PAIRS=${PAIRS:-20}
 DURATION=${DURATION:-3}
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 1; }
 cargo build --release --example bench_server >&2
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-target/release/examples/bench_server --bare --threads 1 --events 4 \
-    --listen 127.0.0.1:0 --listen 127.0.0.1:0 --listen 127.0.0.1:0 >"$work/up.out" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do
-    [[ $(grep -c '^listening on' "$work/up.out" 2>/dev/null || true) == 3 ]] && break
-    sleep 0.05
-done
-mapfile -t ups < <(sed -n 's/^listening on //p' "$work/up.out")
+# $work, $pids, free_port, wait_port, start_upstream.
+source benches/support/proxy_bench.sh
+start_upstream 4 0
 
 # start NAME BIN: the proxy's pid and port, on one line.
 start() {
     local port
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    port=$(free_port)
     RUST_LOG=${RUST_LOG:-info} TOKIO_WORKER_THREADS=2 "$2" --listen "127.0.0.1:$port" \
         --upstream "account-a=http://${ups[0]}" --upstream "account-b=http://${ups[1]}" \
         --upstream "account-c=http://${ups[2]}" >/dev/null 2>"$work/$1.log" &
@@ -51,9 +37,8 @@ start() {
 read -r pa porta < <(start a "$A")
 read -r pb portb < <(start b "$B")
 pids+=("$pa" "$pb")
-for p in "$porta" "$portb"; do
-    for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.1; done
-done
+wait_port "$porta"
+wait_port "$portb"
 
 # run PID PORT: "cpu_us user_us sys_us requests" per request, over one wrk run.
 run() {

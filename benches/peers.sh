@@ -71,39 +71,12 @@ if [[ -z "${PROXY_BIN:-}" ]]; then
 else
     cargo build --release --example bench_server --example floor_proxy >&2
 fi
-UPSTREAM=target/release/examples/bench_server
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_port() { # port
-    for _ in $(seq 200); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "nothing listens on port $1" >&2
-    for f in "$work"/*.log "$work"/*.out; do echo "== $f"; tail -n 5 "$f"; done >&2
-    return 1
-}
+# $work, $pids, free_port, wait_port, start_upstream.
+source benches/support/proxy_bench.sh
 
 # The upstream: three listeners, one Tokio worker.
-"$UPSTREAM" --bare --threads 1 --events "$EVENTS" --event-gap "${GAP_MS:-0}" \
-    --listen 127.0.0.1:0 --listen 127.0.0.1:0 --listen 127.0.0.1:0 >"$work/upstream.out" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do
-    [[ $(grep -c '^listening on' "$work/upstream.out" 2>/dev/null || true) == 3 ]] && break
-    sleep 0.05
-done
-mapfile -t ups < <(sed -n 's/^listening on //p' "$work/upstream.out")
+start_upstream "$EVENTS" "${GAP_MS:-0}"
 echo "upstream: pid ${pids[0]} on ${ups[*]}" >&2
 
 declare -A port pidlist

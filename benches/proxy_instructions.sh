@@ -26,26 +26,12 @@ if [[ -z "${PROXY_BIN:-}" ]]; then
 else
     cargo build --release --example bench_server >&2
 fi
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-target/release/examples/bench_server --bare --threads 1 --events 4 \
-    --listen 127.0.0.1:0 --listen 127.0.0.1:0 --listen 127.0.0.1:0 >"$work/up.out" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do
-    [[ $(grep -c '^listening on' "$work/up.out" 2>/dev/null || true) == 3 ]] && break
-    sleep 0.05
-done
-mapfile -t ups < <(sed -n 's/^listening on //p' "$work/up.out")
+# $work, $pids, free_port, wait_port, start_upstream.
+source benches/support/proxy_bench.sh
+start_upstream 4 0
 
 for level in $LEVELS; do
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    port=$(free_port)
     RUST_LOG=$level TOKIO_WORKER_THREADS=2 valgrind --tool=callgrind \
         --callgrind-out-file="$work/cg.$level" "$PROXY_BIN" --listen "127.0.0.1:$port" \
         --upstream "account-a=http://${ups[0]}" --upstream "account-b=http://${ups[1]}" \
