@@ -151,19 +151,10 @@ set -e
 curl -fsS "$ADMIN/metrics" >"$WORK/metrics.txt" || true
 
 # --- summary --------------------------------------------------------------------------
-"$PY" - "$WORK" "$CODEX_V" "$SDK_V" "$SDK_RC" "${ACCOUNTS[@]}" <<'EOF'
+PYTHONPATH="$ROOT/scripts" "$PY" - "$WORK" "$CODEX_V" "$SDK_V" "$SDK_RC" "${ACCOUNTS[@]}" <<'EOF'
 import json, re, sys
+from real_clients_checks import check, finish, jl
 work, codex_v, sdk_v, sdk_rc, accounts = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5:]
-def jl(path):
-    try:
-        return [json.loads(l) for l in open(path) if l.strip().startswith("{")]
-    except FileNotFoundError:
-        return []
-fails = []
-def check(ok, what):
-    print(("  ok   " if ok else "  FAIL ") + what)
-    if not ok:
-        fails.append(what)
 
 events = sorted((e for a in accounts for e in jl(f"{work}/mock-{a}.jsonl")), key=lambda e: e["t"])
 direct = jl(f"{work}/mock-direct.jsonl")
@@ -264,6 +255,5 @@ try:
             print("  " + line.rstrip())
 except FileNotFoundError:
     print("  (no metrics)")
-print(f"\n{len(fails)} failed" if fails else "\nall checks passed")
-sys.exit(1 if fails else 0)
+finish()
 EOF

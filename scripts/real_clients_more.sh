@@ -317,20 +317,11 @@ for l in open(sys.argv[1]):
 fi
 
 # --- summary --------------------------------------------------------------------------
-python3 - "$WORK" "${VERSIONS[@]}" <<'EOF'
+PYTHONPATH="$ROOT/scripts" python3 - "$WORK" "${VERSIONS[@]}" <<'EOF'
 import calendar, hashlib, json, os, re, sys, time
+from real_clients_checks import check, finish, jl
 work, versions = sys.argv[1], sys.argv[2:]
 ACCOUNTS = ["a", "b", "c"]
-def jl(path):
-    try:
-        return [json.loads(l) for l in open(path) if l.strip().startswith("{")]
-    except FileNotFoundError:
-        return []
-fails = []
-def check(ok, what):
-    print(("  ok   " if ok else "  FAIL ") + what)
-    if not ok:
-        fails.append(what)
 def digest(v):
     return f"<sha256:{hashlib.sha256(v.encode()).hexdigest()[:8]}>"
 
@@ -545,6 +536,5 @@ for p in jl(f"{work}/proxies.jsonl"):
         print(f"  {p['proxy']:11} " + "  ".join(l.replace("sticky_session_", "").replace("_total", "") for l in lines))
     except FileNotFoundError:
         print(f"  {p['proxy']:11} (no metrics)")
-print(f"\n{len(fails)} failed" if fails else "\nall checks passed")
-sys.exit(1 if fails else 0)
+finish()
 EOF
