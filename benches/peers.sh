@@ -22,16 +22,19 @@
 # - haproxy (Debian package): `nbthread 2`, a stick-table on `req.hdr(session-id)` over
 #   the three servers (round-robin for a new session), `http-reuse always`.
 # - floor (on request): examples/floor_proxy.rs, the least a hyper 1 reverse proxy does
-#   for these requests (hash of `session-id`, pooled hyper-util client, no log, no
-#   timeouts, no layers; one current-thread runtime per thread like the proxy, or
-#   FLOOR_RUNTIME=multi): what hyper and Tokio cost here, below anything the proxy adds.
+#   for these requests with what makes the proxy cheap (hash of `session-id`, a pool of
+#   hyper HTTP/1 connections per thread, ready frames gathered into one write, mimalloc;
+#   no log, no timeouts, no layers; one current-thread runtime per thread like the proxy,
+#   or FLOOR_RUNTIME=multi): what hyper and Tokio cost here, below anything the proxy adds.
 # - nginx (Debian package): 2 worker processes, `hash $http_session_id consistent`,
 #   upstream keep-alive, `proxy_buffering off` (a streaming gateway), no access log.
 #
 # All gateways run at once on their own ports (each idle while another is measured).
 # Runs rotate the order every round (same duration each) after one warm-up run per
 # gateway (which also binds the 10 000 sessions). Per run: req/s, p50/p99 and the
-# gateway's CPU per request from /proc/PID/stat (utime+stime; nginx: master + workers).
+# gateway's CPU per request from /proc/PID/stat (utime+stime; nginx: master + workers),
+# and its neighbours' behind it: the upstream's (/proc) and wrk's (the shell's `times`).
+# The three share the 2 cores, so the throughput follows the sum of the three.
 # Then per gateway the median and best run and, per round, the ratios to HAProxy and
 # NGINX (median over rounds). Then syscalls per request: a separate SYSCALL_DURATION run
 # per gateway under `perf stat -e raw_syscalls:sys_enter -p PIDS` (or `strace -c -f` with
@@ -192,14 +195,26 @@ cpu_ticks() { # pids... -> "utime stime" in clock ticks, each summed over the pi
 }
 
 run() { # gateway duration -> one result line
-    local g=$1 dur=$2 u0 s0 u1 s1 out
+    local g=$1 dur=$2 u0 s0 u1 s1 up0 ups0 up1 ups1 out wrk_cpu
     # shellcheck disable=SC2086
     read -r u0 s0 < <(cpu_ticks ${pidlist[$g]})
-    out=$(wrk -t1 -c"$CONNS" -d"${dur}s" --latency -s benches/peers_sessions.lua \
-        "http://127.0.0.1:${port[$g]}/" -- "$SESSIONS" | grep '^RESULT')
+    read -r up0 ups0 < <(cpu_ticks "${pids[0]}")
+    # wrk's own CPU time: `times` in the same subshell gives its children's (wrk, grep).
+    out=$(
+        wrk -t1 -c"$CONNS" -d"${dur}s" --latency -s benches/peers_sessions.lua \
+            "http://127.0.0.1:${port[$g]}/" -- "$SESSIONS" | grep '^RESULT'
+        times >"$work/times.$g"
+        awk 'NR == 2 {
+            split($1, u, "m"); split($2, s, "m")
+            printf "wrk_cpu_s=%.3f\n", u[1] * 60 + u[2] + s[1] * 60 + s[2] }' "$work/times.$g"
+    )
     # shellcheck disable=SC2086
     read -r u1 s1 < <(cpu_ticks ${pidlist[$g]})
-    echo "$g ${out#RESULT } gw_ticks=$((u1 - u0 + s1 - s0)) gw_sys_ticks=$((s1 - s0))"
+    read -r up1 ups1 < <(cpu_ticks "${pids[0]}")
+    wrk_cpu=$(echo "$out" | sed -n 's/^wrk_cpu_s=//p')
+    out=$(echo "$out" | grep '^RESULT')
+    echo "$g ${out#RESULT } gw_ticks=$((u1 - u0 + s1 - s0)) gw_sys_ticks=$((s1 - s0))" \
+        "upstream_ticks=$((up1 - up0 + ups1 - ups0)) wrk_cpu_s=$wrk_cpu"
 }
 
 hz=$(getconf CLK_TCK)
@@ -269,16 +284,19 @@ function best(arr, m, n, sign,   i, b) { b = arr[m, 1]; for (i = 2; i <= n; i++)
     p99[m, k] = kv("p99_us"); p50[m, k] = kv("p50_us")
     cpu[m, k] = kv("gw_ticks") / hz * 1e6 / kv("requests")
     sys[m, k] = kv("gw_sys_ticks") / hz * 1e6 / kv("requests")
+    up[m, k] = kv("upstream_ticks") / hz * 1e6 / kv("requests")
+    wrk[m, k] = kv("wrk_cpu_s") * 1e6 / kv("requests")
     err[m] += kv("errors") + kv("non2xx")
 }
 END {
     printf "\nper gateway over %d rounds: median (best)\n", n["proxy"] ? n["proxy"] : n["haproxy"]
-    printf "%-8s %20s %18s %18s %22s %12s %7s\n", "", "req/s", "p50 us", "p99 us", "gateway CPU us/req", "of it kernel", "errors"
+    printf "%-8s %20s %18s %18s %22s %12s %10s %8s %7s\n", "", "req/s", "p50 us", "p99 us", "gateway CPU us/req", "of it kernel", "upstream", "wrk", "errors"
     for (m in seen)
-        printf "%-8s %11.0f (%6.0f) %9.1f (%6.1f) %9.1f (%6.1f) %12.2f (%6.2f) %12.2f %7d\n", m,
+        printf "%-8s %11.0f (%6.0f) %9.1f (%6.1f) %9.1f (%6.1f) %12.2f (%6.2f) %12.2f %10.2f %8.2f %7d\n", m,
             med(rps, m, n[m]), best(rps, m, n[m], 1), med(p50, m, n[m]), best(p50, m, n[m], -1),
             med(p99, m, n[m]), best(p99, m, n[m], -1), med(cpu, m, n[m]), best(cpu, m, n[m], -1),
-            med(sys, m, n[m]), err[m]
+            med(sys, m, n[m]), med(up, m, n[m]), med(wrk, m, n[m]), err[m]
+    printf "(upstream, wrk: their CPU us per request behind that gateway, medians)\n"
     if (!("proxy" in seen)) exit
     printf "\nconnections=%d sessions=%d; proxy against each peer: median of the per-round ratios\n", conns, sessions
     for (m in seen) {

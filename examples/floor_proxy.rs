@@ -8,31 +8,167 @@
 //!
 //! It reads no configuration, checks no token, sets no timeout and writes no log: an
 //! HTTP/1.1 server that hashes the `session-id` header to one of the upstreams and
-//! forwards the request over a pooled hyper-util client, streaming the answer back. It is
-//! a benchmark baseline, not a gateway: no bounds, no failover, no stickiness beyond the
-//! hash. It prints `listening on ADDR` once bound.
+//! forwards the request over a pooled HTTP/1.1 connection, streaming the answer back. It
+//! is a benchmark baseline, not a gateway: no bounds, no failover, no stickiness beyond
+//! the hash. It prints `listening on ADDR` once bound.
+//!
+//! It does what the example proxy does to be cheap, and nothing else, so that the gap
+//! between the two is the proxy's own work: mimalloc as the process's `malloc`, one pool
+//! of idle `hyper::client::conn::http1` connections per upstream and thread (no
+//! hyper-util client: no pool-key hashing, no checkout race, no task per response), and
+//! the upstream's data frames that are ready together handed to hyper's server as one
+//! frame, so that they leave in one write.
 
+use std::cell::RefCell;
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use bytes::{Bytes, BytesMut};
 use http::Uri;
+use http_body::{Body, Frame};
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+
+// Linked for its `malloc` (the `override` feature), as in the example proxy.
+#[cfg(unix)]
+extern crate mimalloc;
 
 struct Floor {
-    client: Client<HttpConnector, Incoming>,
-    upstreams: Vec<Uri>,
+    upstreams: Vec<SocketAddr>,
     hasher: RandomState,
+}
+
+thread_local! {
+    /// Idle connections per upstream, this thread's.
+    static IDLE: RefCell<Vec<Vec<SendRequest<Incoming>>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn checkout(i: usize) -> Option<SendRequest<Incoming>> {
+    IDLE.with_borrow_mut(|idle| {
+        let list = idle.get_mut(i)?;
+        list.retain(|tx| !tx.is_closed());
+        // One whose connection task has not yet taken in the end of its last response
+        // is not ready: left for a later request.
+        let k = list.iter().rposition(SendRequest::is_ready)?;
+        Some(list.swap_remove(k))
+    })
+}
+
+fn checkin(i: usize, tx: SendRequest<Incoming>) {
+    IDLE.with_borrow_mut(|idle| {
+        if idle.len() <= i {
+            idle.resize_with(i + 1, Vec::new);
+        }
+        idle[i].push(tx);
+    });
+}
+
+async fn connect(addr: SocketAddr) -> Result<SendRequest<Incoming>, FloorError> {
+    let tcp = TcpStream::connect(addr).await.map_err(boxed)?;
+    tcp.set_nodelay(true).map_err(boxed)?;
+    let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(boxed)?;
+    tokio::spawn(conn);
+    Ok(tx)
+}
+
+// One concrete error type for the service (a boxed `dyn Error` trips up the inference of
+// `serve_connection`'s bounds through the async block).
+type FloorError = std::io::Error;
+
+fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> FloorError {
+    std::io::Error::other(e)
+}
+
+/// The upstream's response body: ready data frames gathered into one; the connection
+/// goes back to this thread's pool once the body has ended.
+///
+/// hyper's client hands a response body over one frame at a time: its connection task
+/// waits until the frame before was taken. So when a poll brought data and then found
+/// nothing, the relay yields once (waking itself) to let that task decode what it has
+/// already read, and hands on what it gathered when it finds nothing after data: the
+/// same rule as the example proxy's. As there, the frames ready when the response head
+/// arrives are gathered before it is answered, and a body that ended by then is sent
+/// with its length, in one write with the head.
+struct Relay {
+    body: Incoming,
+    back: Option<(usize, SendRequest<Incoming>)>,
+    gathered: BytesMut,
+    ended: bool,
+}
+
+impl Relay {
+    /// Takes in the frames ready now; `Pending` (already woken) to come back for more.
+    fn gather(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
+        let mut grew = false;
+        while !self.ended {
+            match Pin::new(&mut self.body).poll_frame(cx) {
+                // Trailers (none here) are dropped.
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.gathered.extend_from_slice(&data);
+                        grew = true;
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => {
+                    self.ended = true;
+                    if let Some((i, tx)) = self.back.take() {
+                        checkin(i, tx);
+                    }
+                }
+                Poll::Pending if grew => {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Poll::Pending => break,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Body for Relay {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        if this.gathered.is_empty() {
+            match this.gather(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Ok(())) => {}
+            }
+        }
+        if !this.gathered.is_empty() {
+            Poll::Ready(Some(Ok(Frame::data(this.gathered.split().freeze()))))
+        } else if this.ended {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended && self.gathered.is_empty()
+    }
 }
 
 fn main() {
     // FLOOR_RUNTIME=per-core: one current-thread runtime per worker, each with its own
-    // SO_REUSEPORT listener and client pool (no work stealing, no cross-thread wake-ups).
+    // SO_REUSEPORT listener and connection pool (no work stealing, no cross-thread
+    // wake-ups), as the example proxy's workers.
     let threads: usize = std::env::var("TOKIO_WORKER_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -72,15 +208,21 @@ async fn run(reuse_port: bool) {
             .unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
             "--listen" => listen = value.parse().expect("--listen ADDR"),
-            "--upstream" => upstreams.push(value.parse::<Uri>().expect("--upstream URL")),
+            "--upstream" => {
+                let uri = value.parse::<Uri>().expect("--upstream URL");
+                let authority = uri.authority().expect("--upstream http://HOST:PORT");
+                let addr = tokio::net::lookup_host(authority.as_str())
+                    .await
+                    .expect("--upstream: a reachable host")
+                    .next()
+                    .expect("--upstream: an address");
+                upstreams.push(addr);
+            }
             other => panic!("unknown flag {other}"),
         }
     }
     assert!(!upstreams.is_empty(), "--upstream URL, once or more");
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
     let floor = Arc::new(Floor {
-        client: Client::builder(TokioExecutor::new()).build(connector),
         upstreams,
         hasher: RandomState::new(),
     });
@@ -109,11 +251,37 @@ async fn run(reuse_port: bool) {
                         .get("session-id")
                         .map_or(0, |v| floor.hasher.hash_one(v.as_bytes()) as usize)
                         % floor.upstreams.len();
-                    let base = &floor.upstreams[i];
-                    let mut parts = base.clone().into_parts();
-                    parts.path_and_query = req.uri().path_and_query().cloned();
-                    *req.uri_mut() = Uri::from_parts(parts).expect("a valid URI");
-                    floor.client.request(req).await
+                    // Origin-form target; the client's `Host` goes on as it came.
+                    if let Some(pq) = req.uri().path_and_query().cloned() {
+                        *req.uri_mut() = Uri::from(pq);
+                    }
+                    let mut tx = match checkout(i) {
+                        Some(tx) => tx,
+                        None => match connect(floor.upstreams[i]).await {
+                            Ok(tx) => tx,
+                            Err(e) => return Err(e),
+                        },
+                    };
+                    let res = match tx.send_request(req).await {
+                        Ok(res) => res,
+                        Err(e) => return Err(boxed(e)),
+                    };
+                    let (mut head, body) = res.into_parts();
+                    let mut relay = Relay {
+                        body,
+                        back: Some((i, tx)),
+                        gathered: BytesMut::new(),
+                        ended: false,
+                    };
+                    std::future::poll_fn(|cx| relay.gather(cx))
+                        .await
+                        .map_err(boxed)?;
+                    if relay.ended {
+                        head.headers.remove(http::header::TRANSFER_ENCODING);
+                        head.headers
+                            .insert(http::header::CONTENT_LENGTH, relay.gathered.len().into());
+                    }
+                    Ok::<_, std::io::Error>(http::Response::from_parts(head, relay))
                 }
             });
             let _ = hyper::server::conn::http1::Builder::new()
