@@ -337,8 +337,14 @@ impl SessionSource {
 impl fmt::Display for SessionSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Header(h) => write!(f, "header:{}", h.as_str()),
-            Self::BodyField(field) => write!(f, "body:{field}"),
+            Self::Header(h) => {
+                f.write_str("header:")?;
+                f.write_str(h.as_str())
+            }
+            Self::BodyField(field) => {
+                f.write_str("body:")?;
+                f.write_str(field)
+            }
             other => f.write_str(other.kind().as_str()),
         }
     }

@@ -136,7 +136,9 @@ where
         loop {
             let (mut tx, reused) = match self.checkout(i) {
                 Some(tx) => (tx, true),
-                None => (self.connect(uri).await?, false),
+                // Boxed: connecting is the rare case, and its future would otherwise
+                // add to every request's (this one is inside the boxed future of each).
+                None => (Box::pin(self.connect(uri)).await?, false),
             };
             match tx.try_send_request(req).await {
                 Ok(res) => {

@@ -72,6 +72,11 @@ impl std::error::Error for IdleTimeout {}
 /// together (the size of the connection's write buffer, `serve::CONN_BUF`).
 pub(crate) const GATHER_MAX: usize = 64 * 1024;
 
+/// The room a gathering buffer starts with once a second frame joins the first: a few
+/// events' worth, and no more than the allocator's small-block size (mimalloc's fast path
+/// ends at 1 KiB).
+const GATHER_ROOM: usize = 1024;
+
 /// The proxy's response body: the upstream's body (its first chunk, already read, then
 /// the rest as it arrives, each frame within `--idle-timeout`), or a short message of the
 /// proxy's own.
@@ -145,7 +150,9 @@ impl Gathered {
 
     fn push(&mut self, data: Bytes) {
         if let Some(one) = self.one.take() {
-            self.many.reserve(one.len() + data.len());
+            // Room for more than these two, so that the ones after them do not grow
+            // the buffer again.
+            self.many.reserve((one.len() + data.len()).max(GATHER_ROOM));
             self.many.extend_from_slice(&one);
             self.many.extend_from_slice(&data);
         } else if self.many.is_empty() {

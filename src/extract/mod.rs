@@ -95,8 +95,26 @@ const LOG_PREFIX: usize = 4;
 
 impl fmt::Display for Redacted<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `{prefix}…({len} bytes)`, piece by piece: one access line per request writes
+        // it, and `write!` would run the formatting machinery for the template.
         let prefix = &self.0[..self.0.len().min(LOG_PREFIX)];
-        write!(f, "{prefix}…({} bytes)", self.0.len())
+        f.write_str(prefix)?;
+        f.write_str("…(")?;
+        // The length's digits (not `Display::fmt(&len, f)`, which would take the
+        // caller's width and fill).
+        let mut digits = [0u8; 20];
+        let mut k = digits.len();
+        let mut rest = self.0.len();
+        loop {
+            k -= 1;
+            digits[k] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        f.write_str(std::str::from_utf8(&digits[k..]).map_err(|_| fmt::Error)?)?;
+        f.write_str(" bytes)")
     }
 }
 
@@ -186,6 +204,21 @@ pub(crate) fn validate(bytes: &[u8], max_len: usize) -> Result<(), InvalidSessio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_redacted_form_is_a_prefix_and_the_length_whatever_the_width_asked() {
+        for (id, shown) in [
+            ("a", "a…(1 bytes)"),
+            ("conv", "conv…(4 bytes)"),
+            ("conv-42", "conv…(7 bytes)"),
+            (&"x".repeat(256) as &str, "xxxx…(256 bytes)"),
+            (&"y".repeat(1234567) as &str, "yyyy…(1234567 bytes)"),
+        ] {
+            assert_eq!(Redacted(id).to_string(), shown);
+            assert_eq!(format!("{:>40}", Redacted(id)), shown, "no padding");
+            assert_eq!(format!("{:<3}", Redacted(id)), shown, "no padding");
+        }
+    }
 
     #[test]
     fn validate_admits_exactly_visible_ascii_at_every_position() {
