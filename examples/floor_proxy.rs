@@ -35,9 +35,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
-// Linked for its `malloc` (the `override` feature), as in the example proxy.
+// The allocator as in the example proxy: on Unix mimalloc is the process's `malloc`
+// (its `override` feature), linked for it; elsewhere `MiMalloc`.
 #[cfg(unix)]
 extern crate mimalloc;
+#[cfg(not(unix))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Floor {
     upstreams: Vec<SocketAddr>,
@@ -87,51 +91,98 @@ fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> FloorError {
     std::io::Error::other(e)
 }
 
+/// Most bytes gathered into one frame (the example proxy's `GATHER_MAX`).
+const GATHER_MAX: usize = 64 * 1024;
+
+/// The room a gathering buffer starts with once a second frame joins the first (the
+/// example proxy's `GATHER_ROOM`).
+const GATHER_ROOM: usize = 1024;
+
 /// The upstream's response body: ready data frames gathered into one; the connection
 /// goes back to this thread's pool once the body has ended.
 ///
 /// hyper's client hands a response body over one frame at a time: its connection task
-/// waits until the frame before was taken. So when a poll brought data and then found
-/// nothing, the relay yields once (waking itself) to let that task decode what it has
-/// already read, and hands on what it gathered when it finds nothing after data: the
-/// same rule as the example proxy's. As there, the frames ready when the response head
-/// arrives are gathered before it is answered, and a body that ended by then is sent
-/// with its length, in one write with the head.
+/// waits until the frame before was taken. So while a poll brings data and then finds
+/// nothing, the relay yields (waking itself) to let that task decode what it has already
+/// read, and hands on what it gathered once a poll brings nothing, or at [`GATHER_MAX`]:
+/// the example proxy's rule (`Streamed::gather` in `examples/proxy/timeouts.rs`), with its
+/// buffer (the first frame kept as it is, a copy only once a second one joins it). As
+/// there, the frames ready when the response head arrives are gathered before it is
+/// answered, and a body that ended by then is sent with its length, in one write with
+/// the head. Trailers are dropped (the benchmark's upstream sends none); an upstream
+/// error is handed on after the data that came before it.
 struct Relay {
     body: Incoming,
     back: Option<(usize, SendRequest<Incoming>)>,
-    gathered: BytesMut,
+    one: Option<Bytes>,
+    many: BytesMut,
+    failed: Option<hyper::Error>,
+    /// Data came in since the last yield.
+    grew: bool,
     ended: bool,
 }
 
 impl Relay {
-    /// Takes in the frames ready now; `Pending` (already woken) to come back for more.
-    fn gather(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
-        let mut grew = false;
-        while !self.ended {
+    fn new(body: Incoming, back: (usize, SendRequest<Incoming>)) -> Self {
+        Self {
+            body,
+            back: Some(back),
+            one: None,
+            many: BytesMut::new(),
+            failed: None,
+            grew: false,
+            ended: false,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.one.as_ref().map_or(0, Bytes::len) + self.many.len()
+    }
+
+    fn push(&mut self, data: Bytes) {
+        if let Some(one) = self.one.take() {
+            self.many.reserve((one.len() + data.len()).max(GATHER_ROOM));
+            self.many.extend_from_slice(&one);
+            self.many.extend_from_slice(&data);
+        } else if self.many.is_empty() {
+            self.one = Some(data);
+        } else {
+            self.many.extend_from_slice(&data);
+        }
+    }
+
+    fn take(&mut self) -> Option<Bytes> {
+        self.grew = false;
+        self.one
+            .take()
+            .or_else(|| (!self.many.is_empty()).then(|| self.many.split().freeze()))
+    }
+
+    /// Takes in the frames ready now, up to [`GATHER_MAX`]; `true` when the caller
+    /// should yield and come back: nothing more was ready, but data came in since the
+    /// last yield, so the connection task may well have more.
+    fn gather(&mut self, cx: &mut Context<'_>) -> bool {
+        while !self.ended && self.failed.is_none() && self.len() < GATHER_MAX {
             match Pin::new(&mut self.body).poll_frame(cx) {
-                // Trailers (none here) are dropped.
                 Poll::Ready(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.gathered.extend_from_slice(&data);
-                        grew = true;
+                    if let Ok(data) = frame.into_data()
+                        && !data.is_empty()
+                    {
+                        self.push(data);
+                        self.grew = true;
                     }
                 }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(Some(Err(e))) => self.failed = Some(e),
                 Poll::Ready(None) => {
                     self.ended = true;
                     if let Some((i, tx)) = self.back.take() {
                         checkin(i, tx);
                     }
                 }
-                Poll::Pending if grew => {
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
-                }
-                Poll::Pending => break,
+                Poll::Pending => return std::mem::take(&mut self.grew),
             }
         }
-        Poll::Ready(Ok(()))
+        false
     }
 }
 
@@ -144,15 +195,14 @@ impl Body for Relay {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        if this.gathered.is_empty() {
-            match this.gather(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
-                Poll::Ready(Ok(())) => {}
-            }
+        if this.gather(cx) {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
         }
-        if !this.gathered.is_empty() {
-            Poll::Ready(Some(Ok(Frame::data(this.gathered.split().freeze()))))
+        if let Some(data) = this.take() {
+            Poll::Ready(Some(Ok(Frame::data(data))))
+        } else if let Some(e) = this.failed.take() {
+            Poll::Ready(Some(Err(e)))
         } else if this.ended {
             Poll::Ready(None)
         } else {
@@ -161,7 +211,7 @@ impl Body for Relay {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended && self.gathered.is_empty()
+        self.ended && self.failed.is_none() && self.len() == 0
     }
 }
 
@@ -255,31 +305,44 @@ async fn run(reuse_port: bool) {
                     if let Some(pq) = req.uri().path_and_query().cloned() {
                         *req.uri_mut() = Uri::from(pq);
                     }
-                    let mut tx = match checkout(i) {
-                        Some(tx) => tx,
-                        None => match connect(floor.upstreams[i]).await {
-                            Ok(tx) => tx,
-                            Err(e) => return Err(e),
-                        },
-                    };
-                    let res = match tx.send_request(req).await {
-                        Ok(res) => res,
-                        Err(e) => return Err(boxed(e)),
+                    let head_request = req.method() == http::Method::HEAD;
+                    // A pooled connection that closed before it took the request gets it
+                    // back unsent: the request goes out again, on a new one if need be.
+                    let (res, tx) = loop {
+                        let (mut tx, reused) = match checkout(i) {
+                            Some(tx) => (tx, true),
+                            None => (connect(floor.upstreams[i]).await?, false),
+                        };
+                        match tx.try_send_request(req).await {
+                            Ok(res) => break (res, tx),
+                            Err(mut e) => match e.take_message() {
+                                Some(back) if reused => req = back,
+                                _ => return Err(boxed(e.into_error())),
+                            },
+                        }
                     };
                     let (mut head, body) = res.into_parts();
-                    let mut relay = Relay {
-                        body,
-                        back: Some((i, tx)),
-                        gathered: BytesMut::new(),
-                        ended: false,
-                    };
-                    std::future::poll_fn(|cx| relay.gather(cx))
-                        .await
-                        .map_err(boxed)?;
-                    if relay.ended {
+                    let mut relay = Relay::new(body, (i, tx));
+                    std::future::poll_fn(|cx| {
+                        if relay.gather(cx) {
+                            cx.waker().wake_by_ref();
+                            Poll::Pending
+                        } else {
+                            Poll::Ready(())
+                        }
+                    })
+                    .await;
+                    // A body that ended goes with its length, unless the answer has no
+                    // body of its own (HEAD, 1xx, 204, 304: their headers say what they
+                    // say).
+                    let bodiless = head_request
+                        || head.status.is_informational()
+                        || head.status == http::StatusCode::NO_CONTENT
+                        || head.status == http::StatusCode::NOT_MODIFIED;
+                    if relay.ended && relay.failed.is_none() && !bodiless {
                         head.headers.remove(http::header::TRANSFER_ENCODING);
                         head.headers
-                            .insert(http::header::CONTENT_LENGTH, relay.gathered.len().into());
+                            .insert(http::header::CONTENT_LENGTH, relay.len().into());
                     }
                     Ok::<_, std::io::Error>(http::Response::from_parts(head, relay))
                 }
