@@ -34,7 +34,8 @@
 # gateway (which also binds the 10 000 sessions). Per run: req/s, p50/p99 and the
 # gateway's CPU per request from /proc/PID/stat (utime+stime; nginx: master + workers),
 # and its neighbours' behind it: the upstream's (/proc) and wrk's (the shell's `times`).
-# The three share the 2 cores, so the throughput follows the sum of the three.
+# The three share the 2 cores, so the throughput follows the sum of the three (for
+# "direct" the gateway's column is the upstream's own: count it once).
 # Then per gateway the median and best run and, per round, the ratios to HAProxy and
 # NGINX (median over rounds). Then syscalls per request: a separate SYSCALL_DURATION run
 # per gateway under `perf stat -e raw_syscalls:sys_enter -p PIDS` (or `strace -c -f` with
