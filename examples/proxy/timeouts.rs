@@ -112,7 +112,13 @@ pub(crate) struct Streamed {
     ready: Gathered,
     body: Incoming,
     idle_for: Duration,
-    idle: Pin<Box<Sleep>>,
+    /// When the upstream's silence reaches `--idle-timeout`: `idle_for` after the first
+    /// data, then after each frame handed on.
+    idle_at: Instant,
+    /// The timer for `idle_at`, made (or set) only when the body has to wait for the
+    /// upstream: a body that is there whole (most answers that came in one read) never
+    /// builds, registers or cancels one.
+    idle: Option<Pin<Box<Sleep>>>,
     /// The account, for the log.
     upstream: AuthId,
     /// The upstream body's error, held back for one poll (see `poll_frame`).
@@ -186,7 +192,8 @@ impl ProxyBody {
             ready,
             body,
             idle_for,
-            idle: Box::pin(tokio::time::sleep(idle_for)),
+            idle_at: Instant::now() + idle_for,
+            idle: None,
             upstream,
             failed: None,
             failing: None,
@@ -297,12 +304,22 @@ impl Streamed {
             let frame = match Pin::new(&mut self.body).poll_frame(cx) {
                 Poll::Ready(frame) => frame,
                 Poll::Pending => {
-                    ready!(self.idle.as_mut().poll(cx));
+                    let at = self.idle_at;
+                    let idle = match &mut self.idle {
+                        Some(idle) => {
+                            if idle.deadline() != at {
+                                idle.as_mut().reset(at);
+                            }
+                            idle
+                        }
+                        None => self.idle.insert(Box::pin(tokio::time::sleep_until(at))),
+                    };
+                    ready!(idle.as_mut().poll(cx));
                     tracing::warn!(
                         upstream = %self.upstream, idle_timeout = ?self.idle_for,
                         "upstream response body fell silent; aborting the client's response"
                     );
-                    self.idle.as_mut().reset(Instant::now() + self.idle_for);
+                    self.idle_at = Instant::now() + self.idle_for;
                     if let Some(w) = self.watch.take() {
                         w.broke("idle timeout");
                     }
@@ -332,11 +349,11 @@ impl Streamed {
                         self.grew = true;
                     }
                     Ok(empty) => {
-                        self.idle.as_mut().reset(Instant::now() + self.idle_for);
+                        self.idle_at = Instant::now() + self.idle_for;
                         return Poll::Ready(Some(Ok(Frame::data(empty))));
                     }
                     Err(frame) => {
-                        self.idle.as_mut().reset(Instant::now() + self.idle_for);
+                        self.idle_at = Instant::now() + self.idle_for;
                         return Poll::Ready(Some(Ok(frame)));
                     }
                 },
@@ -352,7 +369,7 @@ impl Streamed {
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        self.idle.as_mut().reset(Instant::now() + self.idle_for);
+        self.idle_at = Instant::now() + self.idle_for;
         // A body of known length ends with its last data frame (hyper may never poll it
         // again): that is a clean end for the broken-stream count.
         if self.failing.is_none()

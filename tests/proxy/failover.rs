@@ -380,6 +380,47 @@ async fn idle_timeout_ends_the_stream_with_an_error_and_keeps_the_binding() {
     assert_eq!(proxy.bound("conv-1").as_deref(), Some("a"));
 }
 
+/// `--idle-timeout` bounds the silence between the upstream's frames, not the answer:
+/// events each within it, over several times it in all, all reach the client and the
+/// stream ends cleanly (the timer counts from the last frame handed on, and a body that
+/// waits builds it only then).
+#[tokio::test]
+async fn an_answer_longer_than_the_idle_timeout_whose_events_each_come_within_it_is_whole() {
+    let a = Account::start(
+        "a",
+        Mode::Sse {
+            chunks: 8,
+            gap: Duration::from_millis(120),
+        },
+    )
+    .await;
+    // 300 ms idle timeout (config), about 1 s of events.
+    let proxy = Proxy::start(config(ups(&[&a]))).await;
+    let started = std::time::Instant::now();
+    let res = proxy
+        .send(proxy.req(Some("conv-1")).body(Full::default()).unwrap())
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = within("whole answer", res.into_body().collect())
+        .await
+        .expect("no idle timeout between events 120 ms apart")
+        .to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    for i in 1..=8 {
+        assert!(
+            text.contains(&format!("data: {i}\n\n")),
+            "event {i}: {text}"
+        );
+    }
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert!(
+        started.elapsed() > Duration::from_millis(600),
+        "the answer outlasted the idle timeout: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(proxy.bound("conv-1").as_deref(), Some("a"));
+}
+
 #[tokio::test]
 async fn malformed_chunked_request_body_gets_400_and_clears_nothing() {
     let a = Account::start("a", Mode::Echo).await;
