@@ -480,11 +480,10 @@ where
         }
         let idle = self.idle;
         self.inner.call(req.map(|body| {
-            let now = Instant::now();
             Box::pin(Deadline {
                 inner: body,
-                sleep: tokio::time::sleep_until(now + deadline.limit),
-                idle: tokio::time::sleep_until(now + idle),
+                ends_by: Instant::now() + deadline.limit,
+                timers: None,
                 idle_for: idle,
                 idle_armed: false,
                 deadline,
@@ -565,18 +564,18 @@ pin_project_lite::pin_project! {
     /// when it has not ended by its deadline (the timer runs from the request head).
     /// Both timers are looked at only while the body has nothing to hand on, so bytes
     /// that did arrive in time are never refused, and a body that is there with its
-    /// head (most are) never registers a timer at all.
+    /// head (most are) never builds a timer at all.
     pub(crate) struct Deadline<B> {
         #[pin]
         inner: B,
-        #[pin]
-        sleep: Sleep,
-        // The idle timer: `idle_for` from the first poll that finds nothing, and again
+        // When the whole body must have arrived (`--body-timeout` from the head).
+        ends_by: Instant,
+        // The timers, built the first time the body has nothing to hand on: `ends_by`'s,
+        // and the idle one, `idle_for` from the first poll that finds nothing, and again
         // after each frame. (Not from the head: time the proxy takes before it first
         // reads the body, e.g. connecting upstream before hyper sends `100 Continue`,
         // is not the client's.)
-        #[pin]
-        idle: Sleep,
+        timers: Option<Pin<Box<Timers>>>,
         idle_for: Duration,
         // `idle`'s deadline is current; a frame makes it stale.
         idle_armed: bool,
@@ -586,6 +585,16 @@ pin_project_lite::pin_project! {
         // look like a body of unknown length, reserving --max-body-buffer in the budget,
         // and be sent upstream chunked).
         empty: bool,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A [`Deadline`]'s two timers, in one allocation.
+    struct Timers {
+        #[pin]
+        ends: Sleep,
+        #[pin]
+        idle: Sleep,
     }
 }
 
@@ -601,20 +610,35 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
-        let mut this = self.project();
+        let this = self.project();
         if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
             *this.idle_armed = false;
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        if !*this.idle_armed {
-            // The first wait since a frame: the silence starts now.
-            this.idle.as_mut().reset(Instant::now() + *this.idle_for);
-            *this.idle_armed = true;
-        }
-        if this.idle.poll(cx).is_ready() {
+        let timers = match this.timers {
+            Some(timers) => {
+                if !*this.idle_armed {
+                    // The first wait since a frame: the silence starts now.
+                    timers
+                        .as_mut()
+                        .project()
+                        .idle
+                        .reset(Instant::now() + *this.idle_for);
+                }
+                timers
+            }
+            // The first wait of all: the silence starts now.
+            None => this.timers.insert(Box::pin(Timers {
+                ends: tokio::time::sleep_until(*this.ends_by),
+                idle: tokio::time::sleep(*this.idle_for),
+            })),
+        };
+        *this.idle_armed = true;
+        let timers = timers.as_mut().project();
+        if timers.idle.poll(cx).is_ready() {
             return Poll::Ready(Some(Err(Box::new(BodyIdle(*this.idle_for)))));
         }
-        ready!(this.sleep.poll(cx));
+        ready!(timers.ends.poll(cx));
         this.deadline.expired.store(true, Ordering::Release);
         Poll::Ready(Some(Err(Box::new(BodyTimedOut(this.deadline.limit)))))
     }
