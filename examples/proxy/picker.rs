@@ -190,18 +190,17 @@ impl Picker {
         } else {
             self.next.fetch_add(1, Ordering::Relaxed)
         };
-        let ring = (0..n).map(|k| (start + k) % n);
-        let cold: Vec<usize> = ring
-            .clone()
-            .filter(|&i| !self.cooldowns.is_cooling(i))
-            .collect();
-        let hot = ring.filter(|&i| self.cooldowns.is_cooling(i));
-        for i in cold.into_iter().chain(hot) {
-            if order.len() == attempts {
-                break;
-            }
-            if !order.contains(&i) {
-                order.push(i);
+        // The ring from `start`: the accounts not cooling down first, then the others
+        // (two passes, nothing collected).
+        for cooling in [false, true] {
+            for k in 0..n {
+                if order.len() == attempts {
+                    break;
+                }
+                let i = (start + k) % n;
+                if self.cooldowns.is_cooling(i) == cooling && !order.contains(&i) {
+                    order.push(i);
+                }
             }
         }
         Plan { order, how }
@@ -229,5 +228,53 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.picker.in_flight[self.i].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn picker(n: usize) -> Picker {
+        let upstreams = (0..n)
+            .map(|k| Upstream::new(&format!("a{k}"), "http://127.0.0.1:9").unwrap())
+            .collect();
+        Picker::new(upstreams, None)
+    }
+
+    #[test]
+    fn an_unpinned_plan_takes_the_ring_from_the_next_account_and_the_cooling_ones_last() {
+        let p = picker(4);
+        // Round-robin start moves by one per unpinned plan.
+        assert_eq!(p.plan(None, false, 4).order, [0, 1, 2, 3]);
+        assert_eq!(p.plan(None, false, 4).order, [1, 2, 3, 0]);
+        p.cool(2, Duration::from_secs(60), CoolReason::RateLimited);
+        assert_eq!(p.plan(None, false, 4).order, [3, 0, 1, 2]);
+        assert_eq!(
+            p.plan(None, false, 4).order,
+            [3, 0, 1, 2],
+            "from 3: 2 goes last"
+        );
+        assert_eq!(p.plan(None, false, 4).order, [0, 1, 3, 2]);
+        // Fewer attempts than accounts: the first of that order.
+        assert_eq!(p.plan(None, false, 2).order, [1, 3]);
+        p.cool(0, Duration::from_secs(60), CoolReason::Unreachable);
+        assert_eq!(p.plan(None, false, 4).order, [3, 1, 2, 0]);
+    }
+
+    #[test]
+    fn a_pinned_plan_starts_at_its_pin_and_a_cooling_pin_goes_by_the_ring() {
+        let p = picker(3);
+        let a1 = p.upstreams()[1].name().clone();
+        let plan = p.plan(Some(&a1), false, 3);
+        assert_eq!((plan.order, plan.how), (vec![1, 0, 2], Pick::Pinned));
+        let plan = p.plan(Some(&a1), true, 3);
+        assert_eq!((plan.order, plan.how), (vec![1], Pick::HardPinned));
+        p.cool(1, Duration::from_secs(60), CoolReason::RateLimited);
+        let plan = p.plan(Some(&a1), false, 3);
+        assert_eq!(plan.how, Pick::PinCooling);
+        assert_eq!(*plan.order.last().unwrap(), 1, "the cooling pin last");
     }
 }
