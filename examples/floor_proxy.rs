@@ -26,7 +26,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::Uri;
 use http_body::{Body, Frame};
 use hyper::body::Incoming;
@@ -34,6 +34,11 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
+
+#[path = "proxy/gathered.rs"]
+mod gathered;
+
+use gathered::{GATHER_MAX, Gathered};
 
 // The allocator as in the example proxy: on Unix mimalloc is the process's `malloc`
 // (its `override` feature), linked for it; elsewhere `MiMalloc`.
@@ -91,13 +96,6 @@ fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> FloorError {
     std::io::Error::other(e)
 }
 
-/// Most bytes gathered into one frame (the example proxy's `GATHER_MAX`).
-const GATHER_MAX: usize = 64 * 1024;
-
-/// The room a gathering buffer starts with once a second frame joins the first (the
-/// example proxy's `GATHER_ROOM`).
-const GATHER_ROOM: usize = 1024;
-
 /// The upstream's response body: ready data frames gathered into one; the connection
 /// goes back to this thread's pool once the body has ended.
 ///
@@ -106,7 +104,7 @@ const GATHER_ROOM: usize = 1024;
 /// nothing, the relay yields (waking itself) to let that task decode what it has already
 /// read, and hands on what it gathered once a poll brings nothing, or at [`GATHER_MAX`]:
 /// the example proxy's rule (`Streamed::gather` in `examples/proxy/timeouts.rs`), with its
-/// buffer (the first frame kept as it is, a copy only once a second one joins it). As
+/// buffer, [`Gathered`] (the same file as the proxy's). As
 /// there, the frames ready when the response head arrives are gathered before it is
 /// answered, and a body that ended by then is sent with its length, in one write with
 /// the head. Trailers are dropped (the benchmark's upstream sends none); an upstream
@@ -114,8 +112,7 @@ const GATHER_ROOM: usize = 1024;
 struct Relay {
     body: Incoming,
     back: Option<(usize, SendRequest<Incoming>)>,
-    one: Option<Bytes>,
-    many: BytesMut,
+    ready: Gathered,
     failed: Option<hyper::Error>,
     /// Data came in since the last yield.
     grew: bool,
@@ -127,48 +124,29 @@ impl Relay {
         Self {
             body,
             back: Some(back),
-            one: None,
-            many: BytesMut::new(),
+            ready: Gathered::default(),
             failed: None,
             grew: false,
             ended: false,
         }
     }
 
-    fn len(&self) -> usize {
-        self.one.as_ref().map_or(0, Bytes::len) + self.many.len()
-    }
-
-    fn push(&mut self, data: Bytes) {
-        if let Some(one) = self.one.take() {
-            self.many.reserve((one.len() + data.len()).max(GATHER_ROOM));
-            self.many.extend_from_slice(&one);
-            self.many.extend_from_slice(&data);
-        } else if self.many.is_empty() {
-            self.one = Some(data);
-        } else {
-            self.many.extend_from_slice(&data);
-        }
-    }
-
     fn take(&mut self) -> Option<Bytes> {
         self.grew = false;
-        self.one
-            .take()
-            .or_else(|| (!self.many.is_empty()).then(|| self.many.split().freeze()))
+        self.ready.take()
     }
 
     /// Takes in the frames ready now, up to [`GATHER_MAX`]; `true` when the caller
     /// should yield and come back: nothing more was ready, but data came in since the
     /// last yield, so the connection task may well have more.
     fn gather(&mut self, cx: &mut Context<'_>) -> bool {
-        while !self.ended && self.failed.is_none() && self.len() < GATHER_MAX {
+        while !self.ended && self.failed.is_none() && self.ready.len() < GATHER_MAX {
             match Pin::new(&mut self.body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data()
                         && !data.is_empty()
                     {
-                        self.push(data);
+                        self.ready.push(data);
                         self.grew = true;
                     }
                 }
@@ -211,7 +189,7 @@ impl Body for Relay {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended && self.failed.is_none() && self.len() == 0
+        self.ended && self.failed.is_none() && self.ready.is_empty()
     }
 }
 
@@ -342,7 +320,7 @@ async fn run(reuse_port: bool) {
                     if relay.ended && relay.failed.is_none() && !bodiless {
                         head.headers.remove(http::header::TRANSFER_ENCODING);
                         head.headers
-                            .insert(http::header::CONTENT_LENGTH, relay.len().into());
+                            .insert(http::header::CONTENT_LENGTH, relay.ready.len().into());
                     }
                     Ok::<_, std::io::Error>(http::Response::from_parts(head, relay))
                 }

@@ -42,6 +42,8 @@ pub(crate) mod budget;
 pub(crate) mod cooldown;
 #[path = "failover.rs"]
 pub(crate) mod failover;
+#[path = "gathered.rs"]
+pub(crate) mod gathered;
 #[path = "hygiene.rs"]
 pub(crate) mod hygiene;
 #[path = "keys.rs"]

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
@@ -21,6 +21,7 @@ use tower::Service;
 use tower_sticky_session::AuthId;
 
 use super::broken::Watch;
+use super::gathered::{GATHER_MAX, Gathered};
 use super::picker::InFlight;
 use super::serve::CloseConnection;
 use super::{BoxError, ErrorChain};
@@ -67,15 +68,6 @@ impl fmt::Display for IdleTimeout {
 }
 
 impl std::error::Error for IdleTimeout {}
-
-/// Most bytes [`ProxyBody`] gathers into one frame from upstream frames that are ready
-/// together (the size of the connection's write buffer, `serve::CONN_BUF`).
-pub(crate) const GATHER_MAX: usize = 64 * 1024;
-
-/// The room a gathering buffer starts with once a second frame joins the first: a few
-/// events' worth, and no more than the allocator's small-block size (mimalloc's fast path
-/// ends at 1 KiB).
-const GATHER_ROOM: usize = 1024;
 
 /// The proxy's response body: the upstream's body (its first chunk, already read, then
 /// the rest as it arrives, each frame within `--idle-timeout`), or a short message of the
@@ -135,44 +127,6 @@ pub(crate) struct Streamed {
     _in_flight: Option<InFlight>,
     /// Told how the stream ended, if it ends by itself (`--max-broken-streams`).
     watch: Option<Watch>,
-}
-
-/// Data frames gathered into one: the first kept as it is, a copy only once a second one
-/// joins it.
-#[derive(Default)]
-struct Gathered {
-    one: Option<Bytes>,
-    many: BytesMut,
-}
-
-impl Gathered {
-    fn len(&self) -> usize {
-        self.one.as_ref().map_or(0, Bytes::len) + self.many.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.one.is_none() && self.many.is_empty()
-    }
-
-    fn push(&mut self, data: Bytes) {
-        if let Some(one) = self.one.take() {
-            // Room for more than these two, so that the ones after them do not grow
-            // the buffer again.
-            self.many.reserve((one.len() + data.len()).max(GATHER_ROOM));
-            self.many.extend_from_slice(&one);
-            self.many.extend_from_slice(&data);
-        } else if self.many.is_empty() {
-            self.one = Some(data);
-        } else {
-            self.many.extend_from_slice(&data);
-        }
-    }
-
-    fn take(&mut self) -> Option<Bytes> {
-        self.one
-            .take()
-            .or_else(|| (!self.many.is_empty()).then(|| self.many.split().freeze()))
-    }
 }
 
 impl ProxyBody {
