@@ -35,14 +35,8 @@ fi
 cargo build --release --example bench_server >&2
 SERVER=target/release/examples/bench_server
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+# $work (a temporary directory) and $pids (processes to stop), both cleaned up on exit.
+source benches/support/proxy_bench.sh
 
 pin() { # pin CPU command...
     local cpu=$1; shift

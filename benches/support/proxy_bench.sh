@@ -1,6 +1,7 @@
-# Shared by the proxy's benchmark scripts (peers.sh, proxy_instructions.sh, ab.sh), sourced
-# from the repository's root: a work directory and the processes to stop on exit, free
-# loopback ports, and the upstream all of them run the proxy in front of.
+# Shared by the benchmark scripts, sourced from the repository's root: a work directory
+# and the processes to stop on exit (all of them, e2e.sh too), free loopback ports, and
+# the upstream the proxy's scripts (peers.sh, proxy_instructions.sh, ab.sh) run it in
+# front of.
 
 # $work (a new temporary directory) and $pids (processes to stop), both cleaned up on exit.
 work=$(mktemp -d)
