@@ -228,10 +228,17 @@ impl Upstream {
     /// The target of a request for `original` on a connection of the account's own:
     /// origin-form (`/path?query`, behind the URL's path prefix).
     pub(crate) fn origin_target(&self, original: &Uri) -> Result<Uri, http::Error> {
-        let pq = original.path_and_query().map_or("/", PathAndQuery::as_str);
         Ok(if self.prefix.is_empty() {
-            Uri::from(PathAndQuery::try_from(pq)?)
+            // The client's own path and query, shared, not copied: parsed and checked
+            // once already, when the request was.
+            Uri::from(
+                original
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            )
         } else {
+            let pq = original.path_and_query().map_or("/", PathAndQuery::as_str);
             Uri::from(PathAndQuery::try_from(format!("{}{pq}", self.prefix))?)
         })
     }
