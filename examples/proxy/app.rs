@@ -44,6 +44,8 @@ pub(crate) mod cooldown;
 pub(crate) mod failover;
 #[path = "gathered.rs"]
 pub(crate) mod gathered;
+#[path = "handoff.rs"]
+pub(crate) mod handoff;
 #[path = "hygiene.rs"]
 pub(crate) mod hygiene;
 #[path = "keys.rs"]

@@ -13,8 +13,8 @@
 //! a body over `--max-body-buffer`: it is not read for a session (sticky by header
 //! only), and it gets one attempt (no replay). The request is served, never refused;
 //! what the budget gives up is failover for that one request. The reservation is a
-//! [`Buffering`] request extension; it is released when the request's last holder drops
-//! it (failover keeps it until the response is returned).
+//! [`Buffering`], carried in the request's [`Handoff`]; it is released when the
+//! request's last holder drops it (failover keeps it until the response is returned).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -25,6 +25,8 @@ use http::{Request, header};
 use http_body::Body;
 use tower::Service;
 use tower_sticky_session::body_session::BufferedBody;
+
+use super::handoff::Handoff;
 
 /// The budget: how many bytes of request bodies may be buffered at once. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -85,7 +87,7 @@ impl BufferBudget {
     }
 }
 
-/// A request's place in the budget (a request extension).
+/// A request's place in the budget (in the request's [`Handoff`]).
 #[derive(Clone, Debug)]
 pub(crate) enum Buffering {
     /// Its body may be buffered; the bytes are released when the last clone is dropped.
@@ -187,7 +189,7 @@ where
                     Buffering::Refused
                 }
             };
-            req.extensions_mut().insert(buffering);
+            Handoff::of(req.extensions_mut()).buffering = Some(buffering);
         }
         self.inner.call(req)
     }
@@ -224,7 +226,10 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        if matches!(req.extensions().get(), Some(Buffering::Refused)) {
+        if matches!(
+            Handoff::buffering(req.extensions()),
+            Some(Buffering::Refused)
+        ) {
             Either::Right(self.direct.call(req.map(BufferedBody::new)))
         } else {
             Either::Left(self.reader.call(req))

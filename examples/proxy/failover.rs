@@ -60,6 +60,7 @@ use tower_sticky_session::{
 use super::broken::BrokenStreams;
 use super::budget::Buffering;
 use super::cooldown::{CoolReason, retry_after};
+use super::handoff::Handoff;
 use super::logfmt;
 use super::picker::{InFlight, Picker, Plan};
 use super::pool::{Pool, Transport};
@@ -278,10 +279,13 @@ where
             None
         };
         let binding = parts.extensions.remove::<Binding>();
-        let conn = parts.extensions.remove::<ConnActivity>();
-        // Held until the response is returned: the replay buffer's place in the budget.
-        let buffering = parts.extensions.remove::<Buffering>();
-        let deadline = parts.extensions.remove::<BodyDeadline>();
+        // `buffering` is held until the response is returned: the replay buffer's place
+        // in the budget.
+        let Handoff {
+            conn,
+            deadline,
+            buffering,
+        } = Handoff::take(&mut parts.extensions);
         // Nothing of this process's request extensions is for the upstream.
         parts.extensions = http::Extensions::new();
         let plan = self.picker.plan(pinned.as_ref(), hard, self.cfg.attempts);

@@ -72,6 +72,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tower::Service;
 
+use super::handoff::Handoff;
 use super::{BoxError, ErrorChain};
 
 /// Response bytes buffered per connection (HTTP/1 write buffer, HTTP/2 send buffer);
@@ -144,7 +145,7 @@ pub(crate) enum Drained {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct CloseConnection;
 
-/// One connection's activity, in every request's extensions: take a [`Busy`] guard to
+/// One connection's activity, in every request's [`Handoff`]: take a [`Busy`] guard to
 /// keep the connection counted as open (no idle timeout, no drain) for as long as it
 /// lives — e.g. for an upgraded (`101`) socket, taken before the 101 is returned and
 /// moved into the task that serves the socket.
@@ -789,8 +790,7 @@ where
         if req.extensions().is_empty() {
             *req.extensions_mut() = presized_extensions();
         }
-        req.extensions_mut()
-            .insert(ConnActivity(self.activity.clone()));
+        Handoff::of(req.extensions_mut()).conn = Some(ConnActivity(self.activity.clone()));
         TrackFuture {
             inner: self.inner.call(req),
             busy: Some(busy),
@@ -799,10 +799,10 @@ where
     }
 }
 
-/// An empty [`http::Extensions`] with room for fourteen values: a request gets about
-/// ten on its way through the proxy (this connection's activity, the tenant, the body
-/// budget and deadline, the body's signals, the sticky layer's session, source, key and
-/// pin). Into an empty map they would be inserted with two reallocations and rehashes
+/// An empty [`http::Extensions`] with room for fourteen values: a request gets six to
+/// nine on its way through the proxy (the proxy's [`Handoff`], the tenant, the body's
+/// signals, the sticky layer's session, source, key, pin and, for an upgrade, its slot).
+/// Into an empty map they would be inserted with one or two reallocations and rehashes
 /// (at the fourth and the eighth); a clone of a map that once held eight values keeps
 /// its sixteen slots, so this costs one allocation.
 fn presized_extensions() -> http::Extensions {

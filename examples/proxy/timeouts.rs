@@ -22,6 +22,7 @@ use tower_sticky_session::AuthId;
 
 use super::broken::Watch;
 use super::gathered::{GATHER_MAX, Gathered};
+use super::handoff::Handoff;
 use super::picker::InFlight;
 use super::serve::CloseConnection;
 use super::{BoxError, ErrorChain};
@@ -395,7 +396,7 @@ impl Body for ProxyBody {
 pub(crate) type ClientBody = Pin<Box<Deadline<Incoming>>>;
 
 /// Wraps every request body in [`ClientBody`] before the rest of the stack runs, and
-/// puts its [`BodyDeadline`] in the request's extensions.
+/// puts its [`BodyDeadline`] in the request's [`Handoff`].
 #[derive(Clone)]
 pub(crate) struct ClientBodyTimeout<S> {
     inner: S,
@@ -430,7 +431,7 @@ where
         };
         let empty = req.body().is_end_stream();
         if !empty {
-            req.extensions_mut().insert(deadline.clone());
+            Handoff::of(req.extensions_mut()).deadline = Some(deadline.clone());
         }
         let idle = self.idle;
         self.inner.call(req.map(|body| {
@@ -447,8 +448,8 @@ where
     }
 }
 
-/// Whether a request's body missed its `--body-timeout` (a request extension; failover
-/// answers 408 instead of 400 when it did).
+/// Whether a request's body missed its `--body-timeout` (in the request's [`Handoff`];
+/// failover answers 408 instead of 400 when it did).
 #[derive(Clone, Debug)]
 pub(crate) struct BodyDeadline {
     expired: Arc<AtomicBool>,
