@@ -40,6 +40,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
@@ -241,8 +242,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let shared = self.shared.clone();
-        Box::pin(async move { Ok(shared.handle(req).await) })
+        Box::pin(self.shared.clone().handle(req).map(Ok))
     }
 }
 
@@ -265,11 +265,14 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    async fn handle(&self, req: Request<B>) -> Response<ProxyBody> {
+    /// Failover for one request: each account of the plan in turn, the access line.
+    ///
+    /// Not an `async fn` (see [`Pool::send`]): what is taken out of the request here is
+    /// held once by the returned future, which every request boxes.
+    fn handle(self: Arc<Self>, req: Request<B>) -> impl Future<Output = Response<ProxyBody>> {
         let (mut parts, body) = req.into_parts();
         let session = parts.extensions.remove::<SessionId>();
         let source = parts.extensions.remove::<SessionSource>();
-        let source = LogSource(source.as_ref());
         let key = parts.extensions.remove::<BindingKey>();
         let pinned = parts.extensions.remove::<PinnedAuth>().map(|p| p.0);
         let hard = pinned.is_some() && hard_pinned(&parts.extensions);
@@ -289,166 +292,171 @@ where
         // Nothing of this process's request extensions is for the upstream.
         parts.extensions = http::Extensions::new();
         let plan = self.picker.plan(pinned.as_ref(), hard, self.cfg.attempts);
-        if let Some(upgrade) = upgrade {
-            let ctx = WsRequest {
-                upgrade,
-                binding,
-                conn,
-                session: session.as_ref(),
-                key: key.as_ref(),
-                pinned: pinned.as_ref(),
-            };
-            return self.websocket(parts, plan, ctx).await;
-        }
+        async move {
+            let source = LogSource(source.as_ref());
+            if let Some(upgrade) = upgrade {
+                let ctx = WsRequest {
+                    upgrade,
+                    binding,
+                    conn,
+                    session: session.as_ref(),
+                    key: key.as_ref(),
+                    pinned: pinned.as_ref(),
+                };
+                // Boxed: an upgrade is rare beside plain requests, and its future would
+                // otherwise add to the size of every request's.
+                return Box::pin(self.websocket(parts, plan, ctx)).await;
+            }
 
-        let client_failed = Arc::new(AtomicBool::new(false));
-        let mut streamed = None;
-        let replay = if body.is_end_stream() {
-            Some((Bytes::new(), None))
-        } else if matches!(buffering, Some(Buffering::Refused)) {
-            // --max-buffered-total is spent: streamed through, one attempt.
-            streamed = Some(UpBody::Chain {
-                prefix: VecDeque::new(),
-                rest: body,
-                client_failed: client_failed.clone(),
-            });
-            None
-        } else {
-            match buffer(body, self.cfg.max_body_buffer, &parts.headers).await {
-                Ok(Buffered::Complete(data, trailers)) => {
-                    if let Some(Buffering::Granted(grant)) = &buffering {
-                        grant.shrink_to(data.len());
+            let client_failed = Arc::new(AtomicBool::new(false));
+            let mut streamed = None;
+            let replay = if body.is_end_stream() {
+                Some((Bytes::new(), None))
+            } else if matches!(buffering, Some(Buffering::Refused)) {
+                // --max-buffered-total is spent: streamed through, one attempt.
+                streamed = Some(UpBody::Chain(Box::new(Chain {
+                    prefix: VecDeque::new(),
+                    rest: body,
+                    client_failed: client_failed.clone(),
+                })));
+                None
+            } else {
+                match buffer(body, self.cfg.max_body_buffer, &parts.headers).await {
+                    Ok(Buffered::Complete(data, trailers)) => {
+                        if let Some(Buffering::Granted(grant)) = &buffering {
+                            grant.shrink_to(data.len());
+                        }
+                        Some((data, trailers))
                     }
-                    Some((data, trailers))
+                    Ok(Buffered::Partial(prefix, rest)) => {
+                        streamed = Some(UpBody::Chain(Box::new(Chain {
+                            prefix,
+                            rest,
+                            client_failed: client_failed.clone(),
+                        })));
+                        None
+                    }
+                    Err(e) => {
+                        let res = client_body_failed(deadline.as_ref());
+                        tracing::info!(
+                            method = %parts.method, path = parts.uri.path(),
+                            session = %LogSession(session.as_ref()), error = %ErrorChain(&*e.into()),
+                            status = res.status().as_u16(),
+                            "the client's request body is malformed, broke off or came too slowly"
+                        );
+                        return res;
+                    }
                 }
-                Ok(Buffered::Partial(prefix, rest)) => {
-                    streamed = Some(UpBody::Chain {
-                        prefix,
-                        rest,
-                        client_failed: client_failed.clone(),
-                    });
-                    None
-                }
-                Err(e) => {
-                    let res = client_body_failed(deadline.as_ref());
-                    tracing::info!(
-                        method = %parts.method, path = parts.uri.path(),
-                        session = %LogSession(session.as_ref()), error = %ErrorChain(&*e.into()),
-                        status = res.status().as_u16(),
-                        "the client's request body is malformed, broke off or came too slowly"
-                    );
-                    return res;
+            };
+            strip_hop_by_hop(&mut parts.headers);
+            // The client sets Host from the target URL: upstreams route on their own name.
+            parts.headers.remove(header::HOST);
+            parts.version = Version::HTTP_11;
+
+            let tries = if replay.is_some() {
+                &plan.order[..]
+            } else {
+                &plan.order[..1]
+            };
+            let mut pinned_failed = false;
+            // The last attempt's answer and the index of its account.
+            let mut answer = None;
+            // The attempt (from 0) whose account answered last, for the log's `pick`.
+            let mut answered = 0;
+            for (k, &i) in tries.iter().enumerate() {
+                let up = &self.picker.upstreams()[i];
+                let body = match &replay {
+                    Some((data, trailers)) => UpBody::Full {
+                        data: (!data.is_empty()).then(|| data.clone()),
+                        trailers: trailers.clone(),
+                    },
+                    None => streamed.take().expect("a streamed body gets one attempt"),
+                };
+                match self
+                    .attempt(i, up, &parts, body, &client_failed, key.as_ref())
+                    .await
+                {
+                    Attempt::Served(res) => {
+                        answer = Some((res, i));
+                        answered = k;
+                        break;
+                    }
+                    Attempt::ClientBody => {
+                        let res = client_body_failed(deadline.as_ref());
+                        tracing::info!(
+                            method = %parts.method, path = parts.uri.path(),
+                            session = %LogSession(session.as_ref()), upstream = %up.name(),
+                            status = res.status().as_u16(),
+                            "the client's request body broke off or came too slowly while it was forwarded"
+                        );
+                        return res;
+                    }
+                    Attempt::Local => {
+                        tracing::warn!(
+                            method = %parts.method, path = parts.uri.path(),
+                            session = %LogSession(session.as_ref()), upstream = %up.name(),
+                            "503: the proxy is out of local resources (descriptors, buffers, memory); no account blamed"
+                        );
+                        return local_unavailable();
+                    }
+                    Attempt::Failed(res, why) => {
+                        pinned_failed |= pinned.as_ref() == Some(up.name());
+                        let last = k + 1 == tries.len();
+                        if !last {
+                            self.picker.count_retry();
+                        }
+                        tracing::info!(
+                            method = %parts.method, path = parts.uri.path(),
+                            session = %LogSession(session.as_ref()), upstream = %up.name(),
+                            pick = plan.how.label(k), attempt = k + 1, status = res.status().as_u16(),
+                            why, last, "attempt failed"
+                        );
+                        answer = Some((res, i));
+                        answered = k;
+                    }
                 }
             }
-        };
-        strip_hop_by_hop(&mut parts.headers);
-        // The client sets Host from the target URL: upstreams route on their own name.
-        parts.headers.remove(header::HOST);
-        parts.version = Version::HTTP_11;
-
-        let tries = if replay.is_some() {
-            &plan.order[..]
-        } else {
-            &plan.order[..1]
-        };
-        let mut pinned_failed = false;
-        // The last attempt's answer and the index of its account.
-        let mut answer = None;
-        // The attempt (from 0) whose account answered last, for the log's `pick`.
-        let mut answered = 0;
-        for (k, &i) in tries.iter().enumerate() {
-            let up = &self.picker.upstreams()[i];
-            let body = match &replay {
-                Some((data, trailers)) => UpBody::Full {
-                    data: (!data.is_empty()).then(|| data.clone()),
-                    trailers: trailers.clone(),
-                },
-                None => streamed.take().expect("a streamed body gets one attempt"),
-            };
-            match self
-                .attempt(i, up, &parts, body, &client_failed, key.as_ref())
-                .await
-            {
-                Attempt::Served(res) => {
-                    answer = Some((res, i));
-                    answered = k;
-                    break;
-                }
-                Attempt::ClientBody => {
-                    let res = client_body_failed(deadline.as_ref());
-                    tracing::info!(
-                        method = %parts.method, path = parts.uri.path(),
-                        session = %LogSession(session.as_ref()), upstream = %up.name(),
-                        status = res.status().as_u16(),
-                        "the client's request body broke off or came too slowly while it was forwarded"
-                    );
-                    return res;
-                }
-                Attempt::Local => {
-                    tracing::warn!(
-                        method = %parts.method, path = parts.uri.path(),
-                        session = %LogSession(session.as_ref()), upstream = %up.name(),
-                        "503: the proxy is out of local resources (descriptors, buffers, memory); no account blamed"
-                    );
-                    return local_unavailable();
-                }
-                Attempt::Failed(res, why) => {
-                    pinned_failed |= pinned.as_ref() == Some(up.name());
-                    let last = k + 1 == tries.len();
-                    if !last {
-                        self.picker.count_retry();
-                    }
-                    tracing::info!(
-                        method = %parts.method, path = parts.uri.path(),
-                        session = %LogSession(session.as_ref()), upstream = %up.name(),
-                        pick = plan.how.label(k), attempt = k + 1, status = res.status().as_u16(),
-                        why, last, "attempt failed"
-                    );
-                    answer = Some((res, i));
-                    answered = k;
-                }
+            let (res, served_by) = answer.expect("at least one attempt");
+            let final_name = self.picker.upstreams()[served_by].name();
+            if pinned_failed {
+                self.unbind_failed_pin(key.as_ref(), pinned.as_ref(), Some(final_name))
+                    .await;
             }
-        }
-        let (res, served_by) = answer.expect("at least one attempt");
-        let final_name = self.picker.upstreams()[served_by].name();
-        if pinned_failed {
-            self.unbind_failed_pin(key.as_ref(), pinned.as_ref(), Some(final_name))
-                .await;
-        }
-        let (method, path, session) = (
-            &parts.method,
-            parts.uri.path(),
-            LogSession(session.as_ref()),
-        );
-        let (pick, status) = (plan.how.label(answered), res.status().as_u16());
-        // The access line: straight to the log writer when it can be (logfmt::direct),
-        // else the same event through `tracing`. Asked as the event with its fields, so
-        // that `RUST_LOG` directives on field names decide as they do for the event.
-        if tracing::event_enabled!(
-            tracing::Level::INFO,
-            message,
-            method,
-            path,
-            session,
-            source,
-            upstream,
-            pick,
-            status
-        ) && !logfmt::direct(module_path!(), "proxied", |l| {
-            l.display_str("method", method.as_str());
-            l.str("path", path);
-            l.display("session", session);
-            l.display("source", &source);
-            l.display_str("upstream", final_name.as_str());
-            l.str("pick", pick);
-            l.u64("status", status.into());
-        }) {
-            tracing::info!(
-                method = %method, path, %session, %source, upstream = %final_name, pick, status,
-                "proxied"
+            let (method, path, session) = (
+                &parts.method,
+                parts.uri.path(),
+                LogSession(session.as_ref()),
             );
+            let (pick, status) = (plan.how.label(answered), res.status().as_u16());
+            // The access line: straight to the log writer when it can be (logfmt::direct),
+            // else the same event through `tracing`. Asked as the event with its fields, so
+            // that `RUST_LOG` directives on field names decide as they do for the event.
+            if tracing::event_enabled!(
+                tracing::Level::INFO,
+                message,
+                method,
+                path,
+                session,
+                source,
+                upstream,
+                pick,
+                status
+            ) && !logfmt::direct(module_path!(), "proxied", |l| {
+                l.display_str("method", method.as_str());
+                l.str("path", path);
+                l.display("session", session);
+                l.display("source", &source);
+                l.display_str("upstream", final_name.as_str());
+                l.str("pick", pick);
+                l.u64("status", status.into());
+            }) {
+                tracing::info!(
+                    method = %method, path, %session, %source, upstream = %final_name, pick, status,
+                    "proxied"
+                );
+            }
+            res
         }
-        res
     }
 
     /// A WebSocket upgrade: each account of the plan in turn until one answers `101`
@@ -597,30 +605,35 @@ where
             let res = proxy_error(up, StatusCode::BAD_GATEWAY, "cannot build the upstream URL");
             return Err(Early::Failed(res, "bad URL"));
         };
-        let mut req = Request::new(body);
-        *req.method_mut() = parts.method.clone();
-        *req.uri_mut() = target;
-        *req.version_mut() = parts.version;
-        *req.headers_mut() = parts.headers.clone();
-        if let Via::Pool(_) = via {
-            // hyper-util's client sets it from the URL; a connection of our own does not.
-            req.headers_mut().insert(header::HOST, up.host().clone());
-        }
-        up.apply_key(req.headers_mut());
-        let in_flight = self.picker.start(i);
-        let sent = async {
-            match via {
-                Via::Client(client) => client
-                    .request(req)
-                    .await
-                    .map(|res| (res, None))
-                    .map_err(Transport::from),
-                Via::Pool(pool) => pool
-                    .send(i, up.origin(), req)
-                    .await
-                    .map(|(res, lease)| (res, Some(lease))),
+        // The request is built in this block, so that only the future it moves into
+        // keeps it across the wait (a local of this function would keep a second copy).
+        let sent = {
+            let mut req = Request::new(body);
+            *req.method_mut() = parts.method.clone();
+            *req.uri_mut() = target;
+            *req.version_mut() = parts.version;
+            *req.headers_mut() = parts.headers.clone();
+            if let Via::Pool(_) = via {
+                // hyper-util's client sets it from the URL; a connection of our own does
+                // not.
+                req.headers_mut().insert(header::HOST, up.host().clone());
+            }
+            up.apply_key(req.headers_mut());
+            async move {
+                match via {
+                    Via::Client(client) => client
+                        .request(req)
+                        .await
+                        .map(|res| (res, None))
+                        .map_err(Transport::from),
+                    Via::Pool(pool) => pool
+                        .send(i, up.origin(), req)
+                        .await
+                        .map(|(res, lease)| (res, Some(lease))),
+                }
             }
         };
+        let in_flight = self.picker.start(i);
         match tokio::time::timeout(self.cfg.upstream_timeout, sent).await {
             Ok(Ok((res, lease))) => Ok((res, in_flight.holding(lease))),
             Ok(Err(e)) => Err(Early::Transport(e)),
@@ -874,7 +887,7 @@ fn bad_request() -> Response<ProxyBody> {
 /// A request body read for replay: complete, or (over the limit) what was read so far and
 /// the rest of the stream.
 enum Buffered<B> {
-    Complete(Bytes, Option<HeaderMap>),
+    Complete(Bytes, Option<Box<HeaderMap>>),
     Partial(VecDeque<Bytes>, B),
 }
 
@@ -906,7 +919,10 @@ where
                 }
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
-                        return Ok(Buffered::Complete(concat(chunks, len), Some(trailers)));
+                        return Ok(Buffered::Complete(
+                            concat(chunks, len),
+                            Some(Box::new(trailers)),
+                        ));
                     }
                 }
             },
@@ -928,19 +944,25 @@ fn concat(mut chunks: VecDeque<Bytes>, len: usize) -> Bytes {
 
 /// The request body sent upstream: the buffered bytes (cloned for each attempt, no copy)
 /// or, for a body over the limit, what was read and then the rest of the client's stream.
+///
+/// Small (five words): a request is moved through several futures on its way to the
+/// account's connection, so the rare parts (trailers, a streamed body) are boxed.
 pub(crate) enum UpBody<B> {
     /// Kept for replay.
     Full {
         data: Option<Bytes>,
-        trailers: Option<HeaderMap>,
+        trailers: Option<Box<HeaderMap>>,
     },
     /// Streamed through (one attempt).
-    Chain {
-        prefix: VecDeque<Bytes>,
-        rest: B,
-        /// Set when the client's body fails, to tell that from an upstream failure.
-        client_failed: Arc<AtomicBool>,
-    },
+    Chain(Box<Chain<B>>),
+}
+
+/// A body streamed through: what was read, then the rest of the client's stream.
+pub(crate) struct Chain<B> {
+    prefix: VecDeque<Bytes>,
+    rest: B,
+    /// Set when the client's body fails, to tell that from an upstream failure.
+    client_failed: Arc<AtomicBool>,
 }
 
 impl<B> Body for UpBody<B>
@@ -960,13 +982,14 @@ where
                 if let Some(d) = data.take() {
                     return Poll::Ready(Some(Ok(Frame::data(d))));
                 }
-                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(*t))))
             }
-            UpBody::Chain {
-                prefix,
-                rest,
-                client_failed,
-            } => {
+            UpBody::Chain(chain) => {
+                let Chain {
+                    prefix,
+                    rest,
+                    client_failed,
+                } = &mut **chain;
                 if let Some(d) = prefix.pop_front() {
                     return Poll::Ready(Some(Ok(Frame::data(d))));
                 }
@@ -984,7 +1007,7 @@ where
     fn is_end_stream(&self) -> bool {
         match self {
             UpBody::Full { data, trailers } => data.is_none() && trailers.is_none(),
-            UpBody::Chain { prefix, rest, .. } => prefix.is_empty() && rest.is_end_stream(),
+            UpBody::Chain(chain) => chain.prefix.is_empty() && chain.rest.is_end_stream(),
         }
     }
 
@@ -993,9 +1016,9 @@ where
             UpBody::Full { data, .. } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            UpBody::Chain { prefix, rest, .. } => {
-                let pre: u64 = prefix.iter().map(|b| b.len() as u64).sum();
-                let inner = rest.size_hint();
+            UpBody::Chain(chain) => {
+                let pre: u64 = chain.prefix.iter().map(|b| b.len() as u64).sum();
+                let inner = chain.rest.size_hint();
                 let mut hint = SizeHint::new();
                 hint.set_lower(inner.lower() + pre);
                 if let Some(upper) = inner.upper() {

@@ -127,39 +127,46 @@ where
     /// Sends `req` (origin-form, with its `Host`) to account `i` at `uri` (its absolute
     /// URL, to connect to), on an idle connection or a new one. The connection comes
     /// back to the pool when the returned [`Lease`] is dropped.
-    pub(crate) async fn send(
+    ///
+    /// Not an `async fn`: an async fn's future keeps its arguments twice (as arguments
+    /// and as the locals its body moves them into), and the request is the largest
+    /// thing in every request's future; this one holds it once.
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
+    pub(crate) fn send(
         self: &Arc<Self>,
         i: usize,
         uri: &Uri,
         mut req: Request<B>,
-    ) -> Result<(Response<Incoming>, Lease<B>), Transport> {
-        loop {
-            let (mut tx, reused) = match self.checkout(i) {
-                Some(tx) => (tx, true),
-                // Boxed: connecting is the rare case, and its future would otherwise
-                // add to every request's (this one is inside the boxed future of each).
-                None => (Box::pin(self.connect(uri)).await?, false),
-            };
-            match tx.try_send_request(req).await {
-                Ok(res) => {
-                    let lease = Lease {
-                        pool: Arc::downgrade(self),
-                        i,
-                        tx: Some(tx),
-                    };
-                    return Ok((res, lease));
-                }
-                Err(mut e) => match e.take_message() {
-                    // The idle connection closed before it took the request: nothing was
-                    // sent, so it goes out again. A new connection ends this loop.
-                    Some(back) if reused => req = back,
-                    _ => {
-                        return Err(Transport {
-                            connect: false,
-                            error: Box::new(e.into_error()),
-                        });
+    ) -> impl Future<Output = Result<(Response<Incoming>, Lease<B>), Transport>> {
+        async move {
+            loop {
+                let (mut tx, reused) = match self.checkout(i) {
+                    Some(tx) => (tx, true),
+                    // Boxed: connecting is the rare case, and its future would otherwise
+                    // add to every request's (this one is inside the boxed future of each).
+                    None => (Box::pin(self.connect(uri)).await?, false),
+                };
+                match tx.try_send_request(req).await {
+                    Ok(res) => {
+                        let lease = Lease {
+                            pool: Arc::downgrade(self),
+                            i,
+                            tx: Some(tx),
+                        };
+                        return Ok((res, lease));
                     }
-                },
+                    Err(mut e) => match e.take_message() {
+                        // The idle connection closed before it took the request: nothing
+                        // was sent, so it goes out again. A new connection ends this loop.
+                        Some(back) if reused => req = back,
+                        _ => {
+                            return Err(Transport {
+                                connect: false,
+                                error: Box::new(e.into_error()),
+                            });
+                        }
+                    },
+                }
             }
         }
     }
