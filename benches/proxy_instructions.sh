@@ -12,6 +12,13 @@
 #   benches/proxy_instructions.sh                               # the release build, warn and info
 #   PROXY_BIN=target/proxy-before LEVELS=warn benches/proxy_instructions.sh
 #   SESSIONS=10000 DURATION=20 benches/proxy_instructions.sh
+#   SIM=1 LEVELS=info PROXY_ARGS=--no-body-session benches/proxy_instructions.sh
+#
+# SIM=1 adds callgrind's cache and branch simulation (its L1 caches are 32 KiB, 8-way,
+# 64-byte lines, as this machine's; no hardware counters can be read here) and prints,
+# per request, the instructions, the L1 instruction and data misses (read, write) and
+# the mispredicted conditional and indirect branches. Slower: fewer requests in the
+# same DURATION. PROXY_ARGS go to the proxy (e.g. --no-body-session).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-15}
@@ -32,10 +39,14 @@ start_upstream 4 0
 
 for level in $LEVELS; do
     port=$(free_port)
-    RUST_LOG=$level TOKIO_WORKER_THREADS=2 valgrind --tool=callgrind \
+    sim=()
+    [[ -n "${SIM:-}" ]] && sim=(--cache-sim=yes --branch-sim=yes)
+    # shellcheck disable=SC2086
+    RUST_LOG=$level TOKIO_WORKER_THREADS=2 valgrind --tool=callgrind "${sim[@]}" \
         --callgrind-out-file="$work/cg.$level" "$PROXY_BIN" --listen "127.0.0.1:$port" \
         --upstream "account-a=http://${ups[0]}" --upstream "account-b=http://${ups[1]}" \
-        --upstream "account-c=http://${ups[2]}" >"$work/proxy.$level.log" 2>"$work/proxy.$level.err" &
+        --upstream "account-c=http://${ups[2]}" ${PROXY_ARGS:-} \
+        >"$work/proxy.$level.log" 2>"$work/proxy.$level.err" &
     vp=$!
     for _ in $(seq 600); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
     out=$(wrk -t1 -c8 -d"${DURATION}s" -s benches/peers_sessions.lua \
@@ -43,6 +54,12 @@ for level in $LEVELS; do
     kill -TERM "$vp"
     wait "$vp" || true
     reqs=$(echo "$out" | sed 's/.*requests=\([0-9]*\).*/\1/')
-    instr=$(sed -n 's/^summary: //p;s/^totals: //p' "$work/cg.$level" | head -1)
+    instr=$(sed -n 's/^summary: //p;s/^totals: //p' "$work/cg.$level" | head -1 | awk '{print $1}')
     echo "RUST_LOG=$level: $instr instructions / $reqs requests = $(awk -v i="$instr" -v n="$reqs" 'BEGIN {printf "%.0f", i / n}') per request"
+    if [[ -n "${SIM:-}" ]]; then
+        # events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw Bc Bcm Bi Bim
+        sed -n 's/^summary: //p' "$work/cg.$level" | awk -v n="$reqs" '{
+            printf "  per request: L1 instruction misses %.0f, L1 data read misses %.0f, write misses %.0f, mispredicted conditional branches %.0f, indirect %.0f\n",
+                $4 / n, $5 / n, $6 / n, $11 / n, $13 / n }'
+    fi
 done
