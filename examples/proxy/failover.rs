@@ -291,8 +291,10 @@ where
         } = Handoff::take(&mut parts.extensions);
         // Nothing of this process's request extensions is for the upstream.
         parts.extensions = http::Extensions::new();
-        let plan = self.picker.plan(pinned.as_ref(), hard, self.cfg.attempts);
         async move {
+            // Here, not above: the plan moves the round-robin cursor, which a future
+            // dropped before it is polled must not do.
+            let plan = self.picker.plan(pinned.as_ref(), hard, self.cfg.attempts);
             let source = LogSource(source.as_ref());
             if let Some(upgrade) = upgrade {
                 let ctx = WsRequest {
@@ -945,7 +947,7 @@ fn concat(mut chunks: VecDeque<Bytes>, len: usize) -> Bytes {
 /// The request body sent upstream: the buffered bytes (cloned for each attempt, no copy)
 /// or, for a body over the limit, what was read and then the rest of the client's stream.
 ///
-/// Small (five words): a request is moved through several futures on its way to the
+/// Small (six words): a request is moved through several futures on its way to the
 /// account's connection, so the rare parts (trailers, a streamed body) are boxed.
 pub(crate) enum UpBody<B> {
     /// Kept for replay.

@@ -20,7 +20,8 @@ pub(crate) struct Handoff {
     pub(crate) conn: Option<ConnActivity>,
     /// Whether the body missed `--body-timeout`: set for a request with a body.
     pub(crate) deadline: Option<BodyDeadline>,
-    /// The body's place in `--max-buffered-total`: set for a request with a body.
+    /// The body's place in `--max-buffered-total`: set for a body that may be buffered
+    /// (one within `--max-body-buffer`), granted or refused.
     pub(crate) buffering: Option<Buffering>,
 }
 
