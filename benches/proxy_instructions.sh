@@ -40,9 +40,9 @@ start_upstream 4 0
 for level in $LEVELS; do
     port=$(free_port)
     sim=()
-    [[ -n "${SIM:-}" ]] && sim=(--cache-sim=yes --branch-sim=yes)
+    [[ ${SIM:-0} != 0 ]] && sim=(--cache-sim=yes --branch-sim=yes)
     # shellcheck disable=SC2086
-    RUST_LOG=$level TOKIO_WORKER_THREADS=2 valgrind --tool=callgrind "${sim[@]}" \
+    RUST_LOG=$level TOKIO_WORKER_THREADS=2 valgrind --tool=callgrind ${sim[@]+"${sim[@]}"} \
         --callgrind-out-file="$work/cg.$level" "$PROXY_BIN" --listen "127.0.0.1:$port" \
         --upstream "account-a=http://${ups[0]}" --upstream "account-b=http://${ups[1]}" \
         --upstream "account-c=http://${ups[2]}" ${PROXY_ARGS:-} \
@@ -56,10 +56,11 @@ for level in $LEVELS; do
     reqs=$(echo "$out" | sed 's/.*requests=\([0-9]*\).*/\1/')
     instr=$(sed -n 's/^summary: //p;s/^totals: //p' "$work/cg.$level" | head -1 | awk '{print $1}')
     echo "RUST_LOG=$level: $instr instructions / $reqs requests = $(awk -v i="$instr" -v n="$reqs" 'BEGIN {printf "%.0f", i / n}') per request"
-    if [[ -n "${SIM:-}" ]]; then
-        # events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw Bc Bcm Bi Bim
-        sed -n 's/^summary: //p' "$work/cg.$level" | awk -v n="$reqs" '{
-            printf "  per request: L1 instruction misses %.0f, L1 data read misses %.0f, write misses %.0f, mispredicted conditional branches %.0f, indirect %.0f\n",
-                $4 / n, $5 / n, $6 / n, $11 / n, $13 / n }'
+    if [[ ${SIM:-0} != 0 ]]; then
+        # The columns by the names on callgrind's `events:` line.
+        awk -v n="$reqs" '/^events:/ { for (i = 2; i <= NF; i++) col[$i] = i }
+            /^summary:/ { printf "  per request: L1 instruction misses %.0f, L1 data read misses %.0f, write misses %.0f, mispredicted conditional branches %.0f, indirect %.0f\n",
+                $col["I1mr"] / n, $col["D1mr"] / n, $col["D1mw"] / n, $col["Bcm"] / n, $col["Bim"] / n }' \
+            "$work/cg.$level"
     fi
 done
