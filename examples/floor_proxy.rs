@@ -38,7 +38,7 @@ use tokio::net::{TcpListener, TcpStream};
 #[path = "proxy/gathered.rs"]
 mod gathered;
 
-use gathered::{GATHER_MAX, Gathered};
+use gathered::{GATHER_MAX, Gathered, gather_settled};
 
 // The allocator as in the example proxy: on Unix mimalloc is the process's `malloc`
 // (its `override` feature), linked for it; elsewhere `MiMalloc`.
@@ -301,15 +301,7 @@ async fn run(reuse_port: bool) {
                     };
                     let (mut head, body) = res.into_parts();
                     let mut relay = Relay::new(body, (i, tx));
-                    std::future::poll_fn(|cx| {
-                        if relay.gather(cx) {
-                            cx.waker().wake_by_ref();
-                            Poll::Pending
-                        } else {
-                            Poll::Ready(())
-                        }
-                    })
-                    .await;
+                    gather_settled(|cx| relay.gather(cx)).await;
                     // A body that ended goes with its length, unless the answer has no
                     // body of its own (HEAD, 1xx, 204, 304: their headers say what they
                     // say).

@@ -2,6 +2,9 @@
 //! response body (`timeouts::ProxyBody`), also used by `examples/floor_proxy.rs` so
 //! that the benchmark's floor gathers exactly as the proxy does.
 
+use std::future::poll_fn;
+use std::task::{Context, Poll};
+
 use bytes::{Bytes, BytesMut};
 
 /// Most bytes the proxy's response body (`timeouts::ProxyBody`) gathers into one frame
@@ -49,4 +52,21 @@ impl Gathered {
             .take()
             .or_else(|| (!self.many.is_empty()).then(|| self.many.split().freeze()))
     }
+}
+
+/// Drives `gather` (which appends the frames that are ready and says whether to come
+/// back) the way both gathering bodies do before their answer: while it asks to come
+/// back (it found nothing ready, but its last yield brought data, so the upstream's
+/// connection task may well have more), yield once, woken at once, and call it again.
+/// Never waits for data that has not arrived.
+pub(crate) async fn gather_settled(mut gather: impl FnMut(&mut Context<'_>) -> bool) {
+    poll_fn(|cx| {
+        if gather(cx) {
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
 }

@@ -21,7 +21,7 @@ use tower::Service;
 use tower_sticky_session::AuthId;
 
 use super::broken::Watch;
-use super::gathered::{GATHER_MAX, Gathered};
+use super::gathered::{GATHER_MAX, Gathered, gather_settled};
 use super::handoff::Handoff;
 use super::picker::InFlight;
 use super::serve::CloseConnection;
@@ -186,15 +186,7 @@ impl ProxyBody {
         if s.ready.is_empty() {
             return;
         }
-        poll_fn(|cx| {
-            if s.gather(cx) {
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            } else {
-                Poll::Ready(())
-            }
-        })
-        .await;
+        gather_settled(|cx| s.gather(cx)).await;
     }
 }
 
