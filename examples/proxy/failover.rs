@@ -312,18 +312,20 @@ where
 
             let client_failed = Arc::new(AtomicBool::new(false));
             let mut streamed = None;
-            let replay = if body.is_end_stream() {
-                Some((Bytes::new(), None))
-            } else if matches!(buffering, Some(Buffering::Refused)) {
-                // --max-buffered-total is spent: streamed through, one attempt.
-                streamed = Some(UpBody::Chain(Box::new(Chain {
-                    prefix: VecDeque::new(),
-                    rest: body,
-                    client_failed: client_failed.clone(),
-                })));
-                None
-            } else {
-                match buffer(body, self.cfg.max_body_buffer, &parts.headers).await {
+            // In a block of its own, so that the future does not keep `buffered` (the
+            // body itself, when streamed) across the attempts' waits.
+            let replay = {
+                let buffered = if body.is_end_stream() {
+                    Ok(Buffered::Complete(Bytes::new(), None))
+                } else if matches!(buffering, Some(Buffering::Refused)) {
+                    // --max-buffered-total is spent: streamed through, one attempt.
+                    Ok(Buffered::Partial(VecDeque::new(), body))
+                } else {
+                    buffer(body, self.cfg.max_body_buffer, &parts.headers)
+                        .await
+                        .map_err(Into::<BoxError>::into)
+                };
+                match buffered {
                     Ok(Buffered::Complete(data, trailers)) => {
                         if let Some(Buffering::Granted(grant)) = &buffering {
                             grant.shrink_to(data.len());
@@ -342,7 +344,7 @@ where
                         let res = client_body_failed(deadline.as_ref());
                         tracing::info!(
                             method = %parts.method, path = parts.uri.path(),
-                            session = %LogSession(session.as_ref()), error = %ErrorChain(&*e.into()),
+                            session = %LogSession(session.as_ref()), error = %ErrorChain(&*e),
                             status = res.status().as_u16(),
                             "the client's request body is malformed, broke off or came too slowly"
                         );
