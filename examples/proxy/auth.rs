@@ -26,6 +26,7 @@
 
 use std::borrow::Cow;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -377,27 +378,63 @@ fn verdict(c: &Credentials<'_>, tokens: &[ClientToken]) -> Verdict {
     }
 }
 
-type AuthFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+pin_project_lite::pin_project! {
+    /// [`ClientAuth`]'s response future: the inner service's, or its own answer (400, 401,
+    /// or a request refused by [`hygiene`]). Not boxed: it lives in the connection's
+    /// in-flight slot with the rest of the request's future, instead of one allocation and
+    /// a copy of the inner future per request.
+    #[project = AuthFutureProj]
+    pub(crate) enum AuthFuture<F, RB> {
+        /// The request went on to the inner service.
+        Inner { #[pin] inner: F, _body: PhantomData<fn() -> RB> },
+        /// The proxy answers it itself (taken when polled).
+        Answer { res: Option<Response<Full<Bytes>>> },
+    }
+}
+
+impl<F, RB, E> Future for AuthFuture<F, RB>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+{
+    type Output = Result<Response<Either<RB, Full<Bytes>>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            AuthFutureProj::Inner { inner, .. } => inner
+                .poll(cx)
+                .map(|res| res.map(|res| res.map(Either::Left))),
+            AuthFutureProj::Answer { res } => Poll::Ready(Ok(res
+                .take()
+                .expect("AuthFuture polled after completion")
+                .map(Either::Right))),
+        }
+    }
+}
+
+impl<F, RB> AuthFuture<F, RB> {
+    fn inner(inner: F) -> Self {
+        Self::Inner {
+            inner,
+            _body: PhantomData,
+        }
+    }
+}
 
 impl<S, B, RB> Service<Request<B>> for ClientAuth<S>
 where
     S: Service<Request<B>, Response = Response<RB>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    RB: Send + 'static,
 {
     type Response = Response<Either<RB, Full<Bytes>>>;
     type Error = S::Error;
-    type Future = AuthFuture<Self::Response, S::Error>;
+    type Future = AuthFuture<S::Future, RB>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let answer = |res: Response<Full<Bytes>>| -> Self::Future {
-            Box::pin(std::future::ready(Ok(res.map(Either::Right))))
-        };
+        let answer =
+            |res: Response<Full<Bytes>>| -> Self::Future { AuthFuture::Answer { res: Some(res) } };
         if let Some(res) = hygiene::refuse(req.method(), req.uri()) {
             return answer(res);
         }
@@ -416,10 +453,7 @@ where
                     ),
                 ));
             }
-            Ok(_) if self.tokens.is_empty() => {
-                let fut = self.inner.call(req);
-                return Box::pin(async move { Ok(fut.await?.map(Either::Left)) });
-            }
+            Ok(_) if self.tokens.is_empty() => return AuthFuture::inner(self.inner.call(req)),
             Ok(c) => match verdict(&c, &self.tokens) {
                 Verdict::Unauthorized => {
                     tracing::debug!(path = req.uri().path(), "401: no valid client token");
@@ -459,7 +493,6 @@ where
             }
         }
         req.extensions_mut().insert(tenant);
-        let fut = self.inner.call(req);
-        Box::pin(async move { Ok(fut.await?.map(Either::Left)) })
+        AuthFuture::inner(self.inner.call(req))
     }
 }
