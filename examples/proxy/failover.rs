@@ -310,7 +310,8 @@ where
                 return Box::pin(self.websocket(parts, plan, ctx)).await;
             }
 
-            let client_failed = Arc::new(AtomicBool::new(false));
+            // Set when a streamed body fails on the client's side; a replayed body cannot.
+            let mut client_failed = None;
             let mut streamed = None;
             // In a block of its own, so that the future does not keep `buffered` (the
             // body itself, when streamed) across the attempts' waits.
@@ -336,7 +337,9 @@ where
                         streamed = Some(UpBody::Chain(Box::new(Chain {
                             prefix,
                             rest,
-                            client_failed: client_failed.clone(),
+                            client_failed: client_failed
+                                .insert(Arc::new(AtomicBool::new(false)))
+                                .clone(),
                         })));
                         None
                     }
@@ -377,7 +380,7 @@ where
                     None => streamed.take().expect("a streamed body gets one attempt"),
                 };
                 match self
-                    .attempt(i, up, &parts, body, &client_failed, key.as_ref())
+                    .attempt(i, up, &parts, body, client_failed.as_deref(), key.as_ref())
                     .await
                 {
                     Attempt::Served(res) => {
@@ -710,7 +713,7 @@ where
         up: &Upstream,
         parts: &Parts,
         body: UpBody<B>,
-        client_failed: &AtomicBool,
+        client_failed: Option<&AtomicBool>,
         key: Option<&BindingKey>,
     ) -> Attempt {
         let worker = serve::worker();
@@ -723,7 +726,7 @@ where
             Ok(sent) => sent,
             Err(Early::Failed(res, why)) => return Attempt::Failed(res, why),
             Err(Early::Transport(e)) => {
-                if client_failed.load(Ordering::Relaxed) {
+                if client_failed.is_some_and(|f| f.load(Ordering::Relaxed)) {
                     return Attempt::ClientBody;
                 }
                 return match self.failed_before_head(i, up, &e) {
