@@ -380,9 +380,10 @@ fn verdict(c: &Credentials<'_>, tokens: &[ClientToken]) -> Verdict {
 
 pin_project_lite::pin_project! {
     /// [`ClientAuth`]'s response future: the inner service's, or its own answer (400, 401,
-    /// or a request refused by [`hygiene`]). Not boxed: it lives in the connection's
-    /// in-flight slot with the rest of the request's future, instead of one allocation and
-    /// a copy of the inner future per request.
+    /// or a request refused by [`hygiene`]). Not boxed: it lives inline in the request's
+    /// future (hyper keeps that in one slot per HTTP/1 connection, and in the stream's
+    /// task for HTTP/2), instead of one allocation per request and a copy of the inner
+    /// future into it.
     #[project = AuthFutureProj]
     pub(crate) enum AuthFuture<F, RB> {
         /// The request went on to the inner service.
