@@ -910,7 +910,7 @@ where
     if declared.is_some_and(|n| n > limit as u64) {
         return Ok(Buffered::Partial(VecDeque::new(), body));
     }
-    let mut chunks = VecDeque::new();
+    let mut chunks = Chunks::default();
     let mut len = 0usize;
     loop {
         match poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
@@ -919,15 +919,15 @@ where
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
                     len += data.len();
-                    chunks.push_back(data);
+                    chunks.push(data);
                     if len > limit {
-                        return Ok(Buffered::Partial(chunks, body));
+                        return Ok(Buffered::Partial(chunks.into_deque(), body));
                     }
                 }
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
                         return Ok(Buffered::Complete(
-                            concat(chunks, len),
+                            chunks.concat(len),
                             Some(Box::new(trailers)),
                         ));
                     }
@@ -935,18 +935,47 @@ where
             },
         }
     }
-    Ok(Buffered::Complete(concat(chunks, len), None))
+    Ok(Buffered::Complete(chunks.concat(len), None))
 }
 
-fn concat(mut chunks: VecDeque<Bytes>, len: usize) -> Bytes {
-    if chunks.len() <= 1 {
-        return chunks.pop_front().unwrap_or_default();
+/// The chunks of a body read so far. The first is kept apart: a body that arrives as one
+/// chunk (most do, and the JSON reader hands on the body it buffered as one) is read
+/// without an allocation, and replayed without a copy.
+#[derive(Default)]
+struct Chunks {
+    first: Option<Bytes>,
+    more: VecDeque<Bytes>,
+}
+
+impl Chunks {
+    fn push(&mut self, data: Bytes) {
+        if self.first.is_none() {
+            self.first = Some(data);
+        } else {
+            self.more.push_back(data);
+        }
     }
-    let mut all = BytesMut::with_capacity(len);
-    for c in chunks {
-        all.extend_from_slice(&c);
+
+    /// All of them, in order.
+    fn into_deque(self) -> VecDeque<Bytes> {
+        let mut all = self.more;
+        if let Some(first) = self.first {
+            all.push_front(first);
+        }
+        all
     }
-    all.freeze()
+
+    /// All of them as one buffer of `len` bytes (the first itself when it is the only one).
+    fn concat(self, len: usize) -> Bytes {
+        if self.more.is_empty() {
+            return self.first.unwrap_or_default();
+        }
+        let mut all = BytesMut::with_capacity(len);
+        for c in self.first.iter().chain(&self.more) {
+            all.extend_from_slice(c);
+        }
+        all.freeze()
+    }
 }
 
 /// The request body sent upstream: the buffered bytes (cloned for each attempt, no copy)
