@@ -61,9 +61,13 @@ impl Pick {
     }
 }
 
+/// A plan's accounts: up to four inline, so that a plan costs no allocation with the
+/// usual handful of accounts (`--attempts` bounds it, 3 by default).
+pub(crate) type Order = smallvec::SmallVec<[usize; 4]>;
+
 /// The accounts a request tries, in order (indices into [`Picker::upstreams`]).
 pub(crate) struct Plan {
-    pub(crate) order: Vec<usize>,
+    pub(crate) order: Order,
     pub(crate) how: Pick,
 }
 
@@ -157,13 +161,13 @@ impl Picker {
     pub(crate) fn plan(&self, pinned: Option<&AuthId>, hard: bool, attempts: usize) -> Plan {
         let n = self.upstreams.len();
         let attempts = attempts.clamp(1, n);
-        let mut order = Vec::with_capacity(attempts);
+        let mut order = Order::new();
         let mut how = Pick::RoundRobin;
         if let Some(auth) = pinned {
             match self.index_of(auth) {
                 Some(i) if hard => {
                     return Plan {
-                        order: vec![i],
+                        order: smallvec::smallvec![i],
                         how: Pick::HardPinned,
                     };
                 }
@@ -248,20 +252,20 @@ mod tests {
     fn an_unpinned_plan_takes_the_ring_from_the_next_account_and_the_cooling_ones_last() {
         let p = picker(4);
         // Round-robin start moves by one per unpinned plan.
-        assert_eq!(p.plan(None, false, 4).order, [0, 1, 2, 3]);
-        assert_eq!(p.plan(None, false, 4).order, [1, 2, 3, 0]);
+        assert_eq!(p.plan(None, false, 4).order[..], [0, 1, 2, 3]);
+        assert_eq!(p.plan(None, false, 4).order[..], [1, 2, 3, 0]);
         p.cool(2, Duration::from_secs(60), CoolReason::RateLimited);
-        assert_eq!(p.plan(None, false, 4).order, [3, 0, 1, 2]);
+        assert_eq!(p.plan(None, false, 4).order[..], [3, 0, 1, 2]);
         assert_eq!(
-            p.plan(None, false, 4).order,
+            p.plan(None, false, 4).order[..],
             [3, 0, 1, 2],
             "from 3: 2 goes last"
         );
-        assert_eq!(p.plan(None, false, 4).order, [0, 1, 3, 2]);
+        assert_eq!(p.plan(None, false, 4).order[..], [0, 1, 3, 2]);
         // Fewer attempts than accounts: the first of that order.
-        assert_eq!(p.plan(None, false, 2).order, [1, 3]);
+        assert_eq!(p.plan(None, false, 2).order[..], [1, 3]);
         p.cool(0, Duration::from_secs(60), CoolReason::Unreachable);
-        assert_eq!(p.plan(None, false, 4).order, [3, 1, 2, 0]);
+        assert_eq!(p.plan(None, false, 4).order[..], [3, 1, 2, 0]);
     }
 
     #[test]
@@ -269,9 +273,12 @@ mod tests {
         let p = picker(3);
         let a1 = p.upstreams()[1].name().clone();
         let plan = p.plan(Some(&a1), false, 3);
-        assert_eq!((plan.order, plan.how), (vec![1, 0, 2], Pick::Pinned));
+        assert_eq!(
+            (plan.order.to_vec(), plan.how),
+            (vec![1, 0, 2], Pick::Pinned)
+        );
         let plan = p.plan(Some(&a1), true, 3);
-        assert_eq!((plan.order, plan.how), (vec![1], Pick::HardPinned));
+        assert_eq!((plan.order.to_vec(), plan.how), (vec![1], Pick::HardPinned));
         p.cool(1, Duration::from_secs(60), CoolReason::RateLimited);
         let plan = p.plan(Some(&a1), false, 3);
         assert_eq!(plan.how, Pick::PinCooling);
