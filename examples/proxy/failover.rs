@@ -941,6 +941,12 @@ where
 /// The chunks of a body read so far. The first is kept apart: a body that arrives as one
 /// chunk (most do, and the JSON reader hands on the body it buffered as one) is read
 /// without an allocation, and replayed without a copy.
+///
+/// Not [`Gathered`](super::gathered::Gathered), the response side's twin (which copies
+/// each chunk into a growing buffer): a body of several MiB would be copied again at each
+/// growth and could hold up to twice its size, past its grant in `--max-buffered-total`.
+/// Here the chunks are kept as they came and copied once, into a buffer of their exact
+/// length.
 #[derive(Default)]
 struct Chunks {
     first: Option<Bytes>,
