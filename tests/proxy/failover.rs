@@ -277,6 +277,78 @@ async fn replayed_byte_for_byte(body_session: bool) {
     assert_eq!(b.seen()[0].body, payload);
 }
 
+/// The same over HTTP/2, with a body the client streams in several frames: the replay
+/// buffer gathers them (without the JSON reader, frame by frame) and the next account
+/// gets every byte in order.
+#[tokio::test]
+async fn streamed_http2_request_body_is_replayed_byte_for_byte_on_the_next_account() {
+    streamed_http2_replayed(true).await;
+}
+
+#[tokio::test]
+async fn streamed_http2_request_body_is_replayed_byte_for_byte_without_the_body_session_reader() {
+    streamed_http2_replayed(false).await;
+}
+
+async fn streamed_http2_replayed(body_session: bool) {
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio_stream::wrappers::ReceiverStream;
+
+    let a = Account::start("a", Mode::Status(429, None)).await;
+    let b = Account::start("b", Mode::Echo).await;
+    let mut cfg = config(ups(&[&a, &b]));
+    cfg.body_session = body_session;
+    let proxy = Proxy::start(cfg).await;
+    // Four frames, the JSON split across them.
+    let frames: Vec<Bytes> = vec![
+        Bytes::from_static(br#"{"model":"m","prompt_cache_key":"conv-"#),
+        Bytes::from_static(br#"h2","input":""#),
+        Bytes::from(vec![b'y'; 50_000]),
+        Bytes::from_static(br#""}"#),
+    ];
+    let payload: Bytes = frames.concat().into();
+
+    let tcp = within("connect", TcpStream::connect(proxy.addr))
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
+    let req = proxy
+        .req(None)
+        .header("content-type", "application/json")
+        .body(StreamBody::new(ReceiverStream::new(rx)))
+        .unwrap();
+    let feeder = tokio::spawn(async move {
+        for f in frames {
+            tx.send(Ok(Frame::data(f))).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let res = within("response head", send.send_request(req))
+        .await
+        .unwrap();
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    assert_eq!(
+        (served_by(&res), res.status()),
+        ("b".into(), StatusCode::OK)
+    );
+    let body = within("body", res.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(body, payload);
+    assert_eq!(a.seen()[0].body, payload);
+    assert_eq!(b.seen()[0].body, payload);
+    feeder.await.unwrap();
+    conn.abort();
+}
+
 #[tokio::test]
 async fn body_over_max_body_buffer_gets_one_attempt_and_arrives_whole() {
     let a = Account::start("a", Mode::Echo).await;
