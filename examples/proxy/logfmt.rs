@@ -251,7 +251,12 @@ pub(crate) fn install_direct(writer: NonBlocking) {
 /// caller has checked that the level is enabled for `target`.
 pub(crate) fn direct(target: &str, message: &str, fields: impl FnOnce(&mut Line<'_>)) -> bool {
     thread_local! {
-        static BUF: RefCell<String> = const { RefCell::new(String::new()) };
+        /// The line's buffer, and this thread's own handle on the writer: cloning the
+        /// shared one for every line (as the subscriber does for each event) counts a
+        /// sender in and out of the log thread's queue, two atomic operations on a
+        /// counter every worker shares, per line.
+        static LOCAL: RefCell<(String, Option<NonBlocking>)> =
+            const { RefCell::new((String::new(), None)) };
     }
     let Some(writer) = DIRECT.get() else {
         return false;
@@ -259,16 +264,19 @@ pub(crate) fn direct(target: &str, message: &str, fields: impl FnOnce(&mut Line<
     if !tracing::Span::current().is_none() {
         return false;
     }
-    BUF.with(|buf| {
-        let Ok(mut buf) = buf.try_borrow_mut() else {
+    LOCAL.with(|local| {
+        let Ok(mut local) = local.try_borrow_mut() else {
             return false;
         };
+        let (buf, own) = &mut *local;
         buf.clear();
-        if line(&mut buf, SystemTime::now(), target, message, fields).is_err() {
+        if line(buf, SystemTime::now(), target, message, fields).is_err() {
             return false;
         }
         // As the subscriber writes: a lossy queue, whose drops are counted.
-        let _ = writer.clone().write_all(buf.as_bytes());
+        let _ = own
+            .get_or_insert_with(|| writer.clone())
+            .write_all(buf.as_bytes());
         // A line that once grew the buffer past a few lines' size does not keep it.
         if buf.capacity() > 4096 {
             *buf = String::new();
