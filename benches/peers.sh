@@ -69,15 +69,9 @@ fi
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-if [[ -z "${PROXY_BIN:-}" ]]; then
-    cargo build --release --example proxy --example bench_server --example floor_proxy >&2
-    PROXY_BIN=target/release/examples/proxy
-else
-    cargo build --release --example bench_server --example floor_proxy >&2
-fi
-
-# $work, $pids, free_port, wait_port, start_upstream.
+# $work, $pids, build_with_proxy, free_port, wait_port, start_upstream.
 source benches/support/proxy_bench.sh
+build_with_proxy floor_proxy
 
 # The upstream: three listeners, one Tokio worker.
 start_upstream "$EVENTS" "${GAP_MS:-0}"

@@ -27,14 +27,9 @@ LEVELS=${LEVELS:-warn info}
 for tool in valgrind wrk; do
     command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install $tool)" >&2; exit 1; }
 done
-if [[ -z "${PROXY_BIN:-}" ]]; then
-    cargo build --release --example proxy --example bench_server >&2
-    PROXY_BIN=target/release/examples/proxy
-else
-    cargo build --release --example bench_server >&2
-fi
-# $work, $pids, free_port, wait_port, start_upstream.
+# $work, $pids, build_with_proxy, free_port, wait_port, start_upstream.
 source benches/support/proxy_bench.sh
+build_with_proxy
 start_upstream 4 0
 
 for level in $LEVELS; do

@@ -13,14 +13,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-8}
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 1; }
-if [[ -z "${PROXY_BIN:-}" ]]; then
-    cargo build --release --example proxy --example bench_server >&2
-    PROXY_BIN=target/release/examples/proxy
-else
-    cargo build --release --example bench_server >&2
-fi
-# $work, $pids, free_port, wait_port, start_upstream.
+# $work, $pids, build_with_proxy, free_port, wait_port, start_upstream.
 source benches/support/proxy_bench.sh
+build_with_proxy
 start_upstream 4 0
 port=$(free_port)
 RUST_LOG=${RUST_LOG:-info} TOKIO_WORKER_THREADS=2 "$PROXY_BIN" --listen "127.0.0.1:$port" \

@@ -13,6 +13,19 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# build_with_proxy [EXAMPLE...]: builds examples/bench_server and the EXAMPLEs (release),
+# and the proxy too unless PROXY_BIN names a build of it; PROXY_BIN is then set.
+build_with_proxy() {
+    local examples=(--example bench_server)
+    for e in "$@"; do examples+=(--example "$e"); done
+    if [[ -z "${PROXY_BIN:-}" ]]; then
+        cargo build --release --example proxy "${examples[@]}" >&2
+        PROXY_BIN=target/release/examples/proxy
+    else
+        cargo build --release "${examples[@]}" >&2
+    fi
+}
+
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
