@@ -254,12 +254,19 @@ async fn request_body_is_replayed_byte_for_byte_without_the_body_session_reader(
     replayed_byte_for_byte(false).await;
 }
 
-async fn replayed_byte_for_byte(body_session: bool) {
+/// Account `a` answers 429 and `b` echoes the request, behind a proxy with or without
+/// the JSON body reader: what `b` sends back is what the proxy replayed.
+async fn refused_then_echoed(body_session: bool) -> (Account, Account, Proxy) {
     let a = Account::start("a", Mode::Status(429, None)).await;
     let b = Account::start("b", Mode::Echo).await;
     let mut cfg = config(ups(&[&a, &b]));
     cfg.body_session = body_session;
     let proxy = Proxy::start(cfg).await;
+    (a, b, proxy)
+}
+
+async fn replayed_byte_for_byte(body_session: bool) {
+    let (a, b, proxy) = refused_then_echoed(body_session).await;
     let mut payload = br#"{"model":"m","prompt_cache_key":"conv-9","input":""#.to_vec();
     payload.extend(std::iter::repeat_n(b'x', 100_000));
     payload.extend_from_slice(br#""}"#);
@@ -296,11 +303,7 @@ async fn streamed_http2_replayed(body_session: bool) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use tokio_stream::wrappers::ReceiverStream;
 
-    let a = Account::start("a", Mode::Status(429, None)).await;
-    let b = Account::start("b", Mode::Echo).await;
-    let mut cfg = config(ups(&[&a, &b]));
-    cfg.body_session = body_session;
-    let proxy = Proxy::start(cfg).await;
+    let (a, b, proxy) = refused_then_echoed(body_session).await;
     // Four frames, the JSON split across them.
     let frames: Vec<Bytes> = vec![
         Bytes::from_static(br#"{"model":"m","prompt_cache_key":"conv-"#),
